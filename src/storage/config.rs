@@ -1,0 +1,78 @@
+//! Settings of one log.
+
+use std::time::Duration;
+
+/// How appended batches are made durable. In every mode a batch reaches the
+/// kernel (`write(2)` has returned) before [`Log::append`](super::Log::append)
+/// returns, so a crash of the process alone never loses an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// [`Log::commit`](super::Log::commit) returns only after an fdatasync
+    /// covering the batch. Concurrent callers share one fdatasync.
+    #[default]
+    Always,
+    /// `commit` syncs when the last sync started more than this long ago;
+    /// a power cut loses at most about this much.
+    Interval(Duration),
+    /// Never syncs except when sealing a segment and on close; the OS writes
+    /// back when it likes.
+    Never,
+}
+
+/// Limits and policies of one log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment rolls when its store would grow past this. At most 4 GiB - 1
+    /// because index positions are 32-bit.
+    pub segment_bytes: u64,
+    /// Bytes of one segment's index file; it holds `index_bytes / 8` batches,
+    /// and a full index rolls the segment.
+    pub index_bytes: u64,
+    /// A segment rolls once its first batch is older than this.
+    pub segment_age: Option<Duration>,
+    pub sync: SyncMode,
+    /// Largest batch `append` accepts.
+    pub max_batch_bytes: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            index_bytes: 10 << 20,
+            segment_age: None,
+            sync: SyncMode::Always,
+            max_batch_bytes: 64 << 20,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the settings against each other and the format's limits.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_bytes < 1024 || self.segment_bytes > u64::from(u32::MAX) {
+            return Err(format!(
+                "segment_bytes must be between 1 KiB and 4 GiB - 1, got {}",
+                self.segment_bytes
+            ));
+        }
+        if self.index_bytes < 64 || self.index_bytes > u64::from(u32::MAX) {
+            return Err(format!(
+                "index_bytes must be between 64 B and 4 GiB - 1, got {}",
+                self.index_bytes
+            ));
+        }
+        if (self.max_batch_bytes as usize) < super::batch::HEADER_LEN {
+            return Err(format!(
+                "max_batch_bytes is too small: {}",
+                self.max_batch_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Entries one segment's index (and time index) can hold.
+    pub(crate) fn index_entries(&self) -> u32 {
+        (self.index_bytes / super::index::IndexEntry::WIDTH as u64) as u32
+    }
+}

@@ -1,0 +1,67 @@
+//! The storage layer's one error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use super::batch::BatchError;
+
+/// Everything the log can fail with. Callers match on the variant; the text is
+/// for people.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// An operating-system call failed on a file of the log.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The disk has no room for the append; nothing of it was kept. Appends
+    /// succeed again once space is freed (by retention, for example).
+    #[error("disk full while appending to {path}")]
+    DiskFull { path: PathBuf },
+    /// A write or sync failed earlier, so the log no longer knows what reached
+    /// the disk. It refuses appends until reopened, which recovers from the
+    /// bytes actually on disk.
+    #[error("log is fenced after an earlier I/O failure ({reason}); reopen it to recover")]
+    Fenced { reason: String },
+    /// The requested offset is outside the log.
+    #[error("offset {offset} is out of range; the log holds [{lowest}, {next})")]
+    OffsetOutOfRange { offset: u64, lowest: u64, next: u64 },
+    /// A batch offered for appending is malformed.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    /// A batch offered for appending exceeds the configured maximum.
+    #[error("batch of {size} bytes exceeds the limit of {max} bytes")]
+    BatchTooLarge { size: usize, max: u32 },
+    /// Stored bytes failed their checks. The records of the damaged range are
+    /// not served; reading resumes at `resume_at`, when known.
+    #[error("corrupt data in segment {segment:020} at store position {position}: {reason}")]
+    Corrupt {
+        segment: u64,
+        position: u64,
+        reason: String,
+        resume_at: Option<u64>,
+    },
+    /// The directory holds something the log cannot make sense of.
+    #[error("{path}: {reason}")]
+    BadLayout { path: PathBuf, reason: String },
+    /// The log was closed.
+    #[error("log is closed")]
+    Closed,
+}
+
+impl StorageError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StorageError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

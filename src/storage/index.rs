@@ -1,0 +1,292 @@
+//! The index and the time index: fixed-width entries in a memory-mapped file.
+//!
+//! # Layout
+//!
+//! Both are flat arrays of big-endian entries with no file header.
+//!
+//! ```text
+//! index      (8 bytes per batch)     time index  (12 bytes per entry)
+//! 0  u32 relative offset             0  i64 append time, ms since the epoch
+//! 4  u32 store position              8  u32 relative offset
+//! ```
+//!
+//! An index entry maps the first offset of a batch (relative to the segment's
+//! base offset) to the byte position of that batch in the store. Entries are
+//! strictly increasing in both fields. The time index holds an entry for the
+//! first batch of each new append time (strictly increasing times,
+//! non-decreasing offsets), so it can be sparse but is never out of order.
+//!
+//! The file of the active segment is pre-sized with `fallocate` to its full
+//! capacity (a sparse file under a mapping would SIGBUS on a full disk) and
+//! cut back to its entries when the segment is sealed or the log closes. After
+//! a crash the file may still be at full size with a zeroed tail; recovery
+//! finds the real end, so zero entries are never mistaken for data.
+//!
+//! # Concurrency
+//!
+//! One writer appends entries while readers search the published prefix. The
+//! writer stores an entry's bytes and then publishes the new length with a
+//! release store; readers load the length with acquire and touch only entries
+//! below it. Entries are never rewritten once published, so readers and the
+//! writer never touch the same bytes at the same time.
+
+use std::fs::{File, OpenOptions};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::error::{Result, StorageError};
+use super::fs;
+
+/// A fixed-width entry that knows its byte encoding.
+pub(crate) trait Entry: Copy {
+    const WIDTH: usize;
+    fn encode(&self, out: &mut [u8]);
+    fn decode(bytes: &[u8]) -> Self;
+}
+
+/// Where a batch starts: its first offset relative to the segment base, and
+/// its byte position in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub rel: u32,
+    pub pos: u32,
+}
+
+impl IndexEntry {
+    pub const WIDTH: usize = 8;
+}
+
+impl Entry for IndexEntry {
+    const WIDTH: usize = IndexEntry::WIDTH;
+
+    fn encode(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&self.rel.to_be_bytes());
+        out[4..8].copy_from_slice(&self.pos.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Self {
+        IndexEntry {
+            rel: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            pos: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+}
+
+/// The first batch appended at `time` starts at relative offset `rel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeEntry {
+    pub time: i64,
+    pub rel: u32,
+}
+
+impl Entry for TimeEntry {
+    const WIDTH: usize = 12;
+
+    fn encode(&self, out: &mut [u8]) {
+        out[0..8].copy_from_slice(&self.time.to_be_bytes());
+        out[8..12].copy_from_slice(&self.rel.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Self {
+        let mut time = [0u8; 8];
+        time.copy_from_slice(&b[0..8]);
+        TimeEntry {
+            time: i64::from_be_bytes(time),
+            rel: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+        }
+    }
+}
+
+/// An append-only array of `E` in a memory-mapped file.
+pub(crate) struct Table<E: Entry> {
+    path: PathBuf,
+    file: File,
+    /// `None` when the file is empty: a zero-length mapping is not possible.
+    map: Option<MmapRaw>,
+    /// Entries the mapping has room for.
+    capacity: u32,
+    /// Entries published to readers.
+    len: AtomicU32,
+    _entry: PhantomData<E>,
+}
+
+// SAFETY: the mapping is only written through `push` (single writer, see its
+// contract) and read below the published length, so sharing is sound.
+unsafe impl<E: Entry> Sync for Table<E> {}
+unsafe impl<E: Entry> Send for Table<E> {}
+
+impl<E: Entry> Table<E> {
+    /// Creates a new, empty table file pre-sized for `capacity` entries.
+    pub fn create(path: &Path, capacity: u32) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| StorageError::io("create", path, e))?;
+        Self::writable(path, file, capacity, 0)
+    }
+
+    /// Opens an existing table for appending. All `entries_in_file()` entries
+    /// count as published until [`Table::truncate`] says otherwise.
+    pub fn open_writable(path: &Path, capacity: u32) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StorageError::io("open", path, e))?;
+        let size = fs::file_len(&file, path)?;
+        let entries = (size / E::WIDTH as u64).min(u64::from(u32::MAX)) as u32;
+        Self::writable(path, file, capacity.max(entries), entries)
+    }
+
+    fn writable(path: &Path, file: File, capacity: u32, len: u32) -> Result<Self> {
+        let bytes = u64::from(capacity) * E::WIDTH as u64;
+        fs::allocate(&file, path, bytes)?;
+        let map = if bytes == 0 {
+            None
+        } else {
+            let map = MmapOptions::new()
+                .len(bytes as usize)
+                .map_raw(&file)
+                .map_err(|e| StorageError::io("mmap", path, e))?;
+            Some(map)
+        };
+        Ok(Table {
+            path: path.to_owned(),
+            file,
+            map,
+            capacity,
+            len: AtomicU32::new(len),
+            _entry: PhantomData,
+        })
+    }
+
+    /// Opens the table of a sealed segment read-only; every whole entry in the
+    /// file is published.
+    pub fn open_sealed(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+        let size = fs::file_len(&file, path)?;
+        let entries = (size / E::WIDTH as u64).min(u64::from(u32::MAX)) as u32;
+        let bytes = entries as usize * E::WIDTH;
+        let map = if bytes == 0 {
+            None
+        } else {
+            let map = MmapOptions::new()
+                .len(bytes)
+                .map_raw_read_only(&file)
+                .map_err(|e| StorageError::io("mmap", path, e))?;
+            Some(map)
+        };
+        Ok(Table {
+            path: path.to_owned(),
+            file,
+            map,
+            capacity: entries,
+            len: AtomicU32::new(entries),
+            _entry: PhantomData,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Published entries.
+    pub fn len(&self) -> u32 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity
+    }
+
+    /// Entry `i`, if published.
+    pub fn get(&self, i: u32) -> Option<E> {
+        if i >= self.len() {
+            return None;
+        }
+        let map = self.map.as_ref()?;
+        let mut buf = [0u8; 16];
+        let width = E::WIDTH;
+        // SAFETY: i < len <= capacity, so the bytes lie inside the mapping, and
+        // published entries are never written again (module docs).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                map.as_ptr().add(i as usize * width),
+                buf.as_mut_ptr(),
+                width,
+            );
+        }
+        Some(E::decode(&buf[..width]))
+    }
+
+    pub fn last(&self) -> Option<E> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// Number of leading entries (among the first `n`) for which `pred` holds;
+    /// `pred` must be true for a prefix and false after it.
+    pub fn partition_point(&self, n: u32, mut pred: impl FnMut(&E) -> bool) -> u32 {
+        let (mut lo, mut hi) = (0u32, n.min(self.len()));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.get(mid) {
+                Some(e) if pred(&e) => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo
+    }
+
+    /// Appends one entry and publishes it. Returns false when the table is full.
+    ///
+    /// # Safety
+    /// At most one thread may call `push` on a table at a time (the log's
+    /// append lock guarantees it).
+    pub unsafe fn push(&self, entry: E) -> bool {
+        let len = self.len.load(Ordering::Relaxed);
+        if len >= self.capacity {
+            return false;
+        }
+        let Some(map) = self.map.as_ref() else {
+            return false;
+        };
+        let mut buf = [0u8; 16];
+        entry.encode(&mut buf[..E::WIDTH]);
+        // SAFETY: slot `len` is inside the mapping (len < capacity), writable
+        // (tables with capacity come from `writable`), and not yet published,
+        // so no reader looks at it; the caller guarantees a single writer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                buf.as_ptr(),
+                map.as_mut_ptr().add(len as usize * E::WIDTH),
+                E::WIDTH,
+            );
+        }
+        self.len.store(len + 1, Ordering::Release);
+        true
+    }
+
+    /// Forgets every entry from `n` on. Takes `&mut self`: only recovery,
+    /// before the table is shared, may shrink it.
+    pub fn truncate(&mut self, n: u32) {
+        let len = self.len.get_mut();
+        *len = (*len).min(n);
+    }
+
+    /// Cuts the file to its published entries and syncs it. The mapping stays
+    /// valid for readers: they never touch bytes past the published length.
+    pub fn seal(&self) -> Result<()> {
+        let bytes = u64::from(self.len()) * E::WIDTH as u64;
+        self.file
+            .set_len(bytes)
+            .map_err(|e| StorageError::io("truncate", &self.path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| StorageError::io("fsync", &self.path, e))
+    }
+}

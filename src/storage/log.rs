@@ -1,0 +1,726 @@
+//! The log: a directory of segments, oldest first, the last one active.
+//!
+//! # Concurrency
+//!
+//! Appends are serialised by one mutex. Readers never take it: they load the
+//! log's next offset (published last, with release ordering), take a snapshot
+//! of the segment list (an `Arc` cloned under a read lock held for a moment)
+//! and read with `pread` below the published end. An fsync runs outside the
+//! append lock, so neither appends nor reads wait for one; concurrent
+//! [`Log::commit`] callers share a single fdatasync (group commit).
+//!
+//! # Directory
+//!
+//! Besides the segment files, the directory holds `.lock` (an advisory lock
+//! taken while the log is open) and `*.torn` sidecars holding bytes that
+//! recovery cut off a torn tail.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::batch::{self, Record};
+use super::config::{LogConfig, SyncMode};
+use super::error::{Result, StorageError};
+use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT};
+use super::segment::{RecoveryReport, Segment, SegmentWriter};
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// Offset after its last record.
+    pub next_offset: u64,
+    /// The append time the log stamped on it, ms since the epoch.
+    pub append_time: i64,
+}
+
+/// Whole stored batches returned by [`Log::read_batches`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRead {
+    /// Concatenated batches, exactly as stored; empty at the end of the log.
+    pub bytes: Bytes,
+    /// Offset of the first record of the first batch (may be below the offset
+    /// asked for: the batch holding it starts earlier).
+    pub first_offset: u64,
+    /// Offset after the last record returned: where the next read starts.
+    pub next_offset: u64,
+    /// The log's range when the read happened.
+    pub log_start: u64,
+    pub log_end: u64,
+}
+
+/// Limits applied by [`Log::apply_retention`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the log's total size at or below this, deleting oldest segments.
+    pub max_bytes: Option<u64>,
+    /// Delete segments whose newest batch is older than this.
+    pub max_age: Option<Duration>,
+}
+
+/// What retention (or truncation) deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+/// Serialised append state.
+struct Writer {
+    /// `None` once closed.
+    active: Option<SegmentWriter>,
+    /// The active segment has been sealed but no successor could be created
+    /// (a full disk): the next append must roll first.
+    active_sealed: bool,
+    /// Set by a failed write, flush, seal or sync; appends fail until reopen.
+    fenced: Option<String>,
+    last_append_time: i64,
+}
+
+/// Group-commit state.
+struct SyncState {
+    /// Every offset below this is durable.
+    synced: u64,
+    running: bool,
+    last_started: Option<Instant>,
+    failed: Option<String>,
+}
+
+/// A segmented, append-only commit log in one directory.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    writer: Mutex<Writer>,
+    next_offset: AtomicU64,
+    sync: Mutex<SyncState>,
+    sync_done: Condvar,
+    /// Serialises retention, truncation and reset, which delete files.
+    maintenance: Mutex<()>,
+    recovery: Vec<(u64, RecoveryReport)>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("lowest_offset", &self.lowest_offset())
+            .field("next_offset", &self.next_offset())
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves state that is still consistent
+    // (every field is updated only after the I/O it describes succeeded).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating it if needed), recovering whatever a
+    /// crash left there.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        let dir = dir.as_ref().to_owned();
+        config
+            .validate()
+            .map_err(|reason| StorageError::BadLayout {
+                path: dir.clone(),
+                reason,
+            })?;
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
+        let lock_file = take_dir_lock(&dir)?;
+        let bases = list_segments(&dir)?;
+        let entries = config.index_entries();
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        let mut recovery = Vec::new();
+        if bases.is_empty() {
+            segments.push(Arc::new(Segment::create(&dir, 0, entries)?));
+            fs::sync_dir(&dir)?;
+        }
+        for (i, &base) in bases.iter().enumerate() {
+            let (segment, report) = match bases.get(i + 1) {
+                Some(&next_base) => Segment::open_sealed(&dir, base, next_base)?,
+                None => Segment::open_active(&dir, base, entries)?,
+            };
+            if report != RecoveryReport::default() {
+                tracing::info!(dir = %dir.display(), segment = base, ?report, "recovered segment");
+                recovery.push((base, report));
+            }
+            segments.push(Arc::new(segment));
+        }
+        let active = segments.last().expect("at least one segment");
+        let next_offset = active.next_offset();
+        let writer = Writer {
+            active: Some(active.writer()?),
+            active_sealed: false,
+            fenced: None,
+            last_append_time: active.last_append_time().unwrap_or(i64::MIN),
+        };
+        Ok(Log {
+            dir,
+            config,
+            segments: RwLock::new(Arc::new(segments)),
+            writer: Mutex::new(writer),
+            next_offset: AtomicU64::new(next_offset),
+            // What was on disk at open is as durable as it will get.
+            sync: Mutex::new(SyncState {
+                synced: next_offset,
+                running: false,
+                last_started: None,
+                failed: None,
+            }),
+            sync_done: Condvar::new(),
+            maintenance: Mutex::new(()),
+            recovery,
+            _lock: lock_file,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// What recovery repaired at open, per segment base offset.
+    pub fn recovery(&self) -> &[(u64, RecoveryReport)] {
+        &self.recovery
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+        Arc::clone(&self.segments.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Offset of the oldest record still stored.
+    pub fn lowest_offset(&self) -> u64 {
+        self.snapshot().first().map_or(0, |s| s.base_offset())
+    }
+
+    /// Offset the next appended record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    /// Bytes stored across all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.snapshot().iter().map(|s| s.size()).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// Appends one batch (in the [`batch`](super::batch) format), assigning
+    /// its offsets and append time in place. When this returns the batch has
+    /// reached the kernel and is visible to readers; call [`Log::commit`] to
+    /// wait until it is as durable as the sync mode promises.
+    pub fn append(&self, batch: &mut [u8]) -> Result<Appended> {
+        if batch.len() > self.config.max_batch_bytes as usize {
+            return Err(StorageError::BatchTooLarge {
+                size: batch.len(),
+                max: self.config.max_batch_bytes,
+            });
+        }
+        // Validation needs no lock: do it before taking one.
+        let header = batch::validate(batch)?;
+        let mut w = lock(&self.writer);
+        if let Some(reason) = &w.fenced {
+            return Err(StorageError::Fenced {
+                reason: reason.clone(),
+            });
+        }
+        let now = now_ms();
+        let count = u64::from(header.record_count);
+        if w.active.is_none() {
+            return Err(StorageError::Closed);
+        }
+        if w.active_sealed || self.must_roll(&w, batch.len() as u64, count, now) {
+            self.roll(&mut w)?;
+        }
+        let base = self.next_offset.load(Ordering::Relaxed);
+        let time = now.max(w.last_append_time);
+        batch::assign(batch, base, time);
+        let active = w.active.as_mut().expect("checked above");
+        let written = active
+            .write(batch)
+            .and_then(|pos| active.flush().map(|()| pos));
+        let pos = match written {
+            Ok(pos) => pos,
+            Err(e) => return Err(fence_unless_full(&mut w, e)),
+        };
+        let next = base + count;
+        active.publish(&[(base, pos, time, next)]);
+        self.next_offset.store(next, Ordering::Release);
+        w.last_append_time = time;
+        Ok(Appended {
+            base_offset: base,
+            next_offset: next,
+            append_time: time,
+        })
+    }
+
+    fn must_roll(&self, w: &Writer, len: u64, count: u64, now: i64) -> bool {
+        let active = w.active.as_ref().expect("open");
+        let end = active.end();
+        if end == 0 {
+            return false;
+        }
+        let base = active.segment().base_offset();
+        let next = self.next_offset.load(Ordering::Relaxed);
+        let aged = match (
+            self.config.segment_age,
+            active.segment().first_append_time(),
+        ) {
+            (Some(age), Some(first)) => now.saturating_sub(first) >= age.as_millis() as i64,
+            _ => false,
+        };
+        end + len > self.config.segment_bytes
+            || active.index_full()
+            || next + count - base > u64::from(u32::MAX)
+            || aged
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let active = w.active.as_mut().ok_or(StorageError::Closed)?;
+        if !w.active_sealed {
+            if let Err(e) = active.seal() {
+                return Err(fence(w, e));
+            }
+            w.active_sealed = true;
+        }
+        // Sealed and synced before its successor exists: a crash can never
+        // leave a torn segment followed by another one.
+        let next = self.next_offset.load(Ordering::Relaxed);
+        let segment = Arc::new(Segment::create(
+            &self.dir,
+            next,
+            self.config.index_entries(),
+        )?);
+        if let Err(e) = fs::sync_dir(&self.dir) {
+            return Err(fence(w, e));
+        }
+        let writer = match segment.writer() {
+            Ok(wr) => wr,
+            Err(e) => return Err(fence(w, e)),
+        };
+        {
+            let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            let mut segments = Vec::with_capacity(list.len() + 1);
+            segments.extend(list.iter().cloned());
+            segments.push(segment);
+            *list = Arc::new(segments);
+        }
+        w.active = Some(writer);
+        w.active_sealed = false;
+        Ok(())
+    }
+
+    /// Rolls the active segment if it is older than `segment_age`; for a
+    /// background task, so that an idle topic's segment can age out.
+    pub fn roll_if_due(&self, now_ms: i64) -> Result<bool> {
+        let mut w = lock(&self.writer);
+        if w.fenced.is_some() || w.active.is_none() {
+            return Ok(false);
+        }
+        let due = match (
+            self.config.segment_age,
+            w.active
+                .as_ref()
+                .and_then(|a| a.segment().first_append_time()),
+        ) {
+            (Some(age), Some(first)) => now_ms.saturating_sub(first) >= age.as_millis() as i64,
+            _ => false,
+        };
+        if !due {
+            return Ok(false);
+        }
+        self.roll(&mut w)?;
+        Ok(true)
+    }
+
+    /// Waits until every record below `next_offset` is as durable as the
+    /// sync mode promises: `Always` syncs (sharing one fdatasync with
+    /// concurrent callers), `Interval` syncs if the last sync started longer
+    /// ago than the interval, `Never` returns at once.
+    pub fn commit(&self, next_offset: u64) -> Result<()> {
+        match self.config.sync {
+            SyncMode::Always => self.sync_through(next_offset),
+            SyncMode::Never => Ok(()),
+            SyncMode::Interval(every) => {
+                let due = lock(&self.sync)
+                    .last_started
+                    .is_none_or(|t| t.elapsed() >= every);
+                if due {
+                    self.sync_through(next_offset)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.sync_through(self.next_offset())
+    }
+
+    /// Blocks until an fdatasync that covers every offset below `target` has
+    /// completed. One caller runs the sync; the others wait for it and
+    /// return if it covered them. A failed sync fails every waiter and every
+    /// later call: it is never retried as if the data were safe.
+    pub fn sync_through(&self, target: u64) -> Result<()> {
+        let mut state = lock(&self.sync);
+        loop {
+            if let Some(reason) = &state.failed {
+                return Err(StorageError::Fenced {
+                    reason: reason.clone(),
+                });
+            }
+            if state.synced >= target {
+                return Ok(());
+            }
+            if state.running {
+                state = self
+                    .sync_done
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.running = true;
+            state.last_started = Some(Instant::now());
+            drop(state);
+            let result = self.sync_active();
+            state = lock(&self.sync);
+            state.running = false;
+            match result {
+                Ok(covered) => state.synced = state.synced.max(covered),
+                Err(e) => state.failed = Some(e.to_string()),
+            }
+            self.sync_done.notify_all();
+        }
+    }
+
+    /// fdatasyncs the active segment; returns the offset it covers. Sealed
+    /// segments were synced when sealed.
+    fn sync_active(&self) -> Result<u64> {
+        let (segment, covered) = {
+            let w = lock(&self.writer);
+            if let Some(reason) = &w.fenced {
+                return Err(StorageError::Fenced {
+                    reason: reason.clone(),
+                });
+            }
+            let active = w.active.as_ref().ok_or(StorageError::Closed)?;
+            (Arc::clone(active.segment()), self.next_offset())
+        };
+        match segment.sync() {
+            Ok(()) => Ok(covered),
+            Err(e) => {
+                let mut w = lock(&self.writer);
+                Err(fence(&mut w, e))
+            }
+        }
+    }
+
+    /// Reads whole stored batches, starting with the one that holds `offset`,
+    /// up to `max_bytes` (at least one batch, whatever its size). At the end
+    /// of the log the result is empty. Batches come from one segment; read
+    /// again from `next_offset` for more.
+    pub fn read_batches(&self, offset: u64, max_bytes: u64) -> Result<BatchRead> {
+        let end = self.next_offset();
+        let segments = self.snapshot();
+        let start = segments.first().map_or(0, |s| s.base_offset());
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                lowest: start,
+                next: end,
+            });
+        }
+        let empty = BatchRead {
+            bytes: Bytes::new(),
+            first_offset: offset,
+            next_offset: offset,
+            log_start: start,
+            log_end: end,
+        };
+        if offset == end {
+            return Ok(empty);
+        }
+        let i = segments.partition_point(|s| s.base_offset() <= offset) - 1;
+        match segments[i].read(offset, max_bytes)? {
+            Some(r) => Ok(BatchRead {
+                bytes: r.bytes,
+                first_offset: r.first_offset,
+                next_offset: r.next_offset,
+                log_start: start,
+                log_end: end,
+            }),
+            None => Ok(empty),
+        }
+    }
+
+    /// Reads the record at `offset`.
+    pub fn read(&self, offset: u64) -> Result<Record> {
+        let read = self.read_batches(offset, 1)?;
+        let out_of_range = || StorageError::OffsetOutOfRange {
+            offset,
+            lowest: read.log_start,
+            next: read.log_end,
+        };
+        if read.bytes.is_empty() {
+            return Err(out_of_range());
+        }
+        let header = batch::BatchHeader::parse(&read.bytes).map_err(StorageError::InvalidBatch)?;
+        let first = read.bytes.slice(..header.batch_length as usize);
+        match batch::find_record(&first, offset) {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) => Err(out_of_range()),
+            Err(e) => Err(StorageError::Corrupt {
+                segment: self.segment_of(offset),
+                position: 0,
+                reason: e.to_string(),
+                resume_at: Some(header.next_offset()),
+            }),
+        }
+    }
+
+    fn segment_of(&self, offset: u64) -> u64 {
+        let segments = self.snapshot();
+        let i = segments.partition_point(|s| s.base_offset() <= offset);
+        segments
+            .get(i.saturating_sub(1))
+            .map_or(0, |s| s.base_offset())
+    }
+
+    /// The first offset whose batch was appended at or after `time_ms`, or
+    /// `None` if every batch is older.
+    pub fn offset_for_timestamp(&self, time_ms: i64) -> Result<Option<u64>> {
+        for segment in self.snapshot().iter() {
+            if segment.last_append_time().is_some_and(|t| t >= time_ms) {
+                if let Some(offset) = segment.offset_for_time(time_ms)? {
+                    return Ok(Some(offset));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole segments all of whose records are below `lowest`. The
+    /// active segment always stays.
+    pub fn truncate(&self, lowest: u64) -> Result<Removed> {
+        self.remove_oldest(|segment, _| segment.next_offset() <= lowest)
+    }
+
+    /// Deletes oldest segments (never the active one) while the log is larger
+    /// than `max_bytes` or the oldest segment's newest batch is older than
+    /// `max_age` at `now_ms`.
+    pub fn apply_retention(&self, policy: Retention, now_ms: i64) -> Result<Removed> {
+        self.remove_oldest(|segment, total| {
+            let too_big = policy.max_bytes.is_some_and(|max| total > max);
+            let too_old = match (policy.max_age, segment.last_append_time()) {
+                (Some(age), Some(t)) => now_ms.saturating_sub(t) > age.as_millis() as i64,
+                _ => false,
+            };
+            too_big || too_old
+        })
+    }
+
+    /// Removes segments from the front while `doomed(segment, total bytes)`.
+    fn remove_oldest(&self, mut doomed: impl FnMut(&Segment, u64) -> bool) -> Result<Removed> {
+        let _maintenance = lock(&self.maintenance);
+        let removed: Vec<Arc<Segment>> = {
+            let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            let mut total: u64 = list.iter().map(|s| s.size()).sum();
+            let mut cut = 0;
+            while cut + 1 < list.len() && doomed(&list[cut], total) {
+                total -= list[cut].size();
+                cut += 1;
+            }
+            if cut == 0 {
+                return Ok(Removed::default());
+            }
+            let removed = list[..cut].to_vec();
+            *list = Arc::new(list[cut..].to_vec());
+            removed
+        };
+        let mut result = Removed::default();
+        for segment in &removed {
+            result.segments += 1;
+            result.bytes += segment.size();
+            segment.remove_files()?;
+        }
+        fs::sync_dir(&self.dir)?;
+        tracing::info!(dir = %self.dir.display(), segments = result.segments, bytes = result.bytes, "deleted old segments");
+        Ok(result)
+    }
+
+    /// A reader of the raw bytes of every published batch, oldest first: the
+    /// log's content for a snapshot or a copy.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            segments: self.snapshot(),
+            current: 0,
+            pos: 0,
+        }
+    }
+
+    /// Flushes, syncs and trims the index files. Appends fail afterwards.
+    pub fn close(&self) -> Result<()> {
+        let mut w = lock(&self.writer);
+        let Some(mut active) = w.active.take() else {
+            return Ok(());
+        };
+        if w.active_sealed || w.fenced.is_some() {
+            return Ok(());
+        }
+        active.seal()
+    }
+
+    /// Closes the log and deletes its directory.
+    pub fn remove(self) -> Result<()> {
+        self.close()?;
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).map_err(|e| StorageError::io("remove directory", &dir, e))
+    }
+
+    /// Deletes every record and starts again, empty, at offset 0.
+    pub fn reset(&self) -> Result<()> {
+        let _maintenance = lock(&self.maintenance);
+        let mut w = lock(&self.writer);
+        w.active = None;
+        let old = std::mem::take(&mut *self.segments.write().unwrap_or_else(|p| p.into_inner()));
+        for segment in old.iter() {
+            segment.remove_files()?;
+        }
+        let segment = Arc::new(Segment::create(&self.dir, 0, self.config.index_entries())?);
+        fs::sync_dir(&self.dir)?;
+        w.active = Some(segment.writer()?);
+        w.active_sealed = false;
+        w.fenced = None;
+        *self.segments.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(vec![segment]);
+        self.next_offset.store(0, Ordering::Release);
+        let mut sync = lock(&self.sync);
+        sync.synced = 0;
+        sync.failed = None;
+        Ok(())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "closing log on drop failed");
+        }
+    }
+}
+
+/// Records `e` as the reason the log is fenced and returns it.
+fn fence(w: &mut Writer, e: StorageError) -> StorageError {
+    let reason = e.to_string();
+    tracing::error!(error = %reason, "log fenced: appends refused until it is reopened");
+    w.fenced.get_or_insert(reason);
+    e
+}
+
+/// A full disk leaves the log as it was (the store writer rolled back); any
+/// other write failure fences it.
+fn fence_unless_full(w: &mut Writer, e: StorageError) -> StorageError {
+    match e {
+        StorageError::DiskFull { .. } => e,
+        e => fence(w, e),
+    }
+}
+
+/// Takes an exclusive advisory lock on `dir/.lock`, so that two processes
+/// never append to one log.
+fn take_dir_lock(dir: &Path) -> Result<File> {
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::BadLayout {
+            path,
+            reason: "log is already open (locked by another process or handle)".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
+    }
+}
+
+/// Base offsets of the segments in `dir`, ascending. Index files without a
+/// store (a crash while creating a segment) are removed.
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut stores = Vec::new();
+    let mut tables = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some((base, ext)) = name.to_str().and_then(fs::parse_segment_name) else {
+            continue;
+        };
+        match ext {
+            STORE_EXT => stores.push(base),
+            INDEX_EXT | TIME_INDEX_EXT => tables.push((base, entry.path())),
+            _ => {}
+        }
+    }
+    stores.sort_unstable();
+    for (base, path) in tables {
+        if stores.binary_search(&base).is_err() {
+            tracing::warn!(file = %path.display(), "removing index file without a store");
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(stores)
+}
+
+/// Streams the raw bytes of a snapshot of the log's segments, in order.
+pub struct LogReader {
+    segments: Arc<Vec<Arc<Segment>>>,
+    current: usize,
+    pos: u64,
+}
+
+impl Read for LogReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(segment) = self.segments.get(self.current) {
+            if self.pos >= segment.size() {
+                self.current += 1;
+                self.pos = 0;
+                continue;
+            }
+            let chunk = segment
+                .read_raw(self.pos, buf.len())
+                .map_err(io::Error::other)?;
+            buf[..chunk.len()].copy_from_slice(&chunk);
+            self.pos += chunk.len() as u64;
+            return Ok(chunk.len());
+        }
+        Ok(0)
+    }
+}

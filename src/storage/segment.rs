@@ -1,0 +1,879 @@
+//! A segment: one store, its index and its time index, covering the offsets
+//! `[base_offset, next_offset)`. Files are named by the base offset,
+//! zero-padded to 20 digits: `00000000000000004096.store`, `.index`,
+//! `.timeindex`.
+//!
+//! Readers share a [`Segment`]; the one writer of the active segment holds its
+//! [`SegmentWriter`]. A batch becomes visible when the writer publishes the new
+//! index length and store end together in one atomic word, after the bytes
+//! have reached the kernel and the index entry is written.
+//!
+//! # Recovery
+//!
+//! A sealed segment (every segment but the last) was synced before the next
+//! one was created, so it is trusted when its files agree: the index is
+//! whole-entry sized, starts at (0, 0), its last entry is in order and points
+//! at a batch header with the right offset that ends exactly at the end of the
+//! store, and that batch ends at the next segment's base offset. Checking this
+//! reads one 48-byte header, never the segment's data. A sealed segment whose
+//! files disagree gets its index rebuilt from a scan of its store.
+//!
+//! The last segment may have been cut anywhere. Its index is trusted up to the
+//! last entry that is in order and points at a batch whose CRC checks; the
+//! store is scanned from there. A batch that fails its checks is either damage
+//! (a valid batch follows it somewhere later: the range is kept, indexed and
+//! fenced, so reads of it return [`StorageError::Corrupt`]) or a torn tail
+//! (nothing valid follows: the bytes are moved to a `.torn` sidecar file and
+//! cut off).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use memmap2::Mmap;
+
+use super::batch::{self, BatchHeader, HEADER_LEN, MAGIC};
+use super::error::{Result, StorageError};
+use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
+use super::index::{IndexEntry, Table, TimeEntry};
+use super::store::{Store, StoreWriter};
+
+/// Packs the published index length and store end into one word, so a reader
+/// never sees an entry without the bytes it points to, or the reverse.
+fn pack(entries: u32, end: u32) -> u64 {
+    (u64::from(entries) << 32) | u64::from(end)
+}
+
+fn unpack(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
+}
+
+/// The stored bytes of whole batches, read from one segment.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentRead {
+    pub bytes: Bytes,
+    /// Offset of the first record of the first batch.
+    pub first_offset: u64,
+    /// Offset after the last record of the last batch.
+    pub next_offset: u64,
+}
+
+/// One segment, as readers see it.
+pub(crate) struct Segment {
+    base: u64,
+    store: Store,
+    index: Table<IndexEntry>,
+    times: Table<TimeEntry>,
+    /// `pack(index entries, store end)` of the published batches.
+    published: AtomicU64,
+    next_offset: AtomicU64,
+    /// Serialises fsyncs of the store. Holds the reason of a failed fsync: an
+    /// fsync that failed is never retried as if the data were safe, because
+    /// the kernel may have dropped the dirty pages it could not write.
+    sync_failure: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (entries, end) = unpack(self.published.load(Ordering::Relaxed));
+        f.debug_struct("Segment")
+            .field("base", &self.base)
+            .field("next_offset", &self.next_offset())
+            .field("entries", &entries)
+            .field("end", &end)
+            .finish()
+    }
+}
+
+/// What recovery did to a segment.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes cut off a torn tail (moved to the sidecar file).
+    pub truncated_bytes: u64,
+    /// The sidecar holding the cut bytes.
+    pub sidecar: Option<PathBuf>,
+    /// Damaged ranges `(store position, length)` kept and fenced.
+    pub damaged: Vec<(u64, u64)>,
+    /// Whether the index or time index was rebuilt or extended from the store.
+    pub index_rebuilt: bool,
+}
+
+impl Segment {
+    pub fn base_offset(&self) -> u64 {
+        self.base
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    /// Published bytes of the store.
+    pub fn size(&self) -> u64 {
+        u64::from(unpack(self.published.load(Ordering::Acquire)).1)
+    }
+
+    /// The append time of the newest batch, if any.
+    pub fn last_append_time(&self) -> Option<i64> {
+        self.times.last().map(|e| e.time)
+    }
+
+    /// The append time of the oldest batch, if any.
+    pub fn first_append_time(&self) -> Option<i64> {
+        self.times.get(0).map(|e| e.time)
+    }
+
+    /// Creates the files of a new, empty segment.
+    pub fn create(dir: &Path, base: u64, index_entries: u32) -> Result<Segment> {
+        let store = Store::open(&fs::segment_path(dir, base, STORE_EXT), true)?;
+        let made = (|| {
+            let index = Table::create(&fs::segment_path(dir, base, INDEX_EXT), index_entries)?;
+            let times = Table::create(&fs::segment_path(dir, base, TIME_INDEX_EXT), index_entries)?;
+            Ok((index, times))
+        })();
+        let (index, times) = match made {
+            Ok(tables) => tables,
+            Err(e) => {
+                // Leave no half-made segment behind (a full disk, typically).
+                for ext in [STORE_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+                    let _ = fs::remove_file(&fs::segment_path(dir, base, ext));
+                }
+                return Err(e);
+            }
+        };
+        Ok(Segment::assemble(base, store, index, times, 0, 0, base))
+    }
+
+    fn assemble(
+        base: u64,
+        store: Store,
+        index: Table<IndexEntry>,
+        times: Table<TimeEntry>,
+        entries: u32,
+        end: u32,
+        next_offset: u64,
+    ) -> Segment {
+        Segment {
+            base,
+            store,
+            index,
+            times,
+            published: AtomicU64::new(pack(entries, end)),
+            next_offset: AtomicU64::new(next_offset),
+            sync_failure: Mutex::new(None),
+        }
+    }
+
+    /// Opens a sealed segment whose successor starts at `next_base`.
+    pub fn open_sealed(dir: &Path, base: u64, next_base: u64) -> Result<(Segment, RecoveryReport)> {
+        let store_path = fs::segment_path(dir, base, STORE_EXT);
+        let store = Store::open(&store_path, false)?;
+        let size = store.file_len()?;
+        if size > u64::from(u32::MAX) {
+            return Err(bad_layout(&store_path, "store is larger than 4 GiB"));
+        }
+        let index_path = fs::segment_path(dir, base, INDEX_EXT);
+        let time_path = fs::segment_path(dir, base, TIME_INDEX_EXT);
+        let index = open_sealed_table::<IndexEntry>(&index_path)?;
+        let times = open_sealed_table::<TimeEntry>(&time_path)?;
+        let index_ok = index
+            .as_ref()
+            .is_some_and(|i| sealed_index_ok(i, &store, base, size, next_base));
+        let times_ok = index_ok
+            && times
+                .as_ref()
+                .is_some_and(|t| sealed_times_ok(t, index.as_ref().expect("checked")));
+        if index_ok && times_ok {
+            let index = index.expect("checked");
+            let entries = index.len();
+            let segment = Segment::assemble(
+                base,
+                store,
+                index,
+                times.expect("checked"),
+                entries,
+                size as u32,
+                next_base,
+            );
+            return Ok((segment, RecoveryReport::default()));
+        }
+        drop((index, times));
+        tracing::warn!(segment = %store_path.display(), "sealed segment's index disagrees with its store; rebuilding it");
+        let scan = scan_store(&store, base, 0, base, Some(next_base))?;
+        let (index, times) = rebuild_tables(&index_path, &time_path, &scan.batches)?;
+        index.seal()?;
+        times.seal()?;
+        let report = RecoveryReport {
+            damaged: scan.damaged.clone(),
+            index_rebuilt: true,
+            ..RecoveryReport::default()
+        };
+        let entries = index.len();
+        Ok((
+            Segment::assemble(base, store, index, times, entries, size as u32, next_base),
+            report,
+        ))
+    }
+
+    /// Opens the last segment of a log for appending, recovering it from
+    /// whatever a crash left.
+    pub fn open_active(
+        dir: &Path,
+        base: u64,
+        index_entries: u32,
+    ) -> Result<(Segment, RecoveryReport)> {
+        let store_path = fs::segment_path(dir, base, STORE_EXT);
+        let store = Store::open(&store_path, false)?;
+        let size = store.file_len()?;
+        if size > u64::from(u32::MAX) {
+            return Err(bad_layout(&store_path, "store is larger than 4 GiB"));
+        }
+        let index_path = fs::segment_path(dir, base, INDEX_EXT);
+        let time_path = fs::segment_path(dir, base, TIME_INDEX_EXT);
+        let mut index = open_or_create_table::<IndexEntry>(&index_path, index_entries)?;
+        let mut times = open_or_create_table::<TimeEntry>(&time_path, index_entries)?;
+        let mut report = RecoveryReport::default();
+
+        // The index is trusted up to its last in-order entry that points at a
+        // good batch; from there on the store is scanned.
+        let ordered = ordered_prefix(&index, size);
+        let mut start: Option<(u32, BatchHeader)> = None;
+        for k in (0..ordered).rev() {
+            let e = index.get(k).expect("below len");
+            if let Some(h) = good_batch_at(&store, base, e, size) {
+                start = Some((k, h));
+                break;
+            }
+        }
+        let (kept, scan_from, expected) = match start {
+            Some((k, h)) => (
+                k + 1,
+                u64::from(index.get(k).expect("below len").pos) + u64::from(h.batch_length),
+                h.next_offset(),
+            ),
+            None => (0, 0, base),
+        };
+        if kept != index.len() {
+            report.index_rebuilt = true;
+        }
+        index.truncate(kept);
+        let last_rel = index.last().map(|e| e.rel);
+        let time_kept = ordered_time_prefix(&times, last_rel);
+        if time_kept != times.len() {
+            report.index_rebuilt = true;
+        }
+        times.truncate(time_kept);
+
+        let scan = scan_store(&store, base, scan_from, expected, None)?;
+        if !scan.batches.is_empty() {
+            report.index_rebuilt = true;
+        }
+        report.damaged = scan.damaged.clone();
+        for &(entry, time) in &scan.batches {
+            // SAFETY: the table is not shared yet; this thread is its only user.
+            let pushed = unsafe { index.push(entry) };
+            if !pushed {
+                return Err(bad_layout(
+                    &index_path,
+                    "index is too small for the batches in its store",
+                ));
+            }
+            if let Some(time) = time {
+                push_time(&times, time, entry.rel);
+            }
+        }
+        let mut end = scan.good_end;
+        if let Some(tail) = scan.tail {
+            let cut = size - tail;
+            let sidecar = move_to_sidecar(dir, &store, base, tail, size)?;
+            tracing::warn!(
+                segment = %store_path.display(),
+                bytes = cut,
+                sidecar = %sidecar.display(),
+                "cut a torn tail off the active segment"
+            );
+            report.truncated_bytes = cut;
+            report.sidecar = Some(sidecar);
+            end = tail;
+        }
+        let entries = index.len();
+        let next = scan.next_offset;
+        Ok((
+            Segment::assemble(base, store, index, times, entries, end as u32, next),
+            report,
+        ))
+    }
+
+    /// The writer of this (active) segment. Only one may exist.
+    pub fn writer(self: &std::sync::Arc<Self>) -> Result<SegmentWriter> {
+        let (entries, end) = unpack(self.published.load(Ordering::Acquire));
+        Ok(SegmentWriter {
+            segment: std::sync::Arc::clone(self),
+            store: self.store.writer(u64::from(end))?,
+            entries,
+            last_time: self.times.last(),
+        })
+    }
+
+    /// Makes the store durable (fdatasync), one fsync at a time. After a
+    /// failure every later call fails too.
+    pub fn sync(&self) -> Result<()> {
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = failure.as_ref() {
+            return Err(StorageError::Fenced {
+                reason: reason.clone(),
+            });
+        }
+        if let Err(e) = self.store.sync() {
+            *failure = Some(e.to_string());
+            return Err(StorageError::Fenced {
+                reason: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The index entry of the batch holding `offset`, with its position in
+    /// the index, among the first `entries` entries.
+    fn locate(&self, offset: u64, entries: u32) -> Option<(u32, IndexEntry)> {
+        let rel = offset.checked_sub(self.base)?;
+        let rel = u32::try_from(rel).unwrap_or(u32::MAX);
+        let k = self
+            .index
+            .partition_point(entries, |e| e.rel <= rel)
+            .checked_sub(1)?;
+        Some((k, self.index.get(k)?))
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to
+    /// `max_bytes` but always at least one batch. Each batch's header and CRC
+    /// are checked; a bad first batch is an error, a bad later one ends the
+    /// read before it.
+    pub fn read(&self, offset: u64, max_bytes: u64) -> Result<Option<SegmentRead>> {
+        let (entries, end) = unpack(self.published.load(Ordering::Acquire));
+        let Some((k, first)) = self.locate(offset, entries) else {
+            return Ok(None);
+        };
+        // Extend over following batches while they fit in max_bytes.
+        let mut spans = Vec::new();
+        let mut j = k;
+        let mut total = 0u64;
+        loop {
+            let entry = if j == k {
+                first
+            } else {
+                self.index.get(j).expect("below entries")
+            };
+            let stop = if j + 1 < entries {
+                self.index.get(j + 1).expect("below entries").pos
+            } else {
+                end
+            };
+            let len = u64::from(stop.saturating_sub(entry.pos));
+            if j > k && total + len > max_bytes {
+                break;
+            }
+            spans.push((entry, len));
+            total += len;
+            j += 1;
+            if j >= entries || total >= max_bytes {
+                break;
+            }
+        }
+        let bytes = self.store.read_at(u64::from(first.pos), total as usize)?;
+        let bytes = Bytes::from(bytes);
+        // Check each batch; serve the good prefix.
+        let mut at = 0usize;
+        let mut next_offset = self.base + u64::from(first.rel);
+        for (i, (entry, len)) in spans.iter().enumerate() {
+            let chunk = &bytes[at..at + *len as usize];
+            match batch::check(chunk) {
+                Ok(h) if h.base_offset == self.base + u64::from(entry.rel) => {
+                    next_offset = h.next_offset();
+                    at += *len as usize;
+                }
+                result => {
+                    if i > 0 {
+                        break;
+                    }
+                    let reason = match result {
+                        Ok(h) => format!(
+                            "batch holds offset {}, index says {}",
+                            h.base_offset,
+                            self.base + u64::from(entry.rel)
+                        ),
+                        Err(e) => e.to_string(),
+                    };
+                    let resume_at = self
+                        .index
+                        .get(k + 1)
+                        .filter(|_| k + 1 < entries)
+                        .map(|e| self.base + u64::from(e.rel))
+                        .or(Some(self.next_offset()));
+                    return Err(StorageError::Corrupt {
+                        segment: self.base,
+                        position: u64::from(entry.pos),
+                        reason,
+                        resume_at,
+                    });
+                }
+            }
+        }
+        Ok(Some(SegmentRead {
+            bytes: bytes.slice(..at),
+            first_offset: self.base + u64::from(first.rel),
+            next_offset,
+        }))
+    }
+
+    /// The first offset whose batch was appended at or after `time`.
+    pub fn offset_for_time(&self, time: i64) -> Result<Option<u64>> {
+        let (entries, end) = unpack(self.published.load(Ordering::Acquire));
+        let tlen = self.times.len();
+        // The time index may be sparse after recovery: start at the last
+        // entry before `time` and check batch headers from there.
+        let t = self.times.partition_point(tlen, |e| e.time < time);
+        let start_rel = match t.checked_sub(1).and_then(|i| self.times.get(i)) {
+            Some(e) => e.rel,
+            None => 0,
+        };
+        let Some((mut k, _)) = self.locate(self.base + u64::from(start_rel), entries) else {
+            return Ok(None);
+        };
+        while k < entries {
+            let e = self.index.get(k).expect("below entries");
+            if u64::from(e.pos) + HEADER_LEN as u64 > u64::from(end) {
+                break;
+            }
+            let header = BatchHeader::parse(&self.store.read_at(u64::from(e.pos), HEADER_LEN)?);
+            if let Ok(h) = header {
+                if h.append_time >= time {
+                    return Ok(Some(self.base + u64::from(e.rel)));
+                }
+            }
+            k += 1;
+        }
+        Ok(None)
+    }
+
+    /// Raw published bytes `[pos, pos + len)` of the store, clamped to the end.
+    pub fn read_raw(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
+        let end = self.size();
+        let len = (end.saturating_sub(pos)).min(len as u64) as usize;
+        self.store.read_at(pos, len)
+    }
+
+    /// Unlinks the segment's files. Readers holding it keep reading: an open
+    /// file and its mappings outlive the directory entry.
+    pub fn remove_files(&self) -> Result<()> {
+        fs::remove_file(self.store.path())?;
+        fs::remove_file(self.index.path())?;
+        fs::remove_file(self.times.path())
+    }
+}
+
+/// The append side of the active segment.
+pub(crate) struct SegmentWriter {
+    segment: std::sync::Arc<Segment>,
+    store: StoreWriter,
+    /// Index entries written (all published once `publish` returns).
+    entries: u32,
+    last_time: Option<TimeEntry>,
+}
+
+impl SegmentWriter {
+    pub fn segment(&self) -> &std::sync::Arc<Segment> {
+        &self.segment
+    }
+
+    /// Bytes the store holds, buffered ones included.
+    pub fn end(&self) -> u64 {
+        self.store.end()
+    }
+
+    pub fn index_full(&self) -> bool {
+        self.segment.index.is_full()
+    }
+
+    /// Buffers one batch (offsets already assigned); returns its position.
+    pub fn write(&mut self, batch: &[u8]) -> Result<u64> {
+        self.store.write(batch)
+    }
+
+    /// Hands buffered batches to the kernel.
+    pub fn flush(&mut self) -> Result<()> {
+        self.store.flush()
+    }
+
+    /// Indexes and publishes flushed batches: `(first offset, position,
+    /// append time, next offset)` each.
+    pub fn publish(&mut self, batches: &[(u64, u64, i64, u64)]) {
+        let Some(&(_, _, _, next)) = batches.last() else {
+            return;
+        };
+        for &(offset, pos, time, _) in batches {
+            let rel = (offset - self.segment.base) as u32;
+            // SAFETY: the log's append lock makes this the only writer.
+            let pushed = unsafe {
+                self.segment.index.push(IndexEntry {
+                    rel,
+                    pos: pos as u32,
+                })
+            };
+            debug_assert!(pushed, "the log rolls before the index fills");
+            self.entries += 1;
+            if self.last_time.is_none_or(|t| time > t.time) {
+                let entry = TimeEntry { time, rel };
+                if push_time(&self.segment.times, entry.time, rel) {
+                    self.last_time = Some(entry);
+                }
+            }
+        }
+        let end = self.store.end() as u32;
+        self.segment
+            .published
+            .store(pack(self.entries, end), Ordering::Release);
+        self.segment.next_offset.store(next, Ordering::Release);
+    }
+
+    /// Makes the segment immutable on disk: flush, fsync, cut the index files
+    /// to their entries.
+    pub fn seal(&mut self) -> Result<()> {
+        self.store.flush()?;
+        self.segment.sync()?;
+        self.segment.index.seal()?;
+        self.segment.times.seal()
+    }
+}
+
+/// Pushes a time entry if it is newer than the last one; true if pushed.
+fn push_time(times: &Table<TimeEntry>, time: i64, rel: u32) -> bool {
+    if times.last().is_some_and(|t| t.time >= time) {
+        return false;
+    }
+    // SAFETY: called only by the segment's single writer (or by recovery
+    // before the table is shared).
+    unsafe { times.push(TimeEntry { time, rel }) }
+}
+
+fn bad_layout(path: &Path, reason: &str) -> StorageError {
+    StorageError::BadLayout {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn open_sealed_table<E: super::index::Entry>(path: &Path) -> Result<Option<Table<E>>> {
+    match Table::open_sealed(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn open_or_create_table<E: super::index::Entry>(path: &Path, capacity: u32) -> Result<Table<E>> {
+    if path.exists() {
+        Table::open_writable(path, capacity)
+    } else {
+        Table::create(path, capacity)
+    }
+}
+
+/// The cheap consistency check of a sealed segment (see the module docs).
+fn sealed_index_ok(
+    index: &Table<IndexEntry>,
+    store: &Store,
+    base: u64,
+    size: u64,
+    next_base: u64,
+) -> bool {
+    let n = index.len();
+    if n == 0 {
+        return size == 0 && next_base == base;
+    }
+    if index.get(0) != Some(IndexEntry { rel: 0, pos: 0 }) {
+        return false;
+    }
+    let last = index.get(n - 1).expect("below len");
+    if n >= 2 {
+        let prev = index.get(n - 2).expect("below len");
+        if prev.rel > last.rel || prev.pos >= last.pos {
+            return false;
+        }
+    }
+    if u64::from(last.pos) + HEADER_LEN as u64 > size {
+        return false;
+    }
+    let Ok(bytes) = store.read_at(u64::from(last.pos), HEADER_LEN) else {
+        return false;
+    };
+    let Ok(h) = BatchHeader::parse(&bytes) else {
+        return false;
+    };
+    h.base_offset == base + u64::from(last.rel)
+        && u64::from(last.pos) + u64::from(h.batch_length) == size
+        && h.next_offset() == next_base
+}
+
+fn sealed_times_ok(times: &Table<TimeEntry>, index: &Table<IndexEntry>) -> bool {
+    let n = times.len();
+    let Some(last_rel) = index.last().map(|e| e.rel) else {
+        return n == 0;
+    };
+    let Some(last) = times.last() else {
+        return false;
+    };
+    if n >= 2 {
+        let prev = times.get(n - 2).expect("below len");
+        if prev.time >= last.time || prev.rel > last.rel {
+            return false;
+        }
+    }
+    times.get(0).is_some_and(|e| e.rel == 0) && last.rel <= last_rel
+}
+
+/// Number of leading index entries that are in order: the first is (0, 0),
+/// both fields strictly increase, and every position is inside the store.
+fn ordered_prefix(index: &Table<IndexEntry>, size: u64) -> u32 {
+    let n = index.len();
+    let mut prev: Option<IndexEntry> = None;
+    for k in 0..n {
+        let e = index.get(k).expect("below len");
+        let in_order = match prev {
+            None => e == IndexEntry { rel: 0, pos: 0 },
+            // Equal offsets are allowed: a damaged range that holds no
+            // offsets shares its successor's.
+            Some(p) => e.rel >= p.rel && e.pos > p.pos,
+        };
+        if !in_order || u64::from(e.pos) > size {
+            return k;
+        }
+        prev = Some(e);
+    }
+    n
+}
+
+/// Number of leading time entries that are in order and refer to offsets
+/// not beyond `last_rel`.
+fn ordered_time_prefix(times: &Table<TimeEntry>, last_rel: Option<u32>) -> u32 {
+    let Some(last_rel) = last_rel else { return 0 };
+    let n = times.len();
+    let mut prev: Option<TimeEntry> = None;
+    for k in 0..n {
+        let e = times.get(k).expect("below len");
+        let in_order = match prev {
+            None => e.rel == 0,
+            Some(p) => e.time > p.time && e.rel >= p.rel,
+        };
+        if !in_order || e.rel > last_rel {
+            return k;
+        }
+        prev = Some(e);
+    }
+    n
+}
+
+/// The header of the batch `entry` points at, if that batch is whole, its CRC
+/// checks and its offset is the one the entry claims.
+fn good_batch_at(store: &Store, base: u64, entry: IndexEntry, size: u64) -> Option<BatchHeader> {
+    let pos = u64::from(entry.pos);
+    let header = BatchHeader::parse(&store.read_at(pos, HEADER_LEN).ok()?).ok()?;
+    if pos + u64::from(header.batch_length) > size
+        || header.base_offset != base + u64::from(entry.rel)
+    {
+        return None;
+    }
+    let bytes = store.read_at(pos, header.batch_length as usize).ok()?;
+    batch::check(&bytes).ok()
+}
+
+/// What a scan of a store found.
+struct Scan {
+    /// An index entry per batch or damaged range, with the batch's append
+    /// time (`None` for damage).
+    batches: Vec<(IndexEntry, Option<i64>)>,
+    /// Damaged ranges that valid batches follow: (position, length).
+    damaged: Vec<(u64, u64)>,
+    /// End of the last good batch (or of the scan start).
+    good_end: u64,
+    /// Offset after the last good batch (or a damaged range's offsets).
+    next_offset: u64,
+    /// Start of trailing bytes that hold no valid batch.
+    tail: Option<u64>,
+}
+
+impl Scan {
+    /// Records a damaged range starting at `pos` that holds the offsets from
+    /// the expected one up to `resume`.
+    fn damage(&mut self, base: u64, pos: u64, len: u64, resume: u64) {
+        let rel = (self.next_offset - base) as u32;
+        self.batches.push((
+            IndexEntry {
+                rel,
+                pos: pos as u32,
+            },
+            None,
+        ));
+        self.damaged.push((pos, len));
+        self.next_offset = resume.max(self.next_offset);
+    }
+}
+
+/// Scans the store from `from` (a batch boundary) expecting offset
+/// `expected`; in a sealed segment `limit` is the next segment's base.
+fn scan_store(
+    store: &Store,
+    base: u64,
+    from: u64,
+    expected: u64,
+    limit: Option<u64>,
+) -> Result<Scan> {
+    let mut scan = Scan {
+        batches: Vec::new(),
+        damaged: Vec::new(),
+        good_end: from,
+        next_offset: expected,
+        tail: None,
+    };
+    let size = store.file_len()?;
+    let file =
+        std::fs::File::open(store.path()).map_err(|e| StorageError::io("open", store.path(), e))?;
+    let map = if size > from {
+        // SAFETY: the log owns the directory; nothing truncates the store
+        // while it is being opened. The mapping is dropped on return.
+        Some(unsafe { Mmap::map(&file) }.map_err(|e| StorageError::io("mmap", store.path(), e))?)
+    } else {
+        None
+    };
+    let bytes: &[u8] = map
+        .as_deref()
+        .map_or(&[], |m| &m[..(size as usize).min(m.len())]);
+    let mut pos = from as usize;
+    while pos < bytes.len() {
+        if let Some(h) = batch_at(bytes, pos, base, scan.next_offset, true) {
+            let rel = (h.base_offset - base) as u32;
+            scan.batches.push((
+                IndexEntry {
+                    rel,
+                    pos: pos as u32,
+                },
+                Some(h.append_time),
+            ));
+            pos += h.batch_length as usize;
+            scan.good_end = pos as u64;
+            scan.next_offset = h.next_offset();
+            continue;
+        }
+        // Not a good batch: look for the next one further on.
+        let next = (pos + 1..bytes.len())
+            .find_map(|q| batch_at(bytes, q, base, scan.next_offset, false).map(|h| (q, h)));
+        match (next, limit) {
+            (Some((q, h)), _) => {
+                // Damage followed by valid data: keep it, index it, fence it.
+                tracing::warn!(
+                    store = %store.path().display(),
+                    position = pos,
+                    bytes = q - pos,
+                    offsets = %format!("{}..{}", scan.next_offset, h.base_offset),
+                    "damaged range in segment; its records will not be served"
+                );
+                scan.damage(base, pos as u64, (q - pos) as u64, h.base_offset);
+                pos = q;
+            }
+            (None, Some(limit)) => {
+                // A sealed segment is never cut: the rest is one fenced range.
+                scan.damage(base, pos as u64, (bytes.len() - pos) as u64, limit);
+                scan.good_end = bytes.len() as u64;
+                break;
+            }
+            (None, None) => {
+                scan.tail = Some(pos as u64);
+                break;
+            }
+        }
+    }
+    if let Some(limit) = limit.filter(|&l| l > scan.next_offset) {
+        // The store lacks offsets that its successor's base says it holds.
+        scan.damage(base, bytes.len() as u64, 0, limit);
+    }
+    Ok(scan)
+}
+
+/// The header of a valid batch starting at `pos` in `bytes` whose offsets
+/// fit the segment: exactly `expected` when `exact`, otherwise at or after it
+/// (a resynchronisation after damage).
+fn batch_at(
+    bytes: &[u8],
+    pos: usize,
+    base: u64,
+    expected: u64,
+    exact: bool,
+) -> Option<BatchHeader> {
+    let rest = &bytes[pos..];
+    // Cheap filters first: a resync tries every byte position.
+    if rest.len() < HEADER_LEN
+        || rest[24] != MAGIC
+        || rest[25] != 0
+        || rest[26] != 0
+        || rest[27] != 0
+    {
+        return None;
+    }
+    let h = BatchHeader::parse(rest).ok()?;
+    let len = h.batch_length as usize;
+    if len > rest.len() {
+        return None;
+    }
+    let offset_fits = if exact {
+        h.base_offset == expected
+    } else {
+        h.base_offset >= expected
+    };
+    if !offset_fits || h.next_offset() - base > u64::from(u32::MAX) {
+        return None;
+    }
+    batch::check(&rest[..len]).ok()
+}
+
+/// Writes fresh index and time index files for a sealed segment.
+fn rebuild_tables(
+    index_path: &Path,
+    time_path: &Path,
+    batches: &[(IndexEntry, Option<i64>)],
+) -> Result<(Table<IndexEntry>, Table<TimeEntry>)> {
+    fs::remove_file(index_path)?;
+    fs::remove_file(time_path)?;
+    let capacity = batches.len().max(1) as u32;
+    let index = Table::create(index_path, capacity)?;
+    let time_table = Table::create(time_path, capacity)?;
+    for &(e, t) in batches {
+        // SAFETY: the tables are not shared yet.
+        unsafe { index.push(e) };
+        if let Some(t) = t {
+            push_time(&time_table, t, e.rel);
+        }
+    }
+    Ok((index, time_table))
+}
+
+/// Copies store bytes `[from, size)` into a sidecar file, then cuts the store
+/// to `from`. The copy is synced before the cut, so the bytes are never lost.
+fn move_to_sidecar(dir: &Path, store: &Store, base: u64, from: u64, size: u64) -> Result<PathBuf> {
+    let bytes = store.read_at(from, (size - from) as usize)?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let path = dir.join(format!("{base:020}.{stamp}.{TORN_EXT}"));
+    std::fs::write(&path, &bytes).map_err(|e| StorageError::io("write", &path, e))?;
+    let f = std::fs::File::open(&path).map_err(|e| StorageError::io("open", &path, e))?;
+    f.sync_all()
+        .map_err(|e| StorageError::io("fsync", &path, e))?;
+    fs::sync_dir(dir)?;
+    store.truncate(from)?;
+    store.sync()?;
+    Ok(path)
+}
