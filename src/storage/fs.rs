@@ -129,6 +129,7 @@ mod tests {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(true)
             .open(&path)
             .unwrap();
         allocate(&file, &path, 1 << 20).unwrap();

@@ -290,3 +290,122 @@ impl<E: Entry> Table<E> {
             .map_err(|e| StorageError::io("fsync", &self.path, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(rel: u32, pos: u32) -> IndexEntry {
+        IndexEntry { rel, pos }
+    }
+
+    #[test]
+    fn write_read_and_end_of_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.index");
+        let table = Table::<IndexEntry>::create(&path, 4).unwrap();
+        assert_eq!(table.len(), 0);
+        assert_eq!(table.get(0), None, "an empty table reads nothing");
+        assert_eq!(table.last(), None);
+        let entries = [entry(0, 0), entry(1, 10), entry(5, 30), entry(9, 70)];
+        for e in entries {
+            // SAFETY: single-threaded test.
+            assert!(unsafe { table.push(e) });
+        }
+        assert!(table.is_full());
+        assert!(
+            !unsafe { table.push(entry(10, 80)) },
+            "a full table refuses entries"
+        );
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(table.get(i as u32), Some(*e));
+        }
+        assert_eq!(table.get(4), None, "reading past the end gives nothing");
+        // The last entry at or below each relative offset.
+        let find = |rel| table.partition_point(table.len(), |e| e.rel <= rel);
+        assert_eq!(find(0), 1);
+        assert_eq!(find(4), 2);
+        assert_eq!(find(5), 3);
+        assert_eq!(find(100), 4);
+    }
+
+    #[test]
+    fn file_is_preallocated_then_trimmed_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.index");
+        let table = Table::<IndexEntry>::create(&path, 1000).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8000);
+        unsafe {
+            table.push(entry(0, 0));
+            table.push(entry(3, 100));
+        }
+        table.seal().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16);
+        // Still readable through the old mapping after the trim.
+        assert_eq!(table.get(1), Some(entry(3, 100)));
+        drop(table);
+
+        let sealed = Table::<IndexEntry>::open_sealed(&path).unwrap();
+        assert_eq!(sealed.len(), 2);
+        assert!(sealed.is_full());
+        assert_eq!(sealed.last(), Some(entry(3, 100)));
+        drop(sealed);
+
+        let mut reopened = Table::<IndexEntry>::open_writable(&path, 1000).unwrap();
+        assert_eq!(reopened.len(), 2);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            8000,
+            "re-extended for appends"
+        );
+        assert!(unsafe { reopened.push(entry(4, 200)) });
+        assert_eq!(reopened.get(2), Some(entry(4, 200)));
+        reopened.truncate(1);
+        assert_eq!(reopened.len(), 1);
+        assert_eq!(reopened.get(1), None);
+    }
+
+    #[test]
+    fn time_entries_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.timeindex");
+        let table = Table::<TimeEntry>::create(&path, 2).unwrap();
+        let e = TimeEntry {
+            time: -5,
+            rel: u32::MAX,
+        };
+        assert!(unsafe { table.push(e) });
+        assert_eq!(table.get(0), Some(e));
+        let mut raw = [0u8; 12];
+        e.encode(&mut raw);
+        assert_eq!(
+            raw,
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb, 0xff, 0xff, 0xff, 0xff]
+        );
+    }
+
+    #[test]
+    fn readers_see_only_published_entries_while_a_writer_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = std::sync::Arc::new(
+            Table::<IndexEntry>::create(&dir.path().join("t"), 20_000).unwrap(),
+        );
+        let reader = {
+            let table = std::sync::Arc::clone(&table);
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                while seen < 20_000 {
+                    let n = table.len();
+                    for i in seen..n {
+                        assert_eq!(table.get(i), Some(entry(i, i * 2)));
+                    }
+                    seen = n;
+                }
+            })
+        };
+        for i in 0..20_000 {
+            assert!(unsafe { table.push(entry(i, i * 2)) });
+        }
+        reader.join().unwrap();
+    }
+}

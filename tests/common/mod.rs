@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use spool::storage::{BatchBuilder, Log, LogConfig, SyncMode};
+
+/// A config with tiny segments, so that tests roll often.
+pub fn small_config(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        index_bytes: 1024,
+        segment_age: None,
+        sync: SyncMode::Never,
+        max_batch_bytes: 8 << 20,
+    }
+}
+
+/// A batch of `values`, with timestamps 1000, 1001, ... and no keys.
+pub fn batch_of(values: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    for (i, v) in values.iter().enumerate() {
+        b.push(1000 + i as i64, None, v, &[]);
+    }
+    b.finish()
+}
+
+/// The value stored at `offset` by [`fill`]: recognisable and offset-specific.
+pub fn value_for(offset: u64, len: usize) -> Vec<u8> {
+    let mut v = format!("record-{offset}-").into_bytes();
+    v.resize(len.max(v.len()), b'a' + (offset % 26) as u8);
+    v
+}
+
+/// Appends `batches` batches of `per_batch` records of `len` bytes each;
+/// returns the base offset of every batch.
+pub fn fill(log: &Log, batches: usize, per_batch: usize, len: usize) -> Vec<u64> {
+    let mut bases = Vec::new();
+    for _ in 0..batches {
+        let first = log.next_offset();
+        let values: Vec<Vec<u8>> = (0..per_batch)
+            .map(|i| value_for(first + i as u64, len))
+            .collect();
+        let mut batch = batch_of(&values);
+        bases.push(log.append(&mut batch).expect("append").base_offset);
+    }
+    bases
+}
+
+/// Checks that every offset in `[from, to)` reads back the value [`fill`] wrote.
+pub fn assert_readable(log: &Log, from: u64, to: u64, len: usize) {
+    for offset in from..to {
+        let record = log
+            .read(offset)
+            .unwrap_or_else(|e| panic!("read {offset}: {e}"));
+        assert_eq!(record.offset, offset);
+        assert_eq!(
+            record.value,
+            value_for(offset, len),
+            "value at offset {offset}"
+        );
+    }
+}
+
+/// Copies every file of `from` into `to` (a fresh directory).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The segment file of `base` with extension `ext`.
+pub fn segment_file(dir: &std::path::Path, base: u64, ext: &str) -> std::path::PathBuf {
+    dir.join(format!("{base:020}.{ext}"))
+}
