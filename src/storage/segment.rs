@@ -264,6 +264,22 @@ impl Segment {
             report.index_rebuilt = true;
         }
         times.truncate(time_kept);
+        // Batches indexed after the last time entry (the time index lost its
+        // tail, or the whole file) get their entries back from their headers.
+        let first_missing = times
+            .last()
+            .map_or(0, |t| index.partition_point(kept, |e| e.rel <= t.rel));
+        for k in first_missing..kept {
+            let e = index.get(k).expect("below len");
+            // A damaged header is skipped: the read of that batch reports it.
+            let Ok(header) = BatchHeader::parse(&store.read_at(u64::from(e.pos), HEADER_LEN)?)
+            else {
+                continue;
+            };
+            if push_time(&times, header.append_time, e.rel) {
+                report.index_rebuilt = true;
+            }
+        }
 
         let scan = scan_store(&store, base, scan_from, expected, None)?;
         if !scan.batches.is_empty() {
