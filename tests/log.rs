@@ -584,3 +584,19 @@ fn a_reader_keeps_reading_a_segment_that_retention_deletes() {
     }
     assert_eq!(next, 30);
 }
+
+#[test]
+fn read_batches_up_to_never_exceeds_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    fill(&log, 4, 4, 100);
+    let batch_len = log.read_batches(0, 1).unwrap().bytes.len() as u64;
+    let none = log.read_batches_up_to(0, batch_len - 1).unwrap();
+    assert!(none.bytes.is_empty());
+    assert_eq!(none.next_offset, 0);
+    let two = log.read_batches_up_to(5, batch_len * 2 + 5).unwrap();
+    assert_eq!(
+        (two.first_offset, two.next_offset, two.bytes.len() as u64),
+        (4, 12, batch_len * 2)
+    );
+}

@@ -52,6 +52,7 @@ fn config() -> LogConfig {
         segment_age: None,
         sync: SyncMode::Never,
         max_batch_bytes: 16 << 20,
+        max_record_bytes: u32::MAX,
     }
 }
 

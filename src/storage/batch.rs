@@ -99,6 +99,8 @@ pub enum BatchError {
     BadRecord { index: u32, reason: &'static str },
     #[error("batch holds {0} bytes after its last record")]
     TrailingBytes(usize),
+    #[error("record {index} is {size} bytes, more than the limit of {max}")]
+    RecordTooLarge { index: u32, size: usize, max: usize },
     #[error("max_timestamp is {declared} but the largest record timestamp is {actual}")]
     BadMaxTimestamp { declared: i64, actual: i64 },
 }
@@ -213,6 +215,12 @@ pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 /// Fully validates one batch from an untrusted source: header, CRC, and every
 /// record's framing, the record count, the timestamps and header names.
 pub fn validate(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    validate_limited(bytes, usize::MAX)
+}
+
+/// [`validate`], also refusing any record whose encoding (length prefix
+/// included) exceeds `max_record` bytes.
+pub fn validate_limited(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchError> {
     let header = check(bytes)?;
     // A record takes at least MIN_RECORD_LEN bytes, so a count that cannot fit
     // is rejected before any work proportional to it.
@@ -226,7 +234,15 @@ pub fn validate(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let mut cursor = body;
     let mut max_ts = i64::MIN;
     for index in 0..header.record_count {
+        let before = cursor.len();
         let record = next_record(&mut cursor, header.first_timestamp, index)?;
+        if before - cursor.len() > max_record {
+            return Err(BatchError::RecordTooLarge {
+                index,
+                size: before - cursor.len(),
+                max: max_record,
+            });
+        }
         if index == 0 && record.timestamp != header.first_timestamp {
             return Err(BatchError::BadRecord {
                 index,
@@ -714,6 +730,22 @@ mod tests {
             damaged[i] ^= 0x01;
             assert!(validate(&damaged).is_err(), "flip at {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn record_limit_counts_the_whole_encoded_record() {
+        let bytes = sample();
+        // The first record: 1 (length) + 1 (delta) + 1 + 2 (key) + 1 + 5 (value)
+        // + 1 (count) + 1 + 5 + 1 + 3 (header) = 22 bytes.
+        assert!(validate_limited(&bytes, 22).is_ok());
+        assert!(matches!(
+            validate_limited(&bytes, 21),
+            Err(BatchError::RecordTooLarge {
+                index: 0,
+                size: 22,
+                max: 21
+            })
+        ));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct LogConfig {
     pub sync: SyncMode,
     /// Largest batch `append` accepts.
     pub max_batch_bytes: u32,
+    /// Largest record (its whole encoding) `append` accepts.
+    pub max_record_bytes: u32,
 }
 
 impl Default for LogConfig {
@@ -43,6 +45,7 @@ impl Default for LogConfig {
             segment_age: None,
             sync: SyncMode::Always,
             max_batch_bytes: 64 << 20,
+            max_record_bytes: u32::MAX,
         }
     }
 }

@@ -239,7 +239,7 @@ impl Log {
             });
         }
         // Validation needs no lock: do it before taking one.
-        let header = batch::validate(batch)?;
+        let header = batch::validate_limited(batch, self.config.max_record_bytes as usize)?;
         let mut w = lock(&self.writer);
         if let Some(reason) = &w.fenced {
             return Err(StorageError::Fenced {
@@ -445,6 +445,16 @@ impl Log {
     /// of the log the result is empty. Batches come from one segment; read
     /// again from `next_offset` for more.
     pub fn read_batches(&self, offset: u64, max_bytes: u64) -> Result<BatchRead> {
+        self.read_from(offset, max_bytes, true)
+    }
+
+    /// Like [`Log::read_batches`], but only batches that fit in `max_bytes`:
+    /// the result may be empty. For filling what room is left in a response.
+    pub fn read_batches_up_to(&self, offset: u64, max_bytes: u64) -> Result<BatchRead> {
+        self.read_from(offset, max_bytes, false)
+    }
+
+    fn read_from(&self, offset: u64, max_bytes: u64, at_least_one: bool) -> Result<BatchRead> {
         let end = self.next_offset();
         let segments = self.snapshot();
         let start = segments.first().map_or(0, |s| s.base_offset());
@@ -466,7 +476,7 @@ impl Log {
             return Ok(empty);
         }
         let i = segments.partition_point(|s| s.base_offset() <= offset) - 1;
-        match segments[i].read(offset, max_bytes)? {
+        match segments[i].read(offset, max_bytes, at_least_one)? {
             Some(r) => Ok(BatchRead {
                 bytes: r.bytes,
                 first_offset: r.first_offset,

@@ -366,7 +366,15 @@ impl Segment {
     /// `max_bytes` but always at least one batch. Each batch's header and CRC
     /// are checked; a bad first batch is an error, a bad later one ends the
     /// read before it.
-    pub fn read(&self, offset: u64, max_bytes: u64) -> Result<Option<SegmentRead>> {
+    ///
+    /// Without `at_least_one`, a first batch larger than `max_bytes` is not
+    /// read either, and the result may hold no batch.
+    pub fn read(
+        &self,
+        offset: u64,
+        max_bytes: u64,
+        at_least_one: bool,
+    ) -> Result<Option<SegmentRead>> {
         let (entries, end) = unpack(self.published.load(Ordering::Acquire));
         let Some((k, first)) = self.locate(offset, entries) else {
             return Ok(None);
@@ -387,7 +395,7 @@ impl Segment {
                 end
             };
             let len = u64::from(stop.saturating_sub(entry.pos));
-            if j > k && total + len > max_bytes {
+            if (j > k || !at_least_one) && total + len > max_bytes {
                 break;
             }
             spans.push((entry, len));
@@ -396,6 +404,9 @@ impl Segment {
             if j >= entries || total >= max_bytes {
                 break;
             }
+        }
+        if spans.is_empty() {
+            return Ok(None);
         }
         let bytes = self.store.read_at(u64::from(first.pos), total as usize)?;
         let bytes = Bytes::from(bytes);

@@ -11,6 +11,7 @@ pub fn small_config(segment_bytes: u64) -> LogConfig {
         segment_age: None,
         sync: SyncMode::Never,
         max_batch_bytes: 8 << 20,
+        max_record_bytes: u32::MAX,
     }
 }
 
@@ -75,3 +76,4 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 pub fn segment_file(dir: &std::path::Path, base: u64, ext: &str) -> std::path::PathBuf {
     dir.join(format!("{base:020}.{ext}"))
 }
+pub mod broker;

@@ -1,0 +1,597 @@
+//! The broker's TOML configuration: `[server]`, `[defaults]` (settings every
+//! topic gets) and `[topics.NAME]` (overrides for one topic). Every key and
+//! its default is in `config/spool.toml`.
+//!
+//! Sizes take an integer (bytes) or a string with a unit: `"512MiB"`,
+//! `"1GB"`, `"64 KiB"`. Durations take an integer (milliseconds) or a string:
+//! `"500ms"`, `"30s"`, `"7d"`, `"1h 30m"`. Optional limits also take
+//! `"unlimited"`. Unknown keys and bad values are errors that name the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::storage::{LogConfig, SyncMode};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Overrides of the built-in topic defaults, for every topic.
+    #[serde(default)]
+    pub defaults: TopicOverrides,
+    /// Per-topic overrides; these topics are created at start if missing.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicOverrides>,
+}
+
+/// `[server]`: where the broker listens and stores, and its limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Connections beyond this are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Largest frame a client may send; checked before anything is allocated.
+    #[serde(deserialize_with = "size")]
+    pub max_frame_bytes: u64,
+    /// A frame that has started must be complete within this.
+    #[serde(deserialize_with = "duration")]
+    pub frame_timeout: Duration,
+    /// A connection with no request for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A response that cannot be written within this closes the connection.
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// Response bytes queued for one connection before the broker stops
+    /// reading its requests (a consumer that does not read).
+    #[serde(deserialize_with = "size")]
+    pub max_queued_bytes: u64,
+    /// Request bytes held in memory across all connections; beyond it the
+    /// broker stops reading requests until some are answered.
+    #[serde(deserialize_with = "size")]
+    pub max_inflight_bytes: u64,
+    /// How often retention and time-based segment rolls run.
+    #[serde(deserialize_with = "duration")]
+    pub retention_check_interval: Duration,
+    /// Whether a produce to an unknown topic creates it.
+    pub auto_create_topics: bool,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
+            data_dir: PathBuf::from("./data"),
+            max_connections: 1024,
+            max_frame_bytes: 16 << 20,
+            frame_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(30),
+            max_queued_bytes: 64 << 20,
+            max_inflight_bytes: 256 << 20,
+            retention_check_interval: Duration::from_secs(30),
+            auto_create_topics: true,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// When produced records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flush {
+    /// Acknowledge after an fdatasync (shared by concurrent producers).
+    Always,
+    /// Acknowledge after the write; fdatasync every `flush_interval_ms`.
+    Interval,
+    /// Acknowledge after the write; the OS writes back when it likes.
+    Never,
+}
+
+impl Flush {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flush::Always => "always",
+            Flush::Interval => "interval",
+            Flush::Never => "never",
+        }
+    }
+}
+
+/// Settings of one topic, any of which may be absent (then the layer below
+/// decides: `[topics.NAME]` over creation settings over `[defaults]` over
+/// the built-in defaults).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicOverrides {
+    #[serde(deserialize_with = "some_size")]
+    pub segment_bytes: Option<u64>,
+    #[serde(deserialize_with = "some_limit_duration")]
+    pub segment_ms: Option<Limit<Duration>>,
+    #[serde(deserialize_with = "some_limit_size")]
+    pub retention_bytes: Option<Limit<u64>>,
+    #[serde(deserialize_with = "some_limit_duration")]
+    pub retention_ms: Option<Limit<Duration>>,
+    pub flush: Option<Flush>,
+    #[serde(deserialize_with = "some_duration")]
+    pub flush_interval_ms: Option<Duration>,
+    #[serde(deserialize_with = "some_size")]
+    pub max_record_bytes: Option<u64>,
+    #[serde(deserialize_with = "some_size")]
+    pub index_bytes: Option<u64>,
+}
+
+/// A limit that may be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit<T> {
+    Unlimited,
+    At(T),
+}
+
+impl<T: Copy> Limit<T> {
+    pub fn get(self) -> Option<T> {
+        match self {
+            Limit::Unlimited => None,
+            Limit::At(v) => Some(v),
+        }
+    }
+}
+
+/// The settings a topic runs with, every one decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSettings {
+    pub segment_bytes: u64,
+    pub segment_ms: Option<Duration>,
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<Duration>,
+    pub flush: Flush,
+    pub flush_interval: Duration,
+    pub max_record_bytes: u64,
+    pub index_bytes: u64,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        TopicSettings {
+            segment_bytes: 1 << 30,
+            segment_ms: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes: None,
+            retention_ms: Some(Duration::from_secs(7 * 24 * 3600)),
+            flush: Flush::Always,
+            flush_interval: Duration::from_secs(1),
+            max_record_bytes: 1 << 20,
+            index_bytes: 10 << 20,
+        }
+    }
+}
+
+impl TopicOverrides {
+    /// Parses `key = value` pairs as given to CREATE_TOPIC, with the same
+    /// rules as the TOML file (values are strings there).
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<TopicOverrides, String> {
+        let mut table = toml::Table::new();
+        for (k, v) in pairs {
+            if table
+                .insert(k.clone(), toml::Value::String(v.clone()))
+                .is_some()
+            {
+                return Err(format!("setting `{k}` given twice"));
+            }
+        }
+        TopicOverrides::deserialize(table).map_err(|e| e.message().to_owned())
+    }
+
+    /// `self` over `below`: each key set here wins.
+    pub fn over(&self, below: &TopicOverrides) -> TopicOverrides {
+        TopicOverrides {
+            segment_bytes: self.segment_bytes.or(below.segment_bytes),
+            segment_ms: self.segment_ms.or(below.segment_ms),
+            retention_bytes: self.retention_bytes.or(below.retention_bytes),
+            retention_ms: self.retention_ms.or(below.retention_ms),
+            flush: self.flush.or(below.flush),
+            flush_interval_ms: self.flush_interval_ms.or(below.flush_interval_ms),
+            max_record_bytes: self.max_record_bytes.or(below.max_record_bytes),
+            index_bytes: self.index_bytes.or(below.index_bytes),
+        }
+    }
+
+    /// Applies these overrides to complete settings, and checks the result.
+    pub fn resolve(&self, base: &TopicSettings) -> Result<TopicSettings, String> {
+        let pick = |o: Option<Limit<Duration>>, d: Option<Duration>| o.map_or(d, Limit::get);
+        let settings = TopicSettings {
+            segment_bytes: self.segment_bytes.unwrap_or(base.segment_bytes),
+            segment_ms: pick(self.segment_ms, base.segment_ms),
+            retention_bytes: self
+                .retention_bytes
+                .map_or(base.retention_bytes, Limit::get),
+            retention_ms: pick(self.retention_ms, base.retention_ms),
+            flush: self.flush.unwrap_or(base.flush),
+            flush_interval: self.flush_interval_ms.unwrap_or(base.flush_interval),
+            max_record_bytes: self.max_record_bytes.unwrap_or(base.max_record_bytes),
+            index_bytes: self.index_bytes.unwrap_or(base.index_bytes),
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+}
+
+impl TopicSettings {
+    fn check(&self) -> Result<(), String> {
+        if !(1024..=u64::from(u32::MAX)).contains(&self.segment_bytes) {
+            return Err(format!(
+                "segment_bytes must be between 1KiB and 4GiB - 1, got {}",
+                self.segment_bytes
+            ));
+        }
+        if !(64..=u64::from(u32::MAX)).contains(&self.index_bytes) {
+            return Err(format!(
+                "index_bytes must be between 64 and 4GiB - 1, got {}",
+                self.index_bytes
+            ));
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > u64::from(u32::MAX) {
+            return Err(format!(
+                "max_record_bytes must be between 1 and 4GiB - 1, got {}",
+                self.max_record_bytes
+            ));
+        }
+        if self.flush_interval.is_zero() {
+            return Err("flush_interval_ms must be more than 0".into());
+        }
+        Ok(())
+    }
+
+    /// The storage configuration of a topic's log. A batch may be as large
+    /// as a frame allows.
+    pub fn log_config(&self, max_frame_bytes: u64) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            index_bytes: self.index_bytes,
+            segment_age: self.segment_ms,
+            sync: match self.flush {
+                Flush::Always => SyncMode::Always,
+                // The broker's flusher task syncs on the interval; commits
+                // never wait.
+                Flush::Interval | Flush::Never => SyncMode::Never,
+            },
+            max_batch_bytes: max_frame_bytes.min(u64::from(u32::MAX)) as u32,
+            max_record_bytes: self.max_record_bytes.min(u64::from(u32::MAX)) as u32,
+        }
+    }
+
+    /// Every setting as `key = value` strings, sizes in bytes and durations
+    /// in milliseconds, as DESCRIBE_TOPIC reports them.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let ms =
+            |d: Option<Duration>| d.map_or("unlimited".to_owned(), |d| d.as_millis().to_string());
+        vec![
+            ("segment_bytes".into(), self.segment_bytes.to_string()),
+            ("segment_ms".into(), ms(self.segment_ms)),
+            (
+                "retention_bytes".into(),
+                self.retention_bytes
+                    .map_or("unlimited".into(), |b| b.to_string()),
+            ),
+            ("retention_ms".into(), ms(self.retention_ms)),
+            ("flush".into(), self.flush.as_str().into()),
+            (
+                "flush_interval_ms".into(),
+                self.flush_interval.as_millis().to_string(),
+            ),
+            ("max_record_bytes".into(), self.max_record_bytes.to_string()),
+            ("index_bytes".into(), self.index_bytes.to_string()),
+        ]
+    }
+}
+
+impl Config {
+    /// Parses a configuration file's text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.max_frame_bytes < 1024 || s.max_frame_bytes > u64::from(u32::MAX) {
+            return Err(format!(
+                "[server] max_frame_bytes must be between 1KiB and 4GiB - 1, got {}",
+                s.max_frame_bytes
+            ));
+        }
+        if s.max_inflight_bytes < s.max_frame_bytes {
+            return Err("[server] max_inflight_bytes must be at least max_frame_bytes".into());
+        }
+        if s.max_queued_bytes < s.max_frame_bytes {
+            return Err("[server] max_queued_bytes must be at least max_frame_bytes".into());
+        }
+        for (name, v) in [
+            ("max_inflight_bytes", s.max_inflight_bytes),
+            ("max_queued_bytes", s.max_queued_bytes),
+        ] {
+            if v > u64::from(u32::MAX) {
+                return Err(format!("[server] {name} must be at most 4GiB - 1, got {v}"));
+            }
+        }
+        if s.max_connections == 0 {
+            return Err("[server] max_connections must be at least 1".into());
+        }
+        for (name, d) in [
+            ("frame_timeout", s.frame_timeout),
+            ("idle_timeout", s.idle_timeout),
+            ("write_timeout", s.write_timeout),
+            ("retention_check_interval", s.retention_check_interval),
+        ] {
+            if d.is_zero() {
+                return Err(format!("[server] {name} must be more than 0"));
+            }
+        }
+        self.topic_defaults()
+            .map_err(|e| format!("[defaults] {e}"))?;
+        for name in self.topics.keys() {
+            super::topic::check_name(name).map_err(|e| format!("[topics.{name}] {e}"))?;
+            self.topic_settings(name, &TopicOverrides::default())
+                .map_err(|e| format!("[topics.{name}] {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The settings every topic starts from: `[defaults]` over the built-in ones.
+    pub fn topic_defaults(&self) -> Result<TopicSettings, String> {
+        self.defaults.resolve(&TopicSettings::default())
+    }
+
+    /// The settings of `topic`, given the overrides it was created with.
+    pub fn topic_settings(
+        &self,
+        topic: &str,
+        created_with: &TopicOverrides,
+    ) -> Result<TopicSettings, String> {
+        let file = self.topics.get(topic).cloned().unwrap_or_default();
+        file.over(created_with).resolve(&self.topic_defaults()?)
+    }
+}
+
+/// A size or duration as written in the file: an integer or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Raw {
+    Int(i64),
+    Text(String),
+}
+
+fn parse_size(raw: Raw) -> Result<Limit<u64>, String> {
+    match raw {
+        Raw::Int(n) if n >= 0 => Ok(Limit::At(n as u64)),
+        Raw::Int(n) => Err(format!("{n} is negative; use \"unlimited\" for no limit")),
+        Raw::Text(t) if t.trim() == "unlimited" => Ok(Limit::Unlimited),
+        Raw::Text(t) => match t.trim().parse::<bytesize::ByteSize>() {
+            // ByteSize saturates on overflow; a value at u64::MAX is surely one.
+            Ok(b) if b.as_u64() != u64::MAX => Ok(Limit::At(b.as_u64())),
+            _ => Err(format!(
+                "\"{t}\" is not a size like \"512MiB\", \"1GB\" or a number of bytes"
+            )),
+        },
+    }
+}
+
+fn parse_duration(raw: Raw) -> Result<Limit<Duration>, String> {
+    match raw {
+        Raw::Int(n) if n >= 0 => Ok(Limit::At(Duration::from_millis(n as u64))),
+        Raw::Int(n) => Err(format!("{n} is negative; use \"unlimited\" for no limit")),
+        Raw::Text(t) if t.trim() == "unlimited" => Ok(Limit::Unlimited),
+        Raw::Text(t) => {
+            if let Ok(ms) = t.trim().parse::<u64>() {
+                return Ok(Limit::At(Duration::from_millis(ms)));
+            }
+            humantime::parse_duration(t.trim())
+                .map(Limit::At)
+                .map_err(|e| {
+                    format!("\"{t}\" is not a duration like \"500ms\", \"30s\" or \"7d\" ({e})")
+                })
+        }
+    }
+}
+
+fn limited<T>(v: Limit<T>) -> Result<T, String> {
+    match v {
+        Limit::At(v) => Ok(v),
+        Limit::Unlimited => Err("\"unlimited\" is not allowed here".into()),
+    }
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    parse_size(Raw::deserialize(d)?)
+        .and_then(limited)
+        .map_err(de::Error::custom)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_duration(Raw::deserialize(d)?)
+        .and_then(limited)
+        .map_err(de::Error::custom)
+}
+
+fn some_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d).map(Some)
+}
+
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn some_limit_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Limit<u64>>, D::Error> {
+    parse_size(Raw::deserialize(d)?)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+fn some_limit_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Limit<Duration>>, D::Error> {
+    parse_duration(Raw::deserialize(d)?)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:7171");
+        assert_eq!(config.topic_defaults().unwrap(), TopicSettings::default());
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../../config/spool.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.server, ServerConfig::default());
+        assert_eq!(config.topic_defaults().unwrap(), TopicSettings::default());
+    }
+
+    #[test]
+    fn human_units_and_plain_numbers() {
+        let config = Config::parse(
+            r#"
+            [server]
+            max_frame_bytes = "8MiB"
+            frame_timeout = "1500ms"
+            idle_timeout = 60000
+            [defaults]
+            retention_bytes = "1 GiB"
+            retention_ms = "7d"
+            segment_ms = "unlimited"
+            flush = "interval"
+            flush_interval_ms = "250ms"
+            [topics.orders]
+            retention_ms = "1h 30m"
+            max_record_bytes = 4096
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.max_frame_bytes, 8 << 20);
+        assert_eq!(config.server.frame_timeout, Duration::from_millis(1500));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
+        let defaults = config.topic_defaults().unwrap();
+        assert_eq!(defaults.retention_bytes, Some(1 << 30));
+        assert_eq!(defaults.segment_ms, None);
+        assert_eq!(defaults.flush, Flush::Interval);
+        let orders = config
+            .topic_settings("orders", &TopicOverrides::default())
+            .unwrap();
+        assert_eq!(orders.retention_ms, Some(Duration::from_secs(5400)));
+        assert_eq!(orders.max_record_bytes, 4096);
+        assert_eq!(
+            orders.retention_bytes,
+            Some(1 << 30),
+            "inherited from [defaults]"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nmax_conections = 5", "max_conections"),
+            ("[defaults]\nretention_ms = \"soon\"", "retention_ms"),
+            ("[server]\nmax_frame_bytes = \"lots\"", "max_frame_bytes"),
+            ("[topics.a]\nflush = \"sometimes\"", "flush"),
+            ("[servr]\nlisten = \"1.2.3.4:5\"", "servr"),
+            ("[server]\nlisten = \"nowhere\"", "listen"),
+            ("[defaults]\nsegment_bytes = 10", "segment_bytes"),
+            ("[server]\nidle_timeout = -5", "idle_timeout"),
+            ("[topics.\"a/b\"]\nflush = \"never\"", "a/b"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text).unwrap_err();
+            assert!(
+                err.contains(key),
+                "error for {text:?} does not name {key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let config = Config::parse(
+            "[defaults]\nretention_ms = \"1d\"\nflush = \"never\"\n[topics.t]\nretention_ms = \"2d\"",
+        )
+        .unwrap();
+        let created = TopicOverrides::from_pairs(&[
+            ("retention_ms".into(), "3d".into()),
+            ("segment_bytes".into(), "1MiB".into()),
+            ("retention_bytes".into(), "unlimited".into()),
+        ])
+        .unwrap();
+        let t = config.topic_settings("t", &created).unwrap();
+        assert_eq!(
+            t.retention_ms,
+            Some(Duration::from_secs(2 * 86400)),
+            "the file's [topics.t] wins"
+        );
+        assert_eq!(t.segment_bytes, 1 << 20, "creation settings over defaults");
+        assert_eq!(t.flush, Flush::Never, "[defaults] over built-ins");
+        let other = config
+            .topic_settings("other", &TopicOverrides::default())
+            .unwrap();
+        assert_eq!(other.retention_ms, Some(Duration::from_secs(86400)));
+    }
+
+    #[test]
+    fn creation_pairs_are_checked() {
+        assert!(
+            TopicOverrides::from_pairs(&[("retention".into(), "1d".into())])
+                .unwrap_err()
+                .contains("retention")
+        );
+        assert!(TopicOverrides::from_pairs(&[("flush".into(), "maybe".into())]).is_err());
+        let dup = [
+            ("flush".into(), "never".into()),
+            ("flush".into(), "always".into()),
+        ];
+        assert!(TopicOverrides::from_pairs(&dup)
+            .unwrap_err()
+            .contains("twice"));
+        let tiny = TopicOverrides::from_pairs(&[("segment_bytes".into(), "10".into())]).unwrap();
+        assert!(tiny.resolve(&TopicSettings::default()).is_err());
+    }
+
+    #[test]
+    fn settings_report_round_trips_through_creation_pairs() {
+        let settings = TopicSettings {
+            retention_bytes: Some(5000),
+            segment_ms: None,
+            ..TopicSettings::default()
+        };
+        let pairs = settings.to_pairs();
+        let back = TopicOverrides::from_pairs(&pairs)
+            .unwrap()
+            .resolve(&TopicSettings::default())
+            .unwrap();
+        assert_eq!(back, settings);
+    }
+}

@@ -1,0 +1,352 @@
+//! What the broker does for each request: the APIs of the protocol, mapped
+//! onto topics and logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::topic::{Topic, TopicError, Topics};
+use super::Broker;
+use crate::protocol::{
+    Acks, ErrorBody, ErrorCode, OffsetSpec, Request, Response, ResponseBody, TopicDescription,
+    API_VERSIONS,
+};
+use crate::storage::batch::BatchError;
+use crate::storage::StorageError;
+
+/// The outcome of dispatching one request, in request order.
+pub enum Reply {
+    /// The response is ready.
+    Now(Response),
+    /// The response comes when the task finishes (a long poll, a sync).
+    Later(JoinHandle<Response>),
+    /// No response (a produce with `acks = 0`).
+    Nothing,
+}
+
+type Outcome = Result<ResponseBody, ErrorBody>;
+
+/// Handles one parsed request. Requests that change state (produce, create,
+/// delete) take effect before this returns, so that pipelined requests on
+/// one connection apply in the order they were sent; waiting (for a sync or
+/// for data) happens in a task.
+pub async fn dispatch(broker: &Arc<Broker>, correlation_id: u32, request: Request) -> Reply {
+    let now = |body: Outcome| {
+        Reply::Now(Response {
+            correlation_id,
+            body,
+        })
+    };
+    match request {
+        Request::ApiVersions => now(Ok(ResponseBody::ApiVersions {
+            server: format!("spool {}", env!("CARGO_PKG_VERSION")),
+            apis: API_VERSIONS
+                .iter()
+                .map(|(k, min, max)| (*k as u16, *min, *max))
+                .collect(),
+        })),
+        Request::CreateTopic { topic, settings } => {
+            let topics = Arc::clone(&broker.topics);
+            now(blocking(move || {
+                topics
+                    .create(&topic, &settings)
+                    .map(|_| ResponseBody::Empty)
+            })
+            .await)
+        }
+        Request::DeleteTopic { topic } => {
+            let topics = Arc::clone(&broker.topics);
+            now(blocking(move || topics.delete(&topic).map(|()| ResponseBody::Empty)).await)
+        }
+        Request::ListTopics => now(Ok(ResponseBody::Topics(broker.topics.names()))),
+        Request::DescribeTopic { topic } => {
+            now(known(&broker.topics, &topic).map(|t| describe(&t)))
+        }
+        Request::Produce {
+            topic,
+            acks,
+            mut batch,
+        } => {
+            let topic = match produce_target(broker, topic).await {
+                Ok(t) => t,
+                Err(e) if acks == Acks::None => return nothing(e),
+                Err(e) => return now(Err(e)),
+            };
+            let appended = match topic.append(&mut batch) {
+                Ok(a) => a,
+                Err(e) if acks == Acks::None => return nothing(storage_error(e)),
+                Err(e) => return now(Err(storage_error(e))),
+            };
+            if acks == Acks::None {
+                return Reply::Nothing;
+            }
+            let body = ResponseBody::Produced {
+                base_offset: appended.base_offset,
+                append_time: appended.append_time,
+                log_start: topic.log().lowest_offset(),
+            };
+            if topic.settings().flush != super::config::Flush::Always {
+                return now(Ok(body));
+            }
+            Reply::Later(tokio::spawn(async move {
+                let result = topic.committed(appended.next_offset).await;
+                Response {
+                    correlation_id,
+                    body: result.map(|()| body).map_err(storage_error),
+                }
+            }))
+        }
+        Request::Fetch {
+            topic,
+            offset,
+            max_bytes,
+            max_wait_ms,
+            min_bytes,
+        } => {
+            let topic = match known(&broker.topics, &topic) {
+                Ok(t) => t,
+                Err(e) => return now(Err(e)),
+            };
+            // A response never holds more than a connection may queue.
+            let max_bytes = u64::from(max_bytes).min(broker.config.server.max_queued_bytes);
+            let wanted = u64::from(min_bytes);
+            // Serve at once when the data is there; long-poll in a task otherwise.
+            match read(&topic, offset, max_bytes) {
+                Ok(found) if found.total() >= wanted || max_wait_ms == 0 => {
+                    now(Ok(found.into_body()))
+                }
+                Err(e) => now(Err(storage_error(e))),
+                Ok(_) => {
+                    let shutdown = broker.shutdown.clone();
+                    let wait = Duration::from_millis(u64::from(max_wait_ms));
+                    Reply::Later(tokio::spawn(async move {
+                        let body =
+                            long_poll(&topic, offset, max_bytes, wanted, wait, shutdown).await;
+                        Response {
+                            correlation_id,
+                            body,
+                        }
+                    }))
+                }
+            }
+        }
+        Request::ListOffsets { topic, spec } => {
+            now(known(&broker.topics, &topic).and_then(|t| list_offsets(&t, spec)))
+        }
+    }
+}
+
+/// A produce with `acks = 0` that failed: nobody hears of it but the log.
+fn nothing(e: ErrorBody) -> Reply {
+    tracing::debug!(code = %e.code, message = %e.message, "fire-and-forget produce failed");
+    Reply::Nothing
+}
+
+/// Runs blocking topic administration off the async threads.
+async fn blocking(
+    f: impl FnOnce() -> Result<ResponseBody, TopicError> + Send + 'static,
+) -> Outcome {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(topic_error),
+        Err(e) => Err(ErrorBody::new(
+            ErrorCode::UnknownServerError,
+            format!("task failed: {e}"),
+        )),
+    }
+}
+
+fn known(topics: &Topics, name: &str) -> Result<Arc<Topic>, ErrorBody> {
+    topics
+        .get(name)
+        .ok_or_else(|| match super::topic::check_name(name) {
+            Err(reason) => topic_error(TopicError::InvalidName {
+                name: name.to_owned(),
+                reason,
+            }),
+            Ok(()) => topic_error(TopicError::Unknown(name.to_owned())),
+        })
+}
+
+async fn produce_target(broker: &Arc<Broker>, name: String) -> Result<Arc<Topic>, ErrorBody> {
+    if let Some(topic) = broker.topics.get(&name) {
+        return Ok(topic);
+    }
+    if !broker.config.server.auto_create_topics {
+        return known(&broker.topics, &name);
+    }
+    let topics = Arc::clone(&broker.topics);
+    match tokio::task::spawn_blocking(move || topics.get_or_create(&name)).await {
+        Ok(result) => result.map_err(topic_error),
+        Err(e) => Err(ErrorBody::new(
+            ErrorCode::UnknownServerError,
+            format!("task failed: {e}"),
+        )),
+    }
+}
+
+fn describe(topic: &Topic) -> ResponseBody {
+    let log = topic.log();
+    ResponseBody::Description(TopicDescription {
+        log_start: log.lowest_offset(),
+        log_end: log.next_offset(),
+        size_bytes: log.size_bytes(),
+        segments: log.segment_count() as u32,
+        settings: topic.settings().to_pairs(),
+    })
+}
+
+fn list_offsets(topic: &Topic, spec: OffsetSpec) -> Outcome {
+    let log = topic.log();
+    let (start, end) = (log.lowest_offset(), log.next_offset());
+    let offset = match spec {
+        OffsetSpec::Earliest => start,
+        OffsetSpec::Latest => end,
+        OffsetSpec::Timestamp(t) => log
+            .offset_for_timestamp(t)
+            .map_err(storage_error)?
+            .unwrap_or(end),
+    };
+    Ok(ResponseBody::Offsets {
+        offset,
+        log_start: start,
+        log_end: end,
+    })
+}
+
+/// Batches read for one fetch.
+struct Found {
+    chunks: Vec<Bytes>,
+    next_offset: u64,
+    log_start: u64,
+    log_end: u64,
+}
+
+impl Found {
+    fn total(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+
+    fn into_body(self) -> ResponseBody {
+        ResponseBody::Fetched {
+            log_start: self.log_start,
+            log_end: self.log_end,
+            next_offset: self.next_offset,
+            batches: self.chunks,
+        }
+    }
+}
+
+/// Reads whole batches from `offset` up to `max_bytes` (at least one batch),
+/// crossing segments. Blocking, but only on the page cache in the common case.
+fn read(topic: &Topic, offset: u64, max_bytes: u64) -> Result<Found, StorageError> {
+    let log = topic.log();
+    let first = log.read_batches(offset, max_bytes)?;
+    let mut found = Found {
+        next_offset: first.next_offset,
+        log_start: first.log_start,
+        log_end: first.log_end,
+        chunks: Vec::new(),
+    };
+    let mut total = first.bytes.len() as u64;
+    if !first.bytes.is_empty() {
+        found.chunks.push(first.bytes);
+    }
+    // A read stops at a segment's end; go on while there is room. Errors
+    // here end the response early: the next fetch starts at them and
+    // reports them.
+    while total < max_bytes && found.next_offset < found.log_end {
+        let Ok(more) = log.read_batches_up_to(found.next_offset, max_bytes - total) else {
+            break;
+        };
+        if more.bytes.is_empty() {
+            break;
+        }
+        total += more.bytes.len() as u64;
+        found.next_offset = more.next_offset;
+        found.chunks.push(more.bytes);
+    }
+    Ok(found)
+}
+
+/// Waits for at least `wanted` bytes past `offset`, or the deadline, or
+/// shutdown; then answers with what there is. Waits on the topic's append
+/// notification, never a sleep loop.
+async fn long_poll(
+    topic: &Topic,
+    offset: u64,
+    max_bytes: u64,
+    wanted: u64,
+    wait: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    let deadline = Instant::now() + wait;
+    let mut appended = topic.subscribe();
+    loop {
+        // Mark the current end seen before reading, so an append after the
+        // read wakes the wait below.
+        appended.borrow_and_update();
+        let found = read(topic, offset, max_bytes).map_err(storage_error)?;
+        if found.total() >= wanted
+            || Instant::now() >= deadline
+            || *shutdown.borrow()
+            || topic.is_closed()
+        {
+            return Ok(found.into_body());
+        }
+        tokio::select! {
+            changed = appended.changed() => if changed.is_err() { return Ok(found.into_body()) },
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.changed() => {}
+            _ = topic.closing() => {}
+        }
+    }
+}
+
+/// The protocol error for a storage failure.
+pub fn storage_error(e: StorageError) -> ErrorBody {
+    let message = e.to_string();
+    match e {
+        StorageError::OffsetOutOfRange { lowest, next, .. } => {
+            let mut body = ErrorBody::new(ErrorCode::OffsetOutOfRange, message);
+            body.range = Some((lowest, next));
+            body
+        }
+        StorageError::InvalidBatch(BatchError::RecordTooLarge { .. })
+        | StorageError::BatchTooLarge { .. } => ErrorBody::new(ErrorCode::RecordTooLarge, message),
+        StorageError::InvalidBatch(_) => ErrorBody::new(ErrorCode::InvalidBatch, message),
+        StorageError::DiskFull { .. } => ErrorBody::new(ErrorCode::DiskFull, message),
+        StorageError::Corrupt { resume_at, .. } => {
+            let mut body = ErrorBody::new(ErrorCode::CorruptData, message);
+            body.resume_at = resume_at;
+            body
+        }
+        StorageError::Closed => ErrorBody::new(
+            ErrorCode::UnknownTopic,
+            "the topic was deleted or the broker is stopping",
+        ),
+        StorageError::Fenced { .. } | StorageError::Io { .. } | StorageError::BadLayout { .. } => {
+            ErrorBody::new(ErrorCode::StorageError, message)
+        }
+    }
+}
+
+/// The protocol error for a topic operation's failure.
+pub fn topic_error(e: TopicError) -> ErrorBody {
+    let message = e.to_string();
+    match e {
+        TopicError::InvalidName { .. } => ErrorBody::new(ErrorCode::InvalidTopicName, message),
+        TopicError::Unknown(_) => ErrorBody::new(ErrorCode::UnknownTopic, message),
+        TopicError::AlreadyExists(_) => ErrorBody::new(ErrorCode::TopicAlreadyExists, message),
+        TopicError::InvalidConfig { .. } => ErrorBody::new(ErrorCode::InvalidConfig, message),
+        TopicError::Storage { source, .. } => {
+            let mut body = storage_error(source);
+            body.message = message;
+            body
+        }
+        TopicError::Io { .. } => ErrorBody::new(ErrorCode::StorageError, message),
+    }
+}

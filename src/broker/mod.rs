@@ -1,0 +1,169 @@
+//! The broker: a tokio TCP server speaking Spool's protocol over the topics
+//! in its data directory.
+//!
+//! [`Broker::start`] binds, loads every topic (recovering what a crash
+//! left), and starts the accept loop and the retention task. The returned
+//! [`RunningBroker`] tells the bound address and shuts down gracefully:
+//! stop accepting, let each connection answer the requests it has read
+//! (long polls return early), then flush, sync and close every topic.
+
+pub mod config;
+mod connection;
+mod handler;
+pub mod topic;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+pub use config::{Config, Flush, ServerConfig, TopicOverrides, TopicSettings};
+pub use topic::{Topic, TopicError, Topics};
+
+/// Why the broker could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load topics: {0}")]
+    Topics(#[from] TopicError),
+    #[error("topic loading task failed: {0}")]
+    Task(String),
+}
+
+/// State shared by every connection.
+pub struct Broker {
+    config: Arc<Config>,
+    topics: Arc<Topics>,
+    /// `max_inflight_bytes`, one permit per byte of request being handled.
+    budget: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Broker {
+    /// Binds the listener, loads the topics and starts serving.
+    pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+        let config = Arc::new(config);
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let loading = Arc::clone(&config);
+        let topics = tokio::task::spawn_blocking(move || Topics::load(loading))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??;
+        let topics = Arc::new(topics);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let broker = Arc::new(Broker {
+            budget: Arc::new(Semaphore::new(config.server.max_inflight_bytes as usize)),
+            config: Arc::clone(&config),
+            topics: Arc::clone(&topics),
+            shutdown: shutdown.clone(),
+        });
+        let retention = tokio::spawn(topic::run_retention(
+            Arc::clone(&topics),
+            config.server.retention_check_interval,
+            shutdown.clone(),
+        ));
+        let server = tokio::spawn(accept_loop(Arc::clone(&broker), listener, shutdown));
+        tracing::info!(addr = %local_addr, topics = topics.names().len(), "broker started");
+        Ok(RunningBroker {
+            local_addr,
+            topics,
+            shutdown: shutdown_tx,
+            server,
+            retention,
+            config,
+        })
+    }
+}
+
+/// A started broker.
+pub struct RunningBroker {
+    local_addr: SocketAddr,
+    topics: Arc<Topics>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    retention: tokio::task::JoinHandle<()>,
+    config: Arc<Config>,
+}
+
+impl RunningBroker {
+    /// The address it listens on (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn topics(&self) -> &Arc<Topics> {
+        &self.topics
+    }
+
+    /// Stops accepting, waits (up to `shutdown_timeout`) for connections to
+    /// answer what they have read, then closes every topic.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown.send(true);
+        let grace = self.config.server.shutdown_timeout;
+        if tokio::time::timeout(grace, self.server).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "connections still open after the shutdown timeout; closing anyway"
+            );
+        }
+        let _ = self.retention.await;
+        let topics = self.topics;
+        let _ = tokio::task::spawn_blocking(move || topics.close_all()).await;
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Accepts connections until shutdown, then waits for them to finish.
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(broker.config.server.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+            // Reap finished connections as we go.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, typically: back off a little
+                // rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = broker.config.server.max_connections, "refusing connection: max_connections reached");
+            drop(socket);
+            continue;
+        };
+        let broker = Arc::clone(&broker);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            connection::serve(broker, socket, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}

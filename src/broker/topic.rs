@@ -1,0 +1,592 @@
+//! Topics: a log plus what the broker needs around it (settings, long-poll
+//! and durability notifications, a background sync task), and the registry
+//! of all topics.
+//!
+//! # Directory
+//!
+//! ```text
+//! <data_dir>/topics/<name>/topic.toml       settings given at creation (key = "value")
+//! <data_dir>/topics/<name>/0000….store      the log's segments (see docs/STORAGE.md)
+//! <data_dir>/deleted/<name>.<unix ms>/      a deleted topic on its way out
+//! ```
+//!
+//! A topic name is 1 to 249 characters of `[A-Za-z0-9._-]` and not `.` or
+//! `..`; it is checked before it ever becomes part of a path.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use thiserror::Error;
+use tokio::sync::{watch, Notify};
+
+use super::config::{Config, Flush, TopicOverrides, TopicSettings};
+use crate::storage::{Appended, Log, Retention, StorageError};
+
+/// The file holding a topic's creation settings.
+const SETTINGS_FILE: &str = "topic.toml";
+
+/// Why a topic operation failed.
+#[derive(Debug, Error)]
+pub enum TopicError {
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("topic {0:?} does not exist")]
+    Unknown(String),
+    #[error("topic {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("invalid settings for topic {name:?}: {reason}")]
+    InvalidConfig { name: String, reason: String },
+    #[error("topic {name:?}: {source}")]
+    Storage {
+        name: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("topic {name:?}: {op} {path}: {source}")]
+    Io {
+        name: String,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks a topic name; only a name that passes ever becomes a path.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > 249 {
+        return Err("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("`.` and `..` are reserved");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("only A-Z, a-z, 0-9, `.`, `_` and `-` are allowed");
+    }
+    Ok(())
+}
+
+/// Where the durable prefix of a `flush = "always"` topic stands.
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    /// Every offset below this is synced.
+    pub synced: u64,
+    /// Set once a sync failed; the topic acknowledges nothing after that.
+    pub failed: Option<Arc<str>>,
+}
+
+/// One topic.
+pub struct Topic {
+    name: String,
+    log: Log,
+    settings: TopicSettings,
+    created_with: TopicOverrides,
+    /// The log's next offset after each append: long-polling fetches wait on it.
+    appended: watch::Sender<u64>,
+    /// For `flush = "always"`: the synced prefix, advanced by the sync task.
+    durable: watch::Sender<Durable>,
+    /// Wakes the sync task.
+    sync_wanted: Notify,
+    closed: AtomicBool,
+    /// Wakes the sync task to exit, and long-polls to return.
+    closing: Notify,
+}
+
+impl std::fmt::Debug for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topic")
+            .field("name", &self.name)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+impl Topic {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    pub fn settings(&self) -> &TopicSettings {
+        &self.settings
+    }
+
+    /// The settings given when the topic was created.
+    pub fn created_with(&self) -> &TopicOverrides {
+        &self.created_with
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Appends a batch (blocking: a `write(2)` to the page cache) and wakes
+    /// waiting fetches. The batch is in the kernel when this returns.
+    pub fn append(&self, batch: &mut [u8]) -> Result<Appended, StorageError> {
+        let appended = self.log.append(batch)?;
+        self.appended.send_replace(appended.next_offset);
+        Ok(appended)
+    }
+
+    /// Waits until offsets below `next_offset` are as durable as the topic's
+    /// flush mode promises before an acknowledgement.
+    pub async fn committed(&self, next_offset: u64) -> Result<(), StorageError> {
+        if self.settings.flush != Flush::Always {
+            return Ok(());
+        }
+        let mut durable = self.durable.subscribe();
+        self.sync_wanted.notify_one();
+        let state = durable
+            .wait_for(|d| d.synced >= next_offset || d.failed.is_some())
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        match &state.failed {
+            Some(reason) if state.synced < next_offset => Err(StorageError::Fenced {
+                reason: reason.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A receiver of the log's next offset, for long polling.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Resolves once the topic is closing (deleted or broker shutdown).
+    pub async fn closing(&self) {
+        let notified = self.closing.notified();
+        if self.is_closed() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Syncs the log in the background: on demand for `flush = "always"`
+    /// (one fdatasync for every produce that asked meanwhile: group commit),
+    /// and every `flush_interval_ms` for `flush = "interval"`.
+    async fn run_sync_task(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let periodic = self.settings.flush == Flush::Interval;
+        let mut synced = self.log.next_offset();
+        loop {
+            tokio::select! {
+                _ = self.sync_wanted.notified() => {}
+                _ = tick.tick(), if periodic => {}
+                _ = self.closing() => return,
+            }
+            let target = self.log.next_offset();
+            if target <= synced {
+                if self.settings.flush == Flush::Always {
+                    self.durable
+                        .send_modify(|d| d.synced = d.synced.max(target));
+                }
+                continue;
+            }
+            let topic = Arc::clone(&self);
+            let result = tokio::task::spawn_blocking(move || topic.log.sync_through(target)).await;
+            match result {
+                Ok(Ok(())) => {
+                    synced = target;
+                    self.durable
+                        .send_modify(|d| d.synced = d.synced.max(target));
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(topic = %self.name, error = %e, "sync failed; the topic acknowledges no more produces");
+                    self.durable
+                        .send_modify(|d| d.failed = Some(e.to_string().into()));
+                    return;
+                }
+                Err(e) => {
+                    self.durable
+                        .send_modify(|d| d.failed = Some(format!("sync task failed: {e}").into()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies retention and age-based rolls (blocking).
+    pub fn maintain(&self, now_ms: i64) -> Result<(), StorageError> {
+        let policy = Retention {
+            max_bytes: self.settings.retention_bytes,
+            max_age: self.settings.retention_ms,
+        };
+        let removed = self.log.apply_retention(policy, now_ms)?;
+        if removed.segments > 0 {
+            tracing::info!(
+                topic = %self.name,
+                segments = removed.segments,
+                bytes = removed.bytes,
+                log_start = self.log.lowest_offset(),
+                "retention deleted segments"
+            );
+        }
+        if self.log.roll_if_due(now_ms)? {
+            tracing::debug!(topic = %self.name, "rolled segment by age");
+        }
+        Ok(())
+    }
+
+    /// Stops the sync task and wakes long polls; then closes the log
+    /// (blocking: flush, sync, trim the index).
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.closed.store(true, Ordering::Release);
+        self.closing.notify_waiters();
+        let result = self.log.close();
+        let synced = self.log.next_offset();
+        if result.is_ok() {
+            // Everything is synced by close: release waiting producers.
+            self.durable
+                .send_modify(|d| d.synced = d.synced.max(synced));
+        } else if let Err(e) = &result {
+            self.durable
+                .send_modify(|d| d.failed = Some(e.to_string().into()));
+        }
+        result
+    }
+}
+
+/// All topics, by name.
+pub struct Topics {
+    config: Arc<Config>,
+    dir: PathBuf,
+    trash: PathBuf,
+    map: DashMap<String, Arc<Topic>>,
+    /// Serialises creation and deletion, which touch directories.
+    admin: Mutex<()>,
+}
+
+impl Topics {
+    /// Opens every topic under `<data_dir>/topics` and creates the topics
+    /// the configuration names. Blocking.
+    pub fn load(config: Arc<Config>) -> Result<Topics, TopicError> {
+        let data = &config.server.data_dir;
+        let dir = data.join("topics");
+        let trash = data.join("deleted");
+        for d in [&dir, &trash] {
+            std::fs::create_dir_all(d).map_err(|e| io_error("", "create directory", d, e))?;
+        }
+        // Finish deletions a crash interrupted.
+        if let Ok(entries) = std::fs::read_dir(&trash) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let topics = Topics {
+            config,
+            dir,
+            trash,
+            map: DashMap::new(),
+            admin: Mutex::new(()),
+        };
+        let entries =
+            std::fs::read_dir(&topics.dir).map_err(|e| io_error("", "list", &topics.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("", "list", &topics.dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if check_name(&name).is_err() || !entry.path().is_dir() {
+                tracing::warn!(path = %entry.path().display(), "ignoring entry that is not a topic");
+                continue;
+            }
+            let created_with = read_settings(&name, &entry.path())?;
+            let topic = topics.open(&name, created_with)?;
+            tracing::info!(topic = %name, log_start = topic.log.lowest_offset(), log_end = topic.log.next_offset(), "loaded topic");
+            topics.map.insert(name, topic);
+        }
+        for name in topics.config.topics.keys() {
+            if !topics.map.contains_key(name) {
+                topics.create(name, &[])?;
+                tracing::info!(topic = %name, "created topic named in the configuration");
+            }
+        }
+        Ok(topics)
+    }
+
+    fn open(&self, name: &str, created_with: TopicOverrides) -> Result<Arc<Topic>, TopicError> {
+        let settings = self
+            .config
+            .topic_settings(name, &created_with)
+            .map_err(|reason| TopicError::InvalidConfig {
+                name: name.to_owned(),
+                reason,
+            })?;
+        let log_config = settings.log_config(self.config.server.max_frame_bytes);
+        let log =
+            Log::open(self.dir.join(name), log_config).map_err(|source| TopicError::Storage {
+                name: name.to_owned(),
+                source,
+            })?;
+        for (base, report) in log.recovery() {
+            tracing::warn!(topic = %name, segment = base, ?report, "recovery repaired the log");
+        }
+        let next = log.next_offset();
+        let topic = Arc::new(Topic {
+            name: name.to_owned(),
+            log,
+            settings,
+            created_with,
+            appended: watch::Sender::new(next),
+            durable: watch::Sender::new(Durable {
+                synced: next,
+                failed: None,
+            }),
+            sync_wanted: Notify::new(),
+            closed: AtomicBool::new(false),
+            closing: Notify::new(),
+        });
+        if topic.settings.flush != Flush::Never {
+            tokio::spawn(Arc::clone(&topic).run_sync_task());
+        }
+        Ok(topic)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.map.get(name).map(|t| Arc::clone(t.value()))
+    }
+
+    /// Names of all topics, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.map.iter().map(|t| t.key().clone()).collect();
+        names.sort();
+        names
+    }
+
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        self.map.iter().map(|t| Arc::clone(t.value())).collect()
+    }
+
+    /// Creates a topic with settings given as `key = value` strings. Blocking.
+    pub fn create(&self, name: &str, pairs: &[(String, String)]) -> Result<Arc<Topic>, TopicError> {
+        check_name(name).map_err(|reason| TopicError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        let created_with =
+            TopicOverrides::from_pairs(pairs).map_err(|reason| TopicError::InvalidConfig {
+                name: name.to_owned(),
+                reason,
+            })?;
+        // Check the settings before anything touches the disk.
+        self.config
+            .topic_settings(name, &created_with)
+            .map_err(|reason| TopicError::InvalidConfig {
+                name: name.to_owned(),
+                reason,
+            })?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if self.map.contains_key(name) {
+            return Err(TopicError::AlreadyExists(name.to_owned()));
+        }
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir).map_err(|e| io_error(name, "create directory", &dir, e))?;
+        let made = write_settings(name, &dir, pairs).and_then(|()| self.open(name, created_with));
+        let topic = match made {
+            Ok(topic) => topic,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        sync_dir(name, &self.dir)?;
+        self.map.insert(name.to_owned(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Returns the topic, creating it with the defaults if it does not exist.
+    pub fn get_or_create(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
+        if let Some(topic) = self.get(name) {
+            return Ok(topic);
+        }
+        match self.create(name, &[]) {
+            Err(TopicError::AlreadyExists(_)) => self
+                .get(name)
+                .ok_or_else(|| TopicError::Unknown(name.to_owned())),
+            other => other,
+        }
+    }
+
+    /// Deletes a topic and its data. Blocking.
+    pub fn delete(&self, name: &str) -> Result<(), TopicError> {
+        check_name(name).map_err(|reason| TopicError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, topic) = self
+            .map
+            .remove(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        if let Err(e) = topic.close() {
+            tracing::warn!(topic = %name, error = %e, "closing deleted topic failed");
+        }
+        // Rename first, so that a crash midway never leaves half a topic
+        // that would be loaded again.
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let doomed = self.trash.join(format!("{name}.{stamp}"));
+        let dir = self.dir.join(name);
+        std::fs::rename(&dir, &doomed).map_err(|e| io_error(name, "rename", &dir, e))?;
+        sync_dir(name, &self.dir)?;
+        drop(topic);
+        std::fs::remove_dir_all(&doomed).map_err(|e| io_error(name, "remove", &doomed, e))?;
+        Ok(())
+    }
+
+    /// Closes every topic (blocking): flush, sync, trim indexes.
+    pub fn close_all(&self) {
+        for topic in self.all() {
+            if let Err(e) = topic.close() {
+                tracing::error!(topic = %topic.name, error = %e, "closing topic failed");
+            }
+        }
+    }
+}
+
+fn io_error(name: &str, op: &'static str, path: &Path, source: std::io::Error) -> TopicError {
+    TopicError::Io {
+        name: name.to_owned(),
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn sync_dir(name: &str, dir: &Path) -> Result<(), TopicError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(name, "fsync directory", dir, e))
+}
+
+/// Writes the creation settings: temp file, fsync, rename, directory fsync.
+fn write_settings(name: &str, dir: &Path, pairs: &[(String, String)]) -> Result<(), TopicError> {
+    let mut table = toml::Table::new();
+    for (k, v) in pairs {
+        table.insert(k.clone(), toml::Value::String(v.clone()));
+    }
+    let text = toml::to_string(&table).map_err(|e| TopicError::InvalidConfig {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let tmp = dir.join(format!("{SETTINGS_FILE}.tmp"));
+    let path = dir.join(SETTINGS_FILE);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| io_error(name, "write", &path, e))?;
+    sync_dir(name, dir)
+}
+
+fn read_settings(name: &str, dir: &Path) -> Result<TopicOverrides, TopicError> {
+    let path = dir.join(SETTINGS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TopicOverrides::default()),
+        Err(e) => return Err(io_error(name, "read", &path, e)),
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| TopicError::InvalidConfig {
+        name: name.to_owned(),
+        reason: format!("{}: {e}", path.display()),
+    })?;
+    let pairs: Vec<(String, String)> = table
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect();
+    TopicOverrides::from_pairs(&pairs).map_err(|reason| TopicError::InvalidConfig {
+        name: name.to_owned(),
+        reason: format!("{}: {reason}", path.display()),
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs retention and age-based rolls on every topic, every `interval`,
+/// until `shutdown` fires.
+pub async fn run_retention(
+    topics: Arc<Topics>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let topics = Arc::clone(&topics);
+        let done = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            for topic in topics.all() {
+                if topic.is_closed() {
+                    continue;
+                }
+                if let Err(e) = topic.maintain(now) {
+                    tracing::error!(topic = %topic.name(), error = %e, "retention failed");
+                }
+            }
+        });
+        let _ = done.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in [
+            "a",
+            "orders",
+            "a.b-c_d",
+            "A9",
+            &"x".repeat(249),
+            ".hidden",
+            "...",
+        ] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../etc",
+            "a b",
+            "é",
+            "a\0b",
+            &"x".repeat(250),
+            "a\\b",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

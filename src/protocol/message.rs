@@ -1,0 +1,801 @@
+//! Request and response messages: parse and encode, side by side.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::wire::{put_string, string_len, Reader};
+use super::{ErrorCode, ProtocolError, FRAME_PREFIX_LEN};
+
+/// `u16 api_key, u16 api_version, u32 correlation_id`.
+pub const REQUEST_HEADER_LEN: usize = 8;
+
+/// The APIs, numbered as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    ApiVersions = 0,
+    CreateTopic = 1,
+    DeleteTopic = 2,
+    ListTopics = 3,
+    DescribeTopic = 4,
+    Produce = 5,
+    Fetch = 6,
+    ListOffsets = 7,
+}
+
+/// Every API with the versions the broker supports: `(key, min, max)`.
+pub const API_VERSIONS: [(ApiKey, u16, u16); 8] = [
+    (ApiKey::ApiVersions, 0, 0),
+    (ApiKey::CreateTopic, 0, 0),
+    (ApiKey::DeleteTopic, 0, 0),
+    (ApiKey::ListTopics, 0, 0),
+    (ApiKey::DescribeTopic, 0, 0),
+    (ApiKey::Produce, 0, 0),
+    (ApiKey::Fetch, 0, 0),
+    (ApiKey::ListOffsets, 0, 0),
+];
+
+impl ApiKey {
+    pub fn from_u16(key: u16) -> Option<ApiKey> {
+        API_VERSIONS.get(key as usize).map(|(k, _, _)| *k)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKey::ApiVersions => "API_VERSIONS",
+            ApiKey::CreateTopic => "CREATE_TOPIC",
+            ApiKey::DeleteTopic => "DELETE_TOPIC",
+            ApiKey::ListTopics => "LIST_TOPICS",
+            ApiKey::DescribeTopic => "DESCRIBE_TOPIC",
+            ApiKey::Produce => "PRODUCE",
+            ApiKey::Fetch => "FETCH",
+            ApiKey::ListOffsets => "LIST_OFFSETS",
+        }
+    }
+}
+
+/// The fixed start of every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub api_key: u16,
+    pub api_version: u16,
+    pub correlation_id: u32,
+}
+
+impl RequestHeader {
+    /// Parses the header at the start of a frame (without its length prefix).
+    pub fn parse(frame: &[u8]) -> Result<RequestHeader, ProtocolError> {
+        let mut r = Reader::new(frame);
+        Ok(RequestHeader {
+            api_key: r.u16("api_key")?,
+            api_version: r.u16("api_version")?,
+            correlation_id: r.u32("correlation_id")?,
+        })
+    }
+}
+
+/// When a produce is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Never: fire and forget. The broker sends no response, even on error.
+    None = 0,
+    /// Once the batch is as durable as the topic's `flush` mode promises.
+    Commit = 1,
+}
+
+/// Which offset LIST_OFFSETS looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The first offset still stored (timestamp -2 on the wire).
+    Earliest,
+    /// The offset the next record will get (timestamp -1).
+    Latest,
+    /// The first offset appended at or after this time, ms since the epoch;
+    /// the latest offset if every record is older.
+    Timestamp(i64),
+}
+
+impl OffsetSpec {
+    fn to_wire(self) -> i64 {
+        match self {
+            OffsetSpec::Earliest => -2,
+            OffsetSpec::Latest => -1,
+            OffsetSpec::Timestamp(t) => t,
+        }
+    }
+}
+
+/// A request, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    ApiVersions,
+    CreateTopic {
+        topic: String,
+        settings: Vec<(String, String)>,
+    },
+    DeleteTopic {
+        topic: String,
+    },
+    ListTopics,
+    DescribeTopic {
+        topic: String,
+    },
+    /// `batch` is one batch in the stored format, still in the frame's buffer.
+    Produce {
+        topic: String,
+        acks: Acks,
+        batch: BytesMut,
+    },
+    Fetch {
+        topic: String,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        min_bytes: u32,
+    },
+    ListOffsets {
+        topic: String,
+        spec: OffsetSpec,
+    },
+}
+
+/// Smallest encoding of a `(string, string)` pair: two empty strings.
+const MIN_PAIR_LEN: usize = 4;
+
+impl Request {
+    pub fn api_key(&self) -> ApiKey {
+        match self {
+            Request::ApiVersions => ApiKey::ApiVersions,
+            Request::CreateTopic { .. } => ApiKey::CreateTopic,
+            Request::DeleteTopic { .. } => ApiKey::DeleteTopic,
+            Request::ListTopics => ApiKey::ListTopics,
+            Request::DescribeTopic { .. } => ApiKey::DescribeTopic,
+            Request::Produce { .. } => ApiKey::Produce,
+            Request::Fetch { .. } => ApiKey::Fetch,
+            Request::ListOffsets { .. } => ApiKey::ListOffsets,
+        }
+    }
+
+    /// Parses a whole frame (without the length prefix). A produce's batch
+    /// stays in `frame`'s buffer: no copy.
+    pub fn parse(mut frame: BytesMut) -> Result<(RequestHeader, Request), ProtocolError> {
+        let header = RequestHeader::parse(&frame)?;
+        let api =
+            ApiKey::from_u16(header.api_key).ok_or(ProtocolError::UnknownApi(header.api_key))?;
+        if header.api_version != 0 {
+            return Err(ProtocolError::UnsupportedVersion {
+                api: api.name(),
+                version: header.api_version,
+            });
+        }
+        let mut r = Reader::new(&frame);
+        r.u64("header")?; // skip the header parsed above
+        let request = match api {
+            ApiKey::ApiVersions => Request::ApiVersions,
+            ApiKey::CreateTopic => {
+                let topic = r.string("topic")?;
+                let count = r.count("settings", MIN_PAIR_LEN)?;
+                let mut settings = Vec::with_capacity(count);
+                for _ in 0..count {
+                    settings.push((r.string("setting key")?, r.string("setting value")?));
+                }
+                Request::CreateTopic { topic, settings }
+            }
+            ApiKey::DeleteTopic => Request::DeleteTopic {
+                topic: r.string("topic")?,
+            },
+            ApiKey::ListTopics => Request::ListTopics,
+            ApiKey::DescribeTopic => Request::DescribeTopic {
+                topic: r.string("topic")?,
+            },
+            ApiKey::Produce => {
+                let topic = r.string("topic")?;
+                let acks = match r.u8("acks")? {
+                    0 => Acks::None,
+                    1 => Acks::Commit,
+                    other => {
+                        return Err(ProtocolError::BadValue {
+                            field: "acks",
+                            reason: format!("{other} is not 0 or 1"),
+                        })
+                    }
+                };
+                let range = r.bytes_range("batch")?;
+                r.finish()?;
+                let mut batch = frame.split_off(range.start);
+                batch.truncate(range.len());
+                return Ok((header, Request::Produce { topic, acks, batch }));
+            }
+            ApiKey::Fetch => Request::Fetch {
+                topic: r.string("topic")?,
+                offset: r.u64("offset")?,
+                max_bytes: r.u32("max_bytes")?,
+                max_wait_ms: r.u32("max_wait_ms")?,
+                min_bytes: r.u32("min_bytes")?,
+            },
+            ApiKey::ListOffsets => {
+                let topic = r.string("topic")?;
+                let spec = match r.i64("timestamp")? {
+                    -2 => OffsetSpec::Earliest,
+                    -1 => OffsetSpec::Latest,
+                    t if t >= 0 => OffsetSpec::Timestamp(t),
+                    t => {
+                        return Err(ProtocolError::BadValue {
+                            field: "timestamp",
+                            reason: format!("{t}: use -1 (latest), -2 (earliest) or a time in ms"),
+                        })
+                    }
+                };
+                Request::ListOffsets { topic, spec }
+            }
+        };
+        r.finish()?;
+        Ok((header, request))
+    }
+
+    /// Appends the whole frame, length prefix included.
+    pub fn encode(&self, correlation_id: u32, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32(0); // patched below
+        out.put_u16(self.api_key() as u16);
+        out.put_u16(0);
+        out.put_u32(correlation_id);
+        match self {
+            Request::ApiVersions | Request::ListTopics => {}
+            Request::CreateTopic { topic, settings } => {
+                put_string(out, topic);
+                out.put_u32(settings.len() as u32);
+                for (k, v) in settings {
+                    put_string(out, k);
+                    put_string(out, v);
+                }
+            }
+            Request::DeleteTopic { topic } | Request::DescribeTopic { topic } => {
+                put_string(out, topic)
+            }
+            Request::Produce { topic, acks, batch } => {
+                put_string(out, topic);
+                out.put_u8(*acks as u8);
+                out.put_u32(batch.len() as u32);
+                out.put_slice(batch);
+            }
+            Request::Fetch {
+                topic,
+                offset,
+                max_bytes,
+                max_wait_ms,
+                min_bytes,
+            } => {
+                put_string(out, topic);
+                out.put_u64(*offset);
+                out.put_u32(*max_bytes);
+                out.put_u32(*max_wait_ms);
+                out.put_u32(*min_bytes);
+            }
+            Request::ListOffsets { topic, spec } => {
+                put_string(out, topic);
+                out.put_i64(spec.to_wire());
+            }
+        }
+        let len = (out.len() - start - FRAME_PREFIX_LEN) as u32;
+        out[start..start + FRAME_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The frame of a produce request up to (not including) the batch bytes,
+    /// so a client can send a batch it built elsewhere without copying it.
+    pub fn produce_head(
+        topic: &str,
+        acks: Acks,
+        batch_len: usize,
+        correlation_id: u32,
+    ) -> BytesMut {
+        let len = REQUEST_HEADER_LEN + string_len(topic) + 1 + 4 + batch_len;
+        let mut out = BytesMut::with_capacity(FRAME_PREFIX_LEN + len - batch_len);
+        out.put_u32(len as u32);
+        out.put_u16(ApiKey::Produce as u16);
+        out.put_u16(0);
+        out.put_u32(correlation_id);
+        put_string(&mut out, topic);
+        out.put_u8(acks as u8);
+        out.put_u32(batch_len as u32);
+        out
+    }
+}
+
+/// A topic as DESCRIBE_TOPIC reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub log_start: u64,
+    pub log_end: u64,
+    pub size_bytes: u64,
+    pub segments: u32,
+    /// Effective settings, as `key = value` strings.
+    pub settings: Vec<(String, String)>,
+}
+
+/// The body of a successful response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBody {
+    ApiVersions {
+        server: String,
+        apis: Vec<(u16, u16, u16)>,
+    },
+    /// CREATE_TOPIC and DELETE_TOPIC.
+    Empty,
+    Topics(Vec<String>),
+    Description(TopicDescription),
+    Produced {
+        base_offset: u64,
+        append_time: i64,
+        log_start: u64,
+    },
+    /// `batches` are stored batches, back to back, sent as they are.
+    Fetched {
+        log_start: u64,
+        log_end: u64,
+        next_offset: u64,
+        batches: Vec<Bytes>,
+    },
+    Offsets {
+        offset: u64,
+        log_start: u64,
+        log_end: u64,
+    },
+}
+
+/// A failed response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    /// `(log_start, log_end)`, sent with OFFSET_OUT_OF_RANGE.
+    pub range: Option<(u64, u64)>,
+    /// Next readable offset, sent with CORRUPT_DATA (`u64::MAX` on the wire
+    /// when unknown).
+    pub resume_at: Option<u64>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code,
+            message: message.into(),
+            range: None,
+            resume_at: None,
+        }
+    }
+}
+
+/// A response, for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub correlation_id: u32,
+    pub body: Result<ResponseBody, ErrorBody>,
+}
+
+impl Response {
+    /// Encodes the frame as a head (length prefix and every field) plus
+    /// payload chunks to send right after it (only a fetch has any), so
+    /// stored batches go out without being copied into the head.
+    pub fn encode(&self) -> (BytesMut, Vec<Bytes>) {
+        let mut out = BytesMut::with_capacity(64);
+        out.put_u32(0); // patched below
+        out.put_u32(self.correlation_id);
+        let mut chunks = Vec::new();
+        match &self.body {
+            Err(e) => {
+                out.put_u16(e.code as u16);
+                put_string(&mut out, &e.message);
+                match e.code {
+                    ErrorCode::OffsetOutOfRange => {
+                        let (start, end) = e.range.unwrap_or((0, 0));
+                        out.put_u64(start);
+                        out.put_u64(end);
+                    }
+                    ErrorCode::CorruptData => out.put_u64(e.resume_at.unwrap_or(u64::MAX)),
+                    _ => {}
+                }
+            }
+            Ok(body) => {
+                out.put_u16(ErrorCode::None as u16);
+                out.put_u16(0); // empty message
+                match body {
+                    ResponseBody::ApiVersions { server, apis } => {
+                        put_string(&mut out, server);
+                        out.put_u32(apis.len() as u32);
+                        for (k, min, max) in apis {
+                            out.put_u16(*k);
+                            out.put_u16(*min);
+                            out.put_u16(*max);
+                        }
+                    }
+                    ResponseBody::Empty => {}
+                    ResponseBody::Topics(names) => {
+                        out.put_u32(names.len() as u32);
+                        for n in names {
+                            put_string(&mut out, n);
+                        }
+                    }
+                    ResponseBody::Description(d) => {
+                        out.put_u64(d.log_start);
+                        out.put_u64(d.log_end);
+                        out.put_u64(d.size_bytes);
+                        out.put_u32(d.segments);
+                        out.put_u32(d.settings.len() as u32);
+                        for (k, v) in &d.settings {
+                            put_string(&mut out, k);
+                            put_string(&mut out, v);
+                        }
+                    }
+                    ResponseBody::Produced {
+                        base_offset,
+                        append_time,
+                        log_start,
+                    } => {
+                        out.put_u64(*base_offset);
+                        out.put_i64(*append_time);
+                        out.put_u64(*log_start);
+                    }
+                    ResponseBody::Fetched {
+                        log_start,
+                        log_end,
+                        next_offset,
+                        batches,
+                    } => {
+                        out.put_u64(*log_start);
+                        out.put_u64(*log_end);
+                        out.put_u64(*next_offset);
+                        out.put_u32(batches.iter().map(|b| b.len()).sum::<usize>() as u32);
+                        chunks = batches.clone();
+                    }
+                    ResponseBody::Offsets {
+                        offset,
+                        log_start,
+                        log_end,
+                    } => {
+                        out.put_u64(*offset);
+                        out.put_u64(*log_start);
+                        out.put_u64(*log_end);
+                    }
+                }
+            }
+        }
+        let len = out.len() - FRAME_PREFIX_LEN + chunks.iter().map(|c| c.len()).sum::<usize>();
+        out[..FRAME_PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        (out, chunks)
+    }
+
+    /// Parses a response frame (without the length prefix) to a request of
+    /// `api`. Fetched batches are slices of `frame`: no copy.
+    pub fn parse(api: ApiKey, frame: Bytes) -> Result<Response, ProtocolError> {
+        let mut r = Reader::new(&frame);
+        let correlation_id = r.u32("correlation_id")?;
+        let raw_code = r.u16("error_code")?;
+        let code =
+            ErrorCode::from_u16(raw_code).ok_or(ProtocolError::UnknownErrorCode(raw_code))?;
+        let message = r.string("error_message")?;
+        if code != ErrorCode::None {
+            let mut e = ErrorBody::new(code, message);
+            match code {
+                ErrorCode::OffsetOutOfRange => {
+                    e.range = Some((r.u64("log_start")?, r.u64("log_end")?))
+                }
+                ErrorCode::CorruptData => {
+                    e.resume_at = Some(r.u64("resume_at")?).filter(|&o| o != u64::MAX)
+                }
+                _ => {}
+            }
+            r.finish()?;
+            return Ok(Response {
+                correlation_id,
+                body: Err(e),
+            });
+        }
+        let body = match api {
+            ApiKey::ApiVersions => {
+                let server = r.string("server")?;
+                let count = r.count("apis", 6)?;
+                let mut apis = Vec::with_capacity(count);
+                for _ in 0..count {
+                    apis.push((
+                        r.u16("api_key")?,
+                        r.u16("min_version")?,
+                        r.u16("max_version")?,
+                    ));
+                }
+                ResponseBody::ApiVersions { server, apis }
+            }
+            ApiKey::CreateTopic | ApiKey::DeleteTopic => ResponseBody::Empty,
+            ApiKey::ListTopics => {
+                let count = r.count("topics", 2)?;
+                let mut names = Vec::with_capacity(count);
+                for _ in 0..count {
+                    names.push(r.string("topic")?);
+                }
+                ResponseBody::Topics(names)
+            }
+            ApiKey::DescribeTopic => {
+                let log_start = r.u64("log_start")?;
+                let log_end = r.u64("log_end")?;
+                let size_bytes = r.u64("size_bytes")?;
+                let segments = r.u32("segments")?;
+                let count = r.count("settings", MIN_PAIR_LEN)?;
+                let mut settings = Vec::with_capacity(count);
+                for _ in 0..count {
+                    settings.push((r.string("setting key")?, r.string("setting value")?));
+                }
+                ResponseBody::Description(TopicDescription {
+                    log_start,
+                    log_end,
+                    size_bytes,
+                    segments,
+                    settings,
+                })
+            }
+            ApiKey::Produce => ResponseBody::Produced {
+                base_offset: r.u64("base_offset")?,
+                append_time: r.i64("append_time")?,
+                log_start: r.u64("log_start")?,
+            },
+            ApiKey::Fetch => {
+                let log_start = r.u64("log_start")?;
+                let log_end = r.u64("log_end")?;
+                let next_offset = r.u64("next_offset")?;
+                let range = r.bytes_range("batches")?;
+                r.finish()?;
+                let batches = if range.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![frame.slice(range)]
+                };
+                return Ok(Response {
+                    correlation_id,
+                    body: Ok(ResponseBody::Fetched {
+                        log_start,
+                        log_end,
+                        next_offset,
+                        batches,
+                    }),
+                });
+            }
+            ApiKey::ListOffsets => ResponseBody::Offsets {
+                offset: r.u64("offset")?,
+                log_start: r.u64("log_start")?,
+                log_end: r.u64("log_end")?,
+            },
+        };
+        r.finish()?;
+        Ok(Response {
+            correlation_id,
+            body: Ok(body),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(request: Request) {
+        let mut buf = BytesMut::new();
+        request.encode(77, &mut buf);
+        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, buf.len() - 4);
+        let (header, parsed) = Request::parse(buf.split_off(4)).unwrap();
+        assert_eq!(header.correlation_id, 77);
+        assert_eq!(header.api_key, request.api_key() as u16);
+        assert_eq!(parsed, request);
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        round_trip(Request::ApiVersions);
+        round_trip(Request::CreateTopic {
+            topic: "orders".into(),
+            settings: vec![
+                ("retention_ms".into(), "7d".into()),
+                ("flush".into(), "never".into()),
+            ],
+        });
+        round_trip(Request::DeleteTopic { topic: "t".into() });
+        round_trip(Request::ListTopics);
+        round_trip(Request::DescribeTopic { topic: "t".into() });
+        round_trip(Request::Produce {
+            topic: "t".into(),
+            acks: Acks::Commit,
+            batch: BytesMut::from(&b"batch"[..]),
+        });
+        round_trip(Request::Produce {
+            topic: "t".into(),
+            acks: Acks::None,
+            batch: BytesMut::new(),
+        });
+        round_trip(Request::Fetch {
+            topic: "t".into(),
+            offset: 5,
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+            min_bytes: 1,
+        });
+        for spec in [
+            OffsetSpec::Earliest,
+            OffsetSpec::Latest,
+            OffsetSpec::Timestamp(1_700_000_000_000),
+        ] {
+            round_trip(Request::ListOffsets {
+                topic: "t".into(),
+                spec,
+            });
+        }
+    }
+
+    #[test]
+    fn produce_head_matches_encode() {
+        let batch = BytesMut::from(&b"0123456789"[..]);
+        let mut full = BytesMut::new();
+        Request::Produce {
+            topic: "topic".into(),
+            acks: Acks::Commit,
+            batch: batch.clone(),
+        }
+        .encode(9, &mut full);
+        let mut head = Request::produce_head("topic", Acks::Commit, batch.len(), 9);
+        head.extend_from_slice(&batch);
+        assert_eq!(head, full);
+    }
+
+    fn response_round_trip(api: ApiKey, body: Result<ResponseBody, ErrorBody>) {
+        let response = Response {
+            correlation_id: 3,
+            body,
+        };
+        let (head, chunks) = response.encode();
+        let mut frame = head.to_vec();
+        for c in &chunks {
+            frame.extend_from_slice(c);
+        }
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let parsed = Response::parse(api, Bytes::from(frame).slice(4..)).unwrap();
+        assert_eq!(parsed, response);
+    }
+
+    #[test]
+    fn every_response_round_trips() {
+        response_round_trip(
+            ApiKey::ApiVersions,
+            Ok(ResponseBody::ApiVersions {
+                server: "spool 0.1".into(),
+                apis: vec![(0, 0, 0), (5, 0, 0)],
+            }),
+        );
+        response_round_trip(ApiKey::CreateTopic, Ok(ResponseBody::Empty));
+        response_round_trip(
+            ApiKey::ListTopics,
+            Ok(ResponseBody::Topics(vec!["a".into(), "b".into()])),
+        );
+        response_round_trip(
+            ApiKey::DescribeTopic,
+            Ok(ResponseBody::Description(TopicDescription {
+                log_start: 1,
+                log_end: 9,
+                size_bytes: 100,
+                segments: 2,
+                settings: vec![("flush".into(), "always".into())],
+            })),
+        );
+        response_round_trip(
+            ApiKey::Produce,
+            Ok(ResponseBody::Produced {
+                base_offset: 4,
+                append_time: 1_700_000_000_000,
+                log_start: 0,
+            }),
+        );
+        response_round_trip(
+            ApiKey::Fetch,
+            Ok(ResponseBody::Fetched {
+                log_start: 0,
+                log_end: 10,
+                next_offset: 10,
+                batches: vec![Bytes::from_static(b"stored-batches")],
+            }),
+        );
+        response_round_trip(
+            ApiKey::Fetch,
+            Ok(ResponseBody::Fetched {
+                log_start: 0,
+                log_end: 10,
+                next_offset: 10,
+                batches: vec![],
+            }),
+        );
+        response_round_trip(
+            ApiKey::ListOffsets,
+            Ok(ResponseBody::Offsets {
+                offset: 3,
+                log_start: 0,
+                log_end: 4,
+            }),
+        );
+        let mut out_of_range = ErrorBody::new(ErrorCode::OffsetOutOfRange, "offset 1 is below 5");
+        out_of_range.range = Some((5, 9));
+        response_round_trip(ApiKey::Fetch, Err(out_of_range));
+        let mut corrupt = ErrorBody::new(ErrorCode::CorruptData, "bad crc");
+        corrupt.resume_at = Some(12);
+        response_round_trip(ApiKey::Fetch, Err(corrupt));
+        response_round_trip(
+            ApiKey::Produce,
+            Err(ErrorBody::new(ErrorCode::DiskFull, "disk full")),
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_typed_errors() {
+        let parse = |bytes: &[u8]| Request::parse(BytesMut::from(bytes));
+        assert!(matches!(
+            parse(&[0, 0, 0]),
+            Err(ProtocolError::Truncated { .. })
+        ));
+        assert!(matches!(
+            parse(&[0, 99, 0, 0, 0, 0, 0, 1]),
+            Err(ProtocolError::UnknownApi(99))
+        ));
+        assert!(matches!(
+            parse(&[0, 0, 0, 1, 0, 0, 0, 1]),
+            Err(ProtocolError::UnsupportedVersion { .. })
+        ));
+        assert!(matches!(
+            parse(&[0, 0, 0, 0, 0, 0, 0, 1, 9]),
+            Err(ProtocolError::TrailingBytes(1))
+        ));
+        // CREATE_TOPIC claiming 2^32 - 1 settings in a few bytes.
+        let mut frame = vec![0, 1, 0, 0, 0, 0, 0, 1, 0, 1, b't', 0xff, 0xff, 0xff, 0xff];
+        frame.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            parse(&frame),
+            Err(ProtocolError::CountTooLarge { .. })
+        ));
+        // PRODUCE whose batch length claims 4 GiB.
+        let frame = [
+            0, 5, 0, 0, 0, 0, 0, 1, 0, 1, b't', 1, 0xff, 0xff, 0xff, 0xff, 1, 2, 3,
+        ];
+        assert!(matches!(
+            parse(&frame),
+            Err(ProtocolError::Truncated { field: "batch", .. })
+        ));
+        let frame = [0, 5, 0, 0, 0, 0, 0, 1, 0, 1, b't', 7, 0, 0, 0, 0];
+        assert!(matches!(
+            parse(&frame),
+            Err(ProtocolError::BadValue { field: "acks", .. })
+        ));
+        let mut frame = vec![0, 7, 0, 0, 0, 0, 0, 1, 0, 1, b't'];
+        frame.extend_from_slice(&(-5i64).to_be_bytes());
+        assert!(matches!(
+            parse(&frame),
+            Err(ProtocolError::BadValue {
+                field: "timestamp",
+                ..
+            })
+        ));
+        assert_eq!(
+            ProtocolError::UnknownApi(9).code(),
+            ErrorCode::UnsupportedApi
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), key in 0u16..10) {
+            let mut frame = bytes.clone();
+            if frame.len() >= 4 {
+                frame[..2].copy_from_slice(&key.to_be_bytes());
+                frame[2..4].copy_from_slice(&[0, 0]);
+            }
+            let _ = Request::parse(BytesMut::from(&frame[..]));
+            for api in API_VERSIONS.iter().map(|a| a.0) {
+                let _ = Response::parse(api, Bytes::from(bytes.clone()));
+            }
+        }
+    }
+}

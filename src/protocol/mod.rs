@@ -1,0 +1,185 @@
+//! Spool's wire protocol: framing, request and response messages, error
+//! codes. Parsing is separate from I/O: every function here works on byte
+//! slices, so it is unit-testable and never blocks. `docs/PROTOCOL.md` is the
+//! full reference, with hex dumps; this is the summary.
+//!
+//! # Frames
+//!
+//! ```text
+//! u32 length      bytes that follow (big-endian), at most the broker's max_frame_bytes
+//! ...             the message
+//! ```
+//!
+//! # Requests and responses
+//!
+//! ```text
+//! request                          response
+//! u16 api_key                      u32 correlation_id   (copied from the request)
+//! u16 api_version                  u16 error_code       (0 = none)
+//! u32 correlation_id               string error_message (empty when error_code is 0)
+//! ... body of that API             ... body of that API, when error_code is 0;
+//!                                      OFFSET_OUT_OF_RANGE: u64 log_start, u64 log_end;
+//!                                      CORRUPT_DATA: u64 resume_at; other errors: nothing
+//! ```
+//!
+//! Integers are big-endian. `string` is a u16 length then UTF-8 bytes;
+//! `bytes` is a u32 length then the bytes; `[T]` is a u32 count then the
+//! elements. A client may send many requests without waiting (pipelining);
+//! responses come back in request order. A produce with `acks = 0` gets no
+//! response at all.
+//!
+//! # APIs (all at version 0)
+//!
+//! | key | API | request body | response body |
+//! | --- | --- | --- | --- |
+//! | 0 | API_VERSIONS | — | `string server, [u16 key, u16 min, u16 max]` |
+//! | 1 | CREATE_TOPIC | `string topic, [string key, string value]` | — |
+//! | 2 | DELETE_TOPIC | `string topic` | — |
+//! | 3 | LIST_TOPICS | — | `[string topic]` |
+//! | 4 | DESCRIBE_TOPIC | `string topic` | `u64 log_start, u64 log_end, u64 size_bytes, u32 segments, [string key, string value]` |
+//! | 5 | PRODUCE | `string topic, u8 acks, bytes batch` | `u64 base_offset, i64 append_time, u64 log_start` |
+//! | 6 | FETCH | `string topic, u64 offset, u32 max_bytes, u32 max_wait_ms, u32 min_bytes` | `u64 log_start, u64 log_end, u64 next_offset, bytes batches` |
+//! | 7 | LIST_OFFSETS | `string topic, i64 timestamp (-1 latest, -2 earliest)` | `u64 offset, u64 log_start, u64 log_end` |
+//!
+//! A batch is in the stored format of [`crate::batch`].
+
+mod message;
+mod wire;
+
+pub use message::{
+    Acks, ApiKey, ErrorBody, OffsetSpec, Request, RequestHeader, Response, ResponseBody,
+    TopicDescription, API_VERSIONS, REQUEST_HEADER_LEN,
+};
+pub use wire::{put_bytes, put_string, Reader};
+
+use thiserror::Error;
+
+/// Length of the frame prefix.
+pub const FRAME_PREFIX_LEN: usize = 4;
+
+/// Every error a response can carry. The numbers are part of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    None = 0,
+    /// A bug or an unexpected condition in the broker; the message says more.
+    UnknownServerError = 1,
+    /// The request could not be parsed (truncated, trailing bytes, bad UTF-8).
+    InvalidRequest = 2,
+    /// The API key is not one the broker knows.
+    UnsupportedApi = 3,
+    /// The API is known but not at that version.
+    UnsupportedVersion = 4,
+    /// No topic by that name (and produce did not create it).
+    UnknownTopic = 5,
+    TopicAlreadyExists = 6,
+    /// The name is not 1 to 249 characters of `[A-Za-z0-9._-]`, or is `.` or `..`.
+    InvalidTopicName = 7,
+    /// A topic setting is unknown or its value is invalid.
+    InvalidConfig = 8,
+    /// The offset is outside the log; the body gives the valid range.
+    OffsetOutOfRange = 9,
+    /// The produced batch is malformed (CRC, lengths, counts).
+    InvalidBatch = 10,
+    /// A record or batch exceeds the topic's `max_record_bytes` or the frame limit.
+    RecordTooLarge = 11,
+    /// The topic's log failed an I/O operation; it refuses writes until the
+    /// broker restarts.
+    StorageError = 12,
+    /// The disk is full; produce again once retention has freed space.
+    DiskFull = 13,
+    /// Stored data at this offset failed its checksum; the body gives the
+    /// next readable offset.
+    CorruptData = 14,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::None,
+        ErrorCode::UnknownServerError,
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnsupportedApi,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownTopic,
+        ErrorCode::TopicAlreadyExists,
+        ErrorCode::InvalidTopicName,
+        ErrorCode::InvalidConfig,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::InvalidBatch,
+        ErrorCode::RecordTooLarge,
+        ErrorCode::StorageError,
+        ErrorCode::DiskFull,
+        ErrorCode::CorruptData,
+    ];
+
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.get(code as usize).copied()
+    }
+
+    /// The protocol name, as in `docs/PROTOCOL.md`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::None => "NONE",
+            ErrorCode::UnknownServerError => "UNKNOWN_SERVER_ERROR",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::UnsupportedApi => "UNSUPPORTED_API",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::UnknownTopic => "UNKNOWN_TOPIC",
+            ErrorCode::TopicAlreadyExists => "TOPIC_ALREADY_EXISTS",
+            ErrorCode::InvalidTopicName => "INVALID_TOPIC_NAME",
+            ErrorCode::InvalidConfig => "INVALID_CONFIG",
+            ErrorCode::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
+            ErrorCode::InvalidBatch => "INVALID_BATCH",
+            ErrorCode::RecordTooLarge => "RECORD_TOO_LARGE",
+            ErrorCode::StorageError => "STORAGE_ERROR",
+            ErrorCode::DiskFull => "DISK_FULL",
+            ErrorCode::CorruptData => "CORRUPT_DATA",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("{field}: needs {needed} bytes, {available} remain")]
+    Truncated {
+        field: &'static str,
+        needed: usize,
+        available: usize,
+    },
+    #[error("{field}: count {count} cannot fit in the {remaining} bytes that remain")]
+    CountTooLarge {
+        field: &'static str,
+        count: u64,
+        remaining: usize,
+    },
+    #[error("{field}: not valid UTF-8")]
+    BadUtf8 { field: &'static str },
+    #[error("{0} unexpected bytes after the last field")]
+    TrailingBytes(usize),
+    #[error("unknown API key {0}")]
+    UnknownApi(u16),
+    #[error("API {api} does not support version {version}")]
+    UnsupportedVersion { api: &'static str, version: u16 },
+    #[error("invalid value for {field}: {reason}")]
+    BadValue { field: &'static str, reason: String },
+    #[error("unknown error code {0}")]
+    UnknownErrorCode(u16),
+}
+
+impl ProtocolError {
+    /// The code a broker answers this parse failure with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtocolError::UnknownApi(_) => ErrorCode::UnsupportedApi,
+            ProtocolError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            _ => ErrorCode::InvalidRequest,
+        }
+    }
+}
