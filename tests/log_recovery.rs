@@ -461,3 +461,44 @@ fn opening_many_segments_does_not_read_their_data() {
     ));
     assert_eq!(log.read(999).unwrap().value, value_for(999, 550));
 }
+
+#[test]
+fn a_zeroed_time_index_is_not_taken_for_append_times() {
+    // The time index of the active segment zeroed (its pages never reached
+    // the disk): an entry (time 0, offset 0) looks in order but is false, and
+    // would make the segment look 55 years old.
+    let (dir, log) = survives(|dir| {
+        let path = segment_file(dir, 16, "timeindex");
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::write(&path, vec![0u8; len as usize + 96]).unwrap();
+    });
+    let report = &log.recovery().iter().find(|(b, _)| *b == 16).unwrap().1;
+    assert!(report.index_rebuilt);
+    drop(log);
+    // With a one-day segment age, the next append must not roll.
+    let aged = LogConfig {
+        segment_age: Some(std::time::Duration::from_secs(86_400)),
+        ..config()
+    };
+    let log = Log::open(dir.path(), aged).unwrap();
+    fill(&log, 1, 1, 20);
+    assert_eq!(
+        log.segment_count(),
+        2,
+        "the active segment was taken for ancient"
+    );
+}
+
+#[test]
+fn a_crash_with_an_empty_active_segment_needs_no_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let _log = Log::open(dir.path(), config()).unwrap();
+    }
+    // What a crash leaves: the index files at their full pre-sized length.
+    untrim(&segment_file(dir.path(), 0, "index"), 64);
+    untrim(&segment_file(dir.path(), 0, "timeindex"), 96);
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert!(log.recovery().is_empty(), "{:?}", log.recovery());
+    assert_eq!(log.next_offset(), 0);
+}

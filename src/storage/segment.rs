@@ -254,13 +254,23 @@ impl Segment {
             ),
             None => (0, 0, base),
         };
-        if kept != index.len() {
+        // Entries past the ordered prefix are the zero tail of a pre-sized
+        // file: dropping them is routine, not a repair.
+        if kept < ordered {
             report.index_rebuilt = true;
         }
         index.truncate(kept);
         let last_rel = index.last().map(|e| e.rel);
-        let time_kept = ordered_time_prefix(&times, last_rel);
-        if time_kept != times.len() {
+        let mut time_kept = ordered_time_prefix(&times, last_rel);
+        // In order is not enough (a zeroed file starts with a plausible
+        // entry): the first and last kept entries must match their batches.
+        let matches = |k: u32| {
+            times
+                .get(k)
+                .is_some_and(|t| time_entry_matches(&store, &index, t))
+        };
+        if time_kept > 0 && !(matches(0) && matches(time_kept - 1)) {
+            time_kept = 0;
             report.index_rebuilt = true;
         }
         times.truncate(time_kept);
@@ -663,7 +673,8 @@ fn sealed_times_ok(times: &Table<TimeEntry>, index: &Table<IndexEntry>) -> bool 
 }
 
 /// Number of leading index entries that are in order: the first is (0, 0),
-/// both fields strictly increase, and every position is inside the store.
+/// both fields increase, and every position is inside the store (so the
+/// zero tail of a pre-sized file, or an empty store, yields none).
 fn ordered_prefix(index: &Table<IndexEntry>, size: u64) -> u32 {
     let n = index.len();
     let mut prev: Option<IndexEntry> = None;
@@ -675,7 +686,7 @@ fn ordered_prefix(index: &Table<IndexEntry>, size: u64) -> u32 {
             // offsets shares its successor's.
             Some(p) => e.rel >= p.rel && e.pos > p.pos,
         };
-        if !in_order || u64::from(e.pos) > size {
+        if !in_order || u64::from(e.pos) >= size {
             return k;
         }
         prev = Some(e);
@@ -701,6 +712,18 @@ fn ordered_time_prefix(times: &Table<TimeEntry>, last_rel: Option<u32>) -> u32 {
         prev = Some(e);
     }
     n
+}
+
+/// Whether a time entry names a batch of the index appended at its time.
+fn time_entry_matches(store: &Store, index: &Table<IndexEntry>, t: TimeEntry) -> bool {
+    let k = index.partition_point(index.len(), |e| e.rel < t.rel);
+    let Some(e) = index.get(k).filter(|e| e.rel == t.rel) else {
+        return false;
+    };
+    let Ok(bytes) = store.read_at(u64::from(e.pos), HEADER_LEN) else {
+        return false;
+    };
+    BatchHeader::parse(&bytes).is_ok_and(|h| h.append_time == t.time)
 }
 
 /// The header of the batch `entry` points at, if that batch is whole, its CRC
