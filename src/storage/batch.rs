@@ -178,6 +178,15 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[CRC_START..])
 }
 
+/// Recomputes and stores the CRC of a finished batch whose record bytes
+/// were edited in place (same lengths), e.g. to stamp a send time into
+/// values. Editing lengths this way would produce a batch that fails
+/// validation.
+pub fn reseal(batch: &mut [u8]) {
+    let crc = compute_crc(batch);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Checks the header fields and the CRC of one complete batch (`bytes` holds
 /// exactly the batch), without walking its records. This is the check a read
 /// of stored bytes makes: the records were walked when the batch was appended.
@@ -783,8 +792,7 @@ mod tests {
     /// Re-signs a hand-edited batch so that only the edit, not the CRC, is
     /// what the decoder sees.
     fn resign(mut bytes: Vec<u8>) -> Vec<u8> {
-        let crc = compute_crc(&bytes);
-        bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        reseal(&mut bytes);
         bytes
     }
 

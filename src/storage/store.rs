@@ -22,6 +22,10 @@ use super::fs;
 /// Bytes the writer buffers before a write reaches the kernel; a batch
 /// larger than this bypasses the buffer.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// After this many bytes, the writer asks the kernel to start writing them
+/// back (without waiting), so that dirty pages never pile up: the fsync that
+/// seals a segment, or a power-cut-safe commit, then has little left to do.
+const WRITEBACK_CHUNK: u64 = 8 << 20;
 
 /// The read side of a store file, shared by readers.
 #[derive(Debug)]
@@ -72,6 +76,7 @@ impl Store {
             writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             flushed: end,
             end,
+            written_back: end,
         })
     }
 
@@ -136,6 +141,8 @@ pub(crate) struct StoreWriter {
     flushed: u64,
     /// Bytes written, including what is still buffered.
     end: u64,
+    /// Bytes whose writeback has been started.
+    written_back: u64,
 }
 
 impl StoreWriter {
@@ -163,7 +170,31 @@ impl StoreWriter {
             return Err(self.roll_back(e));
         }
         self.flushed = self.end;
+        if self.flushed - self.written_back >= WRITEBACK_CHUNK {
+            self.start_writeback();
+        }
         Ok(())
+    }
+
+    /// Starts writeback of the bytes flushed since the last call
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: it queues the I/O and
+    /// returns). A hint only: durability still comes from fdatasync, and a
+    /// failure here is left for that fdatasync to report.
+    fn start_writeback(&mut self) {
+        let Some(writer) = self.writer.as_ref() else {
+            return;
+        };
+        let (from, len) = (self.written_back, self.flushed - self.written_back);
+        // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
+        unsafe {
+            libc::sync_file_range(
+                writer.get_ref().as_raw_fd(),
+                from as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.written_back = self.flushed;
     }
 
     /// After a failed write: forget the buffer (dropping a BufWriter would
@@ -183,6 +214,7 @@ impl StoreWriter {
             Ok(()) => {
                 self.writer = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
                 self.end = self.flushed;
+                self.written_back = self.written_back.min(self.flushed);
                 err
             }
             Err(e) => StorageError::Fenced {

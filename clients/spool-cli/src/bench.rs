@@ -1,0 +1,600 @@
+//! `spool bench`: the load generator.
+//!
+//! Modes, in the manner of `kafka-producer-perf-test` and `iggy-bench`:
+//! - `produce`: producers send batches as fast as acknowledgements allow
+//!   (`--in-flight` batches pipelined per producer), or at `--rate`.
+//! - `consume`: a backlog of `--messages` is produced first (untimed), then
+//!   consumers drain it.
+//! - `both`: producers and consumers at once; every message carries its send
+//!   time, so consumers measure end-to-end latency.
+//!
+//! Each producer and consumer has its own connection. Producer `i` writes
+//! topic `i % topics`; consumer `j` reads topic `j % topics` from its start.
+//! Throughput counts message payload bytes (1 MB = 10^6 bytes).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use spool_client::batch::{self, BatchBuilder};
+use spool_client::{Acks, Client, ClientError, Consumer, ConsumerConfig, ErrorCode, StartAt};
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Produce,
+    Consume,
+    Both,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Produce)]
+    mode: Mode,
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Bytes of each message's value.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    message_size: usize,
+    /// Messages per produce request.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Messages to produce in all (default 1,000,000 unless --duration).
+    #[arg(long, conflicts_with = "duration")]
+    messages: Option<u64>,
+    /// Produce for this long instead of a message count ("30s", "2m").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Flush mode of the topics the bench creates: always, interval or never.
+    #[arg(long, default_value = "never")]
+    flush: String,
+    /// Produce requests in flight per producer (1: one at a time).
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// Messages per second per producer (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Most bytes per fetch.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    fetch_bytes: u32,
+    /// Topics are named PREFIX-0, PREFIX-1, ...; existing ones are recreated.
+    #[arg(long, default_value = "bench")]
+    topic_prefix: String,
+    /// Keep the topics afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Counters and latencies of one side (produce or consume).
+#[derive(Default)]
+struct Side {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+#[derive(serde::Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    count: u64,
+}
+
+impl Latency {
+    /// Percentiles in milliseconds of a histogram kept in microseconds.
+    fn of(h: &Histogram<u64>) -> Option<Latency> {
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some(Latency {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            count: h.len(),
+        })
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Throughput {
+    messages: u64,
+    bytes: u64,
+    seconds: f64,
+    messages_per_sec: f64,
+    mb_per_sec: f64,
+}
+
+impl Throughput {
+    fn of(side: &Side, elapsed: Duration) -> Throughput {
+        let messages = side.messages.load(Ordering::Relaxed);
+        let bytes = side.bytes.load(Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        Throughput {
+            messages,
+            bytes,
+            seconds,
+            messages_per_sec: messages as f64 / seconds,
+            mb_per_sec: bytes as f64 / seconds / 1e6,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    mode: Mode,
+    producers: usize,
+    consumers: usize,
+    topics: usize,
+    message_size: usize,
+    batch_size: usize,
+    in_flight: usize,
+    flush: String,
+    rate: Option<u64>,
+    produce: Option<Throughput>,
+    /// Send to acknowledgement of each produce request, ms.
+    produce_latency_ms: Option<Latency>,
+    consume: Option<Throughput>,
+    /// Send to receipt by a consumer of each message, ms (mode `both`).
+    end_to_end_latency_ms: Option<Latency>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+pub async fn run(broker: &str, args: Args) -> Result<(), String> {
+    if args.producers == 0 && args.mode != Mode::Consume
+        || args.topics == 0
+        || args.batch_size == 0
+        || args.in_flight == 0
+    {
+        return Err(
+            "--producers, --topics, --batch-size and --in-flight must be at least 1".into(),
+        );
+    }
+    if args.mode != Mode::Produce && args.consumers == 0 {
+        return Err("--consumers must be at least 1 in this mode".into());
+    }
+    if args.mode == Mode::Both && args.message_size < 8 {
+        return Err(
+            "--mode both needs --message-size of at least 8 (the send time rides in the value)"
+                .into(),
+        );
+    }
+    let admin = crate::connect(broker).await?;
+    let topics: Vec<String> = (0..args.topics)
+        .map(|i| format!("{}-{i}", args.topic_prefix))
+        .collect();
+    for topic in &topics {
+        match admin.delete_topic(topic).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {}
+            Err(e) => return Err(format!("deleting {topic}: {e}")),
+        }
+        admin
+            .create_topic(topic, &[("flush", &args.flush)])
+            .await
+            .map_err(|e| format!("creating {topic}: {e}"))?;
+    }
+    let total = args.messages.unwrap_or(if args.duration.is_some() {
+        u64::MAX
+    } else {
+        1_000_000
+    });
+    let epoch = Instant::now();
+
+    if args.mode == Mode::Consume {
+        // The backlog, untimed.
+        let fill = Arc::new(Side::default());
+        let producers = spawn_producers(broker, &args, &topics, total, None, &fill, epoch).await?;
+        join_producers(producers).await?;
+    }
+
+    let produced = Arc::new(Side::default());
+    let consumed = Arc::new(Side::default());
+    let progress = progress_bar(&args, total);
+    let started = Instant::now();
+    let producers = if args.mode == Mode::Consume {
+        Vec::new()
+    } else {
+        spawn_producers(
+            broker,
+            &args,
+            &topics,
+            total,
+            args.duration,
+            &produced,
+            epoch,
+        )
+        .await?
+    };
+    // Consumers stop at what the producers wrote to their topic: known up
+    // front with a message count, told when the producers finish otherwise.
+    let per_topic = share(total, args.producers.max(1), args.topics);
+    let (done_tx, done_rx) = tokio::sync::watch::channel(None::<Vec<u64>>);
+    let mut consumers = Vec::new();
+    if args.mode != Mode::Produce {
+        for j in 0..args.consumers {
+            let client = crate::connect(broker).await?;
+            let topic = topics[j % topics.len()].clone();
+            let expected = if args.mode == Mode::Consume || args.duration.is_none() {
+                Some(per_topic[j % topics.len()])
+            } else {
+                None
+            };
+            let side = Arc::clone(&consumed);
+            let done = done_rx.clone();
+            let config = ConsumerConfig {
+                max_bytes: args.fetch_bytes,
+                max_wait: Duration::from_millis(100),
+                ..ConsumerConfig::default()
+            };
+            let e2e = args.mode == Mode::Both;
+            consumers.push(tokio::spawn(consume(
+                client,
+                topic,
+                j % topics.len(),
+                config,
+                expected,
+                done,
+                side,
+                e2e,
+                epoch,
+            )));
+        }
+    }
+    let ticker = tokio::spawn(tick_progress(
+        progress.clone(),
+        Arc::clone(&produced),
+        Arc::clone(&consumed),
+        args.mode,
+    ));
+    let produce_latency = join_producers(producers).await?;
+    let produce_elapsed = started.elapsed();
+    if args.mode == Mode::Both && args.duration.is_some() {
+        // Consumers read up to each topic's end now.
+        let mut ends = Vec::new();
+        for topic in &topics {
+            ends.push(
+                admin
+                    .describe_topic(topic)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .log_end,
+            );
+        }
+        let _ = done_tx.send(Some(ends));
+    }
+    let mut e2e = histogram();
+    for c in consumers {
+        let h = c
+            .await
+            .map_err(|e| format!("consumer task failed: {e}"))??;
+        e2e.add(h).map_err(|e| e.to_string())?;
+    }
+    let consume_elapsed = started.elapsed();
+    ticker.abort();
+    progress.finish_and_clear();
+    if !args.keep {
+        for topic in &topics {
+            let _ = admin.delete_topic(topic).await;
+        }
+    }
+
+    let report = Report {
+        mode: args.mode,
+        producers: if args.mode == Mode::Consume {
+            0
+        } else {
+            args.producers
+        },
+        consumers: if args.mode == Mode::Produce {
+            0
+        } else {
+            args.consumers
+        },
+        topics: args.topics,
+        message_size: args.message_size,
+        batch_size: args.batch_size,
+        in_flight: args.in_flight,
+        flush: args.flush.clone(),
+        rate: args.rate,
+        produce: (args.mode != Mode::Consume).then(|| Throughput::of(&produced, produce_elapsed)),
+        produce_latency_ms: Latency::of(&produce_latency),
+        consume: (args.mode != Mode::Produce).then(|| Throughput::of(&consumed, consume_elapsed)),
+        end_to_end_latency_ms: Latency::of(&e2e),
+    };
+    print_report(&report, args.json);
+    Ok(())
+}
+
+/// Splits `total` messages over producers, then sums per topic.
+fn share(total: u64, producers: usize, topics: usize) -> Vec<u64> {
+    let mut per_topic = vec![0u64; topics];
+    for i in 0..producers {
+        per_topic[i % topics] += quota(total, producers, i);
+    }
+    per_topic
+}
+
+fn quota(total: u64, producers: usize, i: usize) -> u64 {
+    if total == u64::MAX {
+        return u64::MAX;
+    }
+    total / producers as u64 + u64::from((i as u64) < total % producers as u64)
+}
+
+type ProducerTask = tokio::task::JoinHandle<Result<Histogram<u64>, String>>;
+
+async fn spawn_producers(
+    broker: &str,
+    args: &Args,
+    topics: &[String],
+    total: u64,
+    duration: Option<Duration>,
+    side: &Arc<Side>,
+    epoch: Instant,
+) -> Result<Vec<ProducerTask>, String> {
+    let mut tasks = Vec::new();
+    for i in 0..args.producers {
+        let client = crate::connect(broker).await?;
+        let plan = Plan {
+            topic: topics[i % topics.len()].clone(),
+            quota: quota(total, args.producers, i),
+            deadline: duration.map(|d| Instant::now() + d),
+            batch_size: args.batch_size,
+            message_size: args.message_size,
+            in_flight: args.in_flight,
+            rate: args.rate,
+        };
+        tasks.push(tokio::spawn(produce(client, plan, Arc::clone(side), epoch)));
+    }
+    Ok(tasks)
+}
+
+async fn join_producers(tasks: Vec<ProducerTask>) -> Result<Histogram<u64>, String> {
+    let mut all = histogram();
+    for t in tasks {
+        let h = t
+            .await
+            .map_err(|e| format!("producer task failed: {e}"))??;
+        all.add(h).map_err(|e| e.to_string())?;
+    }
+    Ok(all)
+}
+
+struct Plan {
+    topic: String,
+    quota: u64,
+    deadline: Option<Instant>,
+    batch_size: usize,
+    message_size: usize,
+    in_flight: usize,
+    rate: Option<u64>,
+}
+
+/// One batch of `count` messages of `size` bytes, and where each value
+/// starts in it (the send time is stamped there before each send).
+fn template(count: usize, size: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut b = BatchBuilder::with_capacity(count * (size + 8));
+    let value: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    for _ in 0..count {
+        b.push(1_700_000_000_000, None, &value, &[]);
+    }
+    let bytes = b.finish();
+    let base = bytes.as_ptr() as usize;
+    let starts = batch::RecordIter::new(&bytes)
+        .expect("a batch we just built")
+        .map(|r| r.expect("a batch we just built").value.as_ptr() as usize - base)
+        .collect();
+    (bytes, starts)
+}
+
+async fn produce(
+    client: Client,
+    plan: Plan,
+    side: Arc<Side>,
+    epoch: Instant,
+) -> Result<Histogram<u64>, String> {
+    let (mut batch, starts) = template(plan.batch_size, plan.message_size);
+    let stamp = plan.message_size >= 8;
+    let mut latency = histogram();
+    let mut waiting = std::collections::VecDeque::new();
+    let mut sent = 0u64;
+    let per_batch = plan.batch_size as u64;
+    let pace = plan
+        .rate
+        .map(|r| Duration::from_secs_f64(per_batch as f64 / r.max(1) as f64));
+    let mut next_send = Instant::now();
+    let record = |latency: &mut Histogram<u64>, at: Instant, side: &Side| {
+        latency.saturating_record(at.elapsed().as_micros().max(1) as u64);
+        side.messages.fetch_add(per_batch, Ordering::Relaxed);
+        side.bytes
+            .fetch_add(per_batch * plan.message_size as u64, Ordering::Relaxed);
+    };
+    while sent < plan.quota && plan.deadline.is_none_or(|d| Instant::now() < d) {
+        if let Some(pace) = pace {
+            tokio::time::sleep_until(next_send).await;
+            next_send += pace;
+        }
+        let now = Instant::now();
+        if stamp {
+            let ns = (now - epoch).as_nanos() as u64;
+            for &s in &starts {
+                batch[s..s + 8].copy_from_slice(&ns.to_be_bytes());
+            }
+            batch::reseal(&mut batch);
+        }
+        let bytes = Bytes::from(batch);
+        let pending = client
+            .send_batch(&plan.topic, &bytes, Acks::Commit)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Written: the buffer is ours again.
+        batch = bytes
+            .try_into_mut()
+            .map(Vec::from)
+            .unwrap_or_else(|b| b.to_vec());
+        waiting.push_back((now, pending));
+        sent += per_batch;
+        while waiting.len() >= plan.in_flight {
+            let (at, pending) = waiting.pop_front().expect("non-empty");
+            pending
+                .wait()
+                .await
+                .map_err(|e| format!("produce failed: {e}"))?;
+            record(&mut latency, at, &side);
+        }
+    }
+    for (at, pending) in waiting {
+        pending
+            .wait()
+            .await
+            .map_err(|e| format!("produce failed: {e}"))?;
+        record(&mut latency, at, &side);
+    }
+    Ok(latency)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume(
+    client: Client,
+    topic: String,
+    topic_index: usize,
+    config: ConsumerConfig,
+    expected: Option<u64>,
+    mut done: tokio::sync::watch::Receiver<Option<Vec<u64>>>,
+    side: Arc<Side>,
+    e2e: bool,
+    epoch: Instant,
+) -> Result<Histogram<u64>, String> {
+    let mut consumer = Consumer::new(client, &topic, StartAt::Offset(0), config);
+    let mut latency = histogram();
+    let mut read = 0u64;
+    loop {
+        let target = match expected {
+            Some(n) => Some(n),
+            None => done
+                .borrow_and_update()
+                .as_ref()
+                .map(|ends| ends[topic_index]),
+        };
+        if target.is_some_and(|t| read >= t) {
+            return Ok(latency);
+        }
+        let records = match consumer.poll().await {
+            Ok(r) => r,
+            Err(ClientError::Disconnected(e)) => {
+                return Err(format!("consumer lost its connection: {e}"))
+            }
+            Err(e) => return Err(format!("consume failed: {e}")),
+        };
+        let now_ns = (Instant::now() - epoch).as_nanos() as u64;
+        let mut bytes = 0u64;
+        for r in &records {
+            bytes += r.value.len() as u64;
+            if e2e && r.value.len() >= 8 {
+                let sent = u64::from_be_bytes(r.value[..8].try_into().expect("8 bytes"));
+                latency.saturating_record((now_ns.saturating_sub(sent) / 1000).max(1));
+            }
+        }
+        read += records.len() as u64;
+        side.messages
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        side.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+fn progress_bar(args: &Args, total: u64) -> ProgressBar {
+    let bar = match args.duration {
+        Some(_) => ProgressBar::new_spinner(),
+        None => ProgressBar::new(total),
+    };
+    bar.set_draw_target(if args.json {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} msgs {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+async fn tick_progress(bar: ProgressBar, produced: Arc<Side>, consumed: Arc<Side>, mode: Mode) {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let side = if mode == Mode::Consume {
+            &consumed
+        } else {
+            &produced
+        };
+        let n = side.messages.load(Ordering::Relaxed);
+        let mb = side.bytes.load(Ordering::Relaxed) as f64
+            / 1e6
+            / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_position(n);
+        bar.set_message(format!("{mb:.0} MB/s"));
+    }
+}
+
+fn print_report(r: &Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    println!(
+        "spool bench: mode {:?}, {} producer(s), {} consumer(s), {} topic(s), {} B messages, batches of {}, {} in flight, flush {}{}",
+        r.mode,
+        r.producers,
+        r.consumers,
+        r.topics,
+        r.message_size,
+        r.batch_size,
+        r.in_flight,
+        r.flush,
+        r.rate.map(|x| format!(", {x} msgs/s per producer")).unwrap_or_default()
+    );
+    let line = |name: &str, t: &Throughput| {
+        println!(
+            "{name:<8} {} msgs in {:.2} s: {:.0} msgs/s, {:.1} MB/s",
+            t.messages, t.seconds, t.messages_per_sec, t.mb_per_sec
+        );
+    };
+    let lat = |name: &str, l: &Latency| {
+        println!(
+            "{name:<8} latency ms: p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} samples)",
+            l.p50, l.p99, l.p999, l.max, l.count
+        );
+    };
+    if let Some(t) = &r.produce {
+        line("produce", t);
+    }
+    if let Some(l) = &r.produce_latency_ms {
+        lat("ack", l);
+    }
+    if let Some(t) = &r.consume {
+        line("consume", t);
+    }
+    if let Some(l) = &r.end_to_end_latency_ms {
+        lat("e2e", l);
+    }
+}

@@ -1,0 +1,196 @@
+//! `spool`: talk to a Spool broker from the shell.
+//!
+//! ```text
+//! spool topic create NAME [--retention-bytes N] [--retention-ms N] [--segment-bytes N] [--flush MODE]
+//! spool topic list | describe NAME | delete NAME
+//! spool produce TOPIC [--file PATH] [--key KEY] [--batch-size BYTES] [--linger-ms MS]
+//! spool consume TOPIC [--offset N | --from-beginning | --from-end | --from-time T] [--follow] [--max N] [--format raw|json]
+//! spool bench ...   (see `spool bench --help`)
+//! ```
+//!
+//! The broker is `--broker HOST:PORT`, else `$SPOOL_BROKER`, else
+//! `127.0.0.1:7171`. Exit status 0 on success; otherwise one line on stderr
+//! and status 1.
+
+mod bench;
+mod consume;
+mod produce;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use spool_client::{Client, ClientError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spool",
+    version,
+    about = "Produce to, consume from and administer a Spool broker"
+)]
+struct Cli {
+    /// Broker address.
+    #[arg(
+        long,
+        global = true,
+        env = "SPOOL_BROKER",
+        default_value = "127.0.0.1:7171",
+        value_name = "HOST:PORT"
+    )]
+    broker: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, describe or delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce one record per line of stdin (or of a file).
+    Produce(produce::Args),
+    /// Print a topic's records, one per line.
+    Consume(consume::Args),
+    /// Load generator: producers and consumers, throughput and latency.
+    Bench(bench::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Delete old segments while the topic is larger than this (bytes, or e.g. "10GiB").
+        #[arg(long)]
+        retention_bytes: Option<String>,
+        /// Delete segments older than this (ms, or e.g. "7d").
+        #[arg(long)]
+        retention_ms: Option<String>,
+        /// Size at which a segment file rolls (bytes, or e.g. "1GiB").
+        #[arg(long)]
+        segment_bytes: Option<String>,
+        /// When produces are acknowledged: always, interval or never.
+        #[arg(long)]
+        flush: Option<String>,
+        /// Any other topic setting, as KEY=VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+    },
+    /// List topic names.
+    List,
+    /// Show a topic's offsets, size and settings.
+    Describe { name: String },
+    /// Delete a topic and all its records.
+    Delete { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("spool: {message}");
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Topic(command) => topic(&cli.broker, command).await,
+        Command::Produce(args) => produce::run(&connect(&cli.broker).await?, args).await,
+        Command::Consume(args) => consume::run(&connect(&cli.broker).await?, args).await,
+        Command::Bench(args) => bench::run(&cli.broker, args).await,
+    }
+}
+
+/// Connects, turning failure into the one line the user sees.
+pub async fn connect(addr: &str) -> Result<Client, String> {
+    Client::connect(addr).await.map_err(|e| match e {
+        ClientError::Connect { .. } => {
+            format!("{e} (is the broker running? set --broker or SPOOL_BROKER)")
+        }
+        e => e.to_string(),
+    })
+}
+
+async fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
+    let client = connect(broker).await?;
+    match command {
+        TopicCommand::Create {
+            name,
+            retention_bytes,
+            retention_ms,
+            segment_bytes,
+            flush,
+            config,
+        } => {
+            let mut settings: Vec<(String, String)> = [
+                ("retention_bytes", retention_bytes),
+                ("retention_ms", retention_ms),
+                ("segment_bytes", segment_bytes),
+                ("flush", flush),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+            .collect();
+            for pair in config {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--config {pair}: expected KEY=VALUE"))?;
+                settings.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            let pairs: Vec<(&str, &str)> = settings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            client
+                .create_topic(&name, &pairs)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("created topic {name}");
+        }
+        TopicCommand::List => {
+            for name in client.list_topics().await.map_err(|e| e.to_string())? {
+                println!("{name}");
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let d = client
+                .describe_topic(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{:<20}{name}", "topic:");
+            println!(
+                "{:<20}{} .. {} ({} records)",
+                "offsets:",
+                d.log_start,
+                d.log_end,
+                d.log_end - d.log_start
+            );
+            println!(
+                "{:<20}{} bytes in {} segment(s)",
+                "size:", d.size_bytes, d.segments
+            );
+            for (k, v) in &d.settings {
+                println!("{:<20}{v}", format!("{k}:"));
+            }
+        }
+        TopicCommand::Delete { name } => {
+            client
+                .delete_topic(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! The client handle: a connection that is re-established with backoff when
+//! it breaks, and the admin calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool::protocol::{Acks, OffsetSpec, Request, ResponseBody, TopicDescription};
+use tokio::net::TcpStream;
+
+use crate::connection::{Connection, ResponseFuture};
+use crate::error::{ClientError, Result};
+
+/// How the client connects and retries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Limit on one connection attempt.
+    pub connect_timeout: Duration,
+    /// Limit on one request's response (a fetch adds its own `max_wait`).
+    pub request_timeout: Duration,
+    /// First delay before reconnecting after a failure; doubles each time.
+    pub backoff_initial: Duration,
+    /// Longest delay between reconnection attempts.
+    pub backoff_max: Duration,
+    /// Give up reconnecting after this long.
+    pub reconnect_for: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            reconnect_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A handle to one broker. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    config: ClientConfig,
+    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`) and checks that it speaks Spool's
+    /// protocol. Fails at once if the broker cannot be reached.
+    pub async fn connect(addr: &str) -> Result<Client> {
+        Client::connect_with(addr, ClientConfig::default()).await
+    }
+
+    pub async fn connect_with(addr: &str, config: ClientConfig) -> Result<Client> {
+        let conn = dial(addr, config.connect_timeout).await?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                addr: addr.to_owned(),
+                config,
+                conn: tokio::sync::Mutex::new(Some(Arc::new(conn))),
+            }),
+        };
+        match client.call(Request::ApiVersions).await? {
+            ResponseBody::ApiVersions { .. } => Ok(client),
+            other => Err(ClientError::Unexpected(format!(
+                "handshake answered with {other:?}"
+            ))),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The current connection, re-established (with backoff) if it broke.
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.is_broken()) {
+            return Ok(Arc::clone(conn));
+        }
+        *slot = None;
+        let config = &self.inner.config;
+        let deadline = tokio::time::Instant::now() + config.reconnect_for;
+        let mut delay = config.backoff_initial;
+        loop {
+            match dial(&self.inner.addr, config.connect_timeout).await {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    *slot = Some(Arc::clone(&conn));
+                    tracing::debug!(addr = %self.inner.addr, "reconnected");
+                    return Ok(conn);
+                }
+                Err(e) if tokio::time::Instant::now() + delay >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(addr = %self.inner.addr, error = %e, ?delay, "reconnecting");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(config.backoff_max);
+                }
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response (within the request
+    /// timeout plus `extra`); a broker error becomes `ClientError::Broker`.
+    pub(crate) async fn call_within(
+        &self,
+        request: Request,
+        extra: Duration,
+    ) -> Result<ResponseBody> {
+        let conn = self.connection().await?;
+        let limit = self.inner.config.request_timeout + extra;
+        let response = tokio::time::timeout(limit, conn.call(&request))
+            .await
+            .map_err(|_| ClientError::Timeout(limit))??;
+        response.body.map_err(ClientError::from)
+    }
+
+    pub(crate) async fn call(&self, request: Request) -> Result<ResponseBody> {
+        self.call_within(request, Duration::ZERO).await
+    }
+
+    /// Creates a topic. `settings` are `key = value` pairs as in the
+    /// broker's `[defaults]` (e.g. `("retention_ms", "7d")`).
+    pub async fn create_topic(&self, topic: &str, settings: &[(&str, &str)]) -> Result<()> {
+        let settings = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        expect_empty(
+            self.call(Request::CreateTopic {
+                topic: topic.to_owned(),
+                settings,
+            })
+            .await?,
+        )
+    }
+
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        expect_empty(
+            self.call(Request::DeleteTopic {
+                topic: topic.to_owned(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn list_topics(&self) -> Result<Vec<String>> {
+        match self.call(Request::ListTopics).await? {
+            ResponseBody::Topics(names) => Ok(names),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
+        match self
+            .call(Request::DescribeTopic {
+                topic: topic.to_owned(),
+            })
+            .await?
+        {
+            ResponseBody::Description(d) => Ok(d),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The offset `spec` names, with the topic's current range.
+    pub async fn list_offsets(&self, topic: &str, spec: OffsetSpec) -> Result<Offsets> {
+        match self
+            .call(Request::ListOffsets {
+                topic: topic.to_owned(),
+                spec,
+            })
+            .await?
+        {
+            ResponseBody::Offsets {
+                offset,
+                log_start,
+                log_end,
+            } => Ok(Offsets {
+                offset,
+                log_start,
+                log_end,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Client {
+    /// Sends one finished batch (see [`spool::batch::BatchBuilder`]) and
+    /// waits for the broker's acknowledgement. The batch goes to the socket
+    /// as it is, without a copy.
+    pub async fn produce(&self, topic: &str, batch: &Bytes) -> Result<Produced> {
+        self.send_batch(topic, batch, Acks::Commit)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Sends one finished batch and returns without waiting, so that many
+    /// can be in flight on the connection (they are stored in the order
+    /// sent). With `Acks::None` the broker sends no answer: the returned
+    /// [`PendingProduce`] then resolves to an error that only says so.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        batch: &Bytes,
+        acks: Acks,
+    ) -> Result<PendingProduce> {
+        let conn = self.connection().await?;
+        let response = conn.send_produce(topic, acks, batch).await?;
+        Ok(PendingProduce {
+            response,
+            limit: self.inner.config.request_timeout,
+        })
+    }
+}
+
+/// Where a produced batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    pub base_offset: u64,
+    /// The broker's append time, ms since the epoch.
+    pub append_time: i64,
+}
+
+/// The acknowledgement of a batch sent with [`Client::send_batch`].
+pub struct PendingProduce {
+    response: ResponseFuture,
+    limit: Duration,
+}
+
+impl PendingProduce {
+    pub async fn wait(self) -> Result<Produced> {
+        let response = tokio::time::timeout(self.limit, self.response)
+            .await
+            .map_err(|_| ClientError::Timeout(self.limit))?
+            .map_err(|_| {
+                ClientError::Disconnected("no answer (acks = 0, or the connection closed)".into())
+            })??;
+        match response.body? {
+            ResponseBody::Produced {
+                base_offset,
+                append_time,
+                ..
+            } => Ok(Produced {
+                base_offset,
+                append_time,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// An answer to [`Client::list_offsets`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    pub offset: u64,
+    pub log_start: u64,
+    pub log_end: u64,
+}
+
+async fn dial(addr: &str, limit: Duration) -> Result<Connection> {
+    let failed = |reason: String| ClientError::Connect {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| failed(format!("timed out after {limit:?}")))?
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(Connection::open(stream).await)
+}
+
+fn expect_empty(body: ResponseBody) -> Result<()> {
+    match body {
+        ResponseBody::Empty => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub(crate) fn unexpected(body: ResponseBody) -> ClientError {
+    ClientError::Unexpected(format!("{body:?}"))
+}

@@ -1,0 +1,254 @@
+//! The consumer: reads a topic from a starting point, in order, long-polling
+//! at the end of the log. While the caller handles one fetch's records, the
+//! next fetch is already on its way (one request ahead), so a backlog drains
+//! at the speed of the link rather than of round trips.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool::batch::{self, BatchIter, Record};
+use spool::protocol::{ErrorCode, OffsetSpec, Request, ResponseBody};
+
+use crate::client::{unexpected, Client};
+use crate::connection::ResponseFuture;
+use crate::error::{ClientError, Result};
+
+/// Where a consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Offset(u64),
+    /// The oldest record still stored.
+    Earliest,
+    /// The next record to be produced.
+    Latest,
+    /// The first record appended at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// What to do when the position is outside the log (retention deleted it,
+/// or it was never there): Kafka's `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// Return the OFFSET_OUT_OF_RANGE error.
+    #[default]
+    Error,
+    /// Jump to the oldest record still stored.
+    Earliest,
+    /// Jump to the end.
+    Latest,
+}
+
+/// How the consumer fetches.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Most bytes one fetch returns (it always returns at least one batch).
+    pub max_bytes: u32,
+    /// How long a fetch at the end of the log waits for new records.
+    pub max_wait: Duration,
+    /// A fetch waits (up to `max_wait`) until this many bytes are available.
+    pub min_bytes: u32,
+    pub reset: OffsetReset,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_bytes: 4 << 20,
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            reset: OffsetReset::Error,
+        }
+    }
+}
+
+/// Reads one topic in offset order.
+pub struct Consumer {
+    client: Client,
+    topic: String,
+    config: ConsumerConfig,
+    /// Where to start, until resolved to an offset.
+    start: Option<StartAt>,
+    /// The next offset to hand out.
+    position: u64,
+    buffer: VecDeque<Record>,
+    /// A fetch sent ahead: the offset it reads from, and its response.
+    ahead: Option<(u64, ResponseFuture)>,
+    /// The log's end as of the last fetch.
+    log_end: u64,
+}
+
+impl Consumer {
+    pub fn new(client: Client, topic: &str, start: StartAt, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            client,
+            topic: topic.to_owned(),
+            config,
+            start: Some(start),
+            position: 0,
+            buffer: VecDeque::new(),
+            ahead: None,
+            log_end: 0,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The offset of the next record [`Consumer::next`] returns.
+    pub async fn position(&mut self) -> Result<u64> {
+        self.resolve_start().await?;
+        Ok(self.buffer.front().map_or(self.position, |r| r.offset))
+    }
+
+    /// The topic's end as of the last fetch: a consumer at it is caught up.
+    pub fn log_end(&self) -> u64 {
+        self.log_end
+    }
+
+    /// Moves to another starting point; records buffered are dropped.
+    pub fn seek(&mut self, to: StartAt) {
+        self.start = Some(to);
+        self.buffer.clear();
+        self.ahead = None;
+    }
+
+    async fn resolve_start(&mut self) -> Result<()> {
+        let Some(start) = self.start.take() else {
+            return Ok(());
+        };
+        let spec = match start {
+            StartAt::Offset(o) => {
+                self.position = o;
+                return Ok(());
+            }
+            StartAt::Earliest => OffsetSpec::Earliest,
+            StartAt::Latest => OffsetSpec::Latest,
+            StartAt::Timestamp(t) => OffsetSpec::Timestamp(t),
+        };
+        match self.client.list_offsets(&self.topic, spec).await {
+            Ok(o) => {
+                self.position = o.offset;
+                self.log_end = o.log_end;
+                Ok(())
+            }
+            Err(e) => {
+                self.start = Some(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// The next record, waiting (long-polling) as long as it takes.
+    pub async fn next(&mut self) -> Result<Record> {
+        loop {
+            if let Some(r) = self.buffer.pop_front() {
+                return Ok(r);
+            }
+            let records = self.poll().await?;
+            self.buffer.extend(records);
+        }
+    }
+
+    /// One fetch's worth of records: waits at most about `max_wait`, and may
+    /// return none (the consumer is caught up).
+    pub async fn poll(&mut self) -> Result<Vec<Record>> {
+        if !self.buffer.is_empty() {
+            return Ok(self.buffer.drain(..).collect());
+        }
+        self.resolve_start().await?;
+        let from = self.position;
+        let response = match self.ahead.take() {
+            Some((offset, rx)) if offset == from => rx,
+            _ => self.send_fetch(from).await?,
+        };
+        let limit = self.client.config().request_timeout + self.config.max_wait;
+        let body = match tokio::time::timeout(limit, response).await {
+            Err(_) => Err(ClientError::Timeout(limit)),
+            Ok(Err(_)) => Err(ClientError::Disconnected("connection closed".into())),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Ok(r))) => r.body.map_err(ClientError::from),
+        };
+        match body {
+            Ok(ResponseBody::Fetched {
+                batches,
+                next_offset,
+                log_end,
+                ..
+            }) => {
+                self.log_end = log_end;
+                // Ask for the next batches before decoding these.
+                if next_offset < log_end {
+                    if let Ok(rx) = self.send_fetch(next_offset).await {
+                        self.ahead = Some((next_offset, rx));
+                    }
+                }
+                let records = decode(&batches, from)?;
+                self.position = self.position.max(next_offset);
+                Ok(records)
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(ClientError::Broker {
+                code: ErrorCode::OffsetOutOfRange,
+                range: Some((start, end)),
+                message,
+                resume_at,
+            }) => match self.config.reset {
+                OffsetReset::Error => Err(ClientError::Broker {
+                    code: ErrorCode::OffsetOutOfRange,
+                    range: Some((start, end)),
+                    message,
+                    resume_at,
+                }),
+                OffsetReset::Earliest => {
+                    tracing::info!(topic = %self.topic, from, to = start, "offset out of range; resetting to the earliest");
+                    self.position = start;
+                    Ok(Vec::new())
+                }
+                OffsetReset::Latest => {
+                    tracing::info!(topic = %self.topic, from, to = end, "offset out of range; resetting to the latest");
+                    self.position = end;
+                    Ok(Vec::new())
+                }
+            },
+            // A broken connection: the next poll reconnects and fetches again
+            // (fetching is idempotent); report it only if that fails.
+            Err(ClientError::Disconnected(_)) => {
+                self.ahead = None;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn send_fetch(&self, offset: u64) -> Result<ResponseFuture> {
+        let conn = self.client.connection().await?;
+        let request = Request::Fetch {
+            topic: self.topic.clone(),
+            offset,
+            max_bytes: self.config.max_bytes,
+            max_wait_ms: self.config.max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+            min_bytes: self.config.min_bytes,
+        };
+        conn.send(&request).await
+    }
+}
+
+/// The records at or after `from` in fetched batches, each batch's CRC
+/// checked first.
+pub fn decode(batches: &[Bytes], from: u64) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for chunk in batches {
+        for item in BatchIter::new(chunk) {
+            let (header, raw) = item.map_err(|e| ClientError::CorruptBatch(e.to_string()))?;
+            if header.next_offset() <= from {
+                continue;
+            }
+            let records = batch::decode_records(&chunk.slice_ref(raw))
+                .map_err(|e| ClientError::CorruptBatch(e.to_string()))?;
+            out.extend(records.into_iter().filter(|r| r.offset >= from));
+        }
+    }
+    Ok(out)
+}

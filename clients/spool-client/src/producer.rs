@@ -1,0 +1,243 @@
+//! The batching producer: records accumulate per topic into a batch, which
+//! is sent when it reaches `batch_bytes` or has waited `linger` (Kafka's
+//! `batch.size` and `linger.ms`). Sends are pipelined on the connection; a
+//! topic's batches go out in the order their records were sent, so offsets
+//! follow send order. Each send resolves to its record's offset once the
+//! broker has acknowledged the batch (as durably as the topic's `flush` mode
+//! says).
+//!
+//! A batch whose connection breaks in flight fails with
+//! [`ClientError::Disconnected`]: it may or may not have been stored. The
+//! producer does not resend it (that could store it twice).
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use spool::batch::BatchBuilder;
+use spool::protocol::{Acks, ResponseBody};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::client::{unexpected, Client};
+use crate::error::{ClientError, Result};
+
+/// How the producer batches.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Send a topic's batch once it holds this many bytes.
+    pub batch_bytes: usize,
+    /// Send a batch once its first record has waited this long.
+    pub linger: Duration,
+    /// Bytes of batches sent and not yet acknowledged; `send` waits beyond it.
+    pub max_in_flight_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_bytes: 256 * 1024,
+            linger: Duration::from_millis(5),
+            max_in_flight_bytes: 64 << 20,
+        }
+    }
+}
+
+type Outcome = Option<Result<u64>>;
+
+/// A batch being filled.
+struct Open {
+    builder: BatchBuilder,
+    result: watch::Sender<Outcome>,
+    started: Instant,
+}
+
+struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    /// Open batches by topic. An async lock, held while a full batch is
+    /// written to the connection, so batches leave in order.
+    open: tokio::sync::Mutex<HashMap<String, Open>>,
+    in_flight: Arc<Semaphore>,
+    /// Batches sent and not yet answered.
+    outstanding: watch::Sender<usize>,
+}
+
+/// A batching, pipelining producer. Cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+/// The offset a sent record will get. Await it (it is a future), or drop
+/// it if the offset does not matter.
+#[derive(Debug)]
+pub struct Delivery {
+    result: watch::Receiver<Outcome>,
+    index: u64,
+}
+
+impl IntoFuture for Delivery {
+    type Output = Result<u64>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
+
+    fn into_future(mut self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let outcome = self
+                .result
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| ClientError::Closed)?;
+            match outcome.as_ref().expect("waited for Some") {
+                Ok(base) => Ok(base + self.index),
+                Err(e) => Err(e.clone()),
+            }
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Producer {
+    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let shared = Arc::new(Shared {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight_bytes.max(1))),
+            client,
+            config,
+            open: tokio::sync::Mutex::new(HashMap::new()),
+            outstanding: watch::Sender::new(0),
+        });
+        tokio::spawn(linger(Arc::downgrade(&shared)));
+        Producer { shared }
+    }
+
+    /// Adds a record to its topic's batch and returns its [`Delivery`].
+    /// Waits only when `max_in_flight_bytes` are already in flight.
+    pub async fn send(&self, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<Delivery> {
+        self.send_with_headers(topic, key, value, &[]).await
+    }
+
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<Delivery> {
+        let shared = &self.shared;
+        let mut open = shared.open.lock().await;
+        let batch = open.entry(topic.to_owned()).or_insert_with(|| Open {
+            builder: BatchBuilder::with_capacity(shared.config.batch_bytes),
+            result: watch::Sender::new(None),
+            started: Instant::now(),
+        });
+        batch.builder.push(now_ms(), key, value, headers);
+        let delivery = Delivery {
+            result: batch.result.subscribe(),
+            index: batch.builder.len() as u64 - 1,
+        };
+        if batch.builder.size() >= shared.config.batch_bytes {
+            let full = open.remove(topic).expect("just used");
+            shared.dispatch(topic, full).await;
+        }
+        Ok(delivery)
+    }
+
+    /// Sends every open batch and waits until all sent batches are answered.
+    pub async fn flush(&self) -> Result<()> {
+        let shared = &self.shared;
+        {
+            let mut open = shared.open.lock().await;
+            let batches: Vec<(String, Open)> = open.drain().collect();
+            for (topic, batch) in batches {
+                shared.dispatch(&topic, batch).await;
+            }
+        }
+        let mut outstanding = shared.outstanding.subscribe();
+        outstanding
+            .wait_for(|n| *n == 0)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Sends a finished batch (called with the `open` lock held, which keeps
+    /// batches in send order) and resolves its deliveries when answered.
+    async fn dispatch(self: &Arc<Self>, topic: &str, batch: Open) {
+        let bytes = Bytes::from(batch.builder.finish());
+        let permits = bytes.len().min(self.config.max_in_flight_bytes.max(1)) as u32;
+        let permit: OwnedSemaphorePermit = match Arc::clone(&self.in_flight)
+            .acquire_many_owned(permits)
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => {
+                batch.result.send_replace(Some(Err(ClientError::Closed)));
+                return;
+            }
+        };
+        let sent = match self.client.connection().await {
+            Ok(conn) => conn.send_produce(topic, Acks::Commit, &bytes).await,
+            Err(e) => Err(e),
+        };
+        let response = match sent {
+            Ok(rx) => rx,
+            Err(e) => {
+                batch.result.send_replace(Some(Err(e)));
+                return;
+            }
+        };
+        self.outstanding.send_modify(|n| *n += 1);
+        let shared = Arc::clone(self);
+        let limit = self.client.config().request_timeout;
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(limit, response).await {
+                Err(_) => Err(ClientError::Timeout(limit)),
+                Ok(Err(_)) => Err(ClientError::Disconnected("connection closed".into())),
+                Ok(Ok(Err(e))) => Err(e),
+                Ok(Ok(Ok(r))) => match r.body {
+                    Ok(ResponseBody::Produced { base_offset, .. }) => Ok(base_offset),
+                    Ok(other) => Err(unexpected(other)),
+                    Err(e) => Err(e.into()),
+                },
+            };
+            batch.result.send_replace(Some(outcome));
+            drop(permit);
+            shared.outstanding.send_modify(|n| *n -= 1);
+        });
+    }
+}
+
+/// Sends batches that have waited `linger`, until the producer is dropped.
+async fn linger(shared: Weak<Shared>) {
+    let period = match shared.upgrade() {
+        Some(s) => (s.config.linger / 2).max(Duration::from_millis(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut open = shared.open.lock().await;
+        let due: Vec<String> = open
+            .iter()
+            .filter(|(_, b)| b.started.elapsed() >= shared.config.linger)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in due {
+            let batch = open.remove(&topic).expect("listed above");
+            shared.dispatch(&topic, batch).await;
+        }
+    }
+}
