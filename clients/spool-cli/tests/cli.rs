@@ -1,0 +1,403 @@
+//! The real `spool` binary against an in-process broker on 127.0.0.1:0.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use spool::broker::{Broker, Config, RunningBroker};
+
+const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+
+struct Env {
+    runtime: tokio::runtime::Runtime,
+    broker: Option<RunningBroker>,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start(edit: impl FnOnce(&mut Config)) -> Env {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.path().to_owned();
+    edit(&mut config);
+    let broker = runtime.block_on(Broker::start(config)).unwrap();
+    let addr = broker.local_addr().to_string();
+    Env {
+        runtime,
+        broker: Some(broker),
+        addr,
+        _dir: dir,
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(b) = self.broker.take() {
+            self.runtime.block_on(b.shutdown());
+        }
+    }
+}
+
+impl Env {
+    fn spool(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(SPOOL);
+        c.env("SPOOL_BROKER", &self.addr).args(args);
+        c
+    }
+
+    /// Runs `spool args` with `input` on stdin; returns its output.
+    fn run(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .spool(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str], input: &[u8]) -> String {
+        let out = self.run(args, input);
+        assert!(
+            out.status.success(),
+            "spool {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects exit status 1 with one line on stderr; returns it.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args, b"");
+        assert_eq!(out.status.code(), Some(1), "spool {args:?}: {out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr:?}");
+        assert!(stderr.starts_with("spool: "), "{stderr:?}");
+        stderr
+    }
+}
+
+#[test]
+fn a_hundred_thousand_lines_round_trip_through_a_pipe() {
+    let env = start(|_| {});
+    let input: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    let out = env.run(&["produce", "lines"], input.as_bytes());
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("wrote 100000 records to lines, offsets 0..99999"),
+        "{stderr}"
+    );
+    let printed = env.ok(
+        &["consume", "lines", "--from-beginning", "--max", "100000"],
+        b"",
+    );
+    assert!(
+        printed == input,
+        "consume printed something else ({} bytes vs {})",
+        printed.len(),
+        input.len()
+    );
+    // Without --max it stops at the end by itself.
+    assert_eq!(env.ok(&["consume", "lines"], b""), input);
+}
+
+#[test]
+fn topic_subcommands() {
+    let env = start(|_| {});
+    let out = env.run(
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--retention-ms",
+            "7d",
+            "--retention-bytes",
+            "1GiB",
+            "--segment-bytes",
+            "64MiB",
+            "--flush",
+            "never",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("created topic orders"));
+    env.ok(
+        &[
+            "topic",
+            "create",
+            "audit",
+            "--config",
+            "max_record_bytes=4096",
+        ],
+        b"",
+    );
+    assert_eq!(env.ok(&["topic", "list"], b""), "audit\norders\n");
+    let described = env.ok(&["topic", "describe", "orders"], b"");
+    for want in [
+        "orders",
+        "0 .. 0",
+        "retention_ms:",
+        "604800000",
+        "1073741824",
+        "67108864",
+        "flush:",
+        "never",
+    ] {
+        assert!(
+            described.contains(want),
+            "describe lacks {want}: {described}"
+        );
+    }
+    assert!(env
+        .ok(&["topic", "describe", "audit"], b"")
+        .contains("4096"));
+    env.ok(&["topic", "delete", "audit"], b"");
+    assert_eq!(env.ok(&["topic", "list"], b""), "orders\n");
+    assert!(env
+        .fails(&["topic", "create", "orders"])
+        .contains("TOPIC_ALREADY_EXISTS"));
+    assert!(env
+        .fails(&["topic", "create", "a/b"])
+        .contains("INVALID_TOPIC_NAME"));
+    assert!(env
+        .fails(&["topic", "create", "x", "--flush", "sometimes"])
+        .contains("INVALID_CONFIG"));
+    assert!(env
+        .fails(&["topic", "create", "x", "--config", "nokeyvalue"])
+        .contains("KEY=VALUE"));
+    assert!(env
+        .fails(&["topic", "describe", "nope"])
+        .contains("UNKNOWN_TOPIC"));
+    assert!(env
+        .fails(&["topic", "delete", "nope"])
+        .contains("UNKNOWN_TOPIC"));
+}
+
+#[test]
+fn produce_from_a_file_with_a_key_and_consume_as_json() {
+    let env = start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.txt");
+    std::fs::write(&file, "alpha\r\nbeta\n\ngamma").unwrap();
+    env.ok(
+        &[
+            "produce",
+            "j",
+            "--file",
+            file.to_str().unwrap(),
+            "--key",
+            "k1",
+            "--batch-size",
+            "1",
+            "--linger-ms",
+            "0",
+        ],
+        b"",
+    );
+    let json = env.ok(&["consume", "j", "--format", "json"], b"");
+    let objects: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objects.len(), 4);
+    let values: Vec<&str> = objects
+        .iter()
+        .map(|o| o["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, vec!["alpha", "beta", "", "gamma"]);
+    for (i, o) in objects.iter().enumerate() {
+        assert_eq!(o["offset"], i as u64);
+        assert_eq!(o["key"], "k1");
+        assert!(o["timestamp"].as_i64().unwrap() > 1_600_000_000_000);
+    }
+    // Offsets and --max.
+    assert_eq!(
+        env.ok(&["consume", "j", "--offset", "1", "--max", "2"], b""),
+        "beta\n\n"
+    );
+    // Bytes that are not UTF-8 come out as base64 in JSON, unchanged in raw.
+    env.ok(&["produce", "bin"], &[0xff, 0xfe, b'\n']);
+    let json: serde_json::Value =
+        serde_json::from_str(env.ok(&["consume", "bin", "--format", "json"], b"").trim()).unwrap();
+    assert_eq!(json["value_base64"], "//4=");
+    assert_eq!(
+        env.run(&["consume", "bin"], b"").stdout,
+        vec![0xff, 0xfe, b'\n']
+    );
+}
+
+#[test]
+fn consume_from_the_end_follows_and_from_a_time() {
+    let env = start(|_| {});
+    env.ok(&["produce", "f"], b"old\n");
+    std::thread::sleep(Duration::from_millis(5));
+    let cut = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::thread::sleep(Duration::from_millis(5));
+    // A follower from the end sees only what comes after it started.
+    let follower = env
+        .spool(&["consume", "f", "--from-end", "--follow", "--max", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Produce until the follower has caught it (it may start after the first).
+    let waiter = std::thread::spawn(move || follower.wait_with_output().unwrap());
+    let mut produced = 0;
+    while !waiter.is_finished() && produced < 200 {
+        env.ok(&["produce", "f"], b"new\n");
+        produced += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = waiter.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "new\n");
+    // From a time: everything after `cut`.
+    let after = env.ok(&["consume", "f", "--from-time", &cut.to_string()], b"");
+    assert!(after.lines().all(|l| l == "new"), "{after}");
+    assert_eq!(after.lines().count(), produced);
+    let rfc3339 = env.ok(
+        &[
+            "consume",
+            "f",
+            "--from-time",
+            "2001-01-01T00:00:00Z",
+            "--max",
+            "1",
+        ],
+        b"",
+    );
+    assert_eq!(rfc3339, "old\n");
+    assert!(env
+        .fails(&["consume", "f", "--from-time", "yesterday"])
+        .contains("--from-time"));
+}
+
+#[test]
+fn error_exits() {
+    let env = start(|c| {
+        c.defaults.segment_bytes = Some(4096);
+        c.defaults.retention_bytes = Some(spool::broker::config::Limit::At(4096));
+        c.server.retention_check_interval = Duration::from_millis(50);
+    });
+    // Unreachable broker.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    for args in [
+        &["topic", "list"][..],
+        &["consume", "t"],
+        &["produce", "t"],
+        &["bench", "--messages", "10"],
+    ] {
+        let mut full = vec!["--broker", dead.as_str()];
+        full.extend_from_slice(args);
+        assert!(env.fails(&full).contains("cannot connect"), "{args:?}");
+    }
+    // Unknown topic.
+    assert!(env.fails(&["consume", "missing"]).contains("UNKNOWN_TOPIC"));
+    // Offsets outside the log, with the valid range.
+    let lines: String = (0..100).map(|i| format!("{i:0100}\n")).collect();
+    env.ok(&["produce", "r", "--batch-size", "1"], lines.as_bytes());
+    assert!(env
+        .fails(&["consume", "r", "--offset", "500"])
+        .contains("500"));
+    let mut below = String::new();
+    for _ in 0..200 {
+        let out = env.run(&["consume", "r", "--offset", "0", "--max", "1"], b"");
+        if !out.status.success() {
+            below = String::from_utf8(out.stderr).unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(
+        below.contains("OFFSET_OUT_OF_RANGE") && below.contains(", 100)"),
+        "{below}"
+    );
+    // Bad arguments are clap's business: exit status 2.
+    let out = env.run(&["consume"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let out = env.run(&["consume", "r", "--offset", "1", "--from-end"], b"");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bench_reports_json_for_every_mode() {
+    let env = start(|_| {});
+    for mode in ["produce", "consume", "both"] {
+        let out = env.ok(
+            &[
+                "bench",
+                "--mode",
+                mode,
+                "--messages",
+                "20000",
+                "--message-size",
+                "100",
+                "--batch-size",
+                "100",
+                "--producers",
+                "2",
+                "--consumers",
+                "2",
+                "--topics",
+                "2",
+                "--json",
+            ],
+            b"",
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(report["mode"], mode);
+        if mode != "consume" {
+            assert_eq!(report["produce"]["messages"], 20000);
+            assert_eq!(report["produce"]["bytes"], 2_000_000);
+            assert!(report["produce"]["messages_per_sec"].as_f64().unwrap() > 0.0);
+            assert_eq!(report["produce_latency_ms"]["count"], 200);
+        }
+        if mode != "produce" {
+            // Two consumers, each reading its whole topic of 10,000.
+            assert_eq!(report["consume"]["messages"], 20000);
+        }
+        if mode == "both" {
+            assert_eq!(report["end_to_end_latency_ms"]["count"], 20000);
+            assert!(report["end_to_end_latency_ms"]["p50"].as_f64().unwrap() >= 0.0);
+        }
+    }
+    // The bench cleaned up after itself.
+    assert_eq!(env.ok(&["topic", "list"], b""), "");
+    // Human output without --json, and with a duration.
+    let text = env.ok(
+        &[
+            "bench",
+            "--duration",
+            "300ms",
+            "--message-size",
+            "64",
+            "--batch-size",
+            "10",
+        ],
+        b"",
+    );
+    assert!(text.contains("msgs/s") && text.contains("p99.9"), "{text}");
+}

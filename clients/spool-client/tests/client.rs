@@ -1,0 +1,328 @@
+//! The client library against an in-process broker on 127.0.0.1:0.
+
+use std::time::{Duration, Instant};
+
+use spool::broker::{Broker, Config, RunningBroker};
+use spool_client::{
+    batch, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, ErrorCode, OffsetReset,
+    Producer, ProducerConfig, StartAt,
+};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct TestBroker {
+    running: Option<RunningBroker>,
+    config: Config,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(edit: impl FnOnce(&mut Config)) -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.path().to_owned();
+    edit(&mut config);
+    let running = Broker::start(config.clone()).await.unwrap();
+    // Restarts reuse the port the OS picked, so a client can find it again.
+    config.server.listen = running.local_addr();
+    TestBroker {
+        running: Some(running),
+        config,
+        _dir: dir,
+    }
+}
+
+impl TestBroker {
+    fn addr(&self) -> String {
+        self.config.server.listen.to_string()
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.addr()).await.unwrap()
+    }
+
+    fn batches(&self, topic: &str) -> usize {
+        let topics = self.running.as_ref().unwrap().topics();
+        let log = topics.get(topic).unwrap();
+        let read = log.log().read_batches(0, u64::MAX).unwrap();
+        batch::BatchIter::new(&read.bytes).count()
+    }
+}
+
+#[tokio::test]
+async fn admin_calls() {
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    client
+        .create_topic("a", &[("retention_ms", "1h")])
+        .await
+        .unwrap();
+    client.create_topic("b", &[]).await.unwrap();
+    assert_eq!(client.list_topics().await.unwrap(), vec!["a", "b"]);
+    let d = client.describe_topic("a").await.unwrap();
+    assert!(d
+        .settings
+        .contains(&("retention_ms".to_string(), "3600000".to_string())));
+    let e = client.create_topic("a", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TopicAlreadyExists));
+    assert!(e.to_string().contains("already exists"), "{e}");
+    client.delete_topic("a").await.unwrap();
+    assert_eq!(
+        client.describe_topic("a").await.unwrap_err().code(),
+        Some(ErrorCode::UnknownTopic)
+    );
+    let e = client
+        .create_topic("x", &[("flush", "sometimes")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidConfig));
+}
+
+#[tokio::test]
+async fn connect_fails_fast_when_nobody_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    match Client::connect(&addr).await {
+        Err(ClientError::Connect { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn producer_batches_by_size() {
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    let config = ProducerConfig {
+        batch_bytes: 4096,
+        linger: Duration::from_secs(60),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config);
+    let mut deliveries = Vec::new();
+    for i in 0..1000u32 {
+        let value = format!("record-{i:05}-{}", "x".repeat(80));
+        deliveries.push(producer.send("t", None, value.as_bytes()).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        assert_eq!(d.await.unwrap(), i as u64, "offsets follow send order");
+    }
+    // ~95 KB of records in 4 KiB batches: about 24 batches, not 1000, not 1.
+    let batches = broker.batches("t");
+    assert!((20..=30).contains(&batches), "{batches} batches");
+}
+
+#[tokio::test]
+async fn producer_sends_a_lingering_batch_on_time() {
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    let linger = Duration::from_millis(100);
+    let config = ProducerConfig {
+        batch_bytes: 1 << 20,
+        linger,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config);
+    let started = Instant::now();
+    let a = producer.send("t", Some(b"k"), b"a").await.unwrap();
+    let b = producer.send("t", None, b"b").await.unwrap();
+    // No flush: the linger timer sends them, in one batch.
+    assert_eq!(tokio::time::timeout(PATIENCE, a).await.unwrap().unwrap(), 0);
+    assert_eq!(b.await.unwrap(), 1);
+    let waited = started.elapsed();
+    assert!(waited >= linger, "sent before the linger time: {waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(broker.batches("t"), 1);
+}
+
+#[tokio::test]
+async fn producer_applies_back_pressure_without_losing_records() {
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    let config = ProducerConfig {
+        batch_bytes: 1024,
+        linger: Duration::from_millis(1),
+        max_in_flight_bytes: 4096,
+    };
+    let producer = Producer::new(client.clone(), config);
+    let mut last = None;
+    for i in 0..5000u32 {
+        last = Some(
+            producer
+                .send("bp", None, format!("{i:0200}").as_bytes())
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+    assert_eq!(last.unwrap().await.unwrap(), 4999);
+    assert_eq!(client.describe_topic("bp").await.unwrap().log_end, 5000);
+}
+
+#[tokio::test]
+async fn consumer_reads_from_every_kind_of_start() {
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for i in 0..10u32 {
+        producer
+            .send("c", None, format!("early-{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cut = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for i in 0..5u32 {
+        producer
+            .send("c", None, format!("late-{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+
+    let config = ConsumerConfig {
+        max_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    };
+    let mut from_start = Consumer::new(client.clone(), "c", StartAt::Earliest, config.clone());
+    for i in 0..15u64 {
+        assert_eq!(from_start.next().await.unwrap().offset, i);
+    }
+    let mut at = Consumer::new(client.clone(), "c", StartAt::Offset(7), config.clone());
+    assert_eq!(&at.next().await.unwrap().value[..], b"early-7");
+    let mut by_time = Consumer::new(client.clone(), "c", StartAt::Timestamp(cut), config.clone());
+    let r = by_time.next().await.unwrap();
+    assert_eq!((r.offset, &r.value[..]), (10, &b"late-0"[..]));
+
+    // From the end: nothing until something new arrives, then exactly that.
+    let mut tail = Consumer::new(client.clone(), "c", StartAt::Latest, config.clone());
+    assert!(tail.poll().await.unwrap().is_empty());
+    let waiting = tokio::spawn(async move { tail.next().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let d = producer.send("c", None, b"new").await.unwrap();
+    producer.flush().await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.offset, &got.value[..]),
+        (d.await.unwrap(), &b"new"[..])
+    );
+}
+
+#[tokio::test]
+async fn consumer_offset_reset_policies() {
+    let broker = start(|c| {
+        c.defaults.segment_bytes = Some(4096);
+        c.defaults.retention_bytes = Some(spool::broker::config::Limit::At(8192));
+        c.server.retention_check_interval = Duration::from_millis(50);
+    })
+    .await;
+    let client = broker.client().await;
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 1,
+            ..ProducerConfig::default()
+        },
+    );
+    for i in 0..40u32 {
+        producer
+            .send("r", None, format!("{i:01000}").as_bytes())
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+    // Wait (bounded) for retention to move the start.
+    let mut start = 0;
+    for _ in 0..200 {
+        start = client.describe_topic("r").await.unwrap().log_start;
+        if start > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(start > 0, "retention never ran");
+    let config = |reset| ConsumerConfig {
+        reset,
+        max_wait: Duration::from_millis(50),
+        ..ConsumerConfig::default()
+    };
+
+    let mut strict = Consumer::new(
+        client.clone(),
+        "r",
+        StartAt::Offset(0),
+        config(OffsetReset::Error),
+    );
+    match strict.next().await {
+        Err(ClientError::Broker {
+            code: ErrorCode::OffsetOutOfRange,
+            range: Some((s, 40)),
+            ..
+        }) => assert_eq!(s, start),
+        other => panic!("{other:?}"),
+    }
+    let mut earliest = Consumer::new(
+        client.clone(),
+        "r",
+        StartAt::Offset(0),
+        config(OffsetReset::Earliest),
+    );
+    assert_eq!(earliest.next().await.unwrap().offset, start);
+    let mut latest = Consumer::new(
+        client.clone(),
+        "r",
+        StartAt::Offset(0),
+        config(OffsetReset::Latest),
+    );
+    assert!(latest.poll().await.unwrap().is_empty());
+    assert_eq!(latest.position().await.unwrap(), 40);
+}
+
+#[tokio::test]
+async fn the_client_reconnects_after_the_broker_restarts() {
+    let mut broker = start(|_| {}).await;
+    let config = ClientConfig {
+        backoff_initial: Duration::from_millis(20),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&broker.addr(), config).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    producer.send("rc", None, b"before").await.unwrap();
+    producer.flush().await.unwrap();
+
+    broker.running.take().unwrap().shutdown().await;
+    // While the broker is down, calls fail (after retrying) rather than hang.
+    let down = ClientConfig {
+        reconnect_for: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let impatient = Client::connect_with(&broker.addr(), down).await;
+    assert!(impatient.is_err());
+
+    let restart = {
+        let config = broker.config.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Broker::start(config).await.unwrap()
+        })
+    };
+    // The first call after the restart reconnects with backoff and succeeds.
+    assert_eq!(client.list_topics().await.unwrap(), vec!["rc"]);
+    broker.running = Some(restart.await.unwrap());
+    let d = producer.send("rc", None, b"after").await.unwrap();
+    producer.flush().await.unwrap();
+    assert_eq!(d.await.unwrap(), 1);
+    let mut consumer = Consumer::new(client, "rc", StartAt::Earliest, ConsumerConfig::default());
+    assert_eq!(&consumer.next().await.unwrap().value[..], b"before");
+    assert_eq!(&consumer.next().await.unwrap().value[..], b"after");
+}
