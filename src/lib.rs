@@ -1,11 +1,18 @@
 //! Spool: a single-node, Kafka-style log broker.
 //!
-//! The [`storage`] module is the segmented commit log, usable on its own;
-//! [`protocol`] is the wire format shared by the broker and its clients.
+//! - [`batch`]: the record batch format, shared by the wire and the disk.
+//! - [`protocol`]: the wire protocol, shared by the broker and its clients.
+//! - [`storage`] (feature `storage`): the segmented commit log, usable on
+//!   its own, without any networking.
+//! - [`broker`] (feature `broker`, the default): the TCP server.
+//!
+//! A client needs only `batch` and `protocol`: depend on this crate with
+//! `default-features = false` and none of the server is compiled.
 
-pub mod broker;
+pub mod batch;
 pub mod protocol;
-pub mod storage;
 
-/// The batch format, shared by the storage layer and the protocol.
-pub use storage::batch;
+#[cfg(feature = "broker")]
+pub mod broker;
+#[cfg(feature = "storage")]
+pub mod storage;

@@ -11,11 +11,11 @@ use tokio::time::Instant;
 
 use super::topic::{Topic, TopicError, Topics};
 use super::Broker;
+use crate::batch::BatchError;
 use crate::protocol::{
     Acks, ErrorBody, ErrorCode, OffsetSpec, Request, Response, ResponseBody, TopicDescription,
     API_VERSIONS,
 };
-use crate::storage::batch::BatchError;
 use crate::storage::StorageError;
 
 /// The outcome of dispatching one request, in request order.

@@ -65,7 +65,7 @@ impl LogConfig {
                 self.index_bytes
             ));
         }
-        if (self.max_batch_bytes as usize) < super::batch::HEADER_LEN {
+        if (self.max_batch_bytes as usize) < crate::batch::HEADER_LEN {
             return Err(format!(
                 "max_batch_bytes is too small: {}",
                 self.max_batch_bytes

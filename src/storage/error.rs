@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use super::batch::BatchError;
+use crate::batch::BatchError;
 
 /// Everything the log can fail with. Callers match on the variant; the text is
 /// for people.

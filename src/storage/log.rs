@@ -24,11 +24,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::batch::{self, Record};
 use super::config::{LogConfig, SyncMode};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT};
 use super::segment::{RecoveryReport, Segment, SegmentWriter};
+use crate::batch::{self, Record};
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +227,7 @@ impl Log {
         self.snapshot().len()
     }
 
-    /// Appends one batch (in the [`batch`](super::batch) format), assigning
+    /// Appends one batch (in the [`batch`](crate::batch) format), assigning
     /// its offsets and append time in place. When this returns the batch has
     /// reached the kernel and is visible to readers; call [`Log::commit`] to
     /// wait until it is as durable as the sync mode promises.

@@ -21,7 +21,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod batch;
 mod config;
 mod error;
 mod fs;
@@ -30,7 +29,10 @@ mod log;
 mod segment;
 mod store;
 
-pub use batch::{BatchBuilder, BatchError, BatchHeader, Record};
+/// The batch format lives at the crate root (the protocol shares it); it is
+/// re-exported here because the store is made of batches.
+pub use crate::batch;
+pub use crate::batch::{BatchBuilder, BatchError, BatchHeader, Record};
 pub use config::{LogConfig, SyncMode};
 pub use error::StorageError;
 pub use log::{Appended, BatchRead, Log, LogReader, Removed, Retention};

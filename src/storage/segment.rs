@@ -34,11 +34,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::batch::{self, BatchHeader, HEADER_LEN, MAGIC};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::index::{IndexEntry, Table, TimeEntry};
 use super::store::{Store, StoreWriter};
+use crate::batch::{self, BatchHeader, HEADER_LEN, MAGIC};
 
 /// Packs the published index length and store end into one word, so a reader
 /// never sees an entry without the bytes it points to, or the reverse.

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! The file is the concatenation of batches in the format of
-//! [`batch`](super::batch), with nothing between them and no file header.
+//! [`batch`](crate::batch), with nothing between them and no file header.
 //! Batch `k` starts where batch `k - 1` ends; the index records each start.
 //!
 //! Appends go through a buffered writer that is flushed before an append
