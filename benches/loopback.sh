@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The issue-4 scenarios with `spool bench` against a release broker on
+# loopback, each run three times; prints the median of each figure, next to
+# the machine's own yardsticks measured in the same run (page-cache write
+# speed with dd, loopback round trip with benches/pingpong.py).
+#
+#   bash benches/loopback.sh            # ~3 minutes
+#   RUNS=5 bash benches/loopback.sh
+#
+# Writes each run's JSON to target/loopback/*.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+cargo build --release -q -p spool -p spool-cli
+out=target/loopback
+mkdir -p "$out"
+rm -f "$out"/*.json
+data=$(mktemp -d)
+trap 'kill $broker_pid 2>/dev/null; rm -rf "$data"' EXIT
+
+# The broker, on a free port; wait for its ready line.
+fifo="$data/ready"
+mkfifo "$fifo"
+RUST_LOG=warn target/release/spool-broker --listen 127.0.0.1:0 --data-dir "$data/broker" >"$fifo" &
+broker_pid=$!
+read -r ready <"$fifo"
+addr=${ready#spool listening on }
+echo "broker at $addr (pid $broker_pid)"
+
+bench() {
+    local name=$1
+    shift
+    for i in $(seq 1 "$RUNS"); do
+        target/release/spool --broker "$addr" bench --json "$@" >"$out/$name-$i.json"
+    done
+}
+
+bench produce-1k-never --messages 2000000
+bench produce-1k-always --messages 2000000 --flush always
+bench consume-1k-backlog --mode consume --messages 2000000
+bench both-1k --mode both --messages 2000000
+bench produce-100b-never --messages 10000000 --message-size 100
+bench one-at-a-time-100b --messages 100000 --message-size 100 --batch-size 1 --in-flight 1
+bench e2e-paced-10k --mode both --duration 10s --message-size 100 --batch-size 1 --in-flight 1 --rate 10000
+
+echo "yardsticks:"
+for i in $(seq 1 "$RUNS"); do
+    dd if=/dev/zero of="$data/dd" bs=1M count=2000 2>&1 | tail -1 | awk '{print "  dd 1 MiB writes to the page cache: " $(NF-1) " " $NF}'
+    rm -f "$data/dd"
+done
+for i in $(seq 1 "$RUNS"); do
+    echo "  $(python3 benches/pingpong.py)"
+done
+
+python3 - "$out" <<'EOF'
+import glob, json, os, statistics, sys
+out = sys.argv[1]
+runs = {}
+for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+    name = os.path.basename(path).rsplit("-", 1)[0]
+    runs.setdefault(name, []).append(json.load(open(path)))
+
+def med(rs, *keys):
+    vals = []
+    for r in rs:
+        v = r
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        if v is not None:
+            vals.append(v)
+    return statistics.median(vals) if vals else None
+
+print("| scenario | produce msgs/s | produce MB/s | ack p50 / p99 ms | consume msgs/s | consume MB/s | e2e p50 / p99 ms |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+fmt = lambda v, f: "" if v is None else f.format(v)
+for name, rs in runs.items():
+    print("| {} | {} | {} | {} | {} | {} | {} |".format(
+        name,
+        fmt(med(rs, "produce", "messages_per_sec"), "{:,.0f}"),
+        fmt(med(rs, "produce", "mb_per_sec"), "{:,.0f}"),
+        "" if med(rs, "produce_latency_ms", "p50") is None else "{:.3f} / {:.3f}".format(med(rs, "produce_latency_ms", "p50"), med(rs, "produce_latency_ms", "p99")),
+        fmt(med(rs, "consume", "messages_per_sec"), "{:,.0f}"),
+        fmt(med(rs, "consume", "mb_per_sec"), "{:,.0f}"),
+        "" if med(rs, "end_to_end_latency_ms", "p50") is None else "{:.3f} / {:.3f}".format(med(rs, "end_to_end_latency_ms", "p50"), med(rs, "end_to_end_latency_ms", "p99")),
+    ))
+EOF
