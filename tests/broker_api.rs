@@ -657,3 +657,58 @@ async fn graceful_shutdown_answers_parked_fetches_and_syncs() {
         .len();
     assert_eq!(index, 8);
 }
+
+#[tokio::test]
+async fn damaged_stored_data_is_reported_not_served() {
+    let broker = start(|c| c.defaults.segment_bytes = Some(4096)).await;
+    let mut c = broker.connect().await;
+    for i in 0..12u32 {
+        c.produce("d", &[format!("{i:0900}").as_bytes()]).await;
+    }
+    drop(c);
+    let dir = broker.dir.path().to_owned();
+    let broker = {
+        let TestBroker {
+            running,
+            dir: keep,
+            config,
+            ..
+        } = broker;
+        running.unwrap().shutdown().await;
+        // Flip a byte inside the value of offset 1, in the first (sealed) segment.
+        let store = dir.join("topics/d/00000000000000000000.store");
+        let mut bytes = std::fs::read(&store).unwrap();
+        let second_batch = bytes.len() / 4; // four ~1 KB batches per 4 KiB segment
+        bytes[second_batch + 500] ^= 0x40;
+        std::fs::write(&store, bytes).unwrap();
+        let mut config = config;
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        let running = spool::broker::Broker::start(config.clone()).await.unwrap();
+        TestBroker {
+            addr: running.local_addr(),
+            running: Some(running),
+            dir: keep,
+            config,
+        }
+    };
+    let mut c = broker.connect().await;
+    let e = c
+        .err(fetch_request("d", 1, 0), ErrorCode::CorruptData)
+        .await;
+    assert_eq!(e.resume_at, Some(2), "{}", e.message);
+    assert!(e.message.contains("segment"), "{}", e.message);
+    // A fetch from before the damage stops before it; after it, all is served.
+    match c.ok(fetch_request("d", 0, 0)).await {
+        ResponseBody::Fetched {
+            batches,
+            next_offset,
+            ..
+        } => {
+            assert_eq!(decode(&batches, 0).len(), 1);
+            assert_eq!(next_offset, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.fetch("d", 2).await[0].offset, 2);
+    broker.stop().await;
+}
