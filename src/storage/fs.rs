@@ -1,11 +1,11 @@
-//! File-system helpers: segment file names, pre-allocation, directory sync.
+//! File-system helpers: segment file names, error mapping, and the few
+//! operations the log wraps with its own error type.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::error::{Result, StorageError};
+use super::vfs::Vfs;
 
 pub(crate) const STORE_EXT: &str = "store";
 pub(crate) const INDEX_EXT: &str = "index";
@@ -28,50 +28,6 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, &str)> {
     Some((stem.parse().ok()?, ext))
 }
 
-pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64> {
-    file.metadata()
-        .map(|m| m.len())
-        .map_err(|e| StorageError::io("stat", path, e))
-}
-
-/// Makes `file` at least `len` bytes long with real blocks behind every byte,
-/// so that writing through a mapping never faults on a full disk.
-pub(crate) fn allocate(file: &File, path: &Path, len: u64) -> Result<()> {
-    let current = file_len(file, path)?;
-    if current >= len {
-        return Ok(());
-    }
-    // SAFETY: fallocate on an open descriptor we own; no memory is passed.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENOSPC) {
-        return Err(StorageError::DiskFull {
-            path: path.to_owned(),
-        });
-    }
-    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-        return Err(StorageError::io("fallocate", path, err));
-    }
-    // The file system cannot pre-allocate: write zeros, which allocates too.
-    let mut writer = OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(|e| StorageError::io("open", path, e))?;
-    let zeros = vec![0u8; 64 * 1024];
-    let mut remaining = len - current;
-    while remaining > 0 {
-        let n = remaining.min(zeros.len() as u64) as usize;
-        writer
-            .write_all(&zeros[..n])
-            .map_err(|e| classify_write_error("extend", path, e))?;
-        remaining -= n as u64;
-    }
-    Ok(())
-}
-
 /// Maps ENOSPC to [`StorageError::DiskFull`], anything else to `Io`.
 pub(crate) fn classify_write_error(op: &'static str, path: &Path, err: io::Error) -> StorageError {
     if err.raw_os_error() == Some(libc::ENOSPC) {
@@ -85,15 +41,14 @@ pub(crate) fn classify_write_error(op: &'static str, path: &Path, err: io::Error
 
 /// fsyncs a directory, making the creation, rename or removal of its entries
 /// durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| StorageError::io("open directory", dir, e))?;
-    d.sync_all()
+pub(crate) fn sync_dir(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+    vfs.sync_dir(dir)
         .map_err(|e| StorageError::io("fsync directory", dir, e))
 }
 
 /// Removes a file; a file already gone is fine.
-pub(crate) fn remove_file(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
+pub(crate) fn remove_file(vfs: &dyn Vfs, path: &Path) -> Result<()> {
+    match vfs.remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StorageError::io("remove", path, e)),
@@ -102,6 +57,7 @@ pub(crate) fn remove_file(path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::vfs::{Open, OsVfs};
     use super::*;
 
     #[test]
@@ -125,20 +81,14 @@ mod tests {
     fn allocate_makes_real_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        allocate(&file, &path, 1 << 20).unwrap();
-        let meta = file.metadata().unwrap();
+        let file = OsVfs.open(&path, Open::CreateNew).unwrap();
+        file.allocate(1 << 20).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 1 << 20);
         use std::os::unix::fs::MetadataExt;
         assert!(meta.blocks() * 512 >= 1 << 20, "file is sparse");
         // Never shrinks.
-        allocate(&file, &path, 10).unwrap();
-        assert_eq!(file.metadata().unwrap().len(), 1 << 20);
+        file.allocate(10).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
     }
 }

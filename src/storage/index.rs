@@ -30,15 +30,14 @@
 //! below it. Entries are never rewritten once published, so readers and the
 //! writer never touch the same bytes at the same time.
 
-use std::fs::{File, OpenOptions};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-
-use memmap2::{MmapOptions, MmapRaw};
+use std::sync::Arc;
 
 use super::error::{Result, StorageError};
 use super::fs;
+use super::vfs::{Mapping, Open, VFile, Vfs};
 
 /// A fixed-width entry that knows its byte encoding.
 pub(crate) trait Entry: Copy {
@@ -103,9 +102,9 @@ impl Entry for TimeEntry {
 /// An append-only array of `E` in a memory-mapped file.
 pub(crate) struct Table<E: Entry> {
     path: PathBuf,
-    file: File,
+    file: Arc<dyn VFile>,
     /// `None` when the file is empty: a zero-length mapping is not possible.
-    map: Option<MmapRaw>,
+    map: Option<Box<dyn Mapping>>,
     /// Entries the mapping has room for.
     capacity: u32,
     /// Entries published to readers.
@@ -120,40 +119,35 @@ unsafe impl<E: Entry> Send for Table<E> {}
 
 impl<E: Entry> Table<E> {
     /// Creates a new, empty table file pre-sized for `capacity` entries.
-    pub fn create(path: &Path, capacity: u32) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
+    pub fn create(vfs: &dyn Vfs, path: &Path, capacity: u32) -> Result<Self> {
+        let file = vfs
+            .open(path, Open::CreateNew)
             .map_err(|e| StorageError::io("create", path, e))?;
         Self::writable(path, file, capacity, 0)
     }
 
-    /// Opens an existing table for appending. All `entries_in_file()` entries
+    /// Opens an existing table for appending. All whole entries in the file
     /// count as published until [`Table::truncate`] says otherwise.
-    pub fn open_writable(path: &Path, capacity: u32) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+    pub fn open_writable(vfs: &dyn Vfs, path: &Path, capacity: u32) -> Result<Self> {
+        let file = vfs
+            .open(path, Open::ReadWrite)
             .map_err(|e| StorageError::io("open", path, e))?;
-        let size = fs::file_len(&file, path)?;
+        let size = file.size().map_err(|e| StorageError::io("stat", path, e))?;
         let entries = (size / E::WIDTH as u64).min(u64::from(u32::MAX)) as u32;
         Self::writable(path, file, capacity.max(entries), entries)
     }
 
-    fn writable(path: &Path, file: File, capacity: u32, len: u32) -> Result<Self> {
+    fn writable(path: &Path, file: Arc<dyn VFile>, capacity: u32, len: u32) -> Result<Self> {
         let bytes = u64::from(capacity) * E::WIDTH as u64;
-        fs::allocate(&file, path, bytes)?;
+        file.allocate(bytes)
+            .map_err(|e| fs::classify_write_error("fallocate", path, e))?;
         let map = if bytes == 0 {
             None
         } else {
-            let map = MmapOptions::new()
-                .len(bytes as usize)
-                .map_raw(&file)
-                .map_err(|e| StorageError::io("mmap", path, e))?;
-            Some(map)
+            Some(
+                file.map(bytes as usize, true)
+                    .map_err(|e| StorageError::io("mmap", path, e))?,
+            )
         };
         Ok(Table {
             path: path.to_owned(),
@@ -167,19 +161,20 @@ impl<E: Entry> Table<E> {
 
     /// Opens the table of a sealed segment read-only; every whole entry in the
     /// file is published.
-    pub fn open_sealed(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
-        let size = fs::file_len(&file, path)?;
+    pub fn open_sealed(vfs: &dyn Vfs, path: &Path) -> Result<Self> {
+        let file = vfs
+            .open(path, Open::ReadOnly)
+            .map_err(|e| StorageError::io("open", path, e))?;
+        let size = file.size().map_err(|e| StorageError::io("stat", path, e))?;
         let entries = (size / E::WIDTH as u64).min(u64::from(u32::MAX)) as u32;
         let bytes = entries as usize * E::WIDTH;
         let map = if bytes == 0 {
             None
         } else {
-            let map = MmapOptions::new()
-                .len(bytes)
-                .map_raw_read_only(&file)
-                .map_err(|e| StorageError::io("mmap", path, e))?;
-            Some(map)
+            Some(
+                file.map(bytes, false)
+                    .map_err(|e| StorageError::io("mmap", path, e))?,
+            )
         };
         Ok(Table {
             path: path.to_owned(),
@@ -216,7 +211,7 @@ impl<E: Entry> Table<E> {
         // published entries are never written again (module docs).
         unsafe {
             std::ptr::copy_nonoverlapping(
-                map.as_ptr().add(i as usize * width),
+                map.ptr().add(i as usize * width),
                 buf.as_mut_ptr(),
                 width,
             );
@@ -263,7 +258,7 @@ impl<E: Entry> Table<E> {
         unsafe {
             std::ptr::copy_nonoverlapping(
                 buf.as_ptr(),
-                map.as_mut_ptr().add(len as usize * E::WIDTH),
+                map.ptr().add(len as usize * E::WIDTH),
                 E::WIDTH,
             );
         }
@@ -286,13 +281,14 @@ impl<E: Entry> Table<E> {
             .set_len(bytes)
             .map_err(|e| StorageError::io("truncate", &self.path, e))?;
         self.file
-            .sync_all()
+            .sync_data()
             .map_err(|e| StorageError::io("fsync", &self.path, e))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::vfs::OsVfs;
     use super::*;
 
     fn entry(rel: u32, pos: u32) -> IndexEntry {
@@ -303,7 +299,7 @@ mod tests {
     fn write_read_and_end_of_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.index");
-        let table = Table::<IndexEntry>::create(&path, 4).unwrap();
+        let table = Table::<IndexEntry>::create(&OsVfs, &path, 4).unwrap();
         assert_eq!(table.len(), 0);
         assert_eq!(table.get(0), None, "an empty table reads nothing");
         assert_eq!(table.last(), None);
@@ -333,7 +329,7 @@ mod tests {
     fn file_is_preallocated_then_trimmed_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.index");
-        let table = Table::<IndexEntry>::create(&path, 1000).unwrap();
+        let table = Table::<IndexEntry>::create(&OsVfs, &path, 1000).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 8000);
         unsafe {
             table.push(entry(0, 0));
@@ -345,13 +341,13 @@ mod tests {
         assert_eq!(table.get(1), Some(entry(3, 100)));
         drop(table);
 
-        let sealed = Table::<IndexEntry>::open_sealed(&path).unwrap();
+        let sealed = Table::<IndexEntry>::open_sealed(&OsVfs, &path).unwrap();
         assert_eq!(sealed.len(), 2);
         assert!(sealed.is_full());
         assert_eq!(sealed.last(), Some(entry(3, 100)));
         drop(sealed);
 
-        let mut reopened = Table::<IndexEntry>::open_writable(&path, 1000).unwrap();
+        let mut reopened = Table::<IndexEntry>::open_writable(&OsVfs, &path, 1000).unwrap();
         assert_eq!(reopened.len(), 2);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
@@ -369,7 +365,7 @@ mod tests {
     fn time_entries_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.timeindex");
-        let table = Table::<TimeEntry>::create(&path, 2).unwrap();
+        let table = Table::<TimeEntry>::create(&OsVfs, &path, 2).unwrap();
         let e = TimeEntry {
             time: -5,
             rel: u32::MAX,
@@ -388,7 +384,7 @@ mod tests {
     fn readers_see_only_published_entries_while_a_writer_appends() {
         let dir = tempfile::tempdir().unwrap();
         let table = std::sync::Arc::new(
-            Table::<IndexEntry>::create(&dir.path().join("t"), 20_000).unwrap(),
+            Table::<IndexEntry>::create(&OsVfs, &dir.path().join("t"), 20_000).unwrap(),
         );
         let reader = {
             let table = std::sync::Arc::clone(&table);

@@ -15,7 +15,6 @@
 //! taken while the log is open) and `*.torn` sidecars holding bytes that
 //! recovery cut off a torn tail.
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +27,7 @@ use super::config::{LogConfig, SyncMode};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT};
 use super::segment::{RecoveryReport, Segment, SegmentWriter};
+use super::vfs::{OsVfs, Vfs};
 use crate::batch::{self, Record};
 
 /// Where an appended batch landed.
@@ -95,6 +95,7 @@ struct SyncState {
 
 /// A segmented, append-only commit log in one directory.
 pub struct Log {
+    vfs: Arc<dyn Vfs>,
     dir: PathBuf,
     config: LogConfig,
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
@@ -105,7 +106,7 @@ pub struct Log {
     /// Serialises retention, truncation and reset, which delete files.
     maintenance: Mutex<()>,
     recovery: Vec<(u64, RecoveryReport)>,
-    _lock: File,
+    _lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl std::fmt::Debug for Log {
@@ -135,6 +136,11 @@ impl Log {
     /// Opens the log in `dir` (creating it if needed), recovering whatever a
     /// crash left there.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Log::open_with(OsVfs::shared(), dir, config)
+    }
+
+    /// [`Log::open`] on another file system (tests use a simulated disk).
+    pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
         let dir = dir.as_ref().to_owned();
         config
             .validate()
@@ -142,20 +148,21 @@ impl Log {
                 path: dir.clone(),
                 reason,
             })?;
-        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
-        let lock_file = take_dir_lock(&dir)?;
-        let bases = list_segments(&dir)?;
+        vfs.create_dir_all(&dir)
+            .map_err(|e| StorageError::io("create directory", &dir, e))?;
+        let lock = take_dir_lock(&*vfs, &dir)?;
+        let bases = list_segments(&*vfs, &dir)?;
         let entries = config.index_entries();
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut recovery = Vec::new();
         if bases.is_empty() {
-            segments.push(Arc::new(Segment::create(&dir, 0, entries)?));
-            fs::sync_dir(&dir)?;
+            segments.push(Arc::new(Segment::create(&vfs, &dir, 0, entries)?));
+            fs::sync_dir(&*vfs, &dir)?;
         }
         for (i, &base) in bases.iter().enumerate() {
             let (segment, report) = match bases.get(i + 1) {
-                Some(&next_base) => Segment::open_sealed(&dir, base, next_base)?,
-                None => Segment::open_active(&dir, base, entries)?,
+                Some(&next_base) => Segment::open_sealed(&vfs, &dir, base, next_base)?,
+                None => Segment::open_active(&vfs, &dir, base, entries)?,
             };
             if report != RecoveryReport::default() {
                 tracing::info!(dir = %dir.display(), segment = base, ?report, "recovered segment");
@@ -172,6 +179,7 @@ impl Log {
             last_append_time: active.last_append_time().unwrap_or(i64::MIN),
         };
         Ok(Log {
+            vfs,
             dir,
             config,
             segments: RwLock::new(Arc::new(segments)),
@@ -187,7 +195,7 @@ impl Log {
             sync_done: Condvar::new(),
             maintenance: Mutex::new(()),
             recovery,
-            _lock: lock_file,
+            _lock: lock,
         })
     }
 
@@ -310,11 +318,12 @@ impl Log {
         // leave a torn segment followed by another one.
         let next = self.next_offset.load(Ordering::Relaxed);
         let segment = Arc::new(Segment::create(
+            &self.vfs,
             &self.dir,
             next,
             self.config.index_entries(),
         )?);
-        if let Err(e) = fs::sync_dir(&self.dir) {
+        if let Err(e) = fs::sync_dir(&*self.vfs, &self.dir) {
             return Err(fence(w, e));
         }
         let writer = match segment.writer() {
@@ -578,7 +587,7 @@ impl Log {
             result.bytes += segment.size();
             segment.remove_files()?;
         }
-        fs::sync_dir(&self.dir)?;
+        fs::sync_dir(&*self.vfs, &self.dir)?;
         tracing::info!(dir = %self.dir.display(), segments = result.segments, bytes = result.bytes, "deleted old segments");
         Ok(result)
     }
@@ -608,9 +617,10 @@ impl Log {
     /// Closes the log and deletes its directory.
     pub fn remove(self) -> Result<()> {
         self.close()?;
-        let dir = self.dir.clone();
+        let (dir, vfs) = (self.dir.clone(), Arc::clone(&self.vfs));
         drop(self);
-        std::fs::remove_dir_all(&dir).map_err(|e| StorageError::io("remove directory", &dir, e))
+        vfs.remove_dir_all(&dir)
+            .map_err(|e| StorageError::io("remove directory", &dir, e))
     }
 
     /// Deletes every record and starts again, empty, at offset 0.
@@ -622,8 +632,13 @@ impl Log {
         for segment in old.iter() {
             segment.remove_files()?;
         }
-        let segment = Arc::new(Segment::create(&self.dir, 0, self.config.index_entries())?);
-        fs::sync_dir(&self.dir)?;
+        let segment = Arc::new(Segment::create(
+            &self.vfs,
+            &self.dir,
+            0,
+            self.config.index_entries(),
+        )?);
+        fs::sync_dir(&*self.vfs, &self.dir)?;
         w.active = Some(segment.writer()?);
         w.active_sealed = false;
         w.fenced = None;
@@ -663,39 +678,33 @@ fn fence_unless_full(w: &mut Writer, e: StorageError) -> StorageError {
 
 /// Takes an exclusive advisory lock on `dir/.lock`, so that two processes
 /// never append to one log.
-fn take_dir_lock(dir: &Path) -> Result<File> {
+fn take_dir_lock(vfs: &dyn Vfs, dir: &Path) -> Result<Box<dyn std::any::Any + Send + Sync>> {
     let path = dir.join(".lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StorageError::io("open", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::BadLayout {
+    match vfs.lock(&path) {
+        Ok(Some(guard)) => Ok(guard),
+        Ok(None) => Err(StorageError::BadLayout {
             path,
             reason: "log is already open (locked by another process or handle)".into(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
+        Err(e) => Err(StorageError::io("lock", &path, e)),
     }
 }
 
 /// Base offsets of the segments in `dir`, ascending. Index files without a
 /// store (a crash while creating a segment) are removed.
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
     let mut stores = Vec::new();
     let mut tables = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io("list", dir, e))?;
-        let name = entry.file_name();
-        let Some((base, ext)) = name.to_str().and_then(fs::parse_segment_name) else {
+    for name in vfs
+        .list(dir)
+        .map_err(|e| StorageError::io("list", dir, e))?
+    {
+        let Some((base, ext)) = fs::parse_segment_name(&name) else {
             continue;
         };
         match ext {
             STORE_EXT => stores.push(base),
-            INDEX_EXT | TIME_INDEX_EXT => tables.push((base, entry.path())),
+            INDEX_EXT | TIME_INDEX_EXT => tables.push((base, dir.join(&name))),
             _ => {}
         }
     }
@@ -703,7 +712,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     for (base, path) in tables {
         if stores.binary_search(&base).is_err() {
             tracing::warn!(file = %path.display(), "removing index file without a store");
-            fs::remove_file(&path)?;
+            fs::remove_file(vfs, &path)?;
         }
     }
     Ok(stores)

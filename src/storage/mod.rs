@@ -28,6 +28,7 @@ mod index;
 mod log;
 mod segment;
 mod store;
+pub mod vfs;
 
 /// The batch format lives at the crate root (the protocol shares it); it is
 /// re-exported here because the store is made of batches.
@@ -37,3 +38,4 @@ pub use config::{LogConfig, SyncMode};
 pub use error::StorageError;
 pub use log::{Appended, BatchRead, Log, LogReader, Removed, Retention};
 pub use segment::RecoveryReport;
+pub use vfs::{Mapping, Open, OsVfs, VFile, Vfs};

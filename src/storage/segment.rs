@@ -28,16 +28,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use memmap2::Mmap;
 
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::index::{IndexEntry, Table, TimeEntry};
 use super::store::{Store, StoreWriter};
+use super::vfs::{Open, Vfs};
 use crate::batch::{self, BatchHeader, HEADER_LEN, MAGIC};
 
 /// Packs the published index length and store end into one word, so a reader
@@ -62,6 +62,7 @@ pub(crate) struct SegmentRead {
 
 /// One segment, as readers see it.
 pub(crate) struct Segment {
+    vfs: Arc<dyn Vfs>,
     base: u64,
     store: Store,
     index: Table<IndexEntry>,
@@ -125,11 +126,24 @@ impl Segment {
     }
 
     /// Creates the files of a new, empty segment.
-    pub fn create(dir: &Path, base: u64, index_entries: u32) -> Result<Segment> {
-        let store = Store::open(&fs::segment_path(dir, base, STORE_EXT), true)?;
+    pub fn create(
+        vfs: &Arc<dyn Vfs>,
+        dir: &Path,
+        base: u64,
+        index_entries: u32,
+    ) -> Result<Segment> {
+        let store = Store::open(&**vfs, &fs::segment_path(dir, base, STORE_EXT), true)?;
         let made = (|| {
-            let index = Table::create(&fs::segment_path(dir, base, INDEX_EXT), index_entries)?;
-            let times = Table::create(&fs::segment_path(dir, base, TIME_INDEX_EXT), index_entries)?;
+            let index = Table::create(
+                &**vfs,
+                &fs::segment_path(dir, base, INDEX_EXT),
+                index_entries,
+            )?;
+            let times = Table::create(
+                &**vfs,
+                &fs::segment_path(dir, base, TIME_INDEX_EXT),
+                index_entries,
+            )?;
             Ok((index, times))
         })();
         let (index, times) = match made {
@@ -137,15 +151,19 @@ impl Segment {
             Err(e) => {
                 // Leave no half-made segment behind (a full disk, typically).
                 for ext in [STORE_EXT, INDEX_EXT, TIME_INDEX_EXT] {
-                    let _ = fs::remove_file(&fs::segment_path(dir, base, ext));
+                    let _ = fs::remove_file(&**vfs, &fs::segment_path(dir, base, ext));
                 }
                 return Err(e);
             }
         };
-        Ok(Segment::assemble(base, store, index, times, 0, 0, base))
+        Ok(Segment::assemble(
+            vfs, base, store, index, times, 0, 0, base,
+        ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
+        vfs: &Arc<dyn Vfs>,
         base: u64,
         store: Store,
         index: Table<IndexEntry>,
@@ -155,6 +173,7 @@ impl Segment {
         next_offset: u64,
     ) -> Segment {
         Segment {
+            vfs: Arc::clone(vfs),
             base,
             store,
             index,
@@ -166,17 +185,22 @@ impl Segment {
     }
 
     /// Opens a sealed segment whose successor starts at `next_base`.
-    pub fn open_sealed(dir: &Path, base: u64, next_base: u64) -> Result<(Segment, RecoveryReport)> {
+    pub fn open_sealed(
+        vfs: &Arc<dyn Vfs>,
+        dir: &Path,
+        base: u64,
+        next_base: u64,
+    ) -> Result<(Segment, RecoveryReport)> {
         let store_path = fs::segment_path(dir, base, STORE_EXT);
-        let store = Store::open(&store_path, false)?;
+        let store = Store::open(&**vfs, &store_path, false)?;
         let size = store.file_len()?;
         if size > u64::from(u32::MAX) {
             return Err(bad_layout(&store_path, "store is larger than 4 GiB"));
         }
         let index_path = fs::segment_path(dir, base, INDEX_EXT);
         let time_path = fs::segment_path(dir, base, TIME_INDEX_EXT);
-        let index = open_sealed_table::<IndexEntry>(&index_path)?;
-        let times = open_sealed_table::<TimeEntry>(&time_path)?;
+        let index = open_sealed_table::<IndexEntry>(&**vfs, &index_path)?;
+        let times = open_sealed_table::<TimeEntry>(&**vfs, &time_path)?;
         let index_ok = index
             .as_ref()
             .is_some_and(|i| sealed_index_ok(i, &store, base, size, next_base));
@@ -188,6 +212,7 @@ impl Segment {
             let index = index.expect("checked");
             let entries = index.len();
             let segment = Segment::assemble(
+                vfs,
                 base,
                 store,
                 index,
@@ -201,7 +226,7 @@ impl Segment {
         drop((index, times));
         tracing::warn!(segment = %store_path.display(), "sealed segment's index disagrees with its store; rebuilding it");
         let scan = scan_store(&store, base, 0, base, Some(next_base))?;
-        let (index, times) = rebuild_tables(&index_path, &time_path, &scan.batches)?;
+        let (index, times) = rebuild_tables(&**vfs, &index_path, &time_path, &scan.batches)?;
         index.seal()?;
         times.seal()?;
         let report = RecoveryReport {
@@ -211,7 +236,16 @@ impl Segment {
         };
         let entries = index.len();
         Ok((
-            Segment::assemble(base, store, index, times, entries, size as u32, next_base),
+            Segment::assemble(
+                vfs,
+                base,
+                store,
+                index,
+                times,
+                entries,
+                size as u32,
+                next_base,
+            ),
             report,
         ))
     }
@@ -219,20 +253,21 @@ impl Segment {
     /// Opens the last segment of a log for appending, recovering it from
     /// whatever a crash left.
     pub fn open_active(
+        vfs: &Arc<dyn Vfs>,
         dir: &Path,
         base: u64,
         index_entries: u32,
     ) -> Result<(Segment, RecoveryReport)> {
         let store_path = fs::segment_path(dir, base, STORE_EXT);
-        let store = Store::open(&store_path, false)?;
+        let store = Store::open(&**vfs, &store_path, false)?;
         let size = store.file_len()?;
         if size > u64::from(u32::MAX) {
             return Err(bad_layout(&store_path, "store is larger than 4 GiB"));
         }
         let index_path = fs::segment_path(dir, base, INDEX_EXT);
         let time_path = fs::segment_path(dir, base, TIME_INDEX_EXT);
-        let mut index = open_or_create_table::<IndexEntry>(&index_path, index_entries)?;
-        let mut times = open_or_create_table::<TimeEntry>(&time_path, index_entries)?;
+        let mut index = open_or_create_table::<IndexEntry>(&**vfs, &index_path, index_entries)?;
+        let mut times = open_or_create_table::<TimeEntry>(&**vfs, &time_path, index_entries)?;
         let mut report = RecoveryReport::default();
 
         // The index is trusted up to its last in-order entry that points at a
@@ -312,7 +347,7 @@ impl Segment {
         let mut end = scan.good_end;
         if let Some(tail) = scan.tail {
             let cut = size - tail;
-            let sidecar = move_to_sidecar(dir, &store, base, tail, size)?;
+            let sidecar = move_to_sidecar(&**vfs, dir, &store, base, tail, size)?;
             tracing::warn!(
                 segment = %store_path.display(),
                 bytes = cut,
@@ -326,17 +361,17 @@ impl Segment {
         let entries = index.len();
         let next = scan.next_offset;
         Ok((
-            Segment::assemble(base, store, index, times, entries, end as u32, next),
+            Segment::assemble(vfs, base, store, index, times, entries, end as u32, next),
             report,
         ))
     }
 
     /// The writer of this (active) segment. Only one may exist.
-    pub fn writer(self: &std::sync::Arc<Self>) -> Result<SegmentWriter> {
+    pub fn writer(self: &Arc<Self>) -> Result<SegmentWriter> {
         let (entries, end) = unpack(self.published.load(Ordering::Acquire));
         Ok(SegmentWriter {
-            segment: std::sync::Arc::clone(self),
-            store: self.store.writer(u64::from(end))?,
+            segment: Arc::clone(self),
+            store: self.store.writer(u64::from(end)),
             entries,
             last_time: self.times.last(),
         })
@@ -504,9 +539,9 @@ impl Segment {
     /// Unlinks the segment's files. Readers holding it keep reading: an open
     /// file and its mappings outlive the directory entry.
     pub fn remove_files(&self) -> Result<()> {
-        fs::remove_file(self.store.path())?;
-        fs::remove_file(self.index.path())?;
-        fs::remove_file(self.times.path())
+        fs::remove_file(&*self.vfs, self.store.path())?;
+        fs::remove_file(&*self.vfs, self.index.path())?;
+        fs::remove_file(&*self.vfs, self.times.path())
     }
 }
 
@@ -601,8 +636,11 @@ fn bad_layout(path: &Path, reason: &str) -> StorageError {
     }
 }
 
-fn open_sealed_table<E: super::index::Entry>(path: &Path) -> Result<Option<Table<E>>> {
-    match Table::open_sealed(path) {
+fn open_sealed_table<E: super::index::Entry>(
+    vfs: &dyn Vfs,
+    path: &Path,
+) -> Result<Option<Table<E>>> {
+    match Table::open_sealed(vfs, path) {
         Ok(t) => Ok(Some(t)),
         Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Ok(None)
@@ -611,11 +649,15 @@ fn open_sealed_table<E: super::index::Entry>(path: &Path) -> Result<Option<Table
     }
 }
 
-fn open_or_create_table<E: super::index::Entry>(path: &Path, capacity: u32) -> Result<Table<E>> {
-    if path.exists() {
-        Table::open_writable(path, capacity)
+fn open_or_create_table<E: super::index::Entry>(
+    vfs: &dyn Vfs,
+    path: &Path,
+    capacity: u32,
+) -> Result<Table<E>> {
+    if vfs.exists(path) {
+        Table::open_writable(vfs, path, capacity)
     } else {
-        Table::create(path, capacity)
+        Table::create(vfs, path, capacity)
     }
 }
 
@@ -789,18 +831,22 @@ fn scan_store(
         tail: None,
     };
     let size = store.file_len()?;
-    let file =
-        std::fs::File::open(store.path()).map_err(|e| StorageError::io("open", store.path(), e))?;
     let map = if size > from {
-        // SAFETY: the log owns the directory; nothing truncates the store
-        // while it is being opened. The mapping is dropped on return.
-        Some(unsafe { Mmap::map(&file) }.map_err(|e| StorageError::io("mmap", store.path(), e))?)
+        let m = store
+            .file()
+            .map(size as usize, false)
+            .map_err(|e| StorageError::io("mmap", store.path(), e))?;
+        Some(m)
     } else {
         None
     };
-    let bytes: &[u8] = map
-        .as_deref()
-        .map_or(&[], |m| &m[..(size as usize).min(m.len())]);
+    // SAFETY: the mapping covers `size` bytes and lives until the end of this
+    // function; the log owns the directory, so nothing truncates the store
+    // while it is being opened.
+    let bytes: &[u8] = match &map {
+        Some(m) => unsafe { std::slice::from_raw_parts(m.ptr(), m.size()) },
+        None => &[],
+    };
     let mut pos = from as usize;
     while pos < bytes.len() {
         if let Some(h) = batch_at(bytes, pos, base, scan.next_offset, true) {
@@ -890,15 +936,16 @@ fn batch_at(
 
 /// Writes fresh index and time index files for a sealed segment.
 fn rebuild_tables(
+    vfs: &dyn Vfs,
     index_path: &Path,
     time_path: &Path,
     batches: &[(IndexEntry, Option<i64>)],
 ) -> Result<(Table<IndexEntry>, Table<TimeEntry>)> {
-    fs::remove_file(index_path)?;
-    fs::remove_file(time_path)?;
+    fs::remove_file(vfs, index_path)?;
+    fs::remove_file(vfs, time_path)?;
     let capacity = batches.len().max(1) as u32;
-    let index = Table::create(index_path, capacity)?;
-    let time_table = Table::create(time_path, capacity)?;
+    let index = Table::create(vfs, index_path, capacity)?;
+    let time_table = Table::create(vfs, time_path, capacity)?;
     for &(e, t) in batches {
         // SAFETY: the tables are not shared yet.
         unsafe { index.push(e) };
@@ -911,18 +958,28 @@ fn rebuild_tables(
 
 /// Copies store bytes `[from, size)` into a sidecar file, then cuts the store
 /// to `from`. The copy is synced before the cut, so the bytes are never lost.
-fn move_to_sidecar(dir: &Path, store: &Store, base: u64, from: u64, size: u64) -> Result<PathBuf> {
+fn move_to_sidecar(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    store: &Store,
+    base: u64,
+    from: u64,
+    size: u64,
+) -> Result<PathBuf> {
     let bytes = store.read_at(from, (size - from) as usize)?;
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
     let path = dir.join(format!("{base:020}.{stamp}.{TORN_EXT}"));
-    std::fs::write(&path, &bytes).map_err(|e| StorageError::io("write", &path, e))?;
-    let f = std::fs::File::open(&path).map_err(|e| StorageError::io("open", &path, e))?;
-    f.sync_all()
+    let file = vfs
+        .open(&path, Open::CreateNew)
+        .map_err(|e| StorageError::io("create", &path, e))?;
+    file.write_at(0, &bytes)
+        .map_err(|e| StorageError::io("write", &path, e))?;
+    file.sync_data()
         .map_err(|e| StorageError::io("fsync", &path, e))?;
-    fs::sync_dir(dir)?;
+    fs::sync_dir(vfs, dir)?;
     store.truncate(from)?;
     store.sync()?;
     Ok(path)

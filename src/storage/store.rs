@@ -6,43 +6,49 @@
 //! [`batch`](crate::batch), with nothing between them and no file header.
 //! Batch `k` starts where batch `k - 1` ends; the index records each start.
 //!
-//! Appends go through a buffered writer that is flushed before an append
+//! Appends go through a buffer that is flushed (`pwrite`) before an append
 //! returns, so an appended batch has reached the kernel. Reads are positional
-//! (`pread`) on a shared descriptor, so they never move the writer's cursor
-//! and never wait for it.
+//! (`pread`), so they never wait for the writer.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
-use std::os::unix::io::AsRawFd;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::{Result, StorageError};
 use super::fs;
+use super::vfs::{Open, VFile, Vfs};
 
-/// Bytes the writer buffers before a write reaches the kernel; a batch
-/// larger than this bypasses the buffer.
+/// Bytes the writer buffers before they go to the kernel; a batch larger
+/// than this is written directly.
 const WRITE_BUFFER: usize = 64 * 1024;
 /// After this many bytes, the writer asks the kernel to start writing them
 /// back (without waiting), so that dirty pages never pile up: the fsync that
-/// seals a segment, or a power-cut-safe commit, then has little left to do.
+/// seals a segment, or a commit, then has little left to do.
 const WRITEBACK_CHUNK: u64 = 8 << 20;
 
-/// The read side of a store file, shared by readers.
-#[derive(Debug)]
+/// A store file, shared by its readers and its one writer.
 pub(crate) struct Store {
     path: PathBuf,
-    file: File,
+    file: Arc<dyn VFile>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
 }
 
 impl Store {
     /// Opens (creating if asked) a store file.
-    pub fn open(path: &Path, create: bool) -> Result<Store> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(create)
-            .open(path)
-            .map_err(|e| StorageError::io(if create { "create" } else { "open" }, path, e))?;
+    pub fn open(vfs: &dyn Vfs, path: &Path, create: bool) -> Result<Store> {
+        let (how, op) = if create {
+            (Open::CreateNew, "create")
+        } else {
+            (Open::ReadWrite, "open")
+        };
+        let file = vfs
+            .open(path, how)
+            .map_err(|e| StorageError::io(op, path, e))?;
         Ok(Store {
             path: path.to_owned(),
             file,
@@ -53,31 +59,33 @@ impl Store {
         &self.path
     }
 
-    /// Size of the file on disk (not the published end of the segment).
+    pub fn file(&self) -> &Arc<dyn VFile> {
+        &self.file
+    }
+
+    /// Size of the file (not the published end of the segment).
     pub fn file_len(&self) -> Result<u64> {
-        fs::file_len(&self.file, &self.path)
+        self.file
+            .size()
+            .map_err(|e| StorageError::io("stat", &self.path, e))
     }
 
     /// Reads exactly `len` bytes at `pos`.
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
-        read_exact_at(&self.file, pos, len).map_err(|e| StorageError::io("read", &self.path, e))
+        self.file
+            .read_at(pos, len)
+            .map_err(|e| StorageError::io("read", &self.path, e))
     }
 
     /// A writer appending at `end`. Only one may exist at a time.
-    pub fn writer(&self, end: u64) -> Result<StoreWriter> {
-        let mut file = self
-            .file
-            .try_clone()
-            .map_err(|e| StorageError::io("dup", &self.path, e))?;
-        file.seek(SeekFrom::Start(end))
-            .map_err(|e| StorageError::io("seek", &self.path, e))?;
-        Ok(StoreWriter {
+    pub fn writer(&self, end: u64) -> StoreWriter {
+        StoreWriter {
             path: self.path.clone(),
-            writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            file: Arc::clone(&self.file),
+            buffer: Vec::with_capacity(WRITE_BUFFER),
             flushed: end,
-            end,
             written_back: end,
-        })
+        }
     }
 
     /// fdatasync: makes every byte written so far durable.
@@ -95,52 +103,14 @@ impl Store {
     }
 }
 
-/// Reads exactly `len` bytes at `pos` into a fresh buffer, without zeroing it
-/// first (the zeroing costs as much as a page-cache copy of the same size).
-fn read_exact_at(file: &File, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    let mut filled = 0;
-    while filled < len {
-        // SAFETY: the destination is the unfilled part of `buf`'s allocation,
-        // `len - filled` bytes long; pread writes at most that many.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buf.as_mut_ptr().add(filled).cast(),
-                len - filled,
-                (pos + filled as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("file ends before byte {}", pos + len as u64),
-            ));
-        }
-        filled += n as usize;
-    }
-    // SAFETY: pread initialised all `len` bytes.
-    unsafe { buf.set_len(len) };
-    Ok(buf)
-}
-
 /// The append side of a store.
-#[derive(Debug)]
 pub(crate) struct StoreWriter {
     path: PathBuf,
-    /// `None` only transiently while a failed write is rolled back.
-    writer: Option<BufWriter<File>>,
+    file: Arc<dyn VFile>,
+    /// Bytes written after `flushed`, not yet handed to the kernel.
+    buffer: Vec<u8>,
     /// Bytes known to be in the kernel.
     flushed: u64,
-    /// Bytes written, including what is still buffered.
-    end: u64,
     /// Bytes whose writeback has been started.
     written_back: u64,
 }
@@ -148,75 +118,53 @@ pub(crate) struct StoreWriter {
 impl StoreWriter {
     /// Bytes written so far (buffered ones included).
     pub fn end(&self) -> u64 {
-        self.end
+        self.flushed + self.buffer.len() as u64
     }
 
-    /// Buffers `bytes` after what was written; returns their position.
-    /// Call [`StoreWriter::flush`] before publishing them.
+    /// Buffers `bytes` after what was written; returns their position. Call
+    /// [`StoreWriter::flush`] before publishing them.
     pub fn write(&mut self, bytes: &[u8]) -> Result<u64> {
-        let pos = self.end;
-        let writer = self.writer.as_mut().ok_or(StorageError::Closed)?;
-        if let Err(e) = writer.write_all(bytes) {
+        let pos = self.end();
+        if self.buffer.len() + bytes.len() <= WRITE_BUFFER {
+            self.buffer.extend_from_slice(bytes);
+            return Ok(pos);
+        }
+        // Too big to buffer: what is buffered goes first, then this, directly.
+        self.flush()?;
+        if let Err(e) = self.file.write_at(self.flushed, bytes) {
             return Err(self.roll_back(e));
         }
-        self.end += bytes.len() as u64;
+        self.flushed += bytes.len() as u64;
         Ok(pos)
     }
 
     /// Hands everything written to the kernel.
     pub fn flush(&mut self) -> Result<()> {
-        let writer = self.writer.as_mut().ok_or(StorageError::Closed)?;
-        if let Err(e) = writer.flush() {
-            return Err(self.roll_back(e));
+        if !self.buffer.is_empty() {
+            if let Err(e) = self.file.write_at(self.flushed, &self.buffer) {
+                return Err(self.roll_back(e));
+            }
+            self.flushed += self.buffer.len() as u64;
+            self.buffer.clear();
         }
-        self.flushed = self.end;
         if self.flushed - self.written_back >= WRITEBACK_CHUNK {
-            self.start_writeback();
+            self.file
+                .start_writeback(self.written_back, self.flushed - self.written_back);
+            self.written_back = self.flushed;
         }
         Ok(())
     }
 
-    /// Starts writeback of the bytes flushed since the last call
-    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: it queues the I/O and
-    /// returns). A hint only: durability still comes from fdatasync, and a
-    /// failure here is left for that fdatasync to report.
-    fn start_writeback(&mut self) {
-        let Some(writer) = self.writer.as_ref() else {
-            return;
-        };
-        let (from, len) = (self.written_back, self.flushed - self.written_back);
-        // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
-        unsafe {
-            libc::sync_file_range(
-                writer.get_ref().as_raw_fd(),
-                from as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-        self.written_back = self.flushed;
-    }
-
-    /// After a failed write: forget the buffer (dropping a BufWriter would
-    /// flush it), cut the file back to the last flushed byte and resume from
-    /// there, so a later append does not land after a hole or a partial batch.
-    /// If the file cannot be cut back the writer is gone and the log fences.
+    /// After a failed write: drop the buffer and cut the file back to the
+    /// last flushed byte (a short write may have left part of a batch), so
+    /// that a later append does not land after a hole or a partial batch.
+    /// If the file cannot be cut back, the log must fence.
     fn roll_back(&mut self, cause: io::Error) -> StorageError {
         let err = fs::classify_write_error("write", &self.path, cause);
-        let Some(writer) = self.writer.take() else {
-            return err;
-        };
-        let (mut file, _unwritten) = writer.into_parts();
-        let restored = file
-            .set_len(self.flushed)
-            .and_then(|()| file.seek(SeekFrom::Start(self.flushed)).map(drop));
-        match restored {
-            Ok(()) => {
-                self.writer = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
-                self.end = self.flushed;
-                self.written_back = self.written_back.min(self.flushed);
-                err
-            }
+        self.buffer.clear();
+        self.written_back = self.written_back.min(self.flushed);
+        match self.file.set_len(self.flushed) {
+            Ok(()) => err,
             Err(e) => StorageError::Fenced {
                 reason: format!(
                     "{err}; then could not cut {} back to {} bytes: {e}",
@@ -230,14 +178,15 @@ impl StoreWriter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::vfs::OsVfs;
     use super::*;
 
     #[test]
     fn append_read_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.store");
-        let store = Store::open(&path, true).unwrap();
-        let mut w = store.writer(0).unwrap();
+        let store = Store::open(&OsVfs, &path, true).unwrap();
+        let mut w = store.writer(0);
         let mut positions = Vec::new();
         for i in 0..3u8 {
             let record = vec![i; 100 + i as usize];
@@ -251,25 +200,32 @@ mod tests {
         drop(w);
         drop(store);
 
-        let store = Store::open(&path, false).unwrap();
+        let store = Store::open(&OsVfs, &path, false).unwrap();
         assert_eq!(store.file_len().unwrap(), 303);
         assert_eq!(store.read_at(201, 102).unwrap(), vec![2u8; 102]);
         assert!(
             store.read_at(300, 10).is_err(),
             "read past the end must fail"
         );
-        let mut w = store.writer(303).unwrap();
+        let mut w = store.writer(303);
         assert_eq!(w.write(b"tail").unwrap(), 303);
         w.flush().unwrap();
         assert_eq!(store.read_at(303, 4).unwrap(), b"tail");
+        // A write larger than the buffer goes straight through, in order.
+        let big = vec![9u8; WRITE_BUFFER + 1];
+        w.write(b"small").unwrap();
+        assert_eq!(w.write(&big).unwrap(), 312);
+        w.flush().unwrap();
+        assert_eq!(store.read_at(307, 5).unwrap(), b"small");
+        assert_eq!(store.read_at(312, big.len()).unwrap(), big);
     }
 
     #[test]
     fn buffered_bytes_are_not_in_the_file_until_flushed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.store");
-        let store = Store::open(&path, true).unwrap();
-        let mut w = store.writer(0).unwrap();
+        let store = Store::open(&OsVfs, &path, true).unwrap();
+        let mut w = store.writer(0);
         w.write(b"abc").unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         w.flush().unwrap();
@@ -280,7 +236,7 @@ mod tests {
     fn create_refuses_to_clobber() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.store");
-        Store::open(&path, true).unwrap();
-        assert!(Store::open(&path, true).is_err());
+        Store::open(&OsVfs, &path, true).unwrap();
+        assert!(Store::open(&OsVfs, &path, true).is_err());
     }
 }
