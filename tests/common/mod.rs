@@ -77,3 +77,4 @@ pub fn segment_file(dir: &std::path::Path, base: u64, ext: &str) -> std::path::P
     dir.join(format!("{base:020}.{ext}"))
 }
 pub mod broker;
+pub mod sim;
