@@ -206,8 +206,10 @@ impl SimFs {
     /// The disk after a power cut now: a new, independent file system.
     pub fn crash(&self, rng: &mut Rng) -> SimFs {
         let s = self.lock();
-        let mut next = State::default();
-        next.dirs = s.dirs.clone();
+        let mut next = State {
+            dirs: s.dirs.clone(),
+            ..State::default()
+        };
         let names: BTreeSet<&PathBuf> = s.entries.keys().chain(s.durable_entries.keys()).collect();
         for name in names {
             let now = s.entries.get(name);
@@ -241,8 +243,10 @@ impl SimFs {
     /// stays. A new, independent file system.
     pub fn snapshot(&self) -> SimFs {
         let s = self.lock();
-        let mut next = State::default();
-        next.dirs = s.dirs.clone();
+        let mut next = State {
+            dirs: s.dirs.clone(),
+            ..State::default()
+        };
         for (name, file) in &s.entries {
             let copy = Arc::new(SimFile::default());
             {
@@ -316,9 +320,9 @@ fn power_cut(d: &Data, rng: &mut Rng) -> Vec<u8> {
                 0..=39 => image[start..end].copy_from_slice(&d.current[start..end]),
                 40..=84 => {}
                 _ => {
-                    for i in start..end {
-                        if image[i] != d.current[i] {
-                            image[i] = rng.next() as u8;
+                    for (byte, now) in image[start..end].iter_mut().zip(&d.current[start..end]) {
+                        if byte != now {
+                            *byte = rng.next() as u8;
                         }
                     }
                 }
