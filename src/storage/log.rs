@@ -582,12 +582,15 @@ impl Log {
             removed
         };
         let mut result = Removed::default();
+        // Oldest first, each removal made durable before the next: a crash
+        // can bring back at most the segment being removed, never leave a
+        // hole between older and newer ones.
         for segment in &removed {
             result.segments += 1;
             result.bytes += segment.size();
             segment.remove_files()?;
+            fs::sync_dir(&*self.vfs, &self.dir)?;
         }
-        fs::sync_dir(&*self.vfs, &self.dir)?;
         tracing::info!(dir = %self.dir.display(), segments = result.segments, bytes = result.bytes, "deleted old segments");
         Ok(result)
     }

@@ -95,6 +95,10 @@ struct Data {
     mapped: usize,
     /// Whether it was ever mapped writable (changes then bypass `pending`).
     mapped_writes: bool,
+    /// Writes a failed sync dropped: Linux marks their pages clean after a
+    /// writeback error, so no later sync writes them ("fsyncgate"). Reads
+    /// still see them; the disk never will.
+    dropped: Vec<(usize, usize)>,
 }
 
 /// One file. Shared by the directory entry, open handles and mappings.
@@ -520,9 +524,29 @@ impl VFile for SimHandle {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.fs.op(Op::Sync)?;
+        let result = self.fs.op(Op::Sync);
         let mut d = self.file.lock();
-        d.durable = d.current.clone();
+        if let Err(e) = result {
+            let lost: Vec<(usize, usize)> = d
+                .pending
+                .iter()
+                .filter_map(|p| match p {
+                    Pending::Write { pos, bytes } => Some((*pos, pos + bytes.len())),
+                    Pending::SetLen(_) => None,
+                })
+                .collect();
+            d.dropped.extend(lost);
+            d.pending.clear();
+            return Err(e);
+        }
+        let mut durable = d.current.clone();
+        for &(start, end) in &d.dropped {
+            let end = end.min(durable.len());
+            for (i, byte) in durable[start.min(end)..end].iter_mut().enumerate() {
+                *byte = d.durable.get(start + i).copied().unwrap_or(0);
+            }
+        }
+        d.durable = durable;
         d.pending.clear();
         Ok(())
     }

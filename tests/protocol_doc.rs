@@ -1,0 +1,351 @@
+//! Keeps `docs/PROTOCOL.md` honest.
+//!
+//! The protocol reference shows whole frames as fenced blocks opened by
+//! ```` ```hex <name> ````: on each line, what precedes a `#` is bytes in
+//! two-digit hex. This test extracts every such block and checks it with the
+//! crate's own code: requests parse with [`Request::parse`], responses with
+//! [`Response::parse`], both re-encode to the very same bytes, the batches
+//! validate and decode, and the named dumps carry the values the page
+//! describes. It also checks the page's tables of error codes and API keys
+//! against the code.
+
+use bytes::{Bytes, BytesMut};
+use spool::batch::{assign, decode_records, validate, BatchBuilder, BatchIter};
+use spool::protocol::{Acks, ApiKey, ErrorCode, Request, Response, ResponseBody, API_VERSIONS};
+
+const DOC: &str = include_str!("../docs/PROTOCOL.md");
+
+/// The producer timestamp of the record in the dumps.
+const TIMESTAMP: i64 = 1_700_000_000_000;
+/// The append time the broker stamped on it.
+const APPEND_TIME: i64 = 1_700_000_000_007;
+/// The offset it got.
+const OFFSET: u64 = 42;
+
+struct Dump {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+/// Every ```` ```hex <name> ```` block of the page, in order.
+fn dumps() -> Vec<Dump> {
+    let mut out = Vec::new();
+    let mut current: Option<Dump> = None;
+    for (i, line) in DOC.lines().enumerate() {
+        let line_no = i + 1;
+        let trimmed = line.trim();
+        match current.as_mut() {
+            None => {
+                if let Some(rest) = trimmed.strip_prefix("```hex") {
+                    let name = rest.trim();
+                    assert!(
+                        !name.is_empty(),
+                        "PROTOCOL.md line {line_no}: a ```hex block needs a name"
+                    );
+                    current = Some(Dump {
+                        name: name.to_owned(),
+                        bytes: Vec::new(),
+                    });
+                }
+            }
+            Some(dump) => {
+                if trimmed == "```" {
+                    out.push(current.take().expect("inside a block"));
+                    continue;
+                }
+                let data = line.split('#').next().unwrap_or("");
+                for token in data.split_whitespace() {
+                    assert!(
+                        token.len() == 2,
+                        "PROTOCOL.md line {line_no}: `{token}` is not a two-digit hex byte"
+                    );
+                    let byte = u8::from_str_radix(token, 16).unwrap_or_else(|_| {
+                        panic!("PROTOCOL.md line {line_no}: `{token}` is not a hex byte")
+                    });
+                    dump.bytes.push(byte);
+                }
+            }
+        }
+    }
+    assert!(current.is_none(), "PROTOCOL.md ends inside a ```hex block");
+    out
+}
+
+/// The bytes of the block named `name`, which must exist exactly once.
+fn dump(name: &str) -> Vec<u8> {
+    let mut found: Vec<Vec<u8>> = dumps()
+        .into_iter()
+        .filter(|d| d.name == name)
+        .map(|d| d.bytes)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "PROTOCOL.md should have exactly one ```hex {name} block"
+    );
+    found.remove(0)
+}
+
+/// The message of a whole frame, after checking its length prefix.
+fn message<'a>(name: &str, frame: &'a [u8]) -> &'a [u8] {
+    assert!(frame.len() >= 4, "{name}: shorter than a length prefix");
+    let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+    assert_eq!(
+        len,
+        frame.len() - 4,
+        "{name}: the length prefix does not match the bytes that follow"
+    );
+    &frame[4..]
+}
+
+/// The API a block's name starts with: `fetch-...` is FETCH,
+/// `list-offsets-...` is LIST_OFFSETS.
+fn api_of(name: &str) -> ApiKey {
+    API_VERSIONS
+        .iter()
+        .map(|(api, _, _)| *api)
+        .find(|api| {
+            let prefix = api.name().to_lowercase().replace('_', "-");
+            name.starts_with(&format!("{prefix}-"))
+        })
+        .unwrap_or_else(|| panic!("```hex {name}: the name must start with an API name"))
+}
+
+fn parse_request(name: &str) -> (u32, Request) {
+    let frame = dump(name);
+    let (header, request) = Request::parse(BytesMut::from(message(name, &frame)))
+        .unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
+    (header.correlation_id, request)
+}
+
+fn parse_response(name: &str, api: ApiKey) -> Response {
+    let frame = dump(name);
+    Response::parse(api, Bytes::copy_from_slice(message(name, &frame)))
+        .unwrap_or_else(|e| panic!("{name} does not parse: {e}"))
+}
+
+/// The batch of the dumps, as the reference builder makes it.
+fn built_batch() -> Vec<u8> {
+    let mut builder = BatchBuilder::new();
+    builder.push(TIMESTAMP, None, b"hi", &[]);
+    builder.finish()
+}
+
+/// CRC-32C exactly as the page's pseudo-code describes it.
+fn doc_crc32c(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, entry) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
+        }
+        *entry = c;
+    }
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in data {
+        c = table[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
+    }
+    c ^ 0xFFFF_FFFF
+}
+
+#[test]
+fn every_dump_is_a_frame_that_parses_and_re_encodes_identically() {
+    let all = dumps();
+    assert!(all.len() >= 5, "PROTOCOL.md lost some of its hex dumps");
+    for d in &all {
+        let msg = message(&d.name, &d.bytes);
+        let api = api_of(&d.name);
+        if d.name.ends_with("-request") {
+            let (header, request) = Request::parse(BytesMut::from(msg))
+                .unwrap_or_else(|e| panic!("{}: does not parse: {e}", d.name));
+            assert_eq!(header.api_key, api as u16, "{}: wrong api_key", d.name);
+            let mut again = BytesMut::new();
+            request.encode(header.correlation_id, &mut again);
+            assert_eq!(
+                &again[..],
+                &d.bytes[..],
+                "{}: re-encoding gives other bytes",
+                d.name
+            );
+        } else if d.name.ends_with("-response") {
+            let response = Response::parse(api, Bytes::copy_from_slice(msg))
+                .unwrap_or_else(|e| panic!("{}: does not parse: {e}", d.name));
+            let (head, chunks) = response.encode();
+            let mut again = head.to_vec();
+            for chunk in &chunks {
+                again.extend_from_slice(chunk);
+            }
+            assert_eq!(again, d.bytes, "{}: re-encoding gives other bytes", d.name);
+        } else {
+            panic!(
+                "```hex {}: the name must end in -request or -response",
+                d.name
+            );
+        }
+    }
+}
+
+#[test]
+fn api_versions_request() {
+    let (correlation_id, request) = parse_request("api-versions-request");
+    assert_eq!(correlation_id, 7);
+    assert_eq!(request, Request::ApiVersions);
+}
+
+#[test]
+fn produce_request_carries_a_valid_batch_with_value_hi() {
+    let (correlation_id, request) = parse_request("produce-request");
+    assert_eq!(correlation_id, 1);
+    let Request::Produce { topic, acks, batch } = request else {
+        panic!("produce-request is not a PRODUCE: {request:?}");
+    };
+    assert_eq!(topic, "t");
+    assert_eq!(acks, Acks::Commit);
+
+    let header = validate(&batch).expect("the produced batch validates");
+    assert_eq!(header.base_offset, 0, "the client sends base_offset 0");
+    assert_eq!(header.append_time, 0, "the client sends append_time 0");
+    assert_eq!(header.batch_length as usize, batch.len());
+    assert_eq!(header.magic, 1);
+    assert_eq!(header.attributes, 0);
+    assert_eq!(header.record_count, 1);
+    assert_eq!(header.first_timestamp, TIMESTAMP);
+    assert_eq!(header.max_timestamp, TIMESTAMP);
+
+    let records = decode_records(&Bytes::from(batch.to_vec())).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, Bytes::from_static(b"hi"));
+    assert_eq!(records[0].key, None);
+    assert_eq!(records[0].timestamp, TIMESTAMP);
+    assert!(records[0].headers.is_empty());
+
+    // The dump is exactly what the reference builder produces...
+    assert_eq!(&batch[..], &built_batch()[..]);
+    // ...and its CRC is what the page's algorithm computes.
+    assert_eq!(doc_crc32c(b"123456789"), 0xE306_9283);
+    assert_eq!(doc_crc32c(&batch[24..]), header.crc);
+}
+
+#[test]
+fn produce_response() {
+    let response = parse_response("produce-response", ApiKey::Produce);
+    assert_eq!(response.correlation_id, 1);
+    assert_eq!(
+        response.body,
+        Ok(ResponseBody::Produced {
+            base_offset: OFFSET,
+            append_time: APPEND_TIME,
+            log_start: 0,
+        })
+    );
+}
+
+#[test]
+fn fetch_request() {
+    let (correlation_id, request) = parse_request("fetch-request");
+    assert_eq!(correlation_id, 2);
+    assert_eq!(
+        request,
+        Request::Fetch {
+            topic: "t".into(),
+            offset: OFFSET,
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+            min_bytes: 1,
+        }
+    );
+}
+
+#[test]
+fn fetch_response_returns_the_produced_batch_with_its_offset() {
+    let response = parse_response("fetch-response", ApiKey::Fetch);
+    assert_eq!(response.correlation_id, 2);
+    let Ok(ResponseBody::Fetched {
+        log_start,
+        log_end,
+        next_offset,
+        batches,
+    }) = response.body
+    else {
+        panic!("fetch-response is not a successful FETCH: {response:?}");
+    };
+    assert_eq!(
+        (log_start, log_end, next_offset),
+        (0, OFFSET + 1, OFFSET + 1)
+    );
+
+    let all: Vec<u8> = batches.iter().flat_map(|b| b.iter().copied()).collect();
+    let split: Vec<_> = BatchIter::new(&all)
+        .map(|b| b.expect("the fetched bytes split into whole batches"))
+        .collect();
+    assert_eq!(split.len(), 1, "one batch");
+    let (_, batch) = split[0];
+
+    let header = validate(batch).expect("the fetched batch validates");
+    assert_eq!(header.base_offset, OFFSET);
+    assert_eq!(header.append_time, APPEND_TIME);
+    assert_eq!(header.next_offset(), next_offset);
+
+    let records = decode_records(&Bytes::copy_from_slice(batch)).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].offset, OFFSET);
+    assert_eq!(records[0].value, Bytes::from_static(b"hi"));
+    assert_eq!(records[0].key, None);
+
+    // The produced batch with the broker's two fields filled in: same CRC.
+    let mut expected = built_batch();
+    assign(&mut expected, OFFSET, APPEND_TIME);
+    assert_eq!(batch, &expected[..]);
+}
+
+#[test]
+fn fetch_error_response_carries_the_range() {
+    let response = parse_response("fetch-error-response", ApiKey::Fetch);
+    assert_eq!(response.correlation_id, 3);
+    let error = response.body.expect_err("an error response");
+    assert_eq!(error.code, ErrorCode::OffsetOutOfRange);
+    assert_eq!(error.range, Some((0, OFFSET + 1)));
+    assert_eq!(error.resume_at, None);
+    assert_eq!(
+        error.message,
+        "offset 50 is out of range; the log holds [0, 43)"
+    );
+}
+
+#[test]
+fn tables_list_every_error_code_and_api_with_its_number() {
+    for code in ErrorCode::ALL {
+        let row = format!("| {} | `{}` |", code as u16, code.name());
+        assert!(DOC.contains(&row), "PROTOCOL.md has no row `{row}`");
+    }
+    for (api, _, _) in API_VERSIONS {
+        let row = format!("| {} | `{}` |", api as u16, api.name());
+        assert!(DOC.contains(&row), "PROTOCOL.md has no row `{row}`");
+    }
+    // And no row gives a name a number the code does not.
+    for line in DOC.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 || !cells[0].is_empty() {
+            continue;
+        }
+        let (Ok(number), Some(name)) = (
+            cells[1].parse::<u16>(),
+            cells[2].strip_prefix('`').and_then(|s| s.strip_suffix('`')),
+        ) else {
+            continue;
+        };
+        if !name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+            continue;
+        }
+        let is_code = ErrorCode::from_u16(number).is_some_and(|c| c.name() == name);
+        let is_api = ApiKey::from_u16(number).is_some_and(|a| a.name() == name);
+        assert!(
+            is_code || is_api,
+            "PROTOCOL.md: row `{line}` names no error code or API of that number"
+        );
+    }
+}
