@@ -334,3 +334,20 @@ async fn the_inflight_budget_holds_requests_until_room_is_freed() {
     assert!(hog.closed_within(Duration::from_secs(2)).await);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_long_poll_is_not_idleness() {
+    let broker = start(|c| c.server.idle_timeout = Duration::from_millis(200)).await;
+    let mut c = broker.connect().await;
+    c.produce("t", &[b"x"]).await;
+    // A fetch that waits longer than the idle timeout still gets its answer.
+    let started = Instant::now();
+    match c.ok(fetch_request("t", 1, 800)).await {
+        ResponseBody::Fetched { batches, .. } => assert!(batches.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    // Then, truly idle, the connection is closed.
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    broker.stop().await;
+}

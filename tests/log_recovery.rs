@@ -6,9 +6,11 @@ mod common;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
+use common::sim::SimFs;
 use common::*;
-use spool::storage::{Log, LogConfig, StorageError};
+use spool::storage::{Log, LogConfig, Open, OsVfs, StorageError, Vfs};
 
 /// Rolls every 8 batches (the index holds 8 entries).
 fn config() -> LogConfig {
@@ -18,11 +20,16 @@ fn config() -> LogConfig {
     }
 }
 
+/// [`pristine_on`] the real file system.
+fn pristine(dir: &Path) -> Vec<(u64, u64, u64)> {
+    pristine_on(OsVfs::shared(), dir)
+}
+
 /// A closed log with a sealed segment of 8 batches (offsets 0..16) and an
 /// active one of four batches: 3 small records, 2 medium, one of 64 KiB and
 /// one small. Returns each active batch's (base offset, store start, end).
-fn pristine(dir: &Path) -> Vec<(u64, u64, u64)> {
-    let log = Log::open(dir, config()).unwrap();
+fn pristine_on(vfs: Arc<dyn Vfs>, dir: &Path) -> Vec<(u64, u64, u64)> {
+    let log = Log::open_with(vfs, dir, config()).unwrap();
     fill(&log, 8, 2, 40);
     let mut spans = Vec::new();
     let mut pos = 0;
@@ -89,75 +96,98 @@ fn cut_points(spans: &[(u64, u64, u64)]) -> Vec<u64> {
     cuts
 }
 
+/// Cuts the active store of the pristine log on `vfs` at `cut` (with the
+/// index files left at their pre-sized length, as a crash leaves them),
+/// reopens, and checks that exactly the batches ending before the cut
+/// survive, the cut bytes are in a sidecar, and appends resume.
+fn check_cut(vfs: Arc<dyn Vfs>, dir: &Path, spans: &[(u64, u64, u64)], store: &[u8], cut: u64) {
+    let store_path = segment_file(dir, 16, "store");
+    vfs.open(&store_path, Open::ReadWrite)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    for (ext, len) in [("index", 64), ("timeindex", 96)] {
+        let file = vfs
+            .open(&segment_file(dir, 16, ext), Open::ReadWrite)
+            .unwrap();
+        if file.size().unwrap() < len {
+            file.set_len(len).unwrap();
+        }
+    }
+    let counts = [3, 2, 1, 1];
+    let complete = spans.iter().enumerate().rfind(|(_, s)| s.2 <= cut);
+    let expected_next = complete.map_or(16, |(i, s)| s.0 + counts[i]);
+    let good_end = complete.map_or(0, |(_, s)| s.2);
+
+    let log = Log::open_with(Arc::clone(&vfs), dir, config()).unwrap();
+    assert_eq!(log.next_offset(), expected_next, "cut at {cut}");
+    assert_all_readable(&log, expected_next);
+    let size = vfs
+        .open(&store_path, Open::ReadOnly)
+        .unwrap()
+        .size()
+        .unwrap();
+    assert_eq!(size, good_end, "cut at {cut}");
+    let torn: Vec<String> = vfs
+        .list(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".torn"))
+        .collect();
+    if cut == good_end {
+        assert!(torn.is_empty(), "nothing to cut at {cut}");
+    } else {
+        assert_eq!(torn.len(), 1);
+        let sidecar = vfs.open(&dir.join(&torn[0]), Open::ReadOnly).unwrap();
+        let kept = sidecar
+            .read_at(0, sidecar.size().unwrap() as usize)
+            .unwrap();
+        assert_eq!(
+            kept,
+            store[good_end as usize..cut as usize],
+            "sidecar at {cut}"
+        );
+        assert_eq!(log.recovery()[0].1.truncated_bytes, cut - good_end);
+    }
+    // Appending after recovery works and reads back, also after a reopen.
+    let appended = fill(&log, 1, 1, 20)[0];
+    assert_eq!(appended, expected_next);
+    assert_eq!(log.read(appended).unwrap().value, value_for(appended, 20));
+    drop(log);
+    let log = Log::open_with(vfs, dir, config()).unwrap();
+    assert!(
+        log.recovery().is_empty(),
+        "second open at cut {cut}: {:?}",
+        log.recovery()
+    );
+    assert_eq!(log.next_offset(), expected_next + 1);
+    assert_eq!(log.read(appended).unwrap().value, value_for(appended, 20));
+}
+
 #[test]
 fn a_torn_tail_is_cut_at_every_byte_and_appends_resume() {
-    let pristine_dir = tempfile::tempdir().unwrap();
-    let spans = pristine(pristine_dir.path());
-    let store = std::fs::read(segment_file(pristine_dir.path(), 16, "store")).unwrap();
+    // On the simulated disk: fast enough for every byte of the last batches.
+    let disk = SimFs::new();
+    let dir = Path::new("/log");
+    let spans = pristine_on(disk.shared(), dir);
+    let store = disk.read(&segment_file(dir, 16, "store")).unwrap();
     let cuts = cut_points(&spans);
     assert!(cuts.len() > 2000, "{} cut points", cuts.len());
     for cut in cuts {
+        check_cut(disk.snapshot().shared(), dir, &spans, &store, cut);
+    }
+}
+
+#[test]
+fn a_torn_tail_on_a_real_file_system() {
+    // The same on the real file system, at every 97th cut point.
+    let pristine_dir = tempfile::tempdir().unwrap();
+    let spans = pristine(pristine_dir.path());
+    let store = std::fs::read(segment_file(pristine_dir.path(), 16, "store")).unwrap();
+    for cut in cut_points(&spans).into_iter().step_by(97) {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(pristine_dir.path(), dir.path());
-        let store_path = segment_file(dir.path(), 16, "store");
-        OpenOptions::new()
-            .write(true)
-            .open(&store_path)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
-        untrim(&segment_file(dir.path(), 16, "index"), 64);
-        untrim(&segment_file(dir.path(), 16, "timeindex"), 96);
-
-        // Exactly the batches that end at or before the cut survive.
-        let complete: Vec<_> = spans.iter().filter(|s| s.2 <= cut).collect();
-        let expected_next = complete.last().map_or(16, |s| {
-            s.0 + (spans
-                .iter()
-                .position(|x| x == *s)
-                .map(|i| [3, 2, 1, 1][i])
-                .unwrap())
-        });
-        let good_end = complete.last().map_or(0, |s| s.2);
-
-        let log = Log::open(dir.path(), config()).unwrap();
-        assert_eq!(log.next_offset(), expected_next, "cut at {cut}");
-        assert_all_readable(&log, expected_next);
-        assert_eq!(
-            std::fs::metadata(&store_path).unwrap().len(),
-            good_end,
-            "cut at {cut}"
-        );
-        let torn: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "torn"))
-            .collect();
-        if cut == good_end {
-            assert!(torn.is_empty(), "nothing to cut at {cut}");
-        } else {
-            assert_eq!(torn.len(), 1);
-            assert_eq!(
-                std::fs::read(&torn[0]).unwrap(),
-                store[good_end as usize..cut as usize],
-                "sidecar at {cut}"
-            );
-            let report = &log.recovery()[0].1;
-            assert_eq!(report.truncated_bytes, cut - good_end);
-        }
-        // Appending after recovery works and reads back, also after a reopen.
-        let appended = fill(&log, 1, 1, 20)[0];
-        assert_eq!(appended, expected_next);
-        assert_eq!(log.read(appended).unwrap().value, value_for(appended, 20));
-        drop(log);
-        let log = Log::open(dir.path(), config()).unwrap();
-        assert!(
-            log.recovery().is_empty(),
-            "second open at cut {cut}: {:?}",
-            log.recovery()
-        );
-        assert_eq!(log.next_offset(), expected_next + 1);
-        assert_eq!(log.read(appended).unwrap().value, value_for(appended, 20));
+        check_cut(OsVfs::shared(), dir.path(), &spans, &store, cut);
     }
 }
 

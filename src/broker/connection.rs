@@ -95,17 +95,23 @@ async fn read_requests(
     let queued = Arc::new(Semaphore::new(server.max_queued_bytes as usize));
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
     loop {
-        // Between frames: wait for the first byte of the next one.
-        let started = tokio::select! {
-            r = timeout(server.idle_timeout, reader.fill_buf()) => r,
-            _ = shutdown.changed() => return Stop::Shutdown,
-            _ = tx.closed() => return Stop::WriterGone,
-        };
-        match started {
-            Err(_) => return Stop::Idle,
-            Ok(Err(e)) => return Stop::Io(e),
-            Ok(Ok([])) => return Stop::Closed,
-            Ok(Ok(_)) => {}
+        // Between frames: wait for the first byte of the next one. The
+        // connection is idle only while it waits for nothing: a long poll in
+        // flight keeps it open however long it lasts.
+        let all_answered = server.max_queued_bytes as usize;
+        loop {
+            let started = tokio::select! {
+                r = timeout(server.idle_timeout, reader.fill_buf()) => r,
+                _ = shutdown.changed() => return Stop::Shutdown,
+                _ = tx.closed() => return Stop::WriterGone,
+            };
+            match started {
+                Err(_) if queued.available_permits() < all_answered => continue,
+                Err(_) => return Stop::Idle,
+                Ok(Err(e)) => return Stop::Io(e),
+                Ok(Ok([])) => return Stop::Closed,
+                Ok(Ok(_)) => break,
+            }
         }
         let len = match timeout(server.frame_timeout, reader.read_u32()).await {
             Err(_) => return Stop::Protocol("frame prefix not completed in time".into()),

@@ -82,6 +82,9 @@ pub async fn dispatch(broker: &Arc<Broker>, correlation_id: u32, request: Reques
                 Err(e) => return now(Err(storage_error(e))),
             };
             if acks == Acks::None {
+                // Nobody waits for it, but consumers of a flush = "always"
+                // topic see it only once it is synced: ask for the sync.
+                topic.request_sync();
                 return Reply::Nothing;
             }
             let body = ResponseBody::Produced {
@@ -192,7 +195,7 @@ fn describe(topic: &Topic) -> ResponseBody {
     let log = topic.log();
     ResponseBody::Description(TopicDescription {
         log_start: log.lowest_offset(),
-        log_end: log.next_offset(),
+        log_end: topic.visible_end(),
         size_bytes: log.size_bytes(),
         segments: log.segment_count() as u32,
         settings: topic.settings().to_pairs(),
@@ -201,14 +204,16 @@ fn describe(topic: &Topic) -> ResponseBody {
 
 fn list_offsets(topic: &Topic, spec: OffsetSpec) -> Outcome {
     let log = topic.log();
-    let (start, end) = (log.lowest_offset(), log.next_offset());
+    let end = topic.visible_end();
+    let start = log.lowest_offset().min(end);
     let offset = match spec {
         OffsetSpec::Earliest => start,
         OffsetSpec::Latest => end,
         OffsetSpec::Timestamp(t) => log
             .offset_for_timestamp(t)
             .map_err(storage_error)?
-            .unwrap_or(end),
+            .unwrap_or(end)
+            .min(end),
     };
     Ok(ResponseBody::Offsets {
         offset,
@@ -244,7 +249,8 @@ impl Found {
 /// crossing segments. Blocking, but only on the page cache in the common case.
 fn read(topic: &Topic, offset: u64, max_bytes: u64) -> Result<Found, StorageError> {
     let log = topic.log();
-    let first = log.read_batches(offset, max_bytes)?;
+    let end = topic.visible_end();
+    let first = log.read_batches_until(offset, max_bytes, end, true)?;
     let mut found = Found {
         next_offset: first.next_offset,
         log_start: first.log_start,
@@ -259,7 +265,8 @@ fn read(topic: &Topic, offset: u64, max_bytes: u64) -> Result<Found, StorageErro
     // here end the response early: the next fetch starts at them and
     // reports them.
     while total < max_bytes && found.next_offset < found.log_end {
-        let Ok(more) = log.read_batches_up_to(found.next_offset, max_bytes - total) else {
+        let Ok(more) = log.read_batches_until(found.next_offset, max_bytes - total, end, false)
+        else {
             break;
         };
         if more.bytes.is_empty() {

@@ -90,8 +90,10 @@ pub struct Topic {
     log: Log,
     settings: TopicSettings,
     created_with: TopicOverrides,
-    /// The log's next offset after each append: long-polling fetches wait on it.
-    appended: watch::Sender<u64>,
+    /// The end of what consumers may read: the log's end, or for
+    /// `flush = "always"` the end of what is synced, so that nobody reads a
+    /// record a power cut could take back. Long-polling fetches wait on it.
+    visible: watch::Sender<u64>,
     /// For `flush = "always"`: the synced prefix, advanced by the sync task.
     durable: watch::Sender<Durable>,
     /// Wakes the sync task.
@@ -136,8 +138,22 @@ impl Topic {
     /// waiting fetches. The batch is in the kernel when this returns.
     pub fn append(&self, batch: &mut [u8]) -> Result<Appended, StorageError> {
         let appended = self.log.append(batch)?;
-        self.appended.send_replace(appended.next_offset);
+        if self.settings.flush != Flush::Always {
+            self.visible.send_replace(appended.next_offset);
+        }
         Ok(appended)
+    }
+
+    /// The end of what consumers may read (see `visible`).
+    pub fn visible_end(&self) -> u64 {
+        *self.visible.borrow()
+    }
+
+    /// Asks the sync task for a sync soon (`flush = "always"`), without waiting.
+    pub fn request_sync(&self) {
+        if self.settings.flush == Flush::Always {
+            self.sync_wanted.notify_one();
+        }
     }
 
     /// Waits until offsets below `next_offset` are as durable as the topic's
@@ -160,9 +176,9 @@ impl Topic {
         }
     }
 
-    /// A receiver of the log's next offset, for long polling.
+    /// A receiver of the visible end, for long polling.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
+        self.visible.subscribe()
     }
 
     /// Resolves once the topic is closing (deleted or broker shutdown).
@@ -190,10 +206,7 @@ impl Topic {
             }
             let target = self.log.next_offset();
             if target <= synced {
-                if self.settings.flush == Flush::Always {
-                    self.durable
-                        .send_modify(|d| d.synced = d.synced.max(target));
-                }
+                self.publish_synced(target);
                 continue;
             }
             let topic = Arc::clone(&self);
@@ -201,8 +214,7 @@ impl Topic {
             match result {
                 Ok(Ok(())) => {
                     synced = target;
-                    self.durable
-                        .send_modify(|d| d.synced = d.synced.max(target));
+                    self.publish_synced(target);
                 }
                 Ok(Err(e)) => {
                     tracing::error!(topic = %self.name, error = %e, "sync failed; the topic acknowledges no more produces");
@@ -216,6 +228,16 @@ impl Topic {
                     return;
                 }
             }
+        }
+    }
+
+    /// Offsets below `target` are synced: acknowledge them, and (for
+    /// `flush = "always"`) let consumers see them.
+    fn publish_synced(&self, target: u64) {
+        if self.settings.flush == Flush::Always {
+            self.durable
+                .send_modify(|d| d.synced = d.synced.max(target));
+            self.visible.send_modify(|v| *v = (*v).max(target));
         }
     }
 
@@ -252,6 +274,7 @@ impl Topic {
             // Everything is synced by close: release waiting producers.
             self.durable
                 .send_modify(|d| d.synced = d.synced.max(synced));
+            self.visible.send_modify(|v| *v = (*v).max(synced));
         } else if let Err(e) = &result {
             self.durable
                 .send_modify(|d| d.failed = Some(e.to_string().into()));
@@ -341,7 +364,7 @@ impl Topics {
             log,
             settings,
             created_with,
-            appended: watch::Sender::new(next),
+            visible: watch::Sender::new(next),
             durable: watch::Sender::new(Durable {
                 synced: next,
                 failed: None,

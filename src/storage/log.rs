@@ -454,19 +454,31 @@ impl Log {
     /// of the log the result is empty. Batches come from one segment; read
     /// again from `next_offset` for more.
     pub fn read_batches(&self, offset: u64, max_bytes: u64) -> Result<BatchRead> {
-        self.read_from(offset, max_bytes, true)
+        self.read_batches_until(offset, max_bytes, u64::MAX, true)
     }
 
     /// Like [`Log::read_batches`], but only batches that fit in `max_bytes`:
     /// the result may be empty. For filling what room is left in a response.
     pub fn read_batches_up_to(&self, offset: u64, max_bytes: u64) -> Result<BatchRead> {
-        self.read_from(offset, max_bytes, false)
+        self.read_batches_until(offset, max_bytes, u64::MAX, false)
     }
 
-    fn read_from(&self, offset: u64, max_bytes: u64, at_least_one: bool) -> Result<BatchRead> {
-        let end = self.next_offset();
+    /// The general read: whole batches from the one holding `offset`, up to
+    /// `max_bytes` (at least one batch if `at_least_one`), none that starts
+    /// at or after `end`. The log ends at `end` as far as this read is
+    /// concerned: an offset past it is out of range. A broker passes its
+    /// durable offset as `end` so that consumers never see what a power cut
+    /// could take back.
+    pub fn read_batches_until(
+        &self,
+        offset: u64,
+        max_bytes: u64,
+        end: u64,
+        at_least_one: bool,
+    ) -> Result<BatchRead> {
+        let end = self.next_offset().min(end);
         let segments = self.snapshot();
-        let start = segments.first().map_or(0, |s| s.base_offset());
+        let start = segments.first().map_or(0, |s| s.base_offset()).min(end);
         if offset < start || offset > end {
             return Err(StorageError::OffsetOutOfRange {
                 offset,
@@ -485,7 +497,7 @@ impl Log {
             return Ok(empty);
         }
         let i = segments.partition_point(|s| s.base_offset() <= offset) - 1;
-        match segments[i].read(offset, max_bytes, at_least_one)? {
+        match segments[i].read(offset, max_bytes, at_least_one, end)? {
             Some(r) => Ok(BatchRead {
                 bytes: r.bytes,
                 first_offset: r.first_offset,

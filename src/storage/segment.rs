@@ -413,12 +413,14 @@ impl Segment {
     /// read before it.
     ///
     /// Without `at_least_one`, a first batch larger than `max_bytes` is not
-    /// read either, and the result may hold no batch.
+    /// read either, and the result may hold no batch. Batches that start at
+    /// or after `until` are left out.
     pub fn read(
         &self,
         offset: u64,
         max_bytes: u64,
         at_least_one: bool,
+        until: u64,
     ) -> Result<Option<SegmentRead>> {
         let (entries, end) = unpack(self.published.load(Ordering::Acquire));
         let Some((k, first)) = self.locate(offset, entries) else {
@@ -440,6 +442,9 @@ impl Segment {
                 end
             };
             let len = u64::from(stop.saturating_sub(entry.pos));
+            if j > k && self.base + u64::from(entry.rel) >= until {
+                break;
+            }
             if (j > k || !at_least_one) && total + len > max_bytes {
                 break;
             }
