@@ -77,4 +77,6 @@ pub fn segment_file(dir: &std::path::Path, base: u64, ext: &str) -> std::path::P
     dir.join(format!("{base:020}.{ext}"))
 }
 pub mod broker;
+pub mod checker;
+pub mod process;
 pub mod sim;

@@ -1,0 +1,84 @@
+//! The real `spool-broker` binary as a child process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::broker::PATIENCE;
+
+pub const BROKER: &str = env!("CARGO_BIN_EXE_spool-broker");
+
+/// A broker process and the address from its ready line.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+/// Starts the broker on a free port with `data_dir`, and waits for its
+/// ready line.
+pub fn spawn(data_dir: &Path, extra: &[&str]) -> Process {
+    let mut child = Command::new(BROKER)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn spool-broker");
+    // Read the ready line on a thread, so that a silent broker fails the
+    // test instead of hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(PATIENCE).expect("ready line in time");
+    let addr = line
+        .trim()
+        .strip_prefix("spool listening on ")
+        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+        .parse()
+        .unwrap();
+    Process { child, addr }
+}
+
+impl Process {
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "broker did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,207 @@
+//! `kill -9` of the real broker during produce, for each flush mode: several
+//! pipelining producers, SIGKILL at a seeded moment, restart on the same
+//! directory, read everything back, and check with the queue checker. A
+//! process crash loses nothing acknowledged in any mode (the data reached
+//! the kernel before the acknowledgement).
+//!
+//! `SPOOL_SOAK=1 cargo test --release --test kill9` runs 20 trials per mode
+//! instead of 2.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::broker::*;
+use common::checker::{self, Outcome, Report, Sent};
+use common::process::spawn;
+use common::sim::Rng;
+use spool::protocol::{Acks, ApiKey, ErrorCode, OffsetSpec, Request, Response, ResponseBody};
+use spool::storage::batch::BatchBuilder;
+
+const PRODUCERS: u32 = 4;
+const IN_FLIGHT: usize = 16;
+
+fn trials() -> u64 {
+    if std::env::var_os("SPOOL_SOAK").is_some() {
+        20
+    } else {
+        2
+    }
+}
+
+/// One producer: pipelines single-message batches until its connection
+/// dies, recording how each send ended.
+async fn produce(
+    addr: std::net::SocketAddr,
+    producer: u32,
+    sent: Arc<Mutex<Vec<Sent>>>,
+    acked: Arc<Mutex<u64>>,
+) {
+    let mut c = Conn::connect(addr).await;
+    let mut window = VecDeque::new();
+    let mut seq = 0u64;
+    loop {
+        while window.len() < IN_FLIGHT {
+            let mut b = BatchBuilder::new();
+            b.push(0, None, &checker::message(producer, seq, 200), &[]);
+            let request = Request::Produce {
+                topic: "k".into(),
+                acks: Acks::Commit,
+                batch: BytesMut::from(&b.finish()[..]),
+            };
+            let mut frame = BytesMut::new();
+            request.encode(seq as u32, &mut frame);
+            use tokio::io::AsyncWriteExt;
+            if c.stream.write_all(&frame).await.is_err() {
+                break;
+            }
+            window.push_back(seq);
+            seq += 1;
+        }
+        let frame = match c.read_frame().await {
+            Some(f) => f,
+            None => break,
+        };
+        let Some(s) = window.pop_front() else { break };
+        let outcome = match Response::parse(ApiKey::Produce, frame).map(|r| r.body) {
+            Ok(Ok(ResponseBody::Produced { base_offset, .. })) => Outcome::Ok(base_offset),
+            // A storage error leaves the outcome open; others are refusals.
+            Ok(Err(e)) if e.code == ErrorCode::StorageError => Outcome::Unknown,
+            Ok(Err(_)) => Outcome::Fail,
+            _ => Outcome::Unknown,
+        };
+        if matches!(outcome, Outcome::Ok(_)) {
+            *acked.lock().unwrap() += 1;
+        }
+        sent.lock().unwrap().push(Sent {
+            producer,
+            seq: s,
+            outcome,
+        });
+    }
+    // Whatever was in flight when the broker died: unknown.
+    let mut sent = sent.lock().unwrap();
+    for s in window {
+        sent.push(Sent {
+            producer,
+            seq: s,
+            outcome: Outcome::Unknown,
+        });
+    }
+}
+
+/// Reads every record of topic `k` from its start.
+async fn read_all(c: &mut Conn) -> (u64, Vec<(u64, Vec<u8>)>) {
+    let (start, end) = match c
+        .ok(Request::ListOffsets {
+            topic: "k".into(),
+            spec: OffsetSpec::Earliest,
+        })
+        .await
+    {
+        ResponseBody::Offsets {
+            log_start, log_end, ..
+        } => (log_start, log_end),
+        other => panic!("{other:?}"),
+    };
+    let mut records = Vec::new();
+    let mut offset = start;
+    while offset < end {
+        match c.ok(fetch_request("k", offset, 0)).await {
+            ResponseBody::Fetched {
+                batches,
+                next_offset,
+                ..
+            } => {
+                records.extend(
+                    decode(&batches, offset)
+                        .into_iter()
+                        .map(|r| (r.offset, r.value.to_vec())),
+                );
+                assert!(next_offset > offset, "no progress at {offset}");
+                offset = next_offset;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    (start, records)
+}
+
+async fn trial(mode: &str, seed: u64) -> Report {
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spool.toml");
+    let segment_bytes = 64 * 1024 + rng.below(256 * 1024);
+    std::fs::write(
+        &config,
+        format!("[defaults]\nflush = \"{mode}\"\nflush_interval_ms = \"20ms\"\nsegment_bytes = {segment_bytes}\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let broker = spawn(&data, &["--config", config.to_str().unwrap()]);
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(Mutex::new(0u64));
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            tokio::spawn(produce(
+                broker.addr,
+                p,
+                Arc::clone(&sent),
+                Arc::clone(&acked),
+            ))
+        })
+        .collect();
+    // Kill at a seeded moment: after some hundreds to thousands of acks.
+    let kill_after = 200 + rng.below(3000);
+    let deadline = Instant::now() + PATIENCE;
+    while *acked.lock().unwrap() < kill_after {
+        assert!(Instant::now() < deadline, "producers too slow");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    broker.kill9();
+    for p in producers {
+        tokio::time::timeout(PATIENCE, p)
+            .await
+            .expect("producer ends")
+            .unwrap();
+    }
+    let broker = spawn(&data, &["--config", config.to_str().unwrap()]);
+    let mut c = Conn::connect(broker.addr).await;
+    let (start, records) = read_all(&mut c).await;
+    let sent = sent.lock().unwrap().clone();
+    checker::check(&sent, &records, start)
+}
+
+async fn run(mode: &str) {
+    let mut total = Report::default();
+    for seed in 0..trials() {
+        let r = trial(mode, seed).await;
+        assert!(r.is_clean(), "mode {mode} seed {seed}: {r:?}");
+        assert!(r.acked > 0);
+        total.add(&r);
+    }
+    eprintln!("{}", total.json("kill9", mode, trials()));
+}
+
+#[test]
+fn the_checker_counts_what_it_should() {
+    checker::self_test();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_flush_always_loses_nothing_acknowledged() {
+    run("always").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_flush_interval_loses_nothing_acknowledged() {
+    run("interval").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_flush_never_loses_nothing_acknowledged() {
+    run("never").await;
+}
