@@ -335,9 +335,10 @@ pub fn storage_error(e: StorageError) -> ErrorBody {
             ErrorCode::UnknownTopic,
             "the topic was deleted or the broker is stopping",
         ),
-        StorageError::Fenced { .. } | StorageError::Io { .. } | StorageError::BadLayout { .. } => {
-            ErrorBody::new(ErrorCode::StorageError, message)
-        }
+        StorageError::Fenced { .. }
+        | StorageError::Io { .. }
+        | StorageError::BadLayout { .. }
+        | StorageError::Reset => ErrorBody::new(ErrorCode::StorageError, message),
     }
 }
 

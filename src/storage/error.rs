@@ -52,6 +52,10 @@ pub enum StorageError {
     /// The log was closed.
     #[error("log is closed")]
     Closed,
+    /// The log was reset while the caller waited for a sync: what it
+    /// appended before the reset is gone, so it is not acknowledged.
+    #[error("log was reset while waiting for a sync; earlier appends were discarded")]
+    Reset,
 }
 
 impl StorageError {

@@ -99,6 +99,23 @@ impl Entry for TimeEntry {
     }
 }
 
+/// Pre-sizes a table file for `capacity` entries. If an existing table
+/// (`len` entries kept) finds the disk full, it gets no room for more: the
+/// log then rolls to a new segment before its next append, which fails
+/// cleanly with `DiskFull` until space is freed, while reads go on.
+fn allocate<E: Entry>(file: &dyn VFile, path: &Path, capacity: u32, len: u32) -> Result<u32> {
+    match file.allocate(u64::from(capacity) * E::WIDTH as u64) {
+        Ok(()) => Ok(capacity),
+        Err(e) => match fs::classify_write_error("fallocate", path, e) {
+            StorageError::DiskFull { .. } if len > 0 => {
+                tracing::warn!(file = %path.display(), "disk full: index opened without room for new entries");
+                Ok(len)
+            }
+            err => Err(err),
+        },
+    }
+}
+
 /// An append-only array of `E` in a memory-mapped file.
 pub(crate) struct Table<E: Entry> {
     path: PathBuf,
@@ -138,9 +155,8 @@ impl<E: Entry> Table<E> {
     }
 
     fn writable(path: &Path, file: Arc<dyn VFile>, capacity: u32, len: u32) -> Result<Self> {
+        let capacity = allocate::<E>(&*file, path, capacity, len)?;
         let bytes = u64::from(capacity) * E::WIDTH as u64;
-        file.allocate(bytes)
-            .map_err(|e| fs::classify_write_error("fallocate", path, e))?;
         let map = if bytes == 0 {
             None
         } else {
@@ -268,9 +284,22 @@ impl<E: Entry> Table<E> {
 
     /// Forgets every entry from `n` on. Takes `&mut self`: only recovery,
     /// before the table is shared, may shrink it.
-    pub fn truncate(&mut self, n: u32) {
+    pub fn truncate(&mut self, n: u32) -> Result<()> {
         let len = self.len.get_mut();
         *len = (*len).min(n);
+        let n = *len;
+        // Cut the file too, so that no stale entry survives past the kept
+        // ones: a later crash that loses new entries must expose zeros, never
+        // old entries that look in order. Then make room again, and make the
+        // cut durable before any new entry is written.
+        let bytes = u64::from(n) * E::WIDTH as u64;
+        self.file
+            .set_len(bytes)
+            .map_err(|e| StorageError::io("truncate", &self.path, e))?;
+        self.capacity = allocate::<E>(&*self.file, &self.path, self.capacity, n)?;
+        self.file
+            .sync_data()
+            .map_err(|e| StorageError::io("fsync", &self.path, e))
     }
 
     /// Cuts the file to its published entries and syncs it. The mapping stays
@@ -356,7 +385,7 @@ mod tests {
         );
         assert!(unsafe { reopened.push(entry(4, 200)) });
         assert_eq!(reopened.get(2), Some(entry(4, 200)));
-        reopened.truncate(1);
+        reopened.truncate(1).unwrap();
         assert_eq!(reopened.len(), 1);
         assert_eq!(reopened.get(1), None);
     }

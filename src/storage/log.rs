@@ -30,6 +30,10 @@ use super::segment::{RecoveryReport, Segment, SegmentWriter};
 use super::vfs::{OsVfs, Vfs};
 use crate::batch::{self, Record};
 
+/// The largest offset a log hands out: half of u64, so that no sum of an
+/// offset and a count read from disk can overflow.
+pub const MAX_OFFSET: u64 = u64::MAX / 2;
+
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -91,6 +95,9 @@ struct SyncState {
     running: bool,
     last_started: Option<Instant>,
     failed: Option<String>,
+    /// Bumped by `reset`: a sync that started before it covers nothing of
+    /// the log after it.
+    generation: u64,
 }
 
 /// A segmented, append-only commit log in one directory.
@@ -172,11 +179,21 @@ impl Log {
         }
         let active = segments.last().expect("at least one segment");
         let next_offset = active.next_offset();
+        // After a process crash the page cache may hold what no fdatasync
+        // covered: sync it now, before anything counts it as durable (or a
+        // broker shows it to consumers).
+        active.sync()?;
+        // Append times only move forward, across segments too.
+        let last_append_time = segments
+            .iter()
+            .rev()
+            .find_map(|s| s.last_append_time())
+            .unwrap_or(i64::MIN);
         let writer = Writer {
             active: Some(active.writer()?),
             active_sealed: false,
             fenced: None,
-            last_append_time: active.last_append_time().unwrap_or(i64::MIN),
+            last_append_time,
         };
         Ok(Log {
             vfs,
@@ -185,12 +202,13 @@ impl Log {
             segments: RwLock::new(Arc::new(segments)),
             writer: Mutex::new(writer),
             next_offset: AtomicU64::new(next_offset),
-            // What was on disk at open is as durable as it will get.
+            // The active store was synced just above: all of it is durable.
             sync: Mutex::new(SyncState {
                 synced: next_offset,
                 running: false,
                 last_started: None,
                 failed: None,
+                generation: 0,
             }),
             sync_done: Condvar::new(),
             maintenance: Mutex::new(()),
@@ -263,6 +281,12 @@ impl Log {
             self.roll(&mut w)?;
         }
         let base = self.next_offset.load(Ordering::Relaxed);
+        if base + count > MAX_OFFSET {
+            return Err(StorageError::BadLayout {
+                path: self.dir.clone(),
+                reason: "the log has used up its offsets".into(),
+            });
+        }
         let time = now.max(w.last_append_time);
         batch::assign(batch, base, time);
         let active = w.active.as_mut().expect("checked above");
@@ -370,19 +394,26 @@ impl Log {
     /// concurrent callers), `Interval` syncs if the last sync started longer
     /// ago than the interval, `Never` returns at once.
     pub fn commit(&self, next_offset: u64) -> Result<()> {
-        match self.config.sync {
-            SyncMode::Always => self.sync_through(next_offset),
-            SyncMode::Never => Ok(()),
-            SyncMode::Interval(every) => {
-                let due = lock(&self.sync)
-                    .last_started
-                    .is_none_or(|t| t.elapsed() >= every);
-                if due {
-                    self.sync_through(next_offset)
-                } else {
-                    Ok(())
+        let due = {
+            let state = lock(&self.sync);
+            // After a failed sync nothing is acknowledged again, in any mode.
+            if let Some(reason) = &state.failed {
+                return Err(StorageError::Fenced {
+                    reason: reason.clone(),
+                });
+            }
+            match self.config.sync {
+                SyncMode::Always => true,
+                SyncMode::Never => false,
+                SyncMode::Interval(every) => {
+                    state.last_started.is_none_or(|t| t.elapsed() >= every)
                 }
             }
+        };
+        if due {
+            self.sync_through(next_offset)
+        } else {
+            Ok(())
         }
     }
 
@@ -396,8 +427,14 @@ impl Log {
     /// return if it covered them. A failed sync fails every waiter and every
     /// later call: it is never retried as if the data were safe.
     pub fn sync_through(&self, target: u64) -> Result<()> {
+        // Nothing past the end can be covered: asking for it would loop.
+        let target = target.min(self.next_offset());
         let mut state = lock(&self.sync);
+        let generation = state.generation;
         loop {
+            if state.generation != generation {
+                return Err(StorageError::Reset);
+            }
             if let Some(reason) = &state.failed {
                 return Err(StorageError::Fenced {
                     reason: reason.clone(),
@@ -420,6 +457,8 @@ impl Log {
             state = lock(&self.sync);
             state.running = false;
             match result {
+                // A reset happened meanwhile: this sync covered the old log.
+                _ if state.generation != generation => {}
                 Ok(covered) => state.synced = state.synced.max(covered),
                 Err(e) => state.failed = Some(e.to_string()),
             }
@@ -496,7 +535,16 @@ impl Log {
         if offset == end {
             return Ok(empty);
         }
-        let i = segments.partition_point(|s| s.base_offset() <= offset) - 1;
+        let Some(i) = segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .checked_sub(1)
+        else {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                lowest: start,
+                next: end,
+            });
+        };
         match segments[i].read(offset, max_bytes, at_least_one, end)? {
             Some(r) => Ok(BatchRead {
                 bytes: r.bytes,
@@ -623,7 +671,14 @@ impl Log {
         let Some(mut active) = w.active.take() else {
             return Ok(());
         };
-        if w.active_sealed || w.fenced.is_some() {
+        if let Some(reason) = &w.fenced {
+            // Nothing more was synced: say so, so that no one takes the
+            // close for a final sync.
+            return Err(StorageError::Fenced {
+                reason: reason.clone(),
+            });
+        }
+        if w.active_sealed {
             return Ok(());
         }
         active.seal()
@@ -643,25 +698,41 @@ impl Log {
         let _maintenance = lock(&self.maintenance);
         let mut w = lock(&self.writer);
         w.active = None;
-        let old = std::mem::take(&mut *self.segments.write().unwrap_or_else(|p| p.into_inner()));
-        for segment in old.iter() {
-            segment.remove_files()?;
+        // Readers keep the old segments (open files outlive their names)
+        // until the new one replaces them in one step.
+        let old = self.snapshot();
+        let fresh = (|| {
+            for segment in old.iter() {
+                segment.remove_files()?;
+            }
+            let segment = Arc::new(Segment::create(
+                &self.vfs,
+                &self.dir,
+                0,
+                self.config.index_entries(),
+            )?);
+            fs::sync_dir(&*self.vfs, &self.dir)?;
+            let writer = segment.writer()?;
+            Ok((segment, writer))
+        })();
+        let (segment, writer) = match fresh {
+            Ok(fresh) => fresh,
+            // Half done: the old files may be gone. Refuse appends; a reopen
+            // finds whatever is left (or starts empty, which is the reset).
+            Err(e) => return Err(fence(&mut w, e)),
+        };
+        {
+            let mut sync = lock(&self.sync);
+            sync.generation += 1;
+            sync.synced = 0;
+            sync.failed = None;
         }
-        let segment = Arc::new(Segment::create(
-            &self.vfs,
-            &self.dir,
-            0,
-            self.config.index_entries(),
-        )?);
-        fs::sync_dir(&*self.vfs, &self.dir)?;
-        w.active = Some(segment.writer()?);
-        w.active_sealed = false;
-        w.fenced = None;
         *self.segments.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(vec![segment]);
         self.next_offset.store(0, Ordering::Release);
-        let mut sync = lock(&self.sync);
-        sync.synced = 0;
-        sync.failed = None;
+        w.active = Some(writer);
+        w.active_sealed = false;
+        w.fenced = None;
+        w.last_append_time = i64::MIN;
         Ok(())
     }
 }
@@ -718,6 +789,12 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
             continue;
         };
         match ext {
+            STORE_EXT if base > MAX_OFFSET => {
+                return Err(StorageError::BadLayout {
+                    path: dir.join(&name),
+                    reason: format!("segment base offset above the largest offset, {MAX_OFFSET}"),
+                })
+            }
             STORE_EXT => stores.push(base),
             INDEX_EXT | TIME_INDEX_EXT => tables.push((base, dir.join(&name))),
             _ => {}

@@ -223,9 +223,14 @@ impl Segment {
             );
             return Ok((segment, RecoveryReport::default()));
         }
+        // The old index, damaged as it may be, still names batch starts: hints
+        // for resynchronising after damage.
+        let hints = index
+            .as_ref()
+            .map_or_else(Vec::new, |i| positions(i, 0, i.len()));
         drop((index, times));
         tracing::warn!(segment = %store_path.display(), "sealed segment's index disagrees with its store; rebuilding it");
-        let scan = scan_store(&store, base, 0, base, Some(next_base))?;
+        let scan = scan_store(&store, base, 0, base, Some(next_base), &hints)?;
         let (index, times) = rebuild_tables(&**vfs, &index_path, &time_path, &scan.batches)?;
         index.seal()?;
         times.seal()?;
@@ -294,7 +299,8 @@ impl Segment {
         if kept < ordered {
             report.index_rebuilt = true;
         }
-        index.truncate(kept);
+        let hints = positions(&index, kept, ordered);
+        index.truncate(kept)?;
         let last_rel = index.last().map(|e| e.rel);
         let mut time_kept = ordered_time_prefix(&times, last_rel);
         // In order is not enough (a zeroed file starts with a plausible
@@ -308,7 +314,7 @@ impl Segment {
             time_kept = 0;
             report.index_rebuilt = true;
         }
-        times.truncate(time_kept);
+        times.truncate(time_kept)?;
         // Batches indexed after the last time entry (the time index lost its
         // tail, or the whole file) get their entries back from their headers.
         let first_missing = times
@@ -326,7 +332,7 @@ impl Segment {
             }
         }
 
-        let scan = scan_store(&store, base, scan_from, expected, None)?;
+        let scan = scan_store(&store, base, scan_from, expected, None, &hints)?;
         if !scan.batches.is_empty() {
             report.index_rebuilt = true;
         }
@@ -441,7 +447,13 @@ impl Segment {
             } else {
                 end
             };
-            let len = u64::from(stop.saturating_sub(entry.pos));
+            // A stop outside [pos, end] means a damaged index: a zero length,
+            // which fails the checks below.
+            let len = if stop < entry.pos || stop > end {
+                0
+            } else {
+                u64::from(stop - entry.pos)
+            };
             if j > k && self.base + u64::from(entry.rel) >= until {
                 break;
             }
@@ -458,8 +470,41 @@ impl Segment {
         if spans.is_empty() {
             return Ok(None);
         }
-        let bytes = self.store.read_at(u64::from(first.pos), total as usize)?;
-        let bytes = Bytes::from(bytes);
+        // Where the next readable batch starts, for a corruption report.
+        let resume_at = self
+            .index
+            .get(k + 1)
+            .filter(|_| k + 1 < entries)
+            .map(|e| self.base + u64::from(e.rel))
+            .or(Some(self.next_offset()));
+        let corrupt = |reason: String| StorageError::Corrupt {
+            segment: self.base,
+            position: u64::from(first.pos),
+            reason,
+            resume_at,
+        };
+        // The first batch's extent comes from the index alone, unbounded by
+        // max_bytes: check it against the batch's own header before reading
+        // it whole, so that a damaged index never makes a read (and an
+        // allocation) larger than the batch.
+        let first_len = spans[0].1;
+        if u64::from(first.pos) + HEADER_LEN as u64 > u64::from(end)
+            || first_len < HEADER_LEN as u64
+        {
+            return Err(corrupt(format!(
+                "index entry points at position {} of {end} published bytes",
+                first.pos
+            )));
+        }
+        let header = BatchHeader::parse(&self.store.read_at(u64::from(first.pos), HEADER_LEN)?)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if u64::from(header.batch_length) != first_len {
+            return Err(corrupt(format!(
+                "batch length {} does not fill its {first_len}-byte slot in the index",
+                header.batch_length
+            )));
+        }
+        let bytes = Bytes::from(self.store.read_at(u64::from(first.pos), total as usize)?);
         // Check each batch; serve the good prefix.
         let mut at = 0usize;
         let mut next_offset = self.base + u64::from(first.rel);
@@ -470,31 +515,15 @@ impl Segment {
                     next_offset = h.next_offset();
                     at += *len as usize;
                 }
-                result => {
-                    if i > 0 {
-                        break;
-                    }
-                    let reason = match result {
-                        Ok(h) => format!(
-                            "batch holds offset {}, index says {}",
-                            h.base_offset,
-                            self.base + u64::from(entry.rel)
-                        ),
-                        Err(e) => e.to_string(),
-                    };
-                    let resume_at = self
-                        .index
-                        .get(k + 1)
-                        .filter(|_| k + 1 < entries)
-                        .map(|e| self.base + u64::from(e.rel))
-                        .or(Some(self.next_offset()));
-                    return Err(StorageError::Corrupt {
-                        segment: self.base,
-                        position: u64::from(entry.pos),
-                        reason,
-                        resume_at,
-                    });
+                _ if i > 0 => break,
+                Ok(h) => {
+                    let claimed = self.base + u64::from(entry.rel);
+                    return Err(corrupt(format!(
+                        "batch holds offset {}, index says {claimed}",
+                        h.base_offset
+                    )));
                 }
+                Err(e) => return Err(corrupt(e.to_string())),
             }
         }
         Ok(Some(SegmentRead {
@@ -827,6 +856,7 @@ fn scan_store(
     from: u64,
     expected: u64,
     limit: Option<u64>,
+    hints: &[u32],
 ) -> Result<Scan> {
     let mut scan = Scan {
         batches: Vec::new(),
@@ -869,8 +899,16 @@ fn scan_store(
             continue;
         }
         // Not a good batch: look for the next one further on.
-        let next = (pos + 1..bytes.len())
-            .find_map(|q| batch_at(bytes, q, base, scan.next_offset, false).map(|h| (q, h)));
+        // A batch-shaped run of bytes inside damage (a record's value may hold
+        // a copy of a stored batch) must not pass for data: a resync point
+        // counts only where the old index names a batch, or where valid
+        // batches run from it to the very end of the segment.
+        let next = (pos + 1..bytes.len()).find_map(|q| {
+            let h = batch_at(bytes, q, base, scan.next_offset, false)?;
+            let anchored = hints.binary_search(&(q as u32)).is_ok()
+                || chains_to_end(bytes, q, base, &h, limit);
+            anchored.then_some((q, h))
+        });
         match (next, limit) {
             (Some((q, h)), _) => {
                 // Damage followed by valid data: keep it, index it, fence it.
@@ -901,6 +939,40 @@ fn scan_store(
         scan.damage(base, bytes.len() as u64, 0, limit);
     }
     Ok(scan)
+}
+
+/// Whether valid batches run from `first` (at `pos`) to the end of `bytes`
+/// exactly, ending at `limit` when there is one.
+fn chains_to_end(
+    bytes: &[u8],
+    pos: usize,
+    base: u64,
+    first: &BatchHeader,
+    limit: Option<u64>,
+) -> bool {
+    let mut pos = pos + first.batch_length as usize;
+    let mut next = first.next_offset();
+    while pos < bytes.len() {
+        match batch_at(bytes, pos, base, next, true) {
+            Some(h) => {
+                pos += h.batch_length as usize;
+                next = h.next_offset();
+            }
+            None => return false,
+        }
+    }
+    limit.is_none_or(|l| next == l)
+}
+
+/// Sorted store positions named by index entries `[from, to)`.
+fn positions(index: &Table<IndexEntry>, from: u32, to: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = (from..to)
+        .filter_map(|k| index.get(k))
+        .map(|e| e.pos)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The header of a valid batch starting at `pos` in `bytes` whose offsets
