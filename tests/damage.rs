@@ -16,11 +16,7 @@ use spool::storage::batch::{BatchBuilder, BatchIter};
 use spool::storage::{Log, LogConfig, StorageError};
 
 fn trials() -> u64 {
-    if std::env::var_os("SPOOL_SOAK").is_some() {
-        500
-    } else {
-        20
-    }
+    common::trials(20, 500)
 }
 
 fn config() -> LogConfig {

@@ -25,11 +25,7 @@ const PRODUCERS: u32 = 4;
 const IN_FLIGHT: usize = 16;
 
 fn trials() -> u64 {
-    if std::env::var_os("SPOOL_SOAK").is_some() {
-        20
-    } else {
-        2
-    }
+    common::trials(2, 20)
 }
 
 /// One producer: pipelines single-message batches until its connection

@@ -16,11 +16,7 @@ use common::sim::{Rng, SimFs};
 use spool::storage::{BatchBuilder, Log, LogConfig, Retention, StorageError, SyncMode};
 
 fn trials() -> u64 {
-    if std::env::var_os("SPOOL_SOAK").is_some() {
-        100_000
-    } else {
-        2_000
-    }
+    common::trials(2_000, 100_000)
 }
 
 #[derive(Debug, Default)]

@@ -3,6 +3,16 @@
 
 use spool::storage::{BatchBuilder, Log, LogConfig, SyncMode};
 
+/// How many trials a randomised test runs: `fast` in the normal suite,
+/// `soak` when `SPOOL_SOAK` is set (the soak tier, docs/RELIABILITY.md).
+pub fn trials(fast: u64, soak: u64) -> u64 {
+    if std::env::var_os("SPOOL_SOAK").is_some() {
+        soak
+    } else {
+        fast
+    }
+}
+
 /// A config with tiny segments, so that tests roll often.
 pub fn small_config(segment_bytes: u64) -> LogConfig {
     LogConfig {
