@@ -351,3 +351,59 @@ async fn a_long_poll_is_not_idleness() {
     assert!(c.closed_within(Duration::from_secs(5)).await);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn topics_beyond_max_topics_are_refused_and_nothing_is_created() {
+    let broker = start(|c| c.server.max_topics = 2).await;
+    let mut c = broker.connect().await;
+    for name in ["one", "two"] {
+        c.ok(Request::CreateTopic {
+            topic: name.into(),
+            settings: vec![],
+        })
+        .await;
+    }
+    let e = c
+        .err(
+            Request::CreateTopic {
+                topic: "three".into(),
+                settings: vec![],
+            },
+            ErrorCode::TooManyTopics,
+        )
+        .await;
+    assert!(e.message.contains("max_topics"), "{}", e.message);
+    // Auto-creation by produce meets the same limit.
+    c.err(produce_request("four", &[b"x"]), ErrorCode::TooManyTopics)
+        .await;
+    for refused in ["three", "four"] {
+        assert!(!broker.dir.path().join("topics").join(refused).exists());
+    }
+    // The existing topics keep working, and a deletion makes room.
+    let offset = c.produce("one", &[b"still here"]).await;
+    assert_eq!(c.fetch("one", offset).await[0].value, &b"still here"[..]);
+    c.ok(Request::DeleteTopic {
+        topic: "two".into(),
+    })
+    .await;
+    c.produce("four", &[b"now there is room"]).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_started_from_code_checks_its_config_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = spool::broker::Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.path().to_owned();
+    config.server.retention_check_interval = Duration::ZERO;
+    let e = match spool::broker::Broker::start(config).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a zero retention_check_interval was accepted"),
+    };
+    assert!(e.contains("retention_check_interval"), "{e}");
+    assert!(
+        !dir.path().join("topics").exists(),
+        "nothing is touched on disk"
+    );
+}

@@ -64,6 +64,10 @@ pub struct ServerConfig {
     pub retention_check_interval: Duration,
     /// Whether a produce to an unknown topic creates it.
     pub auto_create_topics: bool,
+    /// Most topics the broker holds. Each topic's active segment
+    /// pre-allocates its index and time index (2.5 × `index_bytes` of disk),
+    /// so this bounds what auto-creation lets any client claim.
+    pub max_topics: usize,
     /// How long shutdown waits for in-flight requests.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             max_inflight_bytes: 256 << 20,
             retention_check_interval: Duration::from_secs(30),
             auto_create_topics: true,
+            max_topics: 1000,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -311,7 +316,9 @@ impl Config {
         Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Checks values against each other; `parse` runs it, and so does
+    /// `Broker::start` for configurations built in code.
+    pub fn check(&self) -> Result<(), String> {
         let s = &self.server;
         if s.max_frame_bytes < 1024 || s.max_frame_bytes > u64::from(u32::MAX) {
             return Err(format!(
@@ -335,6 +342,9 @@ impl Config {
         }
         if s.max_connections == 0 {
             return Err("[server] max_connections must be at least 1".into());
+        }
+        if s.max_topics == 0 {
+            return Err("[server] max_topics must be at least 1".into());
         }
         for (name, d) in [
             ("frame_timeout", s.frame_timeout),

@@ -159,9 +159,12 @@ async fn read_requests(
         let (charge, request) = match Request::parse(frame) {
             Ok((_, request)) => {
                 let charge = match &request {
-                    Request::Fetch { max_bytes, .. } => {
-                        u64::from(*max_bytes).min(server.max_queued_bytes)
-                    }
+                    // A fetch returns at least one whole batch whatever its
+                    // max_bytes, and a batch may be as large as a frame:
+                    // charge the most it can return.
+                    Request::Fetch { max_bytes, .. } => u64::from(*max_bytes)
+                        .max(server.max_frame_bytes)
+                        .min(server.max_queued_bytes),
                     _ => SMALL_RESPONSE,
                 };
                 (charge, Ok(request))

@@ -349,6 +349,7 @@ pub fn topic_error(e: TopicError) -> ErrorBody {
         TopicError::InvalidName { .. } => ErrorBody::new(ErrorCode::InvalidTopicName, message),
         TopicError::Unknown(_) => ErrorBody::new(ErrorCode::UnknownTopic, message),
         TopicError::AlreadyExists(_) => ErrorBody::new(ErrorCode::TopicAlreadyExists, message),
+        TopicError::TooMany { .. } => ErrorBody::new(ErrorCode::TooManyTopics, message),
         TopicError::InvalidConfig { .. } => ErrorBody::new(ErrorCode::InvalidConfig, message),
         TopicError::Storage { source, .. } => {
             let mut body = storage_error(source);

@@ -36,6 +36,8 @@ pub enum StartError {
     Topics(#[from] TopicError),
     #[error("topic loading task failed: {0}")]
     Task(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// State shared by every connection.
@@ -50,6 +52,7 @@ pub struct Broker {
 impl Broker {
     /// Binds the listener, loads the topics and starts serving.
     pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+        config.check().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)

@@ -37,6 +37,10 @@ pub enum TopicError {
     Unknown(String),
     #[error("topic {0:?} already exists")]
     AlreadyExists(String),
+    #[error(
+        "cannot create topic {name:?}: the broker holds its maximum of {max} topics (max_topics)"
+    )]
+    TooMany { name: String, max: usize },
     #[error("invalid settings for topic {name:?}: {reason}")]
     InvalidConfig { name: String, reason: String },
     #[error("topic {name:?}: {source}")]
@@ -415,6 +419,13 @@ impl Topics {
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         if self.map.contains_key(name) {
             return Err(TopicError::AlreadyExists(name.to_owned()));
+        }
+        let max = self.config.server.max_topics;
+        if self.map.len() >= max {
+            return Err(TopicError::TooMany {
+                name: name.to_owned(),
+                max,
+            });
         }
         let dir = self.dir.join(name);
         std::fs::create_dir(&dir).map_err(|e| io_error(name, "create directory", &dir, e))?;

@@ -91,10 +91,13 @@ pub enum ErrorCode {
     /// Stored data at this offset failed its checksum; the body gives the
     /// next readable offset.
     CorruptData = 14,
+    /// Creating the topic (explicitly or by producing to it) would exceed
+    /// the broker's `max_topics`.
+    TooManyTopics = 15,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::None,
         ErrorCode::UnknownServerError,
         ErrorCode::InvalidRequest,
@@ -110,6 +113,7 @@ impl ErrorCode {
         ErrorCode::StorageError,
         ErrorCode::DiskFull,
         ErrorCode::CorruptData,
+        ErrorCode::TooManyTopics,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -134,6 +138,7 @@ impl ErrorCode {
             ErrorCode::StorageError => "STORAGE_ERROR",
             ErrorCode::DiskFull => "DISK_FULL",
             ErrorCode::CorruptData => "CORRUPT_DATA",
+            ErrorCode::TooManyTopics => "TOO_MANY_TOPICS",
         }
     }
 }
