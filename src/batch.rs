@@ -477,7 +477,9 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
         Vec::with_capacity((header.record_count as usize).min(batch.len() / MIN_RECORD_LEN));
     for (i, view) in RecordIter::new(batch)?.enumerate() {
         let view = view?;
-        records.push(owned_record(batch, header.base_offset + i as u64, view)?);
+        // Saturating, as next_offset is: a hostile base offset must not panic.
+        let offset = header.base_offset.saturating_add(i as u64);
+        records.push(owned_record(batch, offset, view)?);
     }
     Ok(records)
 }

@@ -164,7 +164,6 @@ impl Log {
         let mut recovery = Vec::new();
         if bases.is_empty() {
             segments.push(Arc::new(Segment::create(&vfs, &dir, 0, entries)?));
-            fs::sync_dir(&*vfs, &dir)?;
         }
         for (i, &base) in bases.iter().enumerate() {
             let (segment, report) = match bases.get(i + 1) {
@@ -177,6 +176,10 @@ impl Log {
             }
             segments.push(Arc::new(segment));
         }
+        // Opening may have created the first segment, created or rebuilt
+        // index files, written a sidecar or removed orphans: make those
+        // directory entries durable before anything depends on them.
+        fs::sync_dir(&*vfs, &dir)?;
         let active = segments.last().expect("at least one segment");
         let next_offset = active.next_offset();
         // After a process crash the page cache may hold what no fdatasync
@@ -298,7 +301,9 @@ impl Log {
             Err(e) => return Err(fence_unless_full(&mut w, e)),
         };
         let next = base + count;
-        active.publish(&[(base, pos, time, next)]);
+        if let Err(e) = active.publish(&[(base, pos, time, next)]) {
+            return Err(fence(&mut w, e));
+        }
         self.next_offset.store(next, Ordering::Release);
         w.last_append_time = time;
         Ok(Appended {
@@ -690,7 +695,11 @@ impl Log {
         let (dir, vfs) = (self.dir.clone(), Arc::clone(&self.vfs));
         drop(self);
         vfs.remove_dir_all(&dir)
-            .map_err(|e| StorageError::io("remove directory", &dir, e))
+            .map_err(|e| StorageError::io("remove directory", &dir, e))?;
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => fs::sync_dir(&*vfs, parent),
+            _ => Ok(()),
+        }
     }
 
     /// Deletes every record and starts again, empty, at offset 0.

@@ -613,10 +613,12 @@ impl SegmentWriter {
     }
 
     /// Indexes and publishes flushed batches: `(first offset, position,
-    /// append time, next offset)` each.
-    pub fn publish(&mut self, batches: &[(u64, u64, i64, u64)]) {
+    /// append time, next offset)` each. Fails, publishing nothing more, if
+    /// the index has no room (the log rolls before that, so this is a bug
+    /// guard: the caller fences the log).
+    pub fn publish(&mut self, batches: &[(u64, u64, i64, u64)]) -> Result<()> {
         let Some(&(_, _, _, next)) = batches.last() else {
-            return;
+            return Ok(());
         };
         for &(offset, pos, time, _) in batches {
             let rel = (offset - self.segment.base) as u32;
@@ -627,7 +629,12 @@ impl SegmentWriter {
                     pos: pos as u32,
                 })
             };
-            debug_assert!(pushed, "the log rolls before the index fills");
+            if !pushed {
+                return Err(StorageError::BadLayout {
+                    path: self.segment.index.path().to_owned(),
+                    reason: "index full before the segment rolled".into(),
+                });
+            }
             self.entries += 1;
             if self.last_time.is_none_or(|t| time > t.time) {
                 let entry = TimeEntry { time, rel };
@@ -641,6 +648,7 @@ impl SegmentWriter {
             .published
             .store(pack(self.entries, end), Ordering::Release);
         self.segment.next_offset.store(next, Ordering::Release);
+        Ok(())
     }
 
     /// Makes the segment immutable on disk: flush, fsync, cut the index files
@@ -1043,7 +1051,6 @@ fn move_to_sidecar(
     from: u64,
     size: u64,
 ) -> Result<PathBuf> {
-    let bytes = store.read_at(from, (size - from) as usize)?;
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -1052,8 +1059,16 @@ fn move_to_sidecar(
     let file = vfs
         .open(&path, Open::CreateNew)
         .map_err(|e| StorageError::io("create", &path, e))?;
-    file.write_at(0, &bytes)
-        .map_err(|e| StorageError::io("write", &path, e))?;
+    // In chunks: a torn tail can be most of a segment.
+    const CHUNK: u64 = 1 << 20;
+    let mut at = from;
+    while at < size {
+        let len = CHUNK.min(size - at);
+        let bytes = store.read_at(at, len as usize)?;
+        file.write_at(at - from, &bytes)
+            .map_err(|e| StorageError::io("write", &path, e))?;
+        at += len;
+    }
     file.sync_data()
         .map_err(|e| StorageError::io("fsync", &path, e))?;
     fs::sync_dir(vfs, dir)?;
