@@ -198,16 +198,23 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
     });
     let epoch = Instant::now();
 
+    // Consume mode drains a backlog written first, untimed: `--messages` of
+    // it, or as much as the producers write in `--duration`.
+    let mut backlog = None;
     if args.mode == Mode::Consume {
-        // The backlog, untimed.
         let fill = Arc::new(Side::default());
-        let producers = spawn_producers(broker, &args, &topics, total, None, &fill, epoch).await?;
+        let producers =
+            spawn_producers(broker, &args, &topics, total, args.duration, &fill, epoch).await?;
         join_producers(producers).await?;
+        backlog = Some(log_ends(&admin, &topics).await?);
     }
 
     let produced = Arc::new(Side::default());
     let consumed = Arc::new(Side::default());
-    let progress = progress_bar(&args, total);
+    let progress = match &backlog {
+        Some(ends) => progress_bar(&args, ends.iter().sum(), false),
+        None => progress_bar(&args, total, args.duration.is_some()),
+    };
     let started = Instant::now();
     let producers = if args.mode == Mode::Consume {
         Vec::new()
@@ -225,7 +232,7 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
     };
     // Consumers stop at what the producers wrote to their topic: known up
     // front with a message count, told when the producers finish otherwise.
-    let per_topic = share(total, args.producers.max(1), args.topics);
+    let per_topic = backlog.unwrap_or_else(|| share(total, args.producers.max(1), args.topics));
     let (done_tx, done_rx) = tokio::sync::watch::channel(None::<Vec<u64>>);
     let mut consumers = Vec::new();
     if args.mode != Mode::Produce {
@@ -268,17 +275,7 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
     let produce_elapsed = started.elapsed();
     if args.mode == Mode::Both && args.duration.is_some() {
         // Consumers read up to each topic's end now.
-        let mut ends = Vec::new();
-        for topic in &topics {
-            ends.push(
-                admin
-                    .describe_topic(topic)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .log_end,
-            );
-        }
-        let _ = done_tx.send(Some(ends));
+        let _ = done_tx.send(Some(log_ends(&admin, &topics).await?));
     }
     let mut e2e = histogram();
     for c in consumers {
@@ -323,13 +320,28 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Splits `total` messages over producers, then sums per topic.
+/// Splits `total` messages over producers, then sums per topic (an
+/// unbounded total, u64::MAX, stays unbounded).
 fn share(total: u64, producers: usize, topics: usize) -> Vec<u64> {
     let mut per_topic = vec![0u64; topics];
     for i in 0..producers {
-        per_topic[i % topics] += quota(total, producers, i);
+        let t = &mut per_topic[i % topics];
+        *t = t.saturating_add(quota(total, producers, i));
     }
     per_topic
+}
+
+/// Each topic's end offset (the topics are fresh: its record count).
+async fn log_ends(admin: &Client, topics: &[String]) -> Result<Vec<u64>, String> {
+    let mut ends = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let d = admin
+            .describe_topic(topic)
+            .await
+            .map_err(|e| format!("describing {topic}: {e}"))?;
+        ends.push(d.log_end);
+    }
+    Ok(ends)
 }
 
 fn quota(total: u64, producers: usize, i: usize) -> u64 {
@@ -520,10 +532,11 @@ async fn consume(
     }
 }
 
-fn progress_bar(args: &Args, total: u64) -> ProgressBar {
-    let bar = match args.duration {
-        Some(_) => ProgressBar::new_spinner(),
-        None => ProgressBar::new(total),
+fn progress_bar(args: &Args, total: u64, timed: bool) -> ProgressBar {
+    let bar = if timed {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::new(total)
     };
     bar.set_draw_target(if args.json {
         ProgressDrawTarget::hidden()

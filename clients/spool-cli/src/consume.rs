@@ -45,13 +45,55 @@ fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
-        format!("--from-time {text:?}: expected RFC 3339 (UTC) or milliseconds: {e}")
+    // humantime reads UTC times only; an RFC 3339 offset (`+01:00`) is
+    // split off here and applied to the result.
+    let (local, offset_ms) = split_utc_offset(text);
+    let time = humantime::parse_rfc3339_weak(local).map_err(|e| {
+        format!("--from-time {text:?}: expected RFC 3339 (e.g. 2026-11-24T09:00:00Z or +01:00) or milliseconds: {e}")
     })?;
     let since = time
         .duration_since(UNIX_EPOCH)
         .map_err(|_| format!("--from-time {text:?} is before 1970"))?;
-    Ok(since.as_millis() as i64)
+    Ok(since.as_millis() as i64 - offset_ms)
+}
+
+/// `(the time without its offset, the offset in ms)` for a time ending in
+/// `+HH:MM` or `-HH:MM`; the text as it is, and 0, otherwise.
+fn split_utc_offset(text: &str) -> (&str, i64) {
+    let b = text.as_bytes();
+    let n = b.len();
+    let is_offset = n > 6
+        && matches!(b[n - 6], b'+' | b'-')
+        && b[n - 3] == b':'
+        && text[..n - 6].contains(['T', 't', ' ']);
+    if !is_offset {
+        return (text, 0);
+    }
+    let (Ok(h), Ok(m)) = (
+        text[n - 5..n - 3].parse::<i64>(),
+        text[n - 2..].parse::<i64>(),
+    ) else {
+        return (text, 0);
+    };
+    let sign = if b[n - 6] == b'-' { -1 } else { 1 };
+    (&text[..n - 6], sign * (h * 3600 + m * 60) * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_with_and_without_offsets() {
+        let utc = parse_time("2026-11-24T09:00:00Z").unwrap();
+        assert_eq!(utc, 1_795_510_800_000);
+        assert_eq!(parse_time("2026-11-24T10:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-24T03:30:00-05:30").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-24T09:00:00.250Z").unwrap(), utc + 250);
+        assert_eq!(parse_time("1795510800000").unwrap(), utc);
+        assert!(parse_time("2026-11-24T09:00:00+1:00").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
 }
 
 pub async fn run(client: &Client, args: Args) -> Result<(), String> {
@@ -83,8 +125,13 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     let mut consumer = Consumer::new(client.clone(), &args.topic, start, config);
     let first = consumer.position().await.map_err(|e| e.to_string())?;
     if first > end {
+        let start = client
+            .describe_topic(&args.topic)
+            .await
+            .map_err(|e| e.to_string())?
+            .log_start;
         return Err(format!(
-            "offset {first} is out of range for topic {}: it ends at {end}",
+            "offset {first} is out of range for topic {}: it holds [{start}, {end})",
             args.topic
         ));
     }

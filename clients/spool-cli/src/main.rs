@@ -174,7 +174,7 @@ async fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
                 "offsets:",
                 d.log_start,
                 d.log_end,
-                d.log_end - d.log_start
+                d.log_end.saturating_sub(d.log_start)
             );
             println!(
                 "{:<20}{} bytes in {} segment(s)",

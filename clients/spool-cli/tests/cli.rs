@@ -7,6 +7,8 @@ use std::time::Duration;
 use spool::broker::{Broker, Config, RunningBroker};
 
 const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+/// Longest any one command may run before it is killed.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 struct Env {
     runtime: tokio::runtime::Runtime,
@@ -65,7 +67,17 @@ impl Env {
         let writer = std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
         });
+        // Every run is bounded: a hung command is killed, and fails its test.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let pid = child.id().to_string();
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(RUN_LIMIT).is_err() {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        });
         let out = child.wait_with_output().unwrap();
+        let _ = done.send(());
+        watchdog.join().unwrap();
         writer.join().unwrap();
         out
     }
@@ -318,9 +330,8 @@ fn error_exits() {
     // Offsets outside the log, with the valid range.
     let lines: String = (0..100).map(|i| format!("{i:0100}\n")).collect();
     env.ok(&["produce", "r", "--batch-size", "1"], lines.as_bytes());
-    assert!(env
-        .fails(&["consume", "r", "--offset", "500"])
-        .contains("500"));
+    let above = env.fails(&["consume", "r", "--offset", "500"]);
+    assert!(above.contains("500") && above.contains(", 100)"), "{above}");
     let mut below = String::new();
     for _ in 0..200 {
         let out = env.run(&["consume", "r", "--offset", "0", "--max", "1"], b"");
@@ -400,4 +411,24 @@ fn bench_reports_json_for_every_mode() {
         b"",
     );
     assert!(text.contains("msgs/s") && text.contains("p99.9"), "{text}");
+    // Draining a backlog for a duration: the backlog is what the producers
+    // wrote in that time, and the run ends.
+    let out = env.ok(
+        &[
+            "bench",
+            "--mode",
+            "consume",
+            "--duration",
+            "300ms",
+            "--message-size",
+            "64",
+            "--batch-size",
+            "10",
+            "--json",
+        ],
+        b"",
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(report["consume"]["messages"].as_u64().unwrap() > 0, "{out}");
 }

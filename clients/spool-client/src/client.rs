@@ -66,20 +66,14 @@ impl Client {
     }
 
     pub async fn connect_with(addr: &str, config: ClientConfig) -> Result<Client> {
-        let conn = dial(addr, config.connect_timeout).await?;
-        let client = Client {
+        let conn = dial(addr, &config).await?;
+        Ok(Client {
             inner: Arc::new(Inner {
                 addr: addr.to_owned(),
                 config,
                 conn: tokio::sync::Mutex::new(Some(Arc::new(conn))),
             }),
-        };
-        match client.call(Request::ApiVersions).await? {
-            ResponseBody::ApiVersions { .. } => Ok(client),
-            other => Err(ClientError::Unexpected(format!(
-                "handshake answered with {other:?}"
-            ))),
-        }
+        })
     }
 
     pub fn addr(&self) -> &str {
@@ -101,7 +95,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + config.reconnect_for;
         let mut delay = config.backoff_initial;
         loop {
-            match dial(&self.inner.addr, config.connect_timeout).await {
+            match dial(&self.inner.addr, config).await {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     *slot = Some(Arc::clone(&conn));
@@ -226,11 +220,12 @@ impl Client {
         acks: Acks,
     ) -> Result<PendingProduce> {
         let conn = self.connection().await?;
-        let response = conn.send_produce(topic, acks, batch).await?;
-        Ok(PendingProduce {
-            response,
-            limit: self.inner.config.request_timeout,
-        })
+        let limit = self.inner.config.request_timeout;
+        // A broker that stops reading must not hold the sender forever.
+        let response = tokio::time::timeout(limit, conn.send_produce(topic, acks, batch))
+            .await
+            .map_err(|_| ClientError::Timeout(limit))??;
+        Ok(PendingProduce { response, limit })
     }
 }
 
@@ -278,16 +273,29 @@ pub struct Offsets {
     pub log_end: u64,
 }
 
-async fn dial(addr: &str, limit: Duration) -> Result<Connection> {
+/// Connects and does the handshake (on every reconnection too: whatever
+/// now listens at `addr` must speak Spool's protocol before it gets a
+/// request).
+async fn dial(addr: &str, config: &ClientConfig) -> Result<Connection> {
     let failed = |reason: String| ClientError::Connect {
         addr: addr.to_owned(),
         reason,
     };
+    let limit = config.connect_timeout;
     let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
         .await
         .map_err(|_| failed(format!("timed out after {limit:?}")))?
         .map_err(|e| failed(e.to_string()))?;
-    Ok(Connection::open(stream).await)
+    let conn = Connection::open(stream).await;
+    let limit = config.request_timeout;
+    let answer = tokio::time::timeout(limit, conn.call(&Request::ApiVersions))
+        .await
+        .map_err(|_| failed(format!("no handshake answer within {limit:?}")))?;
+    match answer.and_then(|r| r.body.map_err(ClientError::from)) {
+        Ok(ResponseBody::ApiVersions { .. }) => Ok(conn),
+        Ok(other) => Err(failed(format!("handshake answered with {other:?}"))),
+        Err(e) => Err(failed(format!("handshake failed: {e}"))),
+    }
 }
 
 fn expect_empty(body: ResponseBody) -> Result<()> {

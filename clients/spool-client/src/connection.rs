@@ -47,6 +47,16 @@ impl Drop for Connection {
     }
 }
 
+/// Marks the connection broken when dropped: armed while a frame is being
+/// written, disarmed (forgotten) once it is whole.
+struct TornGuard<'a>(&'a AtomicBool);
+
+impl Drop for TornGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// A response to come.
 pub(crate) type ResponseFuture = oneshot::Receiver<Result<Response>>;
 
@@ -109,6 +119,9 @@ impl Connection {
     ) -> Result<ResponseFuture> {
         let (tx, rx) = oneshot::channel();
         let mut writer = self.writer.lock().await;
+        if self.is_broken() {
+            return Err(ClientError::Disconnected("connection broken".into()));
+        }
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(reason) = &pending.dead {
@@ -118,6 +131,9 @@ impl Connection {
                 pending.requests.push_back((id, api, tx));
             }
         }
+        // If the caller gives up (a timeout, a dropped future) mid-frame,
+        // the stream holds half a request: nothing more may follow it.
+        let torn = TornGuard(&self.broken);
         for part in parts {
             if let Err(e) = writer.write_all(part).await {
                 self.broken.store(true, Ordering::Release);
@@ -126,6 +142,7 @@ impl Connection {
                 return Err(ClientError::Disconnected(e.to_string()));
             }
         }
+        std::mem::forget(torn);
         Ok(rx)
     }
 

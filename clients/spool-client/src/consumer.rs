@@ -4,6 +4,9 @@
 //! at the speed of the link rather than of round trips.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,6 +66,33 @@ impl Default for ConsumerConfig {
 }
 
 /// Reads one topic in offset order.
+///
+/// ```
+/// use spool_client::{Client, Consumer, ConsumerConfig, OffsetReset, StartAt};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let mut config = spool::broker::Config::default();
+/// # config.server.listen = "127.0.0.1:0".parse().unwrap();
+/// # config.server.data_dir = dir.path().to_owned();
+/// # let broker = spool::broker::Broker::start(config).await.unwrap();
+/// # let addr = broker.local_addr().to_string();
+/// let client = Client::connect(&addr).await?;
+/// # let producer = spool_client::Producer::new(client.clone(), Default::default());
+/// # let first = producer.send("events", None, b"first").await?;
+/// # producer.flush().await?;
+/// # first.await?;
+///
+/// let config = ConsumerConfig {
+///     reset: OffsetReset::Earliest, // fell behind retention: start over
+///     ..ConsumerConfig::default()
+/// };
+/// let mut consumer = Consumer::new(client, "events", StartAt::Earliest, config);
+/// let record = consumer.next().await?; // long-polls while there is none
+/// assert_eq!((record.offset, &record.value[..]), (0, &b"first"[..]));
+/// # broker.shutdown().await;
+/// # Ok::<(), spool_client::ClientError>(())
+/// # }).unwrap();
+/// ```
 pub struct Consumer {
     client: Client,
     topic: String,
@@ -137,6 +167,16 @@ impl Consumer {
                 self.start = Some(start);
                 Err(e)
             }
+        }
+    }
+
+    /// The records as a [`futures_core::Stream`], for stream combinators.
+    /// It never ends; an error is yielded as an item, and polling again
+    /// retries.
+    pub fn into_stream(self) -> RecordStream {
+        RecordStream {
+            consumer: Some(self),
+            pending: None,
         }
     }
 
@@ -232,6 +272,48 @@ impl Consumer {
             min_bytes: self.config.min_bytes,
         };
         conn.send(&request).await
+    }
+}
+
+type NextRecord = Pin<Box<dyn Future<Output = (Consumer, Result<Record>)> + Send>>;
+
+/// A [`Consumer`] as a stream of records (see [`Consumer::into_stream`]).
+pub struct RecordStream {
+    /// The consumer, while no fetch is in progress.
+    consumer: Option<Consumer>,
+    /// A fetch in progress, which owns the consumer until it completes.
+    pending: Option<NextRecord>,
+}
+
+impl futures_core::Stream for RecordStream {
+    type Item = Result<Record>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(consumer) = this.consumer.as_mut() {
+            // Buffered records need no future (and no allocation).
+            if let Some(record) = consumer.buffer.pop_front() {
+                return Poll::Ready(Some(Ok(record)));
+            }
+        }
+        if this.pending.is_none() {
+            let Some(mut consumer) = this.consumer.take() else {
+                return Poll::Ready(None);
+            };
+            this.pending = Some(Box::pin(async move {
+                let next = consumer.next().await;
+                (consumer, next)
+            }));
+        }
+        let pending = this.pending.as_mut().expect("set above");
+        match pending.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready((consumer, next)) => {
+                this.pending = None;
+                this.consumer = Some(consumer);
+                Poll::Ready(Some(next))
+            }
+        }
     }
 }
 

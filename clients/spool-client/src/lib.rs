@@ -36,7 +36,7 @@ mod error;
 mod producer;
 
 pub use client::{Client, ClientConfig, Offsets, PendingProduce, Produced};
-pub use consumer::{decode, Consumer, ConsumerConfig, OffsetReset, StartAt};
+pub use consumer::{decode, Consumer, ConsumerConfig, OffsetReset, RecordStream, StartAt};
 pub use error::{ClientError, Result};
 pub use producer::{Delivery, Producer, ProducerConfig};
 pub use spool::batch::{self, BatchBuilder, Record};

@@ -67,6 +67,39 @@ struct Shared {
 }
 
 /// A batching, pipelining producer. Cheap to clone.
+///
+/// ```
+/// use std::time::Duration;
+/// use spool_client::{Client, Producer, ProducerConfig};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let mut config = spool::broker::Config::default();
+/// # config.server.listen = "127.0.0.1:0".parse().unwrap();
+/// # config.server.data_dir = dir.path().to_owned();
+/// # let broker = spool::broker::Broker::start(config).await.unwrap();
+/// # let addr = broker.local_addr().to_string();
+/// let client = Client::connect(&addr).await?;
+/// let producer = Producer::new(
+///     client,
+///     ProducerConfig {
+///         batch_bytes: 64 * 1024,             // Kafka's batch.size
+///         linger: Duration::from_millis(2),   // and linger.ms
+///         ..ProducerConfig::default()
+///     },
+/// );
+/// let mut deliveries = Vec::new();
+/// for i in 0..100 {
+///     let value = format!("reading {i}");
+///     deliveries.push(producer.send("sensors", Some(b"probe-7"), value.as_bytes()).await?);
+/// }
+/// producer.flush().await?; // everything sent has been answered
+/// for (i, delivery) in deliveries.into_iter().enumerate() {
+///     assert_eq!(delivery.await?, i as u64); // each record's offset
+/// }
+/// # broker.shutdown().await;
+/// # Ok::<(), spool_client::ClientError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct Producer {
     shared: Arc<Shared>,

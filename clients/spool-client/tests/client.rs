@@ -326,3 +326,111 @@ async fn the_client_reconnects_after_the_broker_restarts() {
     assert_eq!(&consumer.next().await.unwrap().value[..], b"before");
     assert_eq!(&consumer.next().await.unwrap().value[..], b"after");
 }
+
+/// A peer that answers the handshake on every connection and then never
+/// reads again; counts connections.
+async fn deaf_broker() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use spool::protocol::{RequestHeader, Response, ResponseBody};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let len = socket.read_u32().await.unwrap() as usize;
+                let mut frame = vec![0u8; len];
+                socket.read_exact(&mut frame).await.unwrap();
+                let header = RequestHeader::parse(&frame).unwrap();
+                let (head, chunks) = Response {
+                    correlation_id: header.correlation_id,
+                    body: Ok(ResponseBody::ApiVersions {
+                        server: "deaf".into(),
+                        apis: vec![],
+                    }),
+                }
+                .encode();
+                socket.write_all(&head).await.unwrap();
+                for c in chunks {
+                    socket.write_all(&c).await.unwrap();
+                }
+                // Hold the socket open, reading nothing.
+                std::future::pending::<()>().await;
+                drop(socket);
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_request_cut_off_mid_frame_is_never_followed_on_that_connection() {
+    let (addr, accepted) = deaf_broker().await;
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&addr, config).await.unwrap();
+    // Far more than the socket buffers hold: the write stalls mid-frame
+    // and the timeout abandons it there.
+    let mut b = batch::BatchBuilder::new();
+    b.push(0, None, &vec![7u8; 32 << 20], &[]);
+    let big = bytes::Bytes::from(b.finish());
+    let r = tokio::time::timeout(PATIENCE, client.produce("t", &big)).await;
+    assert!(matches!(r, Ok(Err(ClientError::Timeout(_)))), "{r:?}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The next request goes to a new connection, never after half a frame.
+    let r = tokio::time::timeout(PATIENCE, client.list_topics()).await;
+    assert!(r.is_ok(), "the second call returns");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn reconnection_does_the_handshake() {
+    // Something that is not a Spool broker takes over the address.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = listener.accept().await {
+            // An HTTP server's answer to anything.
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let r = Client::connect(&addr).await;
+    assert!(matches!(r, Err(ClientError::Connect { .. })), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_consumer_is_also_a_stream() {
+    use futures_core::Stream;
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for i in 0..10 {
+        producer
+            .send("s", None, format!("v{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+    let consumer = Consumer::new(client, "s", StartAt::Earliest, ConsumerConfig::default());
+    let mut stream = std::pin::pin!(consumer.into_stream());
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        let next = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx));
+        let record = tokio::time::timeout(PATIENCE, next)
+            .await
+            .expect("a record in time")
+            .expect("the stream never ends")
+            .unwrap();
+        seen.push((record.offset, record.value.to_vec()));
+    }
+    let want: Vec<(u64, Vec<u8>)> = (0..10).map(|i| (i, format!("v{i}").into_bytes())).collect();
+    assert_eq!(seen, want);
+}
