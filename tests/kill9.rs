@@ -2,7 +2,8 @@
 //! pipelining producers, SIGKILL at a seeded moment, restart on the same
 //! directory, read everything back, and check with the queue checker. A
 //! process crash loses nothing acknowledged in any mode (the data reached
-//! the kernel before the acknowledgement).
+//! the kernel before the acknowledgement). SIGTERM under the same load is a
+//! graceful shutdown: exit 0, no torn tail for recovery to cut, nothing lost.
 //!
 //! `SPOOL_SOAK=1 cargo test --release --test kill9` runs 20 trials per mode
 //! instead of 2.
@@ -126,7 +127,16 @@ async fn read_all(c: &mut Conn) -> (u64, Vec<(u64, Vec<u8>)>) {
     (start, records)
 }
 
-async fn trial(mode: &str, seed: u64) -> Report {
+/// How the broker is stopped mid-produce.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Kill9,
+    /// SIGTERM: a graceful shutdown, which must exit 0 and leave nothing
+    /// for recovery to repair.
+    Term,
+}
+
+async fn trial(mode: &str, seed: u64, stop: Stop) -> Report {
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("spool.toml");
@@ -157,12 +167,30 @@ async fn trial(mode: &str, seed: u64) -> Report {
         assert!(Instant::now() < deadline, "producers too slow");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    broker.kill9();
+    match stop {
+        Stop::Kill9 => broker.kill9(),
+        Stop::Term => {
+            let mut broker = broker;
+            broker.signal(libc::SIGTERM);
+            assert!(broker.wait().success(), "graceful shutdown exits 0");
+        }
+    }
     for p in producers {
         tokio::time::timeout(PATIENCE, p)
             .await
             .expect("producer ends")
             .unwrap();
+    }
+    if stop == Stop::Term {
+        let torn: Vec<_> = std::fs::read_dir(data.join("topics").join("k"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".torn"))
+            .collect();
+        assert!(
+            torn.is_empty(),
+            "a clean shutdown left torn tails: {torn:?}"
+        );
     }
     let broker = spawn(&data, &["--config", config.to_str().unwrap()]);
     let mut c = Conn::connect(broker.addr).await;
@@ -171,15 +199,19 @@ async fn trial(mode: &str, seed: u64) -> Report {
     checker::check(&sent, &records, start)
 }
 
-async fn run(mode: &str) {
+async fn run(mode: &str, stop: Stop) {
     let mut total = Report::default();
     for seed in 0..trials() {
-        let r = trial(mode, seed).await;
+        let r = trial(mode, seed, stop).await;
         assert!(r.is_clean(), "mode {mode} seed {seed}: {r:?}");
         assert!(r.acked > 0);
         total.add(&r);
     }
-    eprintln!("{}", total.json("kill9", mode, trials()));
+    let name = match stop {
+        Stop::Kill9 => "kill9",
+        Stop::Term => "sigterm",
+    };
+    eprintln!("{}", total.json(name, mode, trials()));
 }
 
 #[test]
@@ -189,15 +221,20 @@ fn the_checker_counts_what_it_should() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_with_flush_always_loses_nothing_acknowledged() {
-    run("always").await;
+    run("always", Stop::Kill9).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_with_flush_interval_loses_nothing_acknowledged() {
-    run("interval").await;
+    run("interval", Stop::Kill9).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_with_flush_never_loses_nothing_acknowledged() {
-    run("never").await;
+    run("never", Stop::Kill9).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_drains_cleanly_and_loses_nothing_acknowledged() {
+    run("always", Stop::Term).await;
 }
