@@ -24,7 +24,7 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 
 use super::handler::{dispatch, Reply};
 use super::Broker;
@@ -113,7 +113,10 @@ async fn read_requests(
                 Ok(Ok(_)) => break,
             }
         }
-        let len = match timeout(server.frame_timeout, reader.read_u32()).await {
+        // One deadline for the whole frame, from its first byte (a prefix
+        // and a body trickled separately get no more time than one frame).
+        let mut deadline = Instant::now() + server.frame_timeout;
+        let len = match timeout_at(deadline, reader.read_u32()).await {
             Err(_) => return Stop::Protocol("frame prefix not completed in time".into()),
             Ok(Err(e)) => return Stop::Io(e),
             Ok(Ok(len)) => u64::from(len),
@@ -135,13 +138,15 @@ async fn read_requests(
         if len < REQUEST_HEADER_LEN as u64 {
             return Stop::Protocol(format!("frame of {len} bytes cannot hold a request header"));
         }
-        // Charge the frame to the global budget before allocating it.
+        // Charge the frame to the global budget before allocating it. The
+        // broker's own wait for room does not count against the client.
+        let waited = Instant::now();
         let budget = tokio::select! {
             p = Arc::clone(&broker.budget).acquire_many_owned(len as u32) => p.ok(),
             _ = shutdown.changed() => return Stop::Shutdown,
         };
-        let frame = match timeout(server.frame_timeout, read_body(&mut reader, len as usize)).await
-        {
+        deadline += waited.elapsed();
+        let frame = match timeout_at(deadline, read_body(&mut reader, len as usize)).await {
             Err(_) => {
                 return Stop::Protocol(format!(
                     "frame of {len} bytes not completed within {:?}",

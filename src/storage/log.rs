@@ -631,32 +631,42 @@ impl Log {
     /// Removes segments from the front while `doomed(segment, total bytes)`.
     fn remove_oldest(&self, mut doomed: impl FnMut(&Segment, u64) -> bool) -> Result<Removed> {
         let _maintenance = lock(&self.maintenance);
-        let removed: Vec<Arc<Segment>> = {
-            let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
-            let mut total: u64 = list.iter().map(|s| s.size()).sum();
-            let mut cut = 0;
-            while cut + 1 < list.len() && doomed(&list[cut], total) {
-                total -= list[cut].size();
-                cut += 1;
-            }
-            if cut == 0 {
-                return Ok(Removed::default());
-            }
-            let removed = list[..cut].to_vec();
-            *list = Arc::new(list[cut..].to_vec());
-            removed
-        };
+        // Only this lock's holder removes from the front; rolls only append.
+        let list = self.snapshot();
+        let mut total: u64 = list.iter().map(|s| s.size()).sum();
+        let mut cut = 0;
+        while cut + 1 < list.len() && doomed(&list[cut], total) {
+            total -= list[cut].size();
+            cut += 1;
+        }
         let mut result = Removed::default();
-        // Oldest first, each removal made durable before the next: a crash
-        // can bring back at most the segment being removed, never leave a
-        // hole between older and newer ones.
-        for segment in &removed {
+        // Oldest first, and each removal durable before the log start moves
+        // past it: a crash can bring back at most the segment being removed
+        // (so the start never moves backwards across a restart), never leave
+        // a hole. Until then readers keep reading it: an unlinked file stays
+        // readable through its open descriptors.
+        for segment in &list[..cut] {
+            segment.remove_index_files()?;
+            segment.remove_store()?;
+            // Gone from the directory (if not yet durably): stop offering it
+            // whether or not the sync works.
+            let synced = fs::sync_dir(&*self.vfs, &self.dir);
+            let mut published = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            *published = Arc::new(
+                published
+                    .iter()
+                    .filter(|s| !Arc::ptr_eq(s, segment))
+                    .cloned()
+                    .collect(),
+            );
+            drop(published);
+            synced?;
             result.segments += 1;
             result.bytes += segment.size();
-            segment.remove_files()?;
-            fs::sync_dir(&*self.vfs, &self.dir)?;
         }
-        tracing::info!(dir = %self.dir.display(), segments = result.segments, bytes = result.bytes, "deleted old segments");
+        if result.segments > 0 {
+            tracing::info!(dir = %self.dir.display(), segments = result.segments, bytes = result.bytes, "deleted old segments");
+        }
         Ok(result)
     }
 

@@ -79,23 +79,6 @@ fn split_utc_offset(text: &str) -> (&str, i64) {
     (&text[..n - 6], sign * (h * 3600 + m * 60) * 1000)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_time;
-
-    #[test]
-    fn times_with_and_without_offsets() {
-        let utc = parse_time("2026-11-24T09:00:00Z").unwrap();
-        assert_eq!(utc, 1_795_510_800_000);
-        assert_eq!(parse_time("2026-11-24T10:00:00+01:00").unwrap(), utc);
-        assert_eq!(parse_time("2026-11-24T03:30:00-05:30").unwrap(), utc);
-        assert_eq!(parse_time("2026-11-24T09:00:00.250Z").unwrap(), utc + 250);
-        assert_eq!(parse_time("1795510800000").unwrap(), utc);
-        assert!(parse_time("2026-11-24T09:00:00+1:00").is_err());
-        assert!(parse_time("yesterday").is_err());
-    }
-}
-
 pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     let start = match (&args.offset, args.from_end, &args.from_time) {
         (Some(o), _, _) => StartAt::Offset(*o),
@@ -213,5 +196,22 @@ fn put_bytes(
                 object.insert(format!("{field}_base64"), encoded.into());
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_with_and_without_offsets() {
+        let utc = parse_time("2026-11-24T09:00:00Z").unwrap();
+        assert_eq!(utc, 1_795_510_800_000);
+        assert_eq!(parse_time("2026-11-24T10:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-24T03:30:00-05:30").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-24T09:00:00.250Z").unwrap(), utc + 250);
+        assert_eq!(parse_time("1795510800000").unwrap(), utc);
+        assert!(parse_time("2026-11-24T09:00:00+1:00").is_err());
+        assert!(parse_time("yesterday").is_err());
     }
 }
