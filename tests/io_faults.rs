@@ -156,9 +156,18 @@ fn every_failed_operation_is_survived() {
                 if std::env::var_os("SPOOL_DEBUG").is_some() {
                     eprintln!("run: errno {errno} sticky {sticky} op {n}");
                 }
-                let out = std::panic::catch_unwind(|| workload(&fs)).unwrap_or_else(|_| {
-                    panic!("panic with errno {errno} at op {n} (sticky {sticky})")
+                // On a thread with a deadline: a commit that retries a
+                // failed sync forever must fail the test, not hang it.
+                let (done, result) = std::sync::mpsc::channel();
+                let sim = fs.clone();
+                std::thread::spawn(move || {
+                    let _ = done.send(std::panic::catch_unwind(|| workload(&sim)));
                 });
+                let out = match result.recv_timeout(std::time::Duration::from_secs(30)) {
+                    Ok(Ok(out)) => out,
+                    Ok(Err(_)) => panic!("panic with errno {errno} at op {n} (sticky {sticky})"),
+                    Err(_) => panic!("hung with errno {errno} at op {n} (sticky {sticky})"),
+                };
                 runs += 1;
                 fired += u64::from(fs.fault_fired());
                 acked += out.acked.len() as u64;
