@@ -12,6 +12,7 @@ mutant survives (its test passed).
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -127,12 +128,17 @@ def main():
         if filt:
             args.insert(-1, filt)
         # Bounded: a mutant that hangs its test counts as caught.
+        child = subprocess.Popen(args, cwd=src, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            result = subprocess.run(args, cwd=src, env=env, capture_output=True, text=True, timeout=900)
-            failed, how = result.returncode != 0, "test failed" if result.returncode else "test passed"
-            tail = [l for l in result.stdout.splitlines() + result.stderr.splitlines()
-                    if "panicked" in l or "error[" in l][:2]
+            out, _ = child.communicate(timeout=900)
+            failed = child.returncode != 0
+            how = "test failed" if failed else "test passed"
+            tail = [l for l in out.splitlines() if "panicked" in l or "error[" in l][:2]
         except subprocess.TimeoutExpired:
+            # The whole group: cargo and the test binary it started.
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
             failed, how, tail = True, "test hung (killed after 900 s)", []
         with open(file, "w") as f:
             f.write(original)
