@@ -93,6 +93,8 @@ pub enum BatchError {
     CrcMismatch { expected: u32, actual: u32 },
     #[error("batch declares zero records")]
     Empty,
+    #[error("batch offsets overflow: base offset {base_offset} + {record_count} records")]
+    OffsetOverflow { base_offset: u64, record_count: u32 },
     #[error("batch declares {declared} records but {found} fit in its bytes")]
     CountMismatch { declared: u32, found: u32 },
     #[error("record {index}: {reason}")]
@@ -217,6 +219,17 @@ pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     if header.record_count == 0 {
         return Err(BatchError::Empty);
+    }
+    // Every record's offset must exist (a producer sends base offset 0).
+    if header
+        .base_offset
+        .checked_add(u64::from(header.record_count))
+        .is_none()
+    {
+        return Err(BatchError::OffsetOverflow {
+            base_offset: header.base_offset,
+            record_count: header.record_count,
+        });
     }
     Ok(header)
 }

@@ -195,7 +195,18 @@ impl TopicOverrides {
                 return Err(format!("setting `{k}` given twice"));
             }
         }
-        TopicOverrides::deserialize(table).map_err(|e| e.message().to_owned())
+        TopicOverrides::deserialize(table).map_err(|e| {
+            // The table's error does not say which key: find it, so that
+            // the message names the setting.
+            let bad = pairs.iter().find(|(k, v)| {
+                let one = toml::Table::from_iter([(k.clone(), toml::Value::String(v.clone()))]);
+                TopicOverrides::deserialize(one).is_err()
+            });
+            match bad {
+                Some((k, _)) => format!("`{k}`: {}", e.message()),
+                None => e.message().to_owned(),
+            }
+        })
     }
 
     /// `self` over `below`: each key set here wins.
@@ -414,11 +425,17 @@ fn parse_duration(raw: Raw) -> Result<Limit<Duration>, String> {
             if let Ok(ms) = t.trim().parse::<u64>() {
                 return Ok(Limit::At(Duration::from_millis(ms)));
             }
-            humantime::parse_duration(t.trim())
-                .map(Limit::At)
-                .map_err(|e| {
-                    format!("\"{t}\" is not a duration like \"500ms\", \"30s\" or \"7d\" ({e})")
-                })
+            let d = humantime::parse_duration(t.trim()).map_err(|e| {
+                format!("\"{t}\" is not a duration like \"500ms\", \"30s\" or \"7d\" ({e})")
+            })?;
+            // Milliseconds are the unit settings are reported and stored in:
+            // anything finer would not come back as it was given.
+            if d.subsec_nanos() % 1_000_000 != 0 {
+                return Err(format!(
+                    "\"{t}\" is finer than a millisecond, the smallest unit of durations"
+                ));
+            }
+            Ok(Limit::At(d))
         }
     }
 }
