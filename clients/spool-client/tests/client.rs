@@ -263,21 +263,23 @@ async fn consumer_offset_reset_policies() {
         StartAt::Offset(0),
         config(OffsetReset::Error),
     );
-    match strict.next().await {
+    // Retention may still be deleting: the start only moves forward.
+    let start = match strict.next().await {
         Err(ClientError::Broker {
             code: ErrorCode::OffsetOutOfRange,
             range: Some((s, 40)),
             ..
-        }) => assert_eq!(s, start),
+        }) if s >= start => s,
         other => panic!("{other:?}"),
-    }
+    };
     let mut earliest = Consumer::new(
         client.clone(),
         "r",
         StartAt::Offset(0),
         config(OffsetReset::Earliest),
     );
-    assert_eq!(earliest.next().await.unwrap().offset, start);
+    let first = earliest.next().await.unwrap().offset;
+    assert!(first >= start && first < 40, "{first}");
     let mut latest = Consumer::new(
         client.clone(),
         "r",
