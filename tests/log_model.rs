@@ -1,5 +1,5 @@
-//! Random sequences of appends, reads, reopens, truncations and retention,
-//! checked against an in-memory model of the log.
+//! Random sequences of appends, reads, reopens, truncations and retention
+//! (by size and by age), checked against an in-memory model of the log.
 
 mod common;
 
@@ -17,6 +17,9 @@ enum Op {
     Reopen,
     Truncate(prop::sample::Index),
     Retention(u64),
+    /// Retention by age: `now` this many ms after the newest append, and
+    /// the maximum age in ms.
+    RetentionAge(u64, u64),
 }
 
 fn value_len() -> impl Strategy<Value = usize> {
@@ -32,6 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => any::<prop::sample::Index>().prop_map(Op::Truncate),
         1 => (0u64..400_000).prop_map(Op::Retention),
+        1 => (0u64..3_000, 0u64..3_000).prop_map(|(ahead, age)| Op::RetentionAge(ahead, age)),
     ]
 }
 
@@ -42,6 +46,8 @@ fn value(len: usize, seed: u8) -> Vec<u8> {
 /// The model: every record ever appended, by offset, and where the log starts.
 struct Model {
     records: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    /// Each record's append time (its batch's).
+    times: Vec<i64>,
     lowest: u64,
 }
 
@@ -88,6 +94,7 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut log = Log::open(dir, config()).unwrap();
     let mut model = Model {
         records: Vec::new(),
+        times: Vec::new(),
         lowest: 0,
     };
     for op in ops {
@@ -104,6 +111,13 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut bytes = b.finish();
                 let appended = log.append(&mut bytes).unwrap();
                 prop_assert_eq!(appended.base_offset, model.records.len() as u64);
+                prop_assert!(model
+                    .times
+                    .last()
+                    .is_none_or(|&t| appended.append_time >= t));
+                model
+                    .times
+                    .extend(std::iter::repeat_n(appended.append_time, expected.len()));
                 model.records.extend(expected);
                 prop_assert_eq!(appended.next_offset, model.records.len() as u64);
             }
@@ -173,6 +187,28 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert!(log.size_bytes() <= max_bytes || log.segment_count() == 1);
                 prop_assert!(log.lowest_offset() >= model.lowest);
                 model.lowest = log.lowest_offset();
+            }
+            Op::RetentionAge(ahead, age) => {
+                let now = model.times.last().copied().unwrap_or(0) + ahead as i64;
+                log.apply_retention(
+                    Retention {
+                        max_bytes: None,
+                        max_age: Some(std::time::Duration::from_millis(age)),
+                    },
+                    now,
+                )
+                .unwrap();
+                let lowest = log.lowest_offset();
+                prop_assert!(lowest >= model.lowest);
+                // Only records older than the age may go: the first young
+                // one is still there (and so is the newest, in the active
+                // segment).
+                let cutoff = now - age as i64;
+                if let Some(young) = model.times.iter().position(|&t| t >= cutoff) {
+                    prop_assert!(lowest <= (young as u64).max(model.lowest));
+                }
+                prop_assert!(model.records.is_empty() || lowest < model.records.len() as u64);
+                model.lowest = lowest;
             }
         }
         prop_assert_eq!(log.next_offset(), model.records.len() as u64);
