@@ -12,7 +12,7 @@
 //!  0     8    base_offset      u64  offset of the first record; set by the log
 //!  8     8    append_time      i64  ms since the Unix epoch; set by the log
 //! 16     4    batch_length     u32  bytes of the whole batch, header included
-//! 20     4    crc              u32  CRC-32C (Castagnoli) of bytes [24, batch_length)
+//! 20     4    crc              u32  crc32c([0, 20)) XOR crc32c([24, batch_length))
 //! 24     1    magic            u8   format version, always 1
 //! 25     1    attributes       u8   reserved for compression and flags; 0
 //! 26     2    reserved         u16  0
@@ -22,8 +22,12 @@
 //! 48     ...  records
 //! ```
 //!
-//! The CRC starts after the two fields the log fills in, so assigning offsets
-//! and the append time patches bytes 0..16 without hashing the batch again.
+//! The check covers every byte but its own four, as two CRC-32C (Castagnoli)
+//! values XORed: one of the 20 bytes before it, one of the rest. Assigning
+//! offsets and the append time rewrites bytes 0..16 and updates the check
+//! from the first part alone (two CRCs of 20 bytes), never hashing the
+//! records again; and a flipped bit anywhere, the broker's fields included,
+//! is caught.
 //!
 //! Each record (offset = `base_offset` + its index in the batch):
 //!
@@ -66,7 +70,8 @@ const RESERVED_AT: usize = 26;
 const COUNT_AT: usize = 28;
 const FIRST_TS_AT: usize = 32;
 const MAX_TS_AT: usize = 40;
-/// The CRC covers everything from here to the end of the batch.
+/// The CRC's second part covers everything from here to the end of the
+/// batch; its first part covers `[0, CRC_AT)`.
 pub const CRC_START: usize = MAGIC_AT;
 
 /// Smallest possible record: five one-byte varints and nothing else.
@@ -168,16 +173,21 @@ fn be_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8-byte slice"))
 }
 
-/// Sets the two fields the log owns. They sit before the CRC'd range, so the
-/// batch stays valid.
+/// Sets the two fields the log owns, and updates the CRC for them without
+/// hashing the records: a valid batch stays valid.
 pub fn assign(batch: &mut [u8], base_offset: u64, append_time: i64) {
+    let before = crc32c::crc32c(&batch[..CRC_AT]);
     batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[APPEND_TIME_AT..APPEND_TIME_AT + 8].copy_from_slice(&append_time.to_be_bytes());
+    let after = crc32c::crc32c(&batch[..CRC_AT]);
+    let crc = be_u32(batch, CRC_AT) ^ before ^ after;
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// The CRC-32C a header should carry for `batch` (the whole batch's bytes).
+/// The CRC a header should carry for `batch` (the whole batch's bytes):
+/// `crc32c(batch[0..20]) ^ crc32c(batch[24..])`.
 pub fn compute_crc(batch: &[u8]) -> u32 {
-    crc32c::crc32c(&batch[CRC_START..])
+    crc32c::crc32c(&batch[..CRC_AT]) ^ crc32c::crc32c(&batch[CRC_START..])
 }
 
 /// Recomputes and stores the CRC of a finished batch whose record bytes
@@ -740,19 +750,27 @@ mod tests {
     #[test]
     fn assigning_offsets_keeps_the_crc_valid() {
         let mut bytes = sample();
-        let crc = BatchHeader::parse(&bytes).unwrap().crc;
-        assign(&mut bytes, u64::MAX - 10, i64::MAX);
-        assert_eq!(BatchHeader::parse(&bytes).unwrap().crc, crc);
-        check(&bytes).unwrap();
+        for (offset, time) in [(u64::MAX - 10, i64::MAX), (0, 0), (7, -1)] {
+            assign(&mut bytes, offset, time);
+            let header = check(&bytes).unwrap();
+            assert_eq!((header.base_offset, header.append_time), (offset, time));
+            assert_eq!(header.crc, compute_crc(&bytes), "updated = recomputed");
+        }
     }
 
     #[test]
-    fn every_covered_byte_is_protected_by_the_crc() {
-        let bytes = sample();
-        for i in CRC_START..bytes.len() {
-            let mut damaged = bytes.clone();
-            damaged[i] ^= 0x01;
-            assert!(validate(&damaged).is_err(), "flip at {i} went unnoticed");
+    fn every_byte_but_the_crc_is_protected_by_it() {
+        let mut bytes = sample();
+        assign(&mut bytes, 1000, 1_700_000_000_000);
+        for i in (0..bytes.len()).filter(|i| !(CRC_AT..CRC_AT + 4).contains(i)) {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= 1 << bit;
+                assert!(
+                    check(&damaged).is_err(),
+                    "flip of bit {bit} at {i} went unnoticed"
+                );
+            }
         }
     }
 

@@ -429,9 +429,10 @@ fn lying_batch(rng: &mut Rng) -> Vec<u8> {
             b
         }
         1 => {
-            // batch_length is outside the CRC: no reseal needed.
+            // Resealed, so that only the length lies.
             let mut b = valid_batch(rng);
             b[16..20].copy_from_slice(&rng.pick(&HUGE_U32).to_be_bytes());
+            batch::reseal(&mut b);
             b
         }
         2 => batch_with_record(Some(*rng.pick(&[huge, 1 << 63, u64::MAX])), 0, 1, 0),

@@ -227,7 +227,10 @@ fn produce_request_carries_a_valid_batch_with_value_hi() {
     assert_eq!(&batch[..], &built_batch()[..]);
     // ...and its CRC is what the page's algorithm computes.
     assert_eq!(doc_crc32c(b"123456789"), 0xE306_9283);
-    assert_eq!(doc_crc32c(&batch[24..]), header.crc);
+    assert_eq!(
+        doc_crc32c(&batch[..20]) ^ doc_crc32c(&batch[24..]),
+        header.crc
+    );
 }
 
 #[test]
@@ -296,10 +299,15 @@ fn fetch_response_returns_the_produced_batch_with_its_offset() {
     assert_eq!(records[0].value, Bytes::from_static(b"hi"));
     assert_eq!(records[0].key, None);
 
-    // The produced batch with the broker's two fields filled in: same CRC.
+    // The produced batch with the broker's two fields filled in, and its
+    // CRC updated as the page's algorithm says.
     let mut expected = built_batch();
     assign(&mut expected, OFFSET, APPEND_TIME);
     assert_eq!(batch, &expected[..]);
+    assert_eq!(
+        doc_crc32c(&batch[..20]) ^ doc_crc32c(&batch[24..]),
+        header.crc
+    );
 }
 
 #[test]
