@@ -66,6 +66,22 @@ done
 for i in $(seq 1 "$RUNS"); do
     echo "  $(python3 benches/pingpong.py)"
 done
+# Redis Streams one XADD of 100 bytes at a time, append-only file synced
+# every second: a real server's request/response floor on this machine
+# (only if redis-server is installed: apt-get install redis-server).
+if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync everysec \
+        --dir "$data" --daemonize no >/dev/null &
+    redis_pid=$!
+    for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    value=$(python3 -c 'print("v" * 100)')
+    for i in $(seq 1 "$RUNS"); do
+        redis-benchmark -p "$port" -c 1 -n 100000 -P 1 --csv XADD bench '*' f "$value" 2>/dev/null |
+            tail -1 | awk -F'","' '{gsub(/"/, "", $2); gsub(/"/, "", $4); print "  redis XADD one at a time: " $2 " req/s, p50 " $4 " ms"}'
+    done
+    kill "$redis_pid"
+fi
 
 python3 - "$out" <<'EOF'
 import glob, json, os, statistics, sys
