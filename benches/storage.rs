@@ -48,8 +48,8 @@ fn append(c: &mut Criterion) {
                         let start = Instant::now();
                         for _ in 0..iters {
                             // The same buffer is appended again: the log
-                            // rewrites the offset and time, which the CRC
-                            // does not cover.
+                            // rewrites the offset and time, and updates the
+                            // CRC for them.
                             let appended = log.append(&mut bytes).unwrap();
                             log.commit(appended.next_offset).unwrap();
                         }
