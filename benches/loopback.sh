@@ -78,7 +78,7 @@ if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; 
     value=$(python3 -c 'print("v" * 100)')
     for i in $(seq 1 "$RUNS"); do
         redis-benchmark -p "$port" -c 1 -n 100000 -P 1 --csv XADD bench '*' f "$value" 2>/dev/null |
-            tail -1 | awk -F'","' '{gsub(/"/, "", $2); gsub(/"/, "", $4); print "  redis XADD one at a time: " $2 " req/s, p50 " $4 " ms"}'
+            tail -1 | awk -F'","' '{gsub(/"/, "", $2); gsub(/"/, "", $5); print "  redis XADD one at a time: " $2 " req/s, p50 " $5 " ms"}'
     done
     kill "$redis_pid"
 fi
