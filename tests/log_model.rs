@@ -222,7 +222,11 @@ fn run(dir: &Path, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases in the normal suite, 1,000 in the soak tier.
+    #![proptest_config(ProptestConfig {
+        cases: common::trials(48, 1000) as u32,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_log_behaves_like_its_model(ops in proptest::collection::vec(op(), 1..40)) {
