@@ -36,7 +36,7 @@ use bytes::{Bytes, BytesMut};
 use common::broker::{produce_request, start, TestBroker, PATIENCE};
 use spool::broker::{Flush, TopicOverrides};
 use spool::protocol::{ApiKey, Request, Response, ResponseBody};
-use spool::storage::batch::{self, BatchBuilder};
+use spool::storage::batch::BatchBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -45,22 +45,6 @@ use tokio::task::JoinSet;
 const HEALTH_DEADLINE: Duration = Duration::from_secs(3);
 /// How long the well-behaved consumer long-polls.
 const HEALTH_POLL_MS: u32 = 100;
-
-/// Resident memory and connection counts are the whole process's: the
-/// scenarios must not overlap.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs one test on its own 2-thread runtime, holding [`SERIAL`] until the
-/// runtime (its threads, descriptors and memory) is gone.
-fn serially<F: std::future::Future>(test: F) -> F::Output {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(test)
-}
 
 /// One request at a time, with a deadline; failures are reported, not
 /// panicked, so that the well-behaved clients can count them.
@@ -190,7 +174,7 @@ impl Health {
                             }),
                         ..
                     }) => {
-                        for record in records_from(&batches, offset) {
+                        for record in common::broker::decode(&batches, offset) {
                             if record.value != format!("h{}", record.offset).as_bytes() {
                                 log.failures
                                     .push(format!("wrong record at {}", record.offset));
@@ -250,22 +234,6 @@ impl Health {
         );
         (producer, consumer)
     }
-}
-
-fn records_from(batches: &[Bytes], from: u64) -> Vec<batch::Record> {
-    let mut out = Vec::new();
-    for chunk in batches {
-        for item in batch::BatchIter::new(chunk) {
-            let (_, raw) = item.expect("fetched batches pass their CRC");
-            out.extend(
-                batch::decode_records(&chunk.slice_ref(raw))
-                    .expect("fetched records decode")
-                    .into_iter()
-                    .filter(|r| r.offset >= from),
-            );
-        }
-    }
-    out
 }
 
 fn health_json(producer: &HealthLog, consumer: &HealthLog) -> String {
@@ -395,7 +363,7 @@ async fn flood_once(max_connections: usize) -> Flood {
 
 #[test]
 fn a_connection_flood_refuses_exactly_the_excess_and_serves_the_rest() {
-    serially(async {
+    common::serially(async {
         let max_connections = 500;
         let rounds = common::trials(1, 5);
         for round in 0..rounds {
@@ -528,7 +496,7 @@ fn assert_near(scenario: &str, results: &[Result<Duration, String>], deadline: D
 
 #[test]
 fn slowloris_connections_are_closed_at_the_frame_deadline() {
-    serially(async {
+    common::serially(async {
         let frame_timeout = Duration::from_millis(800);
         // Each byte comes well within the idle timeout, but 400 bytes at this
         // pace take 100 s. The length prefix alone takes 3 intervals (750 ms):
@@ -571,7 +539,7 @@ fn slowloris_connections_are_closed_at_the_frame_deadline() {
 
 #[test]
 fn connections_stalled_mid_frame_are_closed_at_the_frame_deadline() {
-    serially(async {
+    common::serially(async {
         let frame_timeout = Duration::from_millis(500);
         let broker = start(|c| {
             c.server.frame_timeout = frame_timeout;
@@ -827,7 +795,7 @@ fn unread_limits(c: &mut spool::broker::Config) {
 
 #[test]
 fn unread_pipelined_fetches_hold_bounded_memory_and_are_cut_off() {
-    serially(async {
+    common::serially(async {
         let broker = start(unread_limits).await;
         let health = Health::start(broker.addr).await;
         let (connections, pipelined) = (20, common::trials(200, 1000) as usize);
@@ -846,7 +814,7 @@ fn unread_pipelined_fetches_hold_bounded_memory_and_are_cut_off() {
 
 #[test]
 fn unread_fetches_with_max_bytes_0_are_charged_the_batch_they_return() {
-    serially(async {
+    common::serially(async {
         let broker = start(unread_limits).await;
         let health = Health::start(broker.addr).await;
         // Each fetch returns a whole 1 MiB batch however small max_bytes is. A

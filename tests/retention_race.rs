@@ -55,22 +55,6 @@ const IN_FLIGHT: usize = 8;
 const FORWARD_CONSUMERS: u64 = 2;
 const RANDOM_CONSUMERS: u64 = 3;
 
-/// File descriptors and mappings are counted for the whole process: the
-/// tests of this file must not overlap.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs one test on its own 2-thread runtime, holding [`SERIAL`] until the
-/// runtime (its threads, descriptors and memory) is gone.
-fn serially<F: std::future::Future>(test: F) -> F::Output {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(test)
-}
-
 /// How long the in-process load runs.
 fn load_duration() -> Duration {
     Duration::from_secs(common::trials(6, 60))
@@ -605,7 +589,7 @@ fn assert_clean(seen: &Seen, context: &str) {
 
 #[test]
 fn retention_racing_readers_serves_no_wrong_bytes_and_leaks_nothing() {
-    serially(async {
+    common::serially(async {
         let fds_before = open_fds();
         let broker = start(|c| {
             c.server.retention_check_interval = Duration::from_millis(25);
@@ -1103,7 +1087,7 @@ async fn kill_trial(seed: u64) -> KillTrial {
 
 #[test]
 fn kill_9_while_retention_deletes_leaves_no_orphans_and_loses_nothing_acknowledged() {
-    serially(async {
+    common::serially(async {
         let trials = common::trials(6, 30);
         let mut total = Report::default();
         let (mut interrupted, mut torn, mut regressions) = (0, 0, 0);

@@ -13,6 +13,23 @@ pub fn trials(fast: u64, soak: u64) -> u64 {
     }
 }
 
+/// Process-wide figures (resident memory, descriptors, mappings) are only
+/// meaningful if the tests that measure them do not overlap.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs one test on its own 2-thread runtime, holding a lock shared by the
+/// test binary's other `serially` tests until the runtime (its threads,
+/// descriptors and memory) is gone.
+pub fn serially<F: std::future::Future>(test: F) -> F::Output {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(test)
+}
+
 /// A config with tiny segments, so that tests roll often.
 pub fn small_config(segment_bytes: u64) -> LogConfig {
     LogConfig {
