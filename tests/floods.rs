@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::broker::{produce_request, start, TestBroker, PATIENCE};
+use common::broker::{produce_request, start, Caller, TestBroker, PATIENCE};
 use spool::broker::{Flush, TopicOverrides};
 use spool::protocol::{ApiKey, Request, Response, ResponseBody};
 use spool::storage::batch::BatchBuilder;
@@ -45,58 +45,6 @@ use tokio::task::JoinSet;
 const HEALTH_DEADLINE: Duration = Duration::from_secs(3);
 /// How long the well-behaved consumer long-polls.
 const HEALTH_POLL_MS: u32 = 100;
-
-/// One request at a time, with a deadline; failures are reported, not
-/// panicked, so that the well-behaved clients can count them.
-struct Client {
-    stream: TcpStream,
-    next_id: u32,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        stream.set_nodelay(true).unwrap();
-        Client { stream, next_id: 1 }
-    }
-
-    async fn call(&mut self, request: &Request, deadline: Duration) -> Result<Response, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut buf = BytesMut::new();
-        request.encode(id, &mut buf);
-        let exchange = async {
-            self.stream
-                .write_all(&buf)
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            let mut len = [0u8; 4];
-            self.stream
-                .read_exact(&mut len)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
-            self.stream
-                .read_exact(&mut frame)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            Response::parse(request.api_key(), Bytes::from(frame)).map_err(|e| e.to_string())
-        };
-        let response = tokio::time::timeout(deadline, exchange)
-            .await
-            .map_err(|_| format!("no answer within {deadline:?}"))??;
-        if response.correlation_id != id {
-            return Err(format!(
-                "correlation id {} for {id}",
-                response.correlation_id
-            ));
-        }
-        Ok(response)
-    }
-}
 
 /// What the well-behaved clients saw.
 #[derive(Debug, Default)]
@@ -119,8 +67,8 @@ struct Health {
 impl Health {
     async fn start(addr: SocketAddr) -> Health {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut producer = Client::connect(addr).await;
-        let mut consumer = Client::connect(addr).await;
+        let mut producer = Caller::connect(addr).await;
+        let mut consumer = Caller::connect(addr).await;
         // The first record creates the topic the consumer reads.
         let first = producer
             .call(&produce_request("health", &[b"h0"]), PATIENCE)
@@ -619,7 +567,7 @@ impl RssPeak {
 async fn fill(addr: SocketAddr, topic: &str, batches: usize, batch_bytes: usize) -> u64 {
     let per_batch = 16;
     let value = vec![b'v'; batch_bytes / per_batch - 32];
-    let mut c = Client::connect(addr).await;
+    let mut c = Caller::connect(addr).await;
     for i in 0..batches {
         let mut b = BatchBuilder::with_capacity(batch_bytes);
         for _ in 0..per_batch {

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::broker::{start, PATIENCE};
+use common::broker::{start, CallError, Caller, PATIENCE};
 use common::checker::{self, Outcome, Report, Sent};
 use common::process::spawn;
 use common::sim::Rng;
@@ -87,32 +87,21 @@ async fn read_frame(stream: &mut TcpStream) -> Option<Bytes> {
 }
 
 /// A connection that survives the broker dying under it (the kill test):
-/// every call says `None` once the connection is gone.
-struct Client {
-    stream: TcpStream,
-    next_id: u32,
-}
+/// every call says `None` once the connection is gone; a late or malformed
+/// answer fails the test.
+struct Client(Caller);
 
 impl Client {
     async fn connect(addr: SocketAddr) -> Client {
-        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        stream.set_nodelay(true).unwrap();
-        Client { stream, next_id: 1 }
+        Client(Caller::connect(addr).await)
     }
 
     async fn call(&mut self, request: &Request) -> Option<Response> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut buf = BytesMut::new();
-        request.encode(id, &mut buf);
-        self.stream.write_all(&buf).await.ok()?;
-        let frame = read_frame(&mut self.stream).await?;
-        let response = Response::parse(request.api_key(), frame).expect("a well-formed response");
-        assert_eq!(response.correlation_id, id, "responses in request order");
-        Some(response)
+        match self.0.call(request, PATIENCE).await {
+            Ok(response) => Some(response),
+            Err(CallError::Gone(_)) => None,
+            Err(e) => panic!("{request:?}: {e:?}"),
+        }
     }
 }
 
@@ -138,7 +127,7 @@ impl StartWatch {
 /// flight) or the connection dies (then what is in flight is unknown).
 async fn produce(addr: SocketAddr, seed: u64, shared: Arc<Shared>) -> (Vec<Sent>, StartWatch) {
     let mut rng = Rng::new(seed);
-    let mut stream = Client::connect(addr).await.stream;
+    let mut stream = Client::connect(addr).await.0.stream;
     let mut sent = Vec::new();
     let mut starts = StartWatch::default();
     // (first sequence number, record count) of each request in flight.

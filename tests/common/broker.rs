@@ -229,3 +229,64 @@ pub fn decode(batches: &[Bytes], from: u64) -> Vec<Record> {
     }
     out
 }
+
+/// Why a [`Caller`] call failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// The connection is gone (the broker closed it, or died).
+    Gone(std::io::Error),
+    /// No whole answer within the deadline.
+    Timeout(Duration),
+    /// An answer arrived but is malformed, or answers another request.
+    Bad(String),
+}
+
+/// One request at a time, with a deadline, failures returned rather than
+/// panicked: for clients that outlive a broker's death, or count failures.
+pub struct Caller {
+    pub stream: TcpStream,
+    next_id: u32,
+}
+
+impl Caller {
+    pub async fn connect(addr: SocketAddr) -> Caller {
+        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Caller { stream, next_id: 1 }
+    }
+
+    pub async fn call(
+        &mut self,
+        request: &Request,
+        deadline: Duration,
+    ) -> Result<Response, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut buf = BytesMut::new();
+        request.encode(id, &mut buf);
+        let exchange = async {
+            self.stream.write_all(&buf).await?;
+            let mut len = [0u8; 4];
+            self.stream.read_exact(&mut len).await?;
+            let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+            self.stream.read_exact(&mut frame).await?;
+            std::io::Result::Ok(Bytes::from(frame))
+        };
+        let frame = tokio::time::timeout(deadline, exchange)
+            .await
+            .map_err(|_| CallError::Timeout(deadline))?
+            .map_err(CallError::Gone)?;
+        let response =
+            Response::parse(request.api_key(), frame).map_err(|e| CallError::Bad(e.to_string()))?;
+        if response.correlation_id != id {
+            return Err(CallError::Bad(format!(
+                "correlation id {} for {id}",
+                response.correlation_id
+            )));
+        }
+        Ok(response)
+    }
+}
