@@ -5,6 +5,8 @@
 //! - [`storage`] (feature `storage`): the segmented commit log, usable on
 //!   its own, without any networking.
 //! - [`broker`] (feature `broker`, the default): the TCP server.
+//! - [`net`] (feature `net`, part of `broker`): socket helpers the broker
+//!   and the client share.
 //!
 //! A client needs only `batch` and `protocol`: depend on this crate with
 //! `default-features = false` and none of the server is compiled.
@@ -14,5 +16,7 @@ pub mod protocol;
 
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "net")]
+pub mod net;
 #[cfg(feature = "storage")]
 pub mod storage;

@@ -53,10 +53,11 @@ fn main() -> ExitCode {
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        builder.worker_threads(config.server.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("spool-broker: cannot start the runtime: {e}");

@@ -71,6 +71,15 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// After answering, how long a connection keeps polling its socket for
+    /// the next request before it sleeps. Zero (the default) never polls.
+    /// Spends CPU to save the wake-up of a sleeping thread per request.
+    #[serde(deserialize_with = "fine_duration")]
+    pub busy_poll: Duration,
+    /// Threads that serve connections; 0 means one per CPU. Read by
+    /// `spool-broker` when it builds its runtime (a broker started in code
+    /// runs on its caller's runtime).
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +98,8 @@ impl Default for ServerConfig {
             auto_create_topics: true,
             max_topics: 1000,
             shutdown_timeout: Duration::from_secs(30),
+            busy_poll: Duration::ZERO,
+            worker_threads: 0,
         }
     }
 }
@@ -367,6 +378,20 @@ impl Config {
                 return Err(format!("[server] {name} must be more than 0"));
             }
         }
+        // Polling longer than this only burns CPU: a client that has not
+        // sent its next request within it was not going to soon.
+        if s.busy_poll > Duration::from_millis(10) {
+            return Err(format!(
+                "[server] busy_poll must be at most 10ms, got {:?}",
+                s.busy_poll
+            ));
+        }
+        if s.worker_threads > 1024 {
+            return Err(format!(
+                "[server] worker_threads must be at most 1024 (0: one per CPU), got {}",
+                s.worker_threads
+            ));
+        }
         self.topic_defaults()
             .map_err(|e| format!("[defaults] {e}"))?;
         for name in self.topics.keys() {
@@ -459,6 +484,23 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         .map_err(de::Error::custom)
 }
 
+/// A duration that may be finer than a millisecond (`"200us"`); an integer
+/// is still milliseconds, as everywhere else.
+fn fine_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match Raw::deserialize(d)? {
+        Raw::Text(t) if t.trim().parse::<u64>().is_err() && t.trim() != "unlimited" => {
+            humantime::parse_duration(t.trim()).map_err(|e| {
+                de::Error::custom(format!(
+                    "\"{t}\" is not a duration like \"200us\" or \"1ms\" ({e})"
+                ))
+            })
+        }
+        raw => parse_duration(raw)
+            .and_then(limited)
+            .map_err(de::Error::custom),
+    }
+}
+
 fn some_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     size(d).map(Some)
 }
@@ -541,6 +583,24 @@ mod tests {
     }
 
     #[test]
+    fn busy_poll_takes_microseconds_and_plain_numbers_stay_milliseconds() {
+        let poll = |v: &str| {
+            Config::parse(&format!("[server]\nbusy_poll = {v}"))
+                .unwrap()
+                .server
+                .busy_poll
+        };
+        assert_eq!(poll("\"200us\""), Duration::from_micros(200));
+        assert_eq!(poll("\"1ms 500us\""), Duration::from_micros(1500));
+        assert_eq!(poll("2"), Duration::from_millis(2));
+        assert_eq!(poll("\"2\""), Duration::from_millis(2));
+        assert_eq!(poll("\"0\""), Duration::ZERO);
+        assert_eq!(poll("\"10ms\""), Duration::from_millis(10));
+        let config = Config::parse("[server]\nworker_threads = 1").unwrap();
+        assert_eq!(config.server.worker_threads, 1);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             ("[server]\nmax_conections = 5", "max_conections"),
@@ -552,6 +612,11 @@ mod tests {
             ("[defaults]\nsegment_bytes = 10", "segment_bytes"),
             ("[server]\nidle_timeout = -5", "idle_timeout"),
             ("[topics.\"a/b\"]\nflush = \"never\"", "a/b"),
+            ("[server]\nbusy_poll = \"11ms\"", "busy_poll"),
+            ("[server]\nbusy_poll = \"unlimited\"", "busy_poll"),
+            ("[server]\nbusy_poll = \"fast\"", "busy_poll"),
+            ("[server]\nworker_threads = 5000", "worker_threads"),
+            ("[server]\nworker_threads = -1", "worker_threads"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err();

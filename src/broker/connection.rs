@@ -14,6 +14,8 @@
 //! `frame_timeout` (a started frame must finish), `idle_timeout` (between
 //! requests), `max_inflight_bytes` (shared by every connection),
 //! `max_queued_bytes` (responses waiting to be written) and `write_timeout`.
+//! With `busy_poll` set, a connection polls its socket for a while after
+//! each request before it sleeps (`crate::net::poll_readable`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use bytes::BytesMut;
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
 };
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -87,7 +90,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, shutdown: watch::Rece
 
 async fn read_requests(
     broker: &Arc<Broker>,
-    read_half: impl AsyncRead + Unpin,
+    read_half: OwnedReadHalf,
     tx: mpsc::Sender<Outgoing>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Stop {
@@ -95,6 +98,11 @@ async fn read_requests(
     let queued = Arc::new(Semaphore::new(server.max_queued_bytes as usize));
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
     loop {
+        if reader.buffer().is_empty() && !server.busy_poll.is_zero() {
+            // Poll a while for the next request before sleeping (see
+            // `spool::net::poll_readable` for why).
+            crate::net::poll_readable(reader.get_ref().as_ref(), server.busy_poll).await;
+        }
         // Between frames: wait for the first byte of the next one. The
         // connection is idle only while it waits for nothing: a long poll in
         // flight keeps it open however long it lasts.

@@ -63,6 +63,11 @@ pub struct Args {
     /// Messages per second per producer (default: as fast as possible).
     #[arg(long)]
     rate: Option<u64>,
+    /// After each response, poll the socket this long before sleeping
+    /// ("200us"; default: never). For one-at-a-time runs against a broker
+    /// with `server.busy_poll`; see docs/BENCHMARKS.md.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    busy_poll: Option<Duration>,
     /// Most bytes per fetch.
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
     fetch_bytes: u32,
@@ -145,12 +150,22 @@ struct Report {
     in_flight: usize,
     flush: String,
     rate: Option<u64>,
+    /// The clients' `--busy-poll`, µs (0: off).
+    busy_poll_us: u64,
     produce: Option<Throughput>,
     /// Send to acknowledgement of each produce request, ms.
     produce_latency_ms: Option<Latency>,
     consume: Option<Throughput>,
     /// Send to receipt by a consumer of each message, ms (mode `both`).
     end_to_end_latency_ms: Option<Latency>,
+}
+
+/// The configuration of the producers' and consumers' connections.
+fn client_config(args: &Args) -> spool_client::ClientConfig {
+    spool_client::ClientConfig {
+        busy_poll: args.busy_poll.unwrap_or_default(),
+        ..spool_client::ClientConfig::default()
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -237,7 +252,7 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
     let mut consumers = Vec::new();
     if args.mode != Mode::Produce {
         for j in 0..args.consumers {
-            let client = crate::connect(broker).await?;
+            let client = crate::connect_with(broker, client_config(&args)).await?;
             let topic = topics[j % topics.len()].clone();
             let expected = if args.mode == Mode::Consume || args.duration.is_none() {
                 Some(per_topic[j % topics.len()])
@@ -311,6 +326,7 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
         in_flight: args.in_flight,
         flush: args.flush.clone(),
         rate: args.rate,
+        busy_poll_us: args.busy_poll.unwrap_or_default().as_micros() as u64,
         produce: (args.mode != Mode::Consume).then(|| Throughput::of(&produced, produce_elapsed)),
         produce_latency_ms: Latency::of(&produce_latency),
         consume: (args.mode != Mode::Produce).then(|| Throughput::of(&consumed, consume_elapsed)),
@@ -364,7 +380,7 @@ async fn spawn_producers(
 ) -> Result<Vec<ProducerTask>, String> {
     let mut tasks = Vec::new();
     for i in 0..args.producers {
-        let client = crate::connect(broker).await?;
+        let client = crate::connect_with(broker, client_config(args)).await?;
         let plan = Plan {
             topic: topics[i % topics.len()].clone(),
             quota: quota(total, args.producers, i),
@@ -575,7 +591,7 @@ fn print_report(r: &Report, json: bool) {
         return;
     }
     println!(
-        "spool bench: mode {:?}, {} producer(s), {} consumer(s), {} topic(s), {} B messages, batches of {}, {} in flight, flush {}{}",
+        "spool bench: mode {:?}, {} producer(s), {} consumer(s), {} topic(s), {} B messages, batches of {}, {} in flight, flush {}{}{}",
         r.mode,
         r.producers,
         r.consumers,
@@ -584,7 +600,12 @@ fn print_report(r: &Report, json: bool) {
         r.batch_size,
         r.in_flight,
         r.flush,
-        r.rate.map(|x| format!(", {x} msgs/s per producer")).unwrap_or_default()
+        r.rate.map(|x| format!(", {x} msgs/s per producer")).unwrap_or_default(),
+        if r.busy_poll_us > 0 {
+            format!(", busy poll {} us", r.busy_poll_us)
+        } else {
+            String::new()
+        }
     );
     let line = |name: &str, t: &Throughput| {
         println!(

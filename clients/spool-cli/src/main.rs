@@ -19,7 +19,7 @@ mod produce;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use spool_client::{Client, ClientError};
+use spool_client::{Client, ClientConfig, ClientError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -114,12 +114,19 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 /// Connects, turning failure into the one line the user sees.
 pub async fn connect(addr: &str) -> Result<Client, String> {
-    Client::connect(addr).await.map_err(|e| match e {
-        ClientError::Connect { .. } => {
-            format!("{e} (is the broker running? set --broker or SPOOL_BROKER)")
-        }
-        e => e.to_string(),
-    })
+    connect_with(addr, ClientConfig::default()).await
+}
+
+/// [`connect`] with a client configuration.
+pub async fn connect_with(addr: &str, config: ClientConfig) -> Result<Client, String> {
+    Client::connect_with(addr, config)
+        .await
+        .map_err(|e| match e {
+            ClientError::Connect { .. } => {
+                format!("{e} (is the broker running? set --broker or SPOOL_BROKER)")
+            }
+            e => e.to_string(),
+        })
 }
 
 async fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {

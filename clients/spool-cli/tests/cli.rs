@@ -411,6 +411,36 @@ fn bench_reports_json_for_every_mode() {
         b"",
     );
     assert!(text.contains("msgs/s") && text.contains("p99.9"), "{text}");
+    // One at a time with the clients busy-polling: every message is
+    // acknowledged, and the report says how it ran.
+    let out = env.ok(
+        &[
+            "bench",
+            "--messages",
+            "2000",
+            "--message-size",
+            "100",
+            "--batch-size",
+            "1",
+            "--in-flight",
+            "1",
+            "--busy-poll",
+            "100us",
+            "--json",
+        ],
+        b"",
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["busy_poll_us"], 100);
+    assert_eq!(report["produce"]["messages"], 2000);
+    assert_eq!(report["produce_latency_ms"]["count"], 2000);
+    let bad = env.run(&["bench", "--busy-poll", "soon"], b"");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--busy-poll"),
+        "{bad:?}"
+    );
     // Draining a backlog for a duration: the backlog is what the producers
     // wrote in that time, and the run ends.
     let out = env.ok(

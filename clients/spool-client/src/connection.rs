@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spool::protocol::{Acks, ApiKey, Request, Response};
@@ -62,7 +63,7 @@ impl Drop for TornGuard<'_> {
 pub(crate) type ResponseFuture = oneshot::Receiver<Result<Response>>;
 
 impl Connection {
-    pub async fn open(stream: TcpStream) -> Connection {
+    pub async fn open(stream: TcpStream, busy_poll: Duration) -> Connection {
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
         let pending = Arc::new(Mutex::new(Pending {
@@ -74,6 +75,7 @@ impl Connection {
             read_half,
             Arc::clone(&pending),
             Arc::clone(&broken),
+            busy_poll,
         ));
         Connection {
             writer: tokio::sync::Mutex::new(write_half),
@@ -183,6 +185,7 @@ async fn read_responses(
     mut read_half: OwnedReadHalf,
     pending: Arc<Mutex<Pending>>,
     broken: Arc<AtomicBool>,
+    busy_poll: Duration,
 ) {
     let mut codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_RESPONSE_FRAME)
@@ -191,11 +194,17 @@ async fn read_responses(
     let reason = loop {
         let frame = match codec.decode(&mut buf) {
             Ok(Some(frame)) => frame,
-            Ok(None) => match read_half.read_buf(&mut buf).await {
-                Ok(0) => break "the broker closed the connection".to_owned(),
-                Ok(_) => continue,
-                Err(e) => break e.to_string(),
-            },
+            Ok(None) => {
+                if !busy_poll.is_zero() {
+                    // `ClientConfig::busy_poll`: poll a while before sleeping.
+                    spool::net::poll_readable(read_half.as_ref(), busy_poll).await;
+                }
+                match read_half.read_buf(&mut buf).await {
+                    Ok(0) => break "the broker closed the connection".to_owned(),
+                    Ok(_) => continue,
+                    Err(e) => break e.to_string(),
+                }
+            }
             Err(e) => break e.to_string(),
         };
         let next = pending

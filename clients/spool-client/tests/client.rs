@@ -436,3 +436,40 @@ async fn a_consumer_is_also_a_stream() {
     let want: Vec<(u64, Vec<u8>)> = (0..10).map(|i| (i, format!("v{i}").into_bytes())).collect();
     assert_eq!(seen, want);
 }
+
+#[tokio::test]
+async fn a_polling_client_gets_every_answer_and_notices_the_broker_leaving() {
+    let mut broker = start(|c| c.server.busy_poll = Duration::from_millis(5)).await;
+    let config = ClientConfig {
+        busy_poll: Duration::from_millis(5),
+        reconnect_for: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&broker.addr(), config).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    // One at a time: each send waits for its acknowledgement.
+    for i in 0..200u64 {
+        let delivery = producer
+            .send("bp", None, i.to_string().as_bytes())
+            .await
+            .unwrap();
+        producer.flush().await.unwrap();
+        assert_eq!(delivery.await.unwrap(), i);
+    }
+    let mut consumer = Consumer::new(
+        client.clone(),
+        "bp",
+        StartAt::Earliest,
+        ConsumerConfig::default(),
+    );
+    for i in 0..200u64 {
+        let record = consumer.next().await.unwrap();
+        assert_eq!(record.offset, i);
+        assert_eq!(record.value, i.to_string().as_bytes());
+    }
+    // The broker goes away while the client's connection polls: the next
+    // call fails (after its bounded reconnection attempts) instead of hanging.
+    broker.running.take().unwrap().shutdown().await;
+    let gone = tokio::time::timeout(PATIENCE, client.list_topics()).await;
+    assert!(matches!(gone, Ok(Err(_))), "{gone:?}");
+}
