@@ -4,7 +4,7 @@
 # the machine's own yardsticks measured in the same run (page-cache write
 # speed with dd, loopback round trip with benches/pingpong.py).
 #
-#   bash benches/loopback.sh            # ~3 minutes
+#   bash benches/loopback.sh            # ~4 minutes
 #   RUNS=5 bash benches/loopback.sh
 #
 # Writes each run's JSON to target/loopback/*.json.
@@ -31,16 +31,20 @@ if [ "${FILL:-1}" = 1 ]; then
     cat "$out/fill" >/dev/null
 fi
 data=$(mktemp -d)
-trap 'kill $broker_pid 2>/dev/null; rm -rf "$data"' EXIT
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$data"' EXIT
 
-# The broker, on a free port; wait for its ready line.
-fifo="$data/ready"
-mkfifo "$fifo"
-RUST_LOG=warn target/release/spool-broker --listen 127.0.0.1:0 --data-dir "$data/broker" >"$fifo" &
-broker_pid=$!
-read -r ready <"$fifo"
-addr=${ready#spool listening on }
-echo "broker at $addr (pid $broker_pid)"
+# Starts a broker on a free port with these arguments, waits for its ready
+# line and sets $addr.
+start_broker() {
+    local fifo="$data/ready-${#pids[@]}"
+    mkfifo "$fifo"
+    RUST_LOG=warn target/release/spool-broker "$@" >"$fifo" &
+    pids+=($!)
+    read -r ready <"$fifo"
+    addr=${ready#spool listening on }
+    echo "broker at $addr (pid $!)"
+}
 
 bench() {
     local name=$1
@@ -50,6 +54,8 @@ bench() {
     done
 }
 
+start_broker --listen 127.0.0.1:0 --data-dir "$data/broker"
+
 bench produce-1k-never --messages 2000000
 bench produce-1k-always --messages 2000000 --flush always
 bench consume-1k-backlog --mode consume --messages 2000000
@@ -57,6 +63,20 @@ bench both-1k --mode both --messages 2000000
 bench produce-100b-never --messages 10000000 --message-size 100
 bench one-at-a-time-100b --messages 100000 --message-size 100 --batch-size 1 --in-flight 1
 bench e2e-paced-10k --mode both --duration 10s --message-size 100 --batch-size 1 --in-flight 1 --rate 10000
+
+# One at a time again, with both sides polling their sockets between
+# requests instead of sleeping (server.busy_poll, spool bench --busy-poll):
+# one worker thread each, so that the two pollers have a CPU each.
+cat >"$data/poll.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+data_dir = "$data/poll-broker"
+busy_poll = "1ms"
+worker_threads = 1
+EOF
+start_broker --config "$data/poll.toml"
+TOKIO_WORKER_THREADS=1 bench one-at-a-time-100b-busy-poll --messages 100000 --message-size 100 --batch-size 1 --in-flight 1 --busy-poll 1ms
+TOKIO_WORKER_THREADS=1 bench e2e-paced-10k-busy-poll --mode both --duration 10s --message-size 100 --batch-size 1 --in-flight 1 --rate 10000 --busy-poll 1ms
 
 echo "yardsticks:"
 for i in $(seq 1 "$RUNS"); do
