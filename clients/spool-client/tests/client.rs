@@ -473,3 +473,149 @@ async fn a_polling_client_gets_every_answer_and_notices_the_broker_leaving() {
     let gone = tokio::time::timeout(PATIENCE, client.list_topics()).await;
     assert!(matches!(gone, Ok(Err(_))), "{gone:?}");
 }
+
+/// A broker stand-in that does the handshake, then holds every produce
+/// unanswered until `release` is notified; after that it answers each
+/// (offsets counted per record) at once. `received` counts produce requests.
+async fn holding_broker(
+    received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+) -> String {
+    use spool::protocol::{Request, Response, ResponseBody};
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (mut rd, mut wr) = socket.into_split();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Option<u32>)>();
+        // Writer: answers in order; produces wait for the release.
+        tokio::spawn(async move {
+            let mut released = false;
+            let mut next_offset = 0u64;
+            while let Some((id, records)) = rx.recv().await {
+                let body = match records {
+                    None => ResponseBody::ApiVersions {
+                        server: "holding".into(),
+                        apis: vec![],
+                    },
+                    Some(n) => {
+                        if !released {
+                            release.notified().await;
+                            released = true;
+                        }
+                        let base_offset = next_offset;
+                        next_offset += u64::from(n);
+                        ResponseBody::Produced {
+                            base_offset,
+                            append_time: 0,
+                            log_start: 0,
+                        }
+                    }
+                };
+                let response = Response {
+                    correlation_id: id,
+                    body: Ok(body),
+                };
+                let (head, chunks) = response.encode();
+                wr.write_all(&head).await.unwrap();
+                for chunk in chunks {
+                    wr.write_all(&chunk).await.unwrap();
+                }
+            }
+        });
+        loop {
+            let Ok(len) = rd.read_u32().await else { return };
+            let mut frame = bytes::BytesMut::zeroed(len as usize);
+            rd.read_exact(&mut frame).await.unwrap();
+            let (header, request) = Request::parse(frame).unwrap();
+            let records = match request {
+                Request::Produce { batch, .. } => {
+                    received.fetch_add(1, Ordering::SeqCst);
+                    Some(
+                        spool::batch::BatchHeader::parse(&batch)
+                            .unwrap()
+                            .record_count,
+                    )
+                }
+                _ => None,
+            };
+            tx.send((header.correlation_id, records)).unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn send_waits_while_max_in_flight_bytes_are_unanswered() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let received = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let addr = holding_broker(Arc::clone(&received), Arc::clone(&release)).await;
+    let client = Client::connect(&addr).await.unwrap();
+    // Every send fills a batch (one ~1 KB record) and dispatches it; four
+    // KiB in flight hold at most four of them.
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            batch_bytes: 1,
+            linger: Duration::from_millis(1),
+            max_in_flight_bytes: 4096,
+        },
+    );
+    let window = 4096 / 1000;
+    let returned = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let returned = Arc::clone(&returned);
+        tokio::spawn(async move {
+            let mut deliveries = Vec::new();
+            for i in 0..20u32 {
+                let value = format!("{i:01000}");
+                deliveries.push(producer.send("held", None, value.as_bytes()).await.unwrap());
+                returned.fetch_add(1, Ordering::SeqCst);
+            }
+            producer.flush().await.unwrap();
+            let mut offsets = Vec::new();
+            for d in deliveries {
+                offsets.push(d.await.unwrap());
+            }
+            offsets
+        })
+    };
+    // Bounded wait for the window to fill: nothing is answered yet.
+    for _ in 0..1000 {
+        if received.load(Ordering::SeqCst) >= window - 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        received.load(Ordering::SeqCst) >= window - 1,
+        "the window never filled"
+    );
+    // A producer without back-pressure would now race through all 20; give
+    // it the time to, then check that it stopped at the window.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight = received.load(Ordering::SeqCst);
+    assert!(
+        in_flight <= window,
+        "{in_flight} batches in flight beyond {window}"
+    );
+    assert!(
+        returned.load(Ordering::SeqCst) <= window,
+        "send kept returning with the window full"
+    );
+    assert!(!sender.is_finished());
+    // Answers free the window: every send completes, in order.
+    release.notify_one();
+    let offsets = tokio::time::timeout(PATIENCE, sender)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(offsets, (0..20).collect::<Vec<u64>>());
+    assert_eq!(received.load(Ordering::SeqCst), 20);
+}
