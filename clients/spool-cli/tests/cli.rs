@@ -397,8 +397,9 @@ fn bench_reports_json_for_every_mode() {
     }
     // The bench cleaned up after itself.
     assert_eq!(env.ok(&["topic", "list"], b""), "");
-    // Human output without --json, and with a duration.
-    let text = env.ok(
+    // Human output without --json, and with a duration. The progress bar
+    // is for terminals: piped, stderr stays empty.
+    let out = env.run(
         &[
             "bench",
             "--duration",
@@ -410,7 +411,14 @@ fn bench_reports_json_for_every_mode() {
         ],
         b"",
     );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("msgs/s") && text.contains("p99.9"), "{text}");
+    assert!(
+        out.stderr.is_empty(),
+        "progress drawn into a pipe: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // One at a time with the clients busy-polling: every message is
     // acknowledged, and the report says how it ran.
     let out = env.ok(
