@@ -70,12 +70,13 @@ MUTANTS = {
     ),
     "publish-retention-first": (
         "src/storage/log.rs",
-        "            segment.remove_index_files()?;\n            segment.remove_store()?;",
+        "        for segment in &list[..cut] {\n            segment.remove_files()?;",
+        "        for segment in &list[..cut] {\n"
         "            let mut published = self.segments.write().unwrap_or_else(|p| p.into_inner());\n"
         "            *published = Arc::new(published.iter().filter(|s| !Arc::ptr_eq(s, segment)).cloned().collect());\n"
         "            drop(published);\n"
         "            std::thread::sleep(std::time::Duration::from_millis(5));\n"
-        "            segment.remove_index_files()?;\n            segment.remove_store()?;",
+        "            segment.remove_files()?;",
         "retention_race", "kill_9_while_retention",
         "the log start moves before the deletion is durable",
     ),

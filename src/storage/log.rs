@@ -646,8 +646,7 @@ impl Log {
         // a hole. Until then readers keep reading it: an unlinked file stays
         // readable through its open descriptors.
         for segment in &list[..cut] {
-            segment.remove_index_files()?;
-            segment.remove_store()?;
+            segment.remove_files()?;
             // Gone from the directory (if not yet durably): stop offering it
             // whether or not the sync works.
             let synced = fs::sync_dir(&*self.vfs, &self.dir);

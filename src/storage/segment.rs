@@ -571,21 +571,13 @@ impl Segment {
     }
 
     /// Unlinks the segment's files. Readers holding it keep reading: an open
-    /// file and its mappings outlive the directory entry.
+    /// file and its mappings outlive the directory entry. The indexes go
+    /// first: a crash or a failure before the store goes loses nothing
+    /// (recovery rebuilds missing indexes); once the store is gone, so are
+    /// the records.
     pub fn remove_files(&self) -> Result<()> {
-        self.remove_index_files()?;
-        self.remove_store()
-    }
-
-    /// Removes the index files. The store stays whole: a crash or a failure
-    /// here loses nothing (recovery rebuilds missing indexes).
-    pub fn remove_index_files(&self) -> Result<()> {
         fs::remove_file(&*self.vfs, self.times.path())?;
-        fs::remove_file(&*self.vfs, self.index.path())
-    }
-
-    /// Removes the store: once this returns, the records are gone.
-    pub fn remove_store(&self) -> Result<()> {
+        fs::remove_file(&*self.vfs, self.index.path())?;
         fs::remove_file(&*self.vfs, self.store.path())
     }
 }
