@@ -464,6 +464,18 @@ impl Response {
         (out, chunks)
     }
 
+    /// The whole frame, length prefix included, in one buffer: for tests
+    /// and tools. The broker sends [`Response::encode`]'s parts instead, so
+    /// that fetched batches are not copied.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        let (head, chunks) = self.encode();
+        let mut frame = head.to_vec();
+        for chunk in &chunks {
+            frame.extend_from_slice(chunk);
+        }
+        frame
+    }
+
     /// Parses a response frame (without the length prefix) to a request of
     /// `api`. Fetched batches are slices of `frame`: no copy.
     pub fn parse(api: ApiKey, frame: Bytes) -> Result<Response, ProtocolError> {
@@ -649,11 +661,7 @@ mod tests {
             correlation_id: 3,
             body,
         };
-        let (head, chunks) = response.encode();
-        let mut frame = head.to_vec();
-        for c in &chunks {
-            frame.extend_from_slice(c);
-        }
+        let frame = response.encode_to_vec();
         let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(len, frame.len() - 4);
         let parsed = Response::parse(api, Bytes::from(frame).slice(4..)).unwrap();

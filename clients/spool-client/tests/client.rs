@@ -347,18 +347,14 @@ async fn deaf_broker() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize
                 let mut frame = vec![0u8; len];
                 socket.read_exact(&mut frame).await.unwrap();
                 let header = RequestHeader::parse(&frame).unwrap();
-                let (head, chunks) = Response {
+                let handshake = Response {
                     correlation_id: header.correlation_id,
                     body: Ok(ResponseBody::ApiVersions {
                         server: "deaf".into(),
                         apis: vec![],
                     }),
-                }
-                .encode();
-                socket.write_all(&head).await.unwrap();
-                for c in chunks {
-                    socket.write_all(&c).await.unwrap();
-                }
+                };
+                socket.write_all(&handshake.encode_to_vec()).await.unwrap();
                 // Hold the socket open, reading nothing.
                 std::future::pending::<()>().await;
                 drop(socket);
@@ -519,11 +515,7 @@ async fn holding_broker(
                     correlation_id: id,
                     body: Ok(body),
                 };
-                let (head, chunks) = response.encode();
-                wr.write_all(&head).await.unwrap();
-                for chunk in chunks {
-                    wr.write_all(&chunk).await.unwrap();
-                }
+                wr.write_all(&response.encode_to_vec()).await.unwrap();
             }
         });
         loop {

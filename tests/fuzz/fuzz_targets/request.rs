@@ -38,11 +38,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_response(api: ApiKey, response: &Response) {
-    let (head, chunks) = response.encode();
-    let mut encoded = head.to_vec();
-    for chunk in &chunks {
-        encoded.extend_from_slice(chunk);
-    }
+    let encoded = response.encode_to_vec();
     let len = u32::from_be_bytes(encoded[..4].try_into().unwrap()) as usize;
     assert_eq!(len, encoded.len() - 4);
     let again = Response::parse(api, Bytes::from(encoded).slice(4..))
