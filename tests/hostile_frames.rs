@@ -687,6 +687,19 @@ struct Script {
     stream: bool,
 }
 
+impl Script {
+    /// One stream on its own connection, with what `predict` expects of it.
+    fn stream(bytes: Vec<u8>, (expects, end): (Vec<Expect>, End)) -> Script {
+        Script {
+            bytes,
+            expects,
+            end,
+            inputs: 1,
+            stream: true,
+        }
+    }
+}
+
 /// Scripts holding `total` hostile inputs, from `seed`.
 fn generate(seed: u64, total: usize) -> Vec<Script> {
     let mut rng = Rng(seed);
@@ -710,14 +723,8 @@ fn generate(seed: u64, total: usize) -> Vec<Script> {
                 bytes = stream_input(&mut rng, id);
                 predicted = predict(&bytes);
             }
-            let (expects, end) = predicted.expect("a safe stream within 100 draws");
-            scripts.push(Script {
-                bytes,
-                expects,
-                end,
-                inputs: 1,
-                stream: true,
-            });
+            let predicted = predicted.expect("a safe stream within 100 draws");
+            scripts.push(Script::stream(bytes, predicted));
             made += 1;
         } else {
             let n = rng.range(1, 25).min(total - made);
@@ -1203,15 +1210,9 @@ async fn the_corpus_replays_cleanly() {
     let mut scripts = Vec::new();
     for path in &files {
         let bytes = std::fs::read(path).unwrap();
-        let (expects, end) = predict(&bytes)
+        let predicted = predict(&bytes)
             .unwrap_or_else(|| panic!("{} holds a frame the test may not send", path.display()));
-        scripts.push(Script {
-            bytes,
-            expects,
-            end,
-            inputs: 1,
-            stream: true,
-        });
+        scripts.push(Script::stream(bytes, predicted));
     }
     let broker = hostile_broker().await;
     let (tally, steady, growth, peak) = attack(&broker, scripts).await;

@@ -352,6 +352,11 @@ fn error_exits() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// The one JSON object `spool bench --json` prints.
+fn bench_report(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 #[test]
 fn bench_reports_json_for_every_mode() {
     let env = start(|_| {});
@@ -377,8 +382,7 @@ fn bench_reports_json_for_every_mode() {
             ],
             b"",
         );
-        let report: serde_json::Value =
-            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let report = bench_report(&out);
         assert_eq!(report["mode"], mode);
         if mode != "consume" {
             assert_eq!(report["produce"]["messages"], 20000);
@@ -438,8 +442,7 @@ fn bench_reports_json_for_every_mode() {
         ],
         b"",
     );
-    let report: serde_json::Value =
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let report = bench_report(&out);
     assert_eq!(report["busy_poll_us"], 100);
     assert_eq!(report["produce"]["messages"], 2000);
     assert_eq!(report["produce_latency_ms"]["count"], 2000);
@@ -466,7 +469,6 @@ fn bench_reports_json_for_every_mode() {
         ],
         b"",
     );
-    let report: serde_json::Value =
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let report = bench_report(&out);
     assert!(report["consume"]["messages"].as_u64().unwrap() > 0, "{out}");
 }
