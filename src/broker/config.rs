@@ -441,7 +441,10 @@ fn parse_size(raw: Raw) -> Result<Limit<u64>, String> {
     }
 }
 
-fn parse_duration(raw: Raw) -> Result<Limit<Duration>, String> {
+/// Milliseconds are the unit topic settings are reported and stored in, so
+/// durations finer than that are refused unless `sub_ms` (a server setting
+/// such as `busy_poll`, never reported back) allows them.
+fn parse_duration(raw: Raw, sub_ms: bool) -> Result<Limit<Duration>, String> {
     match raw {
         Raw::Int(n) if n >= 0 => Ok(Limit::At(Duration::from_millis(n as u64))),
         Raw::Int(n) => Err(format!("{n} is negative; use \"unlimited\" for no limit")),
@@ -450,12 +453,14 @@ fn parse_duration(raw: Raw) -> Result<Limit<Duration>, String> {
             if let Ok(ms) = t.trim().parse::<u64>() {
                 return Ok(Limit::At(Duration::from_millis(ms)));
             }
-            let d = humantime::parse_duration(t.trim()).map_err(|e| {
-                format!("\"{t}\" is not a duration like \"500ms\", \"30s\" or \"7d\" ({e})")
-            })?;
-            // Milliseconds are the unit settings are reported and stored in:
-            // anything finer would not come back as it was given.
-            if d.subsec_nanos() % 1_000_000 != 0 {
+            let like = if sub_ms {
+                "\"200us\" or \"1ms\""
+            } else {
+                "\"500ms\", \"30s\" or \"7d\""
+            };
+            let d = humantime::parse_duration(t.trim())
+                .map_err(|e| format!("\"{t}\" is not a duration like {like} ({e})"))?;
+            if !sub_ms && d.subsec_nanos() % 1_000_000 != 0 {
                 return Err(format!(
                     "\"{t}\" is finer than a millisecond, the smallest unit of durations"
                 ));
@@ -479,7 +484,7 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse_duration(Raw::deserialize(d)?)
+    parse_duration(Raw::deserialize(d)?, false)
         .and_then(limited)
         .map_err(de::Error::custom)
 }
@@ -487,18 +492,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 /// A duration that may be finer than a millisecond (`"200us"`); an integer
 /// is still milliseconds, as everywhere else.
 fn fine_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match Raw::deserialize(d)? {
-        Raw::Text(t) if t.trim().parse::<u64>().is_err() && t.trim() != "unlimited" => {
-            humantime::parse_duration(t.trim()).map_err(|e| {
-                de::Error::custom(format!(
-                    "\"{t}\" is not a duration like \"200us\" or \"1ms\" ({e})"
-                ))
-            })
-        }
-        raw => parse_duration(raw)
-            .and_then(limited)
-            .map_err(de::Error::custom),
-    }
+    parse_duration(Raw::deserialize(d)?, true)
+        .and_then(limited)
+        .map_err(de::Error::custom)
 }
 
 fn some_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -518,7 +514,7 @@ fn some_limit_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Limit<u64>>
 fn some_limit_duration<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Limit<Duration>>, D::Error> {
-    parse_duration(Raw::deserialize(d)?)
+    parse_duration(Raw::deserialize(d)?, false)
         .map(Some)
         .map_err(de::Error::custom)
 }
