@@ -548,3 +548,35 @@ fn reopen_syncs_what_the_page_cache_held() {
         assert_eq!(lost, 0);
     }
 }
+
+// Guards against (issue 9, 4.5): an age too long for i64 milliseconds wrapped
+// negative, so every sealed segment looked expired and retention deleted it.
+#[test]
+fn an_age_beyond_i64_milliseconds_means_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let forever = Duration::from_secs(u64::MAX);
+    let config = LogConfig {
+        segment_bytes: 1024,
+        segment_age: Some(forever),
+        ..cfg(SyncMode::Never)
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    for _ in 0..20 {
+        log.append(&mut one(&[7u8; 200])).unwrap();
+    }
+    let segments = log.segment_count();
+    assert!(segments > 2, "the test needs sealed segments");
+    let now = i64::MAX / 2;
+    assert!(!log.roll_if_due(now).unwrap(), "rolled by a wrapped age");
+    let removed = log
+        .apply_retention(
+            spool::storage::Retention {
+                max_bytes: None,
+                max_age: Some(forever),
+            },
+            now,
+        )
+        .unwrap();
+    assert_eq!(removed.segments, 0, "retention by a wrapped age deleted data");
+    assert_eq!(log.segment_count(), segments);
+}

@@ -441,6 +441,10 @@ fn parse_size(raw: Raw) -> Result<Limit<u64>, String> {
     }
 }
 
+/// Longest duration: its milliseconds must fit the i64 that append times and
+/// ages are compared in (about 292 million years).
+const MAX_DURATION_MS: u128 = i64::MAX as u128;
+
 /// Milliseconds are the unit topic settings are reported and stored in, so
 /// durations finer than that are refused unless `sub_ms` (a server setting
 /// such as `busy_poll`, never reported back) allows them.
@@ -451,6 +455,9 @@ fn parse_duration(raw: Raw, sub_ms: bool) -> Result<Limit<Duration>, String> {
         Raw::Text(t) if t.trim() == "unlimited" => Ok(Limit::Unlimited),
         Raw::Text(t) => {
             if let Ok(ms) = t.trim().parse::<u64>() {
+                if u128::from(ms) > MAX_DURATION_MS {
+                    return Err(format!("{ms} ms is too long: at most {MAX_DURATION_MS}"));
+                }
                 return Ok(Limit::At(Duration::from_millis(ms)));
             }
             let like = if sub_ms {
@@ -460,6 +467,11 @@ fn parse_duration(raw: Raw, sub_ms: bool) -> Result<Limit<Duration>, String> {
             };
             let d = humantime::parse_duration(t.trim())
                 .map_err(|e| format!("\"{t}\" is not a duration like {like} ({e})"))?;
+            if d.as_millis() > MAX_DURATION_MS {
+                return Err(format!(
+                    "\"{t}\" is too long: durations are kept in milliseconds, at most {MAX_DURATION_MS}"
+                ));
+            }
             if !sub_ms && d.subsec_nanos() % 1_000_000 != 0 {
                 return Err(format!(
                     "\"{t}\" is finer than a millisecond, the smallest unit of durations"
@@ -613,6 +625,14 @@ mod tests {
             ("[server]\nbusy_poll = \"fast\"", "busy_poll"),
             ("[server]\nworker_threads = 5000", "worker_threads"),
             ("[server]\nworker_threads = -1", "worker_threads"),
+            // Issue 9, 4.5: these wrapped negative and expired everything.
+            ("[defaults]\nretention_ms = \"300000000y\"", "retention_ms"),
+            ("[topics.a]\nsegment_ms = \"300000000y\"", "segment_ms"),
+            (
+                "[defaults]\nretention_ms = \"9223372036854775808\"",
+                "retention_ms",
+            ),
+            ("[server]\nidle_timeout = \"300000000y\"", "idle_timeout"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err();
@@ -661,6 +681,9 @@ mod tests {
             ("flush".into(), "never".into()),
             ("flush".into(), "always".into()),
         ];
+        let err = TopicOverrides::from_pairs(&[("retention_ms".into(), "300000000y".into())])
+            .unwrap_err();
+        assert!(err.contains("retention_ms") && err.contains("too long"), "{err}");
         assert!(TopicOverrides::from_pairs(&dup)
             .unwrap_err()
             .contains("twice"));

@@ -143,9 +143,19 @@ impl Topic {
     pub fn append(&self, batch: &mut [u8]) -> Result<Appended, StorageError> {
         let appended = self.log.append(batch)?;
         if self.settings.flush != Flush::Always {
-            self.visible.send_replace(appended.next_offset);
+            // Appends on two threads can reach this out of order: only ever
+            // move the end forward.
+            self.advance_visible(appended.next_offset);
         }
         Ok(appended)
+    }
+
+    fn advance_visible(&self, end: u64) {
+        self.visible.send_if_modified(|v| {
+            let moved = end > *v;
+            *v = (*v).max(end);
+            moved
+        });
     }
 
     /// The end of what consumers may read (see `visible`).
@@ -241,7 +251,7 @@ impl Topic {
         if self.settings.flush == Flush::Always {
             self.durable
                 .send_modify(|d| d.synced = d.synced.max(target));
-            self.visible.send_modify(|v| *v = (*v).max(target));
+            self.advance_visible(target);
         }
     }
 
@@ -278,7 +288,7 @@ impl Topic {
             // Everything is synced by close: release waiting producers.
             self.durable
                 .send_modify(|d| d.synced = d.synced.max(synced));
-            self.visible.send_modify(|v| *v = (*v).max(synced));
+            self.advance_visible(synced);
         } else if let Err(e) = &result {
             self.durable
                 .send_modify(|d| d.failed = Some(e.to_string().into()));

@@ -140,6 +140,13 @@ pub enum Request {
 
 /// Smallest encoding of a `(string, string)` pair: two empty strings.
 const MIN_PAIR_LEN: usize = 4;
+/// Most settings one CREATE_TOPIC may carry. There are eight topic settings;
+/// the cap keeps what a frame makes the parser hold near the frame's size
+/// (without it, 4-byte empty pairs each cost a 48-byte `(String, String)`).
+pub const MAX_SETTINGS: usize = 64;
+/// Longest setting key and value, in bytes.
+pub const MAX_SETTING_KEY: usize = 64;
+pub const MAX_SETTING_VALUE: usize = 256;
 
 impl Request {
     pub fn api_key(&self) -> ApiKey {
@@ -174,9 +181,17 @@ impl Request {
             ApiKey::CreateTopic => {
                 let topic = r.string("topic")?;
                 let count = r.count("settings", MIN_PAIR_LEN)?;
+                if count > MAX_SETTINGS {
+                    return Err(ProtocolError::BadValue {
+                        field: "settings",
+                        reason: format!("{count} settings; at most {MAX_SETTINGS} are allowed"),
+                    });
+                }
                 let mut settings = Vec::with_capacity(count);
                 for _ in 0..count {
-                    settings.push((r.string("setting key")?, r.string("setting value")?));
+                    let key = r.string_at_most("setting key", MAX_SETTING_KEY)?;
+                    let value = r.string_at_most("setting value", MAX_SETTING_VALUE)?;
+                    settings.push((key, value));
                 }
                 Request::CreateTopic { topic, settings }
             }
@@ -639,6 +654,48 @@ mod tests {
                 spec,
             });
         }
+    }
+
+    /// Issue 9, 4.2: a frame of empty pairs made the parser hold about 12
+    /// times its size; the count and the lengths are capped now.
+    #[test]
+    fn create_topic_settings_are_capped_in_count_and_length() {
+        let create = |settings: Vec<(String, String)>| {
+            let mut buf = BytesMut::new();
+            Request::CreateTopic {
+                topic: "t".into(),
+                settings,
+            }
+            .encode(1, &mut buf);
+            Request::parse(buf.split_off(4))
+        };
+        let pairs = |n: usize| vec![(String::new(), String::new()); n];
+        assert!(create(pairs(MAX_SETTINGS)).is_ok());
+        for n in [MAX_SETTINGS + 1, 100_000] {
+            assert!(matches!(
+                create(pairs(n)),
+                Err(ProtocolError::BadValue {
+                    field: "settings",
+                    ..
+                })
+            ));
+        }
+        let long = |n: usize| "x".repeat(n);
+        assert!(create(vec![(long(MAX_SETTING_KEY), long(MAX_SETTING_VALUE))]).is_ok());
+        assert!(matches!(
+            create(vec![(long(MAX_SETTING_KEY + 1), "v".into())]),
+            Err(ProtocolError::BadValue {
+                field: "setting key",
+                ..
+            })
+        ));
+        assert!(matches!(
+            create(vec![("k".into(), long(MAX_SETTING_VALUE + 1))]),
+            Err(ProtocolError::BadValue {
+                field: "setting value",
+                ..
+            })
+        ));
     }
 
     #[test]

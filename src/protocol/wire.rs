@@ -75,6 +75,25 @@ impl<'a> Reader<'a> {
             .map_err(|_| ProtocolError::BadUtf8 { field })
     }
 
+    /// A string of at most `max` bytes; a longer one is refused before it
+    /// is copied.
+    pub fn string_at_most(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<String, ProtocolError> {
+        let at = self.pos;
+        let len = self.u16(field)? as usize;
+        if len > max {
+            return Err(ProtocolError::BadValue {
+                field,
+                reason: format!("{len} bytes long; at most {max} are allowed"),
+            });
+        }
+        self.pos = at;
+        self.string(field)
+    }
+
     /// A u32 length, then that many bytes; returns their range in the frame
     /// so the caller can slice its buffer without copying.
     pub fn bytes_range(

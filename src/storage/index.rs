@@ -129,11 +129,6 @@ pub(crate) struct Table<E: Entry> {
     _entry: PhantomData<E>,
 }
 
-// SAFETY: the mapping is only written through `push` (single writer, see its
-// contract) and read below the published length, so sharing is sound.
-unsafe impl<E: Entry> Sync for Table<E> {}
-unsafe impl<E: Entry> Send for Table<E> {}
-
 impl<E: Entry> Table<E> {
     /// Creates a new, empty table file pre-sized for `capacity` entries.
     pub fn create(vfs: &dyn Vfs, path: &Path, capacity: u32) -> Result<Self> {
@@ -335,10 +330,12 @@ mod tests {
         let entries = [entry(0, 0), entry(1, 10), entry(5, 30), entry(9, 70)];
         for e in entries {
             // SAFETY: single-threaded test.
-            assert!(unsafe { table.push(e) });
+            // SAFETY: single-threaded test: the only writer.
+        assert!(unsafe { table.push(e) });
         }
         assert!(table.is_full());
         assert!(
+            // SAFETY: single-threaded test: the only writer.
             !unsafe { table.push(entry(10, 80)) },
             "a full table refuses entries"
         );
@@ -360,6 +357,7 @@ mod tests {
         let path = dir.path().join("t.index");
         let table = Table::<IndexEntry>::create(&OsVfs, &path, 1000).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 8000);
+        // SAFETY: single-threaded test: the only writer.
         unsafe {
             table.push(entry(0, 0));
             table.push(entry(3, 100));
@@ -383,6 +381,7 @@ mod tests {
             8000,
             "re-extended for appends"
         );
+        // SAFETY: single-threaded test: the only writer.
         assert!(unsafe { reopened.push(entry(4, 200)) });
         assert_eq!(reopened.get(2), Some(entry(4, 200)));
         reopened.truncate(1).unwrap();
@@ -399,6 +398,7 @@ mod tests {
             time: -5,
             rel: u32::MAX,
         };
+        // SAFETY: single-threaded test: the only writer.
         assert!(unsafe { table.push(e) });
         assert_eq!(table.get(0), Some(e));
         let mut raw = [0u8; 12];
@@ -429,6 +429,7 @@ mod tests {
             })
         };
         for i in 0..20_000 {
+            // SAFETY: this thread is the only writer; the other only reads.
             assert!(unsafe { table.push(entry(i, i * 2)) });
         }
         reader.join().unwrap();

@@ -133,6 +133,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A duration in milliseconds; one too long for an i64 counts as forever
+/// (a cast would wrap it negative, and make every segment look expired).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves state that is still consistent
     // (every field is updated only after the I/O it describes succeeded).
@@ -325,7 +331,7 @@ impl Log {
             self.config.segment_age,
             active.segment().first_append_time(),
         ) {
-            (Some(age), Some(first)) => now.saturating_sub(first) >= age.as_millis() as i64,
+            (Some(age), Some(first)) => now.saturating_sub(first) >= millis(age),
             _ => false,
         };
         end + len > self.config.segment_bytes
@@ -384,7 +390,7 @@ impl Log {
                 .as_ref()
                 .and_then(|a| a.segment().first_append_time()),
         ) {
-            (Some(age), Some(first)) => now_ms.saturating_sub(first) >= age.as_millis() as i64,
+            (Some(age), Some(first)) => now_ms.saturating_sub(first) >= millis(age),
             _ => false,
         };
         if !due {
@@ -621,7 +627,7 @@ impl Log {
         self.remove_oldest(|segment, total| {
             let too_big = policy.max_bytes.is_some_and(|max| total > max);
             let too_old = match (policy.max_age, segment.last_append_time()) {
-                (Some(age), Some(t)) => now_ms.saturating_sub(t) > age.as_millis() as i64,
+                (Some(age), Some(t)) => now_ms.saturating_sub(t) > millis(age),
                 _ => false,
             };
             too_big || too_old
