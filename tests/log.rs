@@ -107,7 +107,7 @@ fn invalid_batches_are_refused_and_leave_the_log_untouched() {
     ));
     assert_eq!(log.next_offset(), 1);
     assert_eq!(
-        log.size_bytes(),
+        log.record_bytes(),
         std::fs::metadata(segment_file(dir.path(), 0, "store"))
             .unwrap()
             .len()

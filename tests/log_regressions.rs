@@ -458,7 +458,7 @@ fn a_batch_inside_a_torn_value_is_not_taken_for_data() {
         value.extend_from_slice(&[b'.'; 200]);
         outer.push(0, None, &value, &[]);
         log.append(&mut outer.finish()).unwrap(); // offset 1
-        store_end = log.size_bytes();
+        store_end = log.record_bytes();
         log.close().unwrap();
     }
     // Torn write: the outer batch lost its last 100 bytes.
@@ -577,6 +577,9 @@ fn an_age_beyond_i64_milliseconds_means_forever() {
             now,
         )
         .unwrap();
-    assert_eq!(removed.segments, 0, "retention by a wrapped age deleted data");
+    assert_eq!(
+        removed.segments, 0,
+        "retention by a wrapped age deleted data"
+    );
     assert_eq!(log.segment_count(), segments);
 }

@@ -885,6 +885,10 @@ impl DeletionWatch {
         deadline: Instant,
     ) -> Option<Trigger> {
         let (mut passes, mut count, mut last) = (0u64, 0u64, None::<Instant>);
+        // Retention also runs at each roll, so under load deletions come as
+        // one stream rather than passes a tick apart: then kill at a seeded
+        // place in the stream (after any of a segment's three unlinks).
+        let mut total = 0u64;
         let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
             let mut poll = libc::pollfd {
@@ -916,10 +920,12 @@ impl DeletionWatch {
                     .to_owned();
                 at += 16 + len;
                 count += 1;
+                total += 1;
             }
             let wanted = if passes > skip + 40 { 1 } else { in_pass };
             let exposed = store_below(dir, shared.max_start.load(Ordering::Acquire));
-            if exposed || (passes > skip && count >= wanted) {
+            let in_stream = total >= 3 * (skip + 1) + in_pass;
+            if exposed || (passes > skip && count >= wanted) || in_stream {
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                 return Some(Trigger {

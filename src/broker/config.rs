@@ -280,13 +280,29 @@ impl TopicSettings {
         Ok(())
     }
 
+    /// How old the active segment may grow before it rolls: `segment_ms`,
+    /// but at most a tenth of `retention_ms`. Retention deletes whole sealed
+    /// segments, so a record goes about `retention_ms` after it was written
+    /// (at most a tenth more, plus `retention_check_interval`), even when
+    /// `retention_ms` is shorter than `segment_ms` (where Kafka keeps it
+    /// until the segment rolls).
+    pub fn roll_age(&self) -> Option<Duration> {
+        let tenth = self
+            .retention_ms
+            .map(|r| (r / 10).max(Duration::from_millis(1)));
+        match (self.segment_ms, tenth) {
+            (Some(s), Some(t)) => Some(s.min(t)),
+            (s, t) => s.or(t),
+        }
+    }
+
     /// The storage configuration of a topic's log. A batch may be as large
     /// as a frame allows.
     pub fn log_config(&self, max_frame_bytes: u64) -> LogConfig {
         LogConfig {
             segment_bytes: self.segment_bytes,
             index_bytes: self.index_bytes,
-            segment_age: self.segment_ms,
+            segment_age: self.roll_age(),
             sync: match self.flush {
                 Flush::Always => SyncMode::Always,
                 // The broker's flusher task syncs on the interval; commits
@@ -683,7 +699,10 @@ mod tests {
         ];
         let err = TopicOverrides::from_pairs(&[("retention_ms".into(), "300000000y".into())])
             .unwrap_err();
-        assert!(err.contains("retention_ms") && err.contains("too long"), "{err}");
+        assert!(
+            err.contains("retention_ms") && err.contains("too long"),
+            "{err}"
+        );
         assert!(TopicOverrides::from_pairs(&dup)
             .unwrap_err()
             .contains("twice"));

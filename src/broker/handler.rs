@@ -193,12 +193,15 @@ async fn produce_target(broker: &Arc<Broker>, name: String) -> Result<Arc<Topic>
 
 fn describe(topic: &Topic) -> ResponseBody {
     let log = topic.log();
+    let sidecars = log.sidecars();
     ResponseBody::Description(TopicDescription {
         log_start: log.lowest_offset(),
         log_end: topic.visible_end(),
         size_bytes: log.size_bytes(),
         segments: log.segment_count() as u32,
         settings: topic.settings().to_pairs(),
+        torn_files: sidecars.len() as u32,
+        torn_bytes: sidecars.iter().map(|s| s.bytes).sum(),
     })
 }
 

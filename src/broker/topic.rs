@@ -142,6 +142,14 @@ impl Topic {
     /// waiting fetches. The batch is in the kernel when this returns.
     pub fn append(&self, batch: &mut [u8]) -> Result<Appended, StorageError> {
         let appended = self.log.append(batch)?;
+        if appended.rolled {
+            // The log just grew by a sealed segment: apply retention now, so
+            // that it never overshoots retention_bytes by more than the
+            // active segment, whatever retention_check_interval is.
+            if let Err(e) = self.apply_retention(now_ms()) {
+                tracing::error!(topic = %self.name, error = %e, "retention failed");
+            }
+        }
         if self.settings.flush != Flush::Always {
             // Appends on two threads can reach this out of order: only ever
             // move the end forward.
@@ -249,14 +257,31 @@ impl Topic {
     /// `flush = "always"`) let consumers see them.
     fn publish_synced(&self, target: u64) {
         if self.settings.flush == Flush::Always {
+            // Visible before acknowledged: a consumer told of the ack by its
+            // producer must find the record.
+            self.advance_visible(target);
             self.durable
                 .send_modify(|d| d.synced = d.synced.max(target));
-            self.advance_visible(target);
         }
     }
 
     /// Applies retention and age-based rolls (blocking).
     pub fn maintain(&self, now_ms: i64) -> Result<(), StorageError> {
+        self.apply_retention(now_ms)?;
+        if self.log.roll_if_due(now_ms)? {
+            tracing::debug!(topic = %self.name, "rolled segment by age");
+            // The segment that just sealed may already be past retention_ms.
+            self.apply_retention(now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest segments while the topic is over retention_bytes
+    /// or they are past retention_ms (blocking).
+    fn apply_retention(&self, now_ms: i64) -> Result<(), StorageError> {
+        if self.settings.retention_bytes.is_none() && self.settings.retention_ms.is_none() {
+            return Ok(());
+        }
         let policy = Retention {
             max_bytes: self.settings.retention_bytes,
             max_age: self.settings.retention_ms,
@@ -271,9 +296,6 @@ impl Topic {
                 "retention deleted segments"
             );
         }
-        if self.log.roll_if_due(now_ms)? {
-            tracing::debug!(topic = %self.name, "rolled segment by age");
-        }
         Ok(())
     }
 
@@ -286,9 +308,9 @@ impl Topic {
         let synced = self.log.next_offset();
         if result.is_ok() {
             // Everything is synced by close: release waiting producers.
+            self.advance_visible(synced);
             self.durable
                 .send_modify(|d| d.synced = d.synced.max(synced));
-            self.advance_visible(synced);
         } else if let Err(e) = &result {
             self.durable
                 .send_modify(|d| d.failed = Some(e.to_string().into()));

@@ -325,6 +325,10 @@ pub struct TopicDescription {
     pub segments: u32,
     /// Effective settings, as `key = value` strings.
     pub settings: Vec<(String, String)>,
+    /// Sidecar files holding bytes recovery cut off torn tails, and their
+    /// bytes (counted in `size_bytes` too).
+    pub torn_files: u32,
+    pub torn_bytes: u64,
 }
 
 /// The body of a successful response.
@@ -440,6 +444,8 @@ impl Response {
                             put_string(&mut out, k);
                             put_string(&mut out, v);
                         }
+                        out.put_u32(d.torn_files);
+                        out.put_u64(d.torn_bytes);
                     }
                     ResponseBody::Produced {
                         base_offset,
@@ -556,6 +562,8 @@ impl Response {
                     size_bytes,
                     segments,
                     settings,
+                    torn_files: r.u32("torn_files")?,
+                    torn_bytes: r.u64("torn_bytes")?,
                 })
             }
             ApiKey::Produce => ResponseBody::Produced {
@@ -747,6 +755,8 @@ mod tests {
                 size_bytes: 100,
                 segments: 2,
                 settings: vec![("flush".into(), "always".into())],
+                torn_files: 1,
+                torn_bytes: 77,
             })),
         );
         response_round_trip(

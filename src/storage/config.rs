@@ -74,8 +74,33 @@ impl LogConfig {
         Ok(())
     }
 
-    /// Entries one segment's index (and time index) can hold.
-    pub(crate) fn index_entries(&self) -> u32 {
-        (self.index_bytes / super::index::IndexEntry::WIDTH as u64) as u32
+    /// The most entries one segment's index can need (and its file can
+    /// grow to): `index_bytes / 8`, but never more than a store of
+    /// `segment_bytes` (or `store_bytes`, for one already larger) can use.
+    /// Every batch takes at least [`MIN_BATCH_LEN`] bytes, and a damaged
+    /// range that recovery indexes is at least one byte followed by a batch,
+    /// so two entries always cover at least `MIN_BATCH_LEN + 1` bytes.
+    pub(crate) fn index_entries(&self, store_bytes: u64) -> Index {
+        let bytes = self.segment_bytes.max(store_bytes);
+        let usable = bytes / ((MIN_BATCH_LEN as u64 + 1) / 2) + 2;
+        let configured = self.index_bytes / super::index::IndexEntry::WIDTH as u64;
+        let entries = configured.min(usable).min(u64::from(u32::MAX)) as u32;
+        // One time entry per new millisecond of append time: a segment that
+        // rolls by age spans at most that many.
+        let times = match self.segment_age {
+            Some(age) => entries.min(u32::try_from(age.as_millis() + 1).unwrap_or(u32::MAX)),
+            None => entries,
+        };
+        Index { entries, times }
     }
+}
+
+/// Smallest stored batch: the header and one empty record.
+pub(crate) const MIN_BATCH_LEN: usize = crate::batch::HEADER_LEN + 5;
+
+/// How many entries a segment's index and time index may grow to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Index {
+    pub entries: u32,
+    pub times: u32,
 }

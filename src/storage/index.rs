@@ -16,11 +16,13 @@
 //! first batch of each new append time (strictly increasing times,
 //! non-decreasing offsets), so it can be sparse but is never out of order.
 //!
-//! The file of the active segment is pre-sized with `fallocate` to its full
-//! capacity (a sparse file under a mapping would SIGBUS on a full disk) and
-//! cut back to its entries when the segment is sealed or the log closes. After
-//! a crash the file may still be at full size with a zeroed tail; recovery
-//! finds the real end, so zero entries are never mistaken for data.
+//! The file of the active segment grows with `fallocate` (real blocks, never
+//! a sparse file: a mapped hole would SIGBUS on a full disk) in doubling
+//! steps from one page, just ahead of the writer, up to the most entries the
+//! segment can use; it is cut back to its entries when the segment is sealed
+//! or the log closes. After a crash the file may be longer than its entries,
+//! with a zeroed tail; recovery finds the real end, so zero entries are never
+//! mistaken for data.
 //!
 //! # Concurrency
 //!
@@ -99,59 +101,63 @@ impl Entry for TimeEntry {
     }
 }
 
-/// Pre-sizes a table file for `capacity` entries. If an existing table
-/// (`len` entries kept) finds the disk full, it gets no room for more: the
-/// log then rolls to a new segment before its next append, which fails
-/// cleanly with `DiskFull` until space is freed, while reads go on.
-fn allocate<E: Entry>(file: &dyn VFile, path: &Path, capacity: u32, len: u32) -> Result<u32> {
-    match file.allocate(u64::from(capacity) * E::WIDTH as u64) {
-        Ok(()) => Ok(capacity),
-        Err(e) => match fs::classify_write_error("fallocate", path, e) {
-            StorageError::DiskFull { .. } if len > 0 => {
-                tracing::warn!(file = %path.display(), "disk full: index opened without room for new entries");
-                Ok(len)
-            }
-            err => Err(err),
-        },
-    }
-}
+/// Bytes a table file first gets, and grows by at least: one page.
+const FIRST_STEP: u64 = 4096;
 
 /// An append-only array of `E` in a memory-mapped file.
+///
+/// The mapping spans the most entries the table may ever hold (`max`), but
+/// only the first `allocated` of them have disk blocks behind them
+/// (`fallocate`): the file grows in doubling steps just ahead of the writer,
+/// so a table's disk use follows its entries. No byte at or past the
+/// allocated size is ever touched (that would be a SIGBUS past the end of
+/// the file), because readers stay below `len` and the writer below
+/// `allocated`, and `len <= allocated <= max` always.
 pub(crate) struct Table<E: Entry> {
     path: PathBuf,
     file: Arc<dyn VFile>,
-    /// `None` when the file is empty: a zero-length mapping is not possible.
+    /// `None` when the table can hold nothing: a zero-length mapping is not
+    /// possible.
     map: Option<Box<dyn Mapping>>,
-    /// Entries the mapping has room for.
-    capacity: u32,
+    /// Entries the mapping spans.
+    max: u32,
+    /// Entries with allocated disk behind them; only the writer changes it.
+    allocated: AtomicU32,
     /// Entries published to readers.
     len: AtomicU32,
     _entry: PhantomData<E>,
 }
 
 impl<E: Entry> Table<E> {
-    /// Creates a new, empty table file pre-sized for `capacity` entries.
-    pub fn create(vfs: &dyn Vfs, path: &Path, capacity: u32) -> Result<Self> {
+    /// Creates a new, empty table file that may grow to `max` entries; its
+    /// first page is allocated now, so that a full disk fails the creation
+    /// rather than the first append.
+    pub fn create(vfs: &dyn Vfs, path: &Path, max: u32) -> Result<Self> {
         let file = vfs
             .open(path, Open::CreateNew)
             .map_err(|e| StorageError::io("create", path, e))?;
-        Self::writable(path, file, capacity, 0)
+        let table = Self::writable(path, file, max, 0)?;
+        if max > 0 {
+            table.grow().map_err(|e| e.into_storage(path))?;
+        }
+        Ok(table)
     }
 
-    /// Opens an existing table for appending. All whole entries in the file
-    /// count as published until [`Table::truncate`] says otherwise.
-    pub fn open_writable(vfs: &dyn Vfs, path: &Path, capacity: u32) -> Result<Self> {
+    /// Opens an existing table for appending, growable to `max` entries
+    /// (or the entries the file already has room for, if more). All whole
+    /// entries in the file count as published until [`Table::truncate`]
+    /// says otherwise.
+    pub fn open_writable(vfs: &dyn Vfs, path: &Path, max: u32) -> Result<Self> {
         let file = vfs
             .open(path, Open::ReadWrite)
             .map_err(|e| StorageError::io("open", path, e))?;
-        let size = file.size().map_err(|e| StorageError::io("stat", path, e))?;
-        let entries = (size / E::WIDTH as u64).min(u64::from(u32::MAX)) as u32;
-        Self::writable(path, file, capacity.max(entries), entries)
+        let entries = whole_entries::<E>(&*file, path)?;
+        Self::writable(path, file, max.max(entries), entries)
     }
 
-    fn writable(path: &Path, file: Arc<dyn VFile>, capacity: u32, len: u32) -> Result<Self> {
-        let capacity = allocate::<E>(&*file, path, capacity, len)?;
-        let bytes = u64::from(capacity) * E::WIDTH as u64;
+    fn writable(path: &Path, file: Arc<dyn VFile>, max: u32, len: u32) -> Result<Self> {
+        let allocated = whole_entries::<E>(&*file, path)?;
+        let bytes = u64::from(max) * E::WIDTH as u64;
         let map = if bytes == 0 {
             None
         } else {
@@ -164,7 +170,8 @@ impl<E: Entry> Table<E> {
             path: path.to_owned(),
             file,
             map,
-            capacity,
+            max,
+            allocated: AtomicU32::new(allocated),
             len: AtomicU32::new(len),
             _entry: PhantomData,
         })
@@ -176,8 +183,7 @@ impl<E: Entry> Table<E> {
         let file = vfs
             .open(path, Open::ReadOnly)
             .map_err(|e| StorageError::io("open", path, e))?;
-        let size = file.size().map_err(|e| StorageError::io("stat", path, e))?;
-        let entries = (size / E::WIDTH as u64).min(u64::from(u32::MAX)) as u32;
+        let entries = whole_entries::<E>(&*file, path)?;
         let bytes = entries as usize * E::WIDTH;
         let map = if bytes == 0 {
             None
@@ -191,7 +197,8 @@ impl<E: Entry> Table<E> {
             path: path.to_owned(),
             file,
             map,
-            capacity: entries,
+            max: entries,
+            allocated: AtomicU32::new(entries),
             len: AtomicU32::new(entries),
             _entry: PhantomData,
         })
@@ -206,8 +213,42 @@ impl<E: Entry> Table<E> {
         self.len.load(Ordering::Acquire)
     }
 
-    pub fn is_full(&self) -> bool {
-        self.len() >= self.capacity
+    /// Bytes of disk the file holds (allocated, not only published).
+    pub fn disk_bytes(&self) -> u64 {
+        u64::from(self.allocated.load(Ordering::Acquire)) * E::WIDTH as u64
+    }
+
+    /// Makes sure there is allocated room for one more entry, growing the
+    /// file if needed; false if the table is at its maximum or the disk
+    /// cannot give more (the log then rolls, and a full disk fails the
+    /// append cleanly). Only the table's writer may call it.
+    pub fn make_room(&self) -> bool {
+        if self.len.load(Ordering::Relaxed) < self.allocated.load(Ordering::Relaxed) {
+            return true;
+        }
+        match self.grow() {
+            Ok(()) => true,
+            Err(Grow::AtMax) => false,
+            Err(Grow::Failed(e)) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "cannot grow index file");
+                false
+            }
+        }
+    }
+
+    /// Doubles the allocated entries (at least one page's worth), up to `max`.
+    fn grow(&self) -> std::result::Result<(), Grow> {
+        let allocated = self.allocated.load(Ordering::Relaxed);
+        if allocated >= self.max {
+            return Err(Grow::AtMax);
+        }
+        let bytes = (u64::from(allocated) * E::WIDTH as u64 * 2)
+            .max(FIRST_STEP)
+            .min(u64::from(self.max) * E::WIDTH as u64);
+        self.file.allocate(bytes).map_err(Grow::Failed)?;
+        self.allocated
+            .store((bytes / E::WIDTH as u64) as u32, Ordering::Release);
+        Ok(())
     }
 
     /// Entry `i`, if published.
@@ -218,7 +259,8 @@ impl<E: Entry> Table<E> {
         let map = self.map.as_ref()?;
         let mut buf = [0u8; 16];
         let width = E::WIDTH;
-        // SAFETY: i < len <= capacity, so the bytes lie inside the mapping, and
+        // SAFETY: i < len <= allocated <= max, so the bytes lie inside the
+        // mapping and the file, and
         // published entries are never written again (module docs).
         unsafe {
             std::ptr::copy_nonoverlapping(
@@ -254,18 +296,19 @@ impl<E: Entry> Table<E> {
     /// At most one thread may call `push` on a table at a time (the log's
     /// append lock guarantees it).
     pub unsafe fn push(&self, entry: E) -> bool {
-        let len = self.len.load(Ordering::Relaxed);
-        if len >= self.capacity {
+        if !self.make_room() {
             return false;
         }
+        let len = self.len.load(Ordering::Relaxed);
         let Some(map) = self.map.as_ref() else {
             return false;
         };
         let mut buf = [0u8; 16];
         entry.encode(&mut buf[..E::WIDTH]);
-        // SAFETY: slot `len` is inside the mapping (len < capacity), writable
-        // (tables with capacity come from `writable`), and not yet published,
-        // so no reader looks at it; the caller guarantees a single writer.
+        // SAFETY: slot `len` is inside the mapping and the allocated file
+        // (len < allocated <= max, by `make_room`), writable (tables that
+        // can grow come from `writable`), and not yet published, so no
+        // reader looks at it; the caller guarantees a single writer.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 buf.as_ptr(),
@@ -285,13 +328,13 @@ impl<E: Entry> Table<E> {
         let n = *len;
         // Cut the file too, so that no stale entry survives past the kept
         // ones: a later crash that loses new entries must expose zeros, never
-        // old entries that look in order. Then make room again, and make the
-        // cut durable before any new entry is written.
+        // old entries that look in order. It grows again as entries come;
+        // make the cut durable before any new entry is written.
         let bytes = u64::from(n) * E::WIDTH as u64;
         self.file
             .set_len(bytes)
             .map_err(|e| StorageError::io("truncate", &self.path, e))?;
-        self.capacity = allocate::<E>(&*self.file, &self.path, self.capacity, n)?;
+        *self.allocated.get_mut() = n;
         self.file
             .sync_data()
             .map_err(|e| StorageError::io("fsync", &self.path, e))
@@ -300,14 +343,41 @@ impl<E: Entry> Table<E> {
     /// Cuts the file to its published entries and syncs it. The mapping stays
     /// valid for readers: they never touch bytes past the published length.
     pub fn seal(&self) -> Result<()> {
-        let bytes = u64::from(self.len()) * E::WIDTH as u64;
+        let len = self.len();
+        let bytes = u64::from(len) * E::WIDTH as u64;
         self.file
             .set_len(bytes)
             .map_err(|e| StorageError::io("truncate", &self.path, e))?;
+        // No entry is written after a seal: the table is as full as it gets.
+        self.allocated.store(len, Ordering::Release);
         self.file
             .sync_data()
             .map_err(|e| StorageError::io("fsync", &self.path, e))
     }
+}
+
+/// Why a table could not grow.
+enum Grow {
+    AtMax,
+    Failed(std::io::Error),
+}
+
+impl Grow {
+    fn into_storage(self, path: &Path) -> StorageError {
+        match self {
+            Grow::AtMax => StorageError::BadLayout {
+                path: path.to_owned(),
+                reason: "index cannot hold a single entry".into(),
+            },
+            Grow::Failed(e) => fs::classify_write_error("fallocate", path, e),
+        }
+    }
+}
+
+/// Whole entries the file has room for.
+fn whole_entries<E: Entry>(file: &dyn VFile, path: &Path) -> Result<u32> {
+    let size = file.size().map_err(|e| StorageError::io("stat", path, e))?;
+    Ok((size / E::WIDTH as u64).min(u64::from(u32::MAX)) as u32)
 }
 
 #[cfg(test)]
@@ -329,11 +399,10 @@ mod tests {
         assert_eq!(table.last(), None);
         let entries = [entry(0, 0), entry(1, 10), entry(5, 30), entry(9, 70)];
         for e in entries {
-            // SAFETY: single-threaded test.
             // SAFETY: single-threaded test: the only writer.
-        assert!(unsafe { table.push(e) });
+            assert!(unsafe { table.push(e) });
         }
-        assert!(table.is_full());
+        assert!(!table.make_room(), "four entries is the most it may hold");
         assert!(
             // SAFETY: single-threaded test: the only writer.
             !unsafe { table.push(entry(10, 80)) },
@@ -352,25 +421,46 @@ mod tests {
     }
 
     #[test]
-    fn file_is_preallocated_then_trimmed_and_reopens() {
+    fn file_grows_in_doubling_steps_then_is_trimmed_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.index");
-        let table = Table::<IndexEntry>::create(&OsVfs, &path, 1000).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8000);
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let table = Table::<IndexEntry>::create(&OsVfs, &path, 2000).unwrap();
+        assert_eq!(size(), 4096, "one page to start with, not the maximum");
+        assert_eq!(table.disk_bytes(), 4096);
+        for i in 0..513 {
+            // SAFETY: single-threaded test: the only writer.
+            assert!(unsafe { table.push(entry(i, i * 10)) });
+        }
+        assert_eq!(size(), 8192, "doubled when the first page filled");
+        for i in 513..2000 {
+            // SAFETY: single-threaded test: the only writer.
+            assert!(unsafe { table.push(entry(i, i * 10)) });
+        }
+        assert_eq!(size(), 16_000, "never past the maximum");
+        // SAFETY: single-threaded test: the only writer.
+        assert!(!unsafe { table.push(entry(2000, 20_000)) });
+        table.seal().unwrap();
+        assert_eq!(size(), 16_000);
+        drop(table);
+
+        let table = Table::<IndexEntry>::create(&OsVfs, &dir.path().join("u"), 1000).unwrap();
         // SAFETY: single-threaded test: the only writer.
         unsafe {
             table.push(entry(0, 0));
             table.push(entry(3, 100));
         }
+        let path = dir.path().join("u");
         table.seal().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 16);
+        assert_eq!(table.disk_bytes(), 16);
         // Still readable through the old mapping after the trim.
         assert_eq!(table.get(1), Some(entry(3, 100)));
         drop(table);
 
         let sealed = Table::<IndexEntry>::open_sealed(&OsVfs, &path).unwrap();
         assert_eq!(sealed.len(), 2);
-        assert!(sealed.is_full());
+        assert!(!sealed.make_room(), "a sealed table takes no entries");
         assert_eq!(sealed.last(), Some(entry(3, 100)));
         drop(sealed);
 
@@ -378,15 +468,20 @@ mod tests {
         assert_eq!(reopened.len(), 2);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
-            8000,
-            "re-extended for appends"
+            16,
+            "grows on demand"
         );
         // SAFETY: single-threaded test: the only writer.
         assert!(unsafe { reopened.push(entry(4, 200)) });
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
         assert_eq!(reopened.get(2), Some(entry(4, 200)));
         reopened.truncate(1).unwrap();
         assert_eq!(reopened.len(), 1);
         assert_eq!(reopened.get(1), None);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8);
+        // SAFETY: single-threaded test: the only writer.
+        assert!(unsafe { reopened.push(entry(9, 300)) });
+        assert_eq!(reopened.get(1), Some(entry(9, 300)));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use super::config::{LogConfig, SyncMode};
 use super::error::{Result, StorageError};
-use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT};
+use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::segment::{RecoveryReport, Segment, SegmentWriter};
 use super::vfs::{OsVfs, Vfs};
 use crate::batch::{self, Record};
@@ -43,6 +43,9 @@ pub struct Appended {
     pub next_offset: u64,
     /// The append time the log stamped on it, ms since the epoch.
     pub append_time: i64,
+    /// Whether the append rolled to a new segment first (a moment to apply
+    /// retention: the log just grew by a sealed segment).
+    pub rolled: bool,
 }
 
 /// Whole stored batches returned by [`Log::read_batches`].
@@ -69,10 +72,20 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
+/// A `.torn` sidecar: bytes cut off the torn tail of a segment at recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sidecar {
+    pub path: PathBuf,
+    /// Base offset of the segment it was cut from.
+    pub segment: u64,
+    pub bytes: u64,
+}
+
 /// What retention (or truncation) deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Removed {
     pub segments: usize,
+    /// Bytes of disk freed: stores, index files and sidecars.
     pub bytes: u64,
 }
 
@@ -165,16 +178,16 @@ impl Log {
             .map_err(|e| StorageError::io("create directory", &dir, e))?;
         let lock = take_dir_lock(&*vfs, &dir)?;
         let bases = list_segments(&*vfs, &dir)?;
-        let entries = config.index_entries();
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut recovery = Vec::new();
         if bases.is_empty() {
-            segments.push(Arc::new(Segment::create(&vfs, &dir, 0, entries)?));
+            let sizes = config.index_entries(0);
+            segments.push(Arc::new(Segment::create(&vfs, &dir, 0, sizes)?));
         }
         for (i, &base) in bases.iter().enumerate() {
             let (segment, report) = match bases.get(i + 1) {
                 Some(&next_base) => Segment::open_sealed(&vfs, &dir, base, next_base)?,
-                None => Segment::open_active(&vfs, &dir, base, entries)?,
+                None => Segment::open_active(&vfs, &dir, base, &config)?,
             };
             if report != RecoveryReport::default() {
                 tracing::info!(dir = %dir.display(), segment = base, ?report, "recovered segment");
@@ -253,9 +266,51 @@ impl Log {
         self.next_offset.load(Ordering::Acquire)
     }
 
-    /// Bytes stored across all segments.
+    /// Bytes of disk the log takes, as `du` would count its files: every
+    /// segment's store and allocated index files, and the sidecars of torn
+    /// tails. Retention by bytes bounds this.
     pub fn size_bytes(&self) -> u64 {
+        let segments: u64 = self.snapshot().iter().map(|s| s.disk_bytes()).sum();
+        segments + self.sidecars().iter().map(|s| s.bytes).sum::<u64>()
+    }
+
+    /// Bytes of stored batches (the stores' published bytes) alone.
+    pub fn record_bytes(&self) -> u64 {
         self.snapshot().iter().map(|s| s.size()).sum()
+    }
+
+    /// The sidecar files in the directory: bytes recovery cut off a torn
+    /// tail, kept for inspection. Retention removes a segment's sidecars
+    /// with it; an operator may delete them at any time. Unreadable entries
+    /// are left out.
+    pub fn sidecars(&self) -> Vec<Sidecar> {
+        let Ok(names) = self.vfs.list(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<Sidecar> = names
+            .iter()
+            .filter_map(|name| {
+                let (segment, rest) = fs::parse_segment_name(name)?;
+                // `<base>.<unix ms>.torn`
+                let stamp = rest.strip_suffix(TORN_EXT)?.strip_suffix('.')?;
+                if stamp.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let path = self.dir.join(name);
+                let bytes = self
+                    .vfs
+                    .open(&path, super::vfs::Open::ReadOnly)
+                    .and_then(|f| f.size())
+                    .ok()?;
+                Some(Sidecar {
+                    path,
+                    segment,
+                    bytes,
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        found
     }
 
     pub fn segment_count(&self) -> usize {
@@ -286,7 +341,8 @@ impl Log {
         if w.active.is_none() {
             return Err(StorageError::Closed);
         }
-        if w.active_sealed || self.must_roll(&w, batch.len() as u64, count, now) {
+        let rolled = w.active_sealed || self.must_roll(&w, batch.len() as u64, count, now);
+        if rolled {
             self.roll(&mut w)?;
         }
         let base = self.next_offset.load(Ordering::Relaxed);
@@ -316,6 +372,7 @@ impl Log {
             base_offset: base,
             next_offset: next,
             append_time: time,
+            rolled,
         })
     }
 
@@ -356,7 +413,7 @@ impl Log {
             &self.vfs,
             &self.dir,
             next,
-            self.config.index_entries(),
+            self.config.index_entries(0),
         )?);
         if let Err(e) = fs::sync_dir(&*self.vfs, &self.dir) {
             return Err(fence(w, e));
@@ -639,10 +696,13 @@ impl Log {
         let _maintenance = lock(&self.maintenance);
         // Only this lock's holder removes from the front; rolls only append.
         let list = self.snapshot();
-        let mut total: u64 = list.iter().map(|s| s.size()).sum();
+        let sidecars = self.sidecars();
+        let sidecars_of = |base: u64| sidecars.iter().filter(move |s| s.segment == base);
+        let mut total = self.size_bytes();
         let mut cut = 0;
         while cut + 1 < list.len() && doomed(&list[cut], total) {
-            total -= list[cut].size();
+            let base = list[cut].base_offset();
+            total -= list[cut].disk_bytes() + sidecars_of(base).map(|s| s.bytes).sum::<u64>();
             cut += 1;
         }
         let mut result = Removed::default();
@@ -652,7 +712,13 @@ impl Log {
         // a hole. Until then readers keep reading it: an unlinked file stays
         // readable through its open descriptors.
         for segment in &list[..cut] {
+            let bytes = segment.disk_bytes();
             segment.remove_files()?;
+            let mut torn = 0;
+            for sidecar in sidecars_of(segment.base_offset()) {
+                fs::remove_file(&*self.vfs, &sidecar.path)?;
+                torn += sidecar.bytes;
+            }
             // Gone from the directory (if not yet durably): stop offering it
             // whether or not the sync works.
             let synced = fs::sync_dir(&*self.vfs, &self.dir);
@@ -667,10 +733,11 @@ impl Log {
             drop(published);
             synced?;
             result.segments += 1;
-            result.bytes += segment.size();
+            result.bytes += bytes + torn;
         }
         if result.segments > 0 {
-            tracing::info!(dir = %self.dir.display(), segments = result.segments, bytes = result.bytes, "deleted old segments");
+            // Debug: the broker logs retention once, naming the topic.
+            tracing::debug!(dir = %self.dir.display(), segments = result.segments, bytes = result.bytes, "deleted old segments");
         }
         Ok(result)
     }
@@ -733,7 +800,7 @@ impl Log {
                 &self.vfs,
                 &self.dir,
                 0,
-                self.config.index_entries(),
+                self.config.index_entries(0),
             )?);
             fs::sync_dir(&*self.vfs, &self.dir)?;
             let writer = segment.writer()?;

@@ -33,6 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::config::{Index, LogConfig};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::index::{IndexEntry, Table, TimeEntry};
@@ -115,6 +116,12 @@ impl Segment {
         u64::from(unpack(self.published.load(Ordering::Acquire)).1)
     }
 
+    /// Bytes of disk the segment takes: its store's published bytes and its
+    /// index files' allocated ones.
+    pub fn disk_bytes(&self) -> u64 {
+        self.size() + self.index.disk_bytes() + self.times.disk_bytes()
+    }
+
     /// The append time of the newest batch, if any.
     pub fn last_append_time(&self) -> Option<i64> {
         self.times.last().map(|e| e.time)
@@ -126,23 +133,18 @@ impl Segment {
     }
 
     /// Creates the files of a new, empty segment.
-    pub fn create(
-        vfs: &Arc<dyn Vfs>,
-        dir: &Path,
-        base: u64,
-        index_entries: u32,
-    ) -> Result<Segment> {
+    pub fn create(vfs: &Arc<dyn Vfs>, dir: &Path, base: u64, sizes: Index) -> Result<Segment> {
         let store = Store::open(&**vfs, &fs::segment_path(dir, base, STORE_EXT), true)?;
         let made = (|| {
             let index = Table::create(
                 &**vfs,
                 &fs::segment_path(dir, base, INDEX_EXT),
-                index_entries,
+                sizes.entries,
             )?;
             let times = Table::create(
                 &**vfs,
                 &fs::segment_path(dir, base, TIME_INDEX_EXT),
-                index_entries,
+                sizes.times,
             )?;
             Ok((index, times))
         })();
@@ -261,7 +263,7 @@ impl Segment {
         vfs: &Arc<dyn Vfs>,
         dir: &Path,
         base: u64,
-        index_entries: u32,
+        config: &LogConfig,
     ) -> Result<(Segment, RecoveryReport)> {
         let store_path = fs::segment_path(dir, base, STORE_EXT);
         let store = Store::open(&**vfs, &store_path, false)?;
@@ -271,8 +273,12 @@ impl Segment {
         }
         let index_path = fs::segment_path(dir, base, INDEX_EXT);
         let time_path = fs::segment_path(dir, base, TIME_INDEX_EXT);
-        let mut index = open_or_create_table::<IndexEntry>(&**vfs, &index_path, index_entries)?;
-        let mut times = open_or_create_table::<TimeEntry>(&**vfs, &time_path, index_entries)?;
+        // Sized for what the store holds: recovery indexes all of it, and a
+        // segment that rolled by age under an older setting may span longer
+        // than the current one allows.
+        let entries = config.index_entries(size).entries;
+        let mut index = open_or_create_table::<IndexEntry>(&**vfs, &index_path, entries)?;
+        let mut times = open_or_create_table::<TimeEntry>(&**vfs, &time_path, entries)?;
         let mut report = RecoveryReport::default();
 
         // The index is trusted up to its last in-order entry that points at a
@@ -601,8 +607,10 @@ impl SegmentWriter {
         self.store.end()
     }
 
+    /// Whether the index or the time index has no room for another batch
+    /// (at its maximum, or the disk cannot grow it): the log rolls first.
     pub fn index_full(&self) -> bool {
-        self.segment.index.is_full()
+        !(self.segment.index.make_room() && self.segment.times.make_room())
     }
 
     /// Buffers one batch (offsets already assigned); returns its position.

@@ -558,7 +558,14 @@ impl VFile for SimHandle {
     fn map(&self, len: usize, writable: bool) -> io::Result<Box<dyn Mapping>> {
         self.fs.op(Op::Map)?;
         let mut d = self.file.lock();
-        assert!(len <= d.current.len(), "map beyond the end of the file");
+        // Like mmap(2), a mapping may span past the end of the file (an
+        // index grows into it); only bytes inside the file may be touched.
+        // The buffer must not move while mapped: reserve the whole span.
+        if len > d.current.capacity() {
+            assert!(d.mapped == 0, "a second mapping would move the first");
+            let more = len - d.current.len();
+            d.current.reserve_exact(more);
+        }
         d.mapped += 1;
         d.mapped_writes |= writable;
         let ptr = d.current.as_mut_ptr();

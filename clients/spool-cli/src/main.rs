@@ -187,6 +187,14 @@ async fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
                 "{:<20}{} bytes in {} segment(s)",
                 "size:", d.size_bytes, d.segments
             );
+            if d.torn_files > 0 {
+                // Bytes recovery cut off a torn tail (docs/STORAGE.md says
+                // how to inspect and remove them).
+                println!(
+                    "{:<20}{} bytes in {} file(s) cut off torn tails, counted in size",
+                    "torn:", d.torn_bytes, d.torn_files
+                );
+            }
             for (k, v) in &d.settings {
                 println!("{:<20}{v}", format!("{k}:"));
             }
