@@ -197,3 +197,109 @@ async fn records_go_about_retention_ms_after_they_were_written() {
     );
     broker.stop().await;
 }
+
+use std::time::{Duration, Instant};
+
+use spool::protocol::{Request, ResponseBody};
+
+fn fetch(topic: &str, offset: u64, max_bytes: u32, max_wait_ms: u32) -> Request {
+    Request::Fetch {
+        topic: topic.into(),
+        offset,
+        max_bytes,
+        max_wait_ms,
+        min_bytes: 1,
+    }
+}
+
+fn create(topic: &str) -> Request {
+    Request::CreateTopic {
+        topic: topic.into(),
+        settings: vec![("flush".into(), "never".into())],
+    }
+}
+
+// 2: max_wait_ms had no upper bound (a u32: 49 days).
+#[tokio::test]
+async fn a_fetch_waits_at_most_max_fetch_wait() {
+    let broker = start(|c| c.server.max_fetch_wait = Duration::from_millis(200)).await;
+    let mut c = broker.connect().await;
+    c.ok(create("w")).await;
+    let asked = Instant::now();
+    let body = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.ok(fetch("w", 0, 1 << 20, u32::MAX)),
+    )
+    .await
+    .expect("a fetch asking to wait 49 days was not clamped");
+    assert!(matches!(body, ResponseBody::Fetched { ref batches, .. } if batches.is_empty()));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(200),
+        "did not wait at all"
+    );
+    broker.stop().await;
+}
+
+// 2: connections that sent a long poll and left held their max_connections
+// slot for as long as the poll lasted.
+#[tokio::test]
+async fn a_client_that_leaves_frees_its_slot_at_once() {
+    let broker = start(|c| {
+        c.server.max_connections = 4;
+        c.server.max_fetch_wait = Duration::from_secs(120);
+    })
+    .await;
+    let mut admin = broker.connect().await;
+    admin.ok(create("w")).await;
+    drop(admin);
+    for _ in 0..8 {
+        // Each takes a slot, parks a two-minute poll and leaves.
+        let mut c = broker.connect().await;
+        c.send(&fetch("w", 0, 1 << 20, 120_000)).await;
+        drop(c);
+    }
+    // Bounded: a fresh connection must be served within seconds, not minutes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = broker.connect().await;
+        c.send(&Request::ListTopics).await;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), c.read_frame()).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "departed clients still hold every connection slot"
+        );
+    }
+    broker.stop().await;
+}
+
+// 2: a request's budget was held until its response was written, so one
+// connection with a long poll ahead of large produces held the whole
+// max_inflight_bytes and stopped the broker reading every connection.
+#[tokio::test]
+async fn a_long_poll_does_not_hold_the_request_budget_of_what_follows_it() {
+    let broker = start(|c| {
+        c.server.max_frame_bytes = 1 << 20;
+        c.server.max_inflight_bytes = 2 << 20;
+        c.server.max_queued_bytes = 16 << 20;
+        c.server.max_fetch_wait = Duration::from_secs(120);
+    })
+    .await;
+    let mut a = broker.connect().await;
+    a.ok(create("w")).await;
+    a.ok(create("p")).await;
+    let big = vec![b'b'; 700 * 1024];
+    a.send(&fetch("w", 0, 1 << 20, 120_000)).await;
+    for _ in 0..2 {
+        a.send(&produce_request("p", &[&big])).await;
+    }
+    // Another connection's produce needs room in the same budget.
+    let mut b = broker.connect().await;
+    let served = tokio::time::timeout(Duration::from_secs(10), b.produce("p", &[&big])).await;
+    assert!(
+        served.is_ok(),
+        "one connection's parked responses held the whole request budget"
+    );
+    broker.stop().await;
+}

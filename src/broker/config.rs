@@ -56,17 +56,24 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "size")]
     pub max_queued_bytes: u64,
     /// Request bytes held in memory across all connections; beyond it the
-    /// broker stops reading requests until some are answered.
+    /// broker stops reading requests until some are dispatched.
     #[serde(deserialize_with = "size")]
     pub max_inflight_bytes: u64,
+    /// Response bytes (fetched batches) held across all connections; beyond
+    /// it fetches wait for room before they read, and their connections
+    /// stop being read meanwhile.
+    #[serde(deserialize_with = "size")]
+    pub max_response_bytes: u64,
+    /// Longest a FETCH may wait for data; a larger `max_wait_ms` is clamped.
+    #[serde(deserialize_with = "duration")]
+    pub max_fetch_wait: Duration,
     /// How often retention and time-based segment rolls run.
     #[serde(deserialize_with = "duration")]
     pub retention_check_interval: Duration,
     /// Whether a produce to an unknown topic creates it.
     pub auto_create_topics: bool,
-    /// Most topics the broker holds. Each topic's active segment
-    /// pre-allocates its index and time index (2.5 × `index_bytes` of disk),
-    /// so this bounds what auto-creation lets any client claim.
+    /// Most topics the broker holds: bounds what auto-creation lets any
+    /// client claim (directories, open files, an empty topic's 8 KiB).
     pub max_topics: usize,
     /// How long shutdown waits for in-flight requests.
     #[serde(deserialize_with = "duration")]
@@ -94,6 +101,8 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             max_queued_bytes: 64 << 20,
             max_inflight_bytes: 256 << 20,
+            max_response_bytes: 1 << 30,
+            max_fetch_wait: Duration::from_secs(30),
             retention_check_interval: Duration::from_secs(30),
             auto_create_topics: true,
             max_topics: 1000,
@@ -370,9 +379,13 @@ impl Config {
         if s.max_queued_bytes < s.max_frame_bytes {
             return Err("[server] max_queued_bytes must be at least max_frame_bytes".into());
         }
+        if s.max_response_bytes < s.max_queued_bytes {
+            return Err("[server] max_response_bytes must be at least max_queued_bytes".into());
+        }
         for (name, v) in [
             ("max_inflight_bytes", s.max_inflight_bytes),
             ("max_queued_bytes", s.max_queued_bytes),
+            ("max_response_bytes", s.max_response_bytes),
         ] {
             if v > u64::from(u32::MAX) {
                 return Err(format!("[server] {name} must be at most 4GiB - 1, got {v}"));
@@ -389,6 +402,7 @@ impl Config {
             ("idle_timeout", s.idle_timeout),
             ("write_timeout", s.write_timeout),
             ("retention_check_interval", s.retention_check_interval),
+            ("max_fetch_wait", s.max_fetch_wait),
         ] {
             if d.is_zero() {
                 return Err(format!("[server] {name} must be more than 0"));

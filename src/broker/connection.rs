@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::handler::{dispatch, Reply};
+use super::handler::{dispatch, Answer, Peer, Reply};
 use super::Broker;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestHeader, Response, REQUEST_HEADER_LEN};
 
@@ -42,11 +42,10 @@ const MAX_PENDING_RESPONSES: usize = 1024;
 /// Bytes charged against `max_queued_bytes` for a response without data.
 const SMALL_RESPONSE: u64 = 1024;
 
-/// A response on its way to the socket, with the resources it holds until
-/// it has been written.
+/// A response on its way to the socket, with its share of the connection's
+/// `max_queued_bytes`, held until it has been written.
 struct Outgoing {
     reply: Reply,
-    _budget: Option<OwnedSemaphorePermit>,
     queued: OwnedSemaphorePermit,
 }
 
@@ -75,7 +74,13 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, shutdown: watch::Rece
         rx,
         broker.config.server.write_timeout,
     ));
-    let stop = read_requests(&broker, read_half, tx, shutdown).await;
+    let (gone, client) = watch::channel(false);
+    let client = Peer { gone: client };
+    let stop = read_requests(&broker, &client, read_half, tx, shutdown).await;
+    // However the reader stopped, nothing more will be read: waiting fetches
+    // answer at once with what they have, so the connection's slot, its
+    // budgets and its tasks are released now, not when the polls time out.
+    let _ = gone.send(true);
     match &stop {
         Stop::Closed | Stop::Shutdown | Stop::WriterGone => {
             tracing::debug!(?peer, ?stop, "connection ends")
@@ -90,6 +95,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, shutdown: watch::Rece
 
 async fn read_requests(
     broker: &Arc<Broker>,
+    peer: &Peer,
     read_half: OwnedReadHalf,
     tx: mpsc::Sender<Outgoing>,
     mut shutdown: watch::Receiver<bool>,
@@ -194,17 +200,20 @@ async fn read_requests(
             return Stop::WriterGone;
         };
         let reply = match request {
-            Ok(request) => dispatch(broker, header.correlation_id, request).await,
-            Err(body) => Reply::Now(Response {
-                correlation_id: header.correlation_id,
-                body: Err(body),
-            }),
+            Ok(request) => dispatch(broker, peer, header.correlation_id, request).await,
+            Err(body) => Reply::Now(
+                Response {
+                    correlation_id: header.correlation_id,
+                    body: Err(body),
+                }
+                .into(),
+            ),
         };
-        let outgoing = Outgoing {
-            reply,
-            _budget: budget,
-            queued,
-        };
+        // Dispatched: the request's bytes are gone (a produce's batch is in
+        // the log), so its share of max_inflight_bytes is free again, even
+        // while its response waits behind a long poll.
+        drop(budget);
+        let outgoing = Outgoing { reply, queued };
         if tx.send(outgoing).await.is_err() {
             return Stop::WriterGone;
         }
@@ -259,8 +268,7 @@ async fn refuse_oversized(
         .expect("fresh semaphore");
     let _ = tx
         .send(Outgoing {
-            reply: Reply::Now(response),
-            _budget: None,
+            reply: Reply::Now(response.into()),
             queued,
         })
         .await;
@@ -276,9 +284,9 @@ async fn write_responses(
 ) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, write_half);
     while let Some(item) = rx.recv().await {
-        let response = match item.reply {
+        let answer = match item.reply {
             Reply::Nothing => None,
-            Reply::Now(response) => Some(response),
+            Reply::Now(answer) => Some(answer),
             Reply::Later(task) => {
                 if !task.is_finished()
                     && timeout(write_timeout, out.flush())
@@ -288,7 +296,7 @@ async fn write_responses(
                     return;
                 }
                 match task.await {
-                    Ok(response) => Some(response),
+                    Ok(answer) => Some(answer),
                     Err(e) => {
                         tracing::error!(error = %e, "request task failed");
                         return;
@@ -296,7 +304,7 @@ async fn write_responses(
                 }
             }
         };
-        if let Some(response) = response {
+        if let Some(Answer { response, memory }) = answer {
             let (head, chunks) = response.encode();
             let written = timeout(write_timeout, async {
                 out.write_all(&head).await?;
@@ -309,6 +317,9 @@ async fn write_responses(
             if !matches!(written, Ok(Ok(()))) {
                 return;
             }
+            // Written (into the buffer or the socket): the batches it held
+            // are the kernel's now.
+            drop((chunks, memory));
         }
         drop(item.queued);
         if rx.is_empty()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -21,11 +21,34 @@ use crate::storage::StorageError;
 /// The outcome of dispatching one request, in request order.
 pub enum Reply {
     /// The response is ready.
-    Now(Response),
+    Now(Answer),
     /// The response comes when the task finishes (a long poll, a sync).
-    Later(JoinHandle<Response>),
+    Later(JoinHandle<Answer>),
     /// No response (a produce with `acks = 0`).
     Nothing,
+}
+
+/// A response, and the share of `max_response_bytes` its fetched batches
+/// hold until it has been written.
+pub struct Answer {
+    pub response: Response,
+    pub memory: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Response> for Answer {
+    fn from(response: Response) -> Answer {
+        Answer {
+            response,
+            memory: None,
+        }
+    }
+}
+
+/// What one connection's requests share: whether its client is gone (its
+/// waiting fetches then return at once, releasing what they hold).
+#[derive(Clone)]
+pub struct Peer {
+    pub gone: watch::Receiver<bool>,
 }
 
 type Outcome = Result<ResponseBody, ErrorBody>;
@@ -34,12 +57,20 @@ type Outcome = Result<ResponseBody, ErrorBody>;
 /// delete) take effect before this returns, so that pipelined requests on
 /// one connection apply in the order they were sent; waiting (for a sync or
 /// for data) happens in a task.
-pub async fn dispatch(broker: &Arc<Broker>, correlation_id: u32, request: Request) -> Reply {
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    peer: &Peer,
+    correlation_id: u32,
+    request: Request,
+) -> Reply {
     let now = |body: Outcome| {
-        Reply::Now(Response {
-            correlation_id,
-            body,
-        })
+        Reply::Now(
+            Response {
+                correlation_id,
+                body,
+            }
+            .into(),
+        )
     };
     match request {
         Request::ApiVersions => now(Ok(ResponseBody::ApiVersions {
@@ -101,6 +132,7 @@ pub async fn dispatch(broker: &Arc<Broker>, correlation_id: u32, request: Reques
                     correlation_id,
                     body: result.map(|()| body).map_err(storage_error),
                 }
+                .into()
             }))
         }
         Request::Fetch {
@@ -114,28 +146,45 @@ pub async fn dispatch(broker: &Arc<Broker>, correlation_id: u32, request: Reques
                 Ok(t) => t,
                 Err(e) => return now(Err(e)),
             };
+            let server = &broker.config.server;
             // A response never holds more than a connection may queue.
-            let max_bytes = u64::from(max_bytes).min(broker.config.server.max_queued_bytes);
+            let max_bytes = u64::from(max_bytes).min(server.max_queued_bytes);
             let wanted = u64::from(min_bytes);
-            // Serve at once when the data is there; long-poll in a task otherwise.
-            match read(&topic, offset, max_bytes) {
-                Ok(found) if found.total() >= wanted || max_wait_ms == 0 => {
-                    now(Ok(found.into_body()))
-                }
-                Err(e) => now(Err(storage_error(e))),
-                Ok(_) => {
-                    let shutdown = broker.shutdown.clone();
-                    let wait = Duration::from_millis(u64::from(max_wait_ms));
-                    Reply::Later(tokio::spawn(async move {
-                        let body =
-                            long_poll(&topic, offset, max_bytes, wanted, wait, shutdown).await;
-                        Response {
-                            correlation_id,
-                            body,
-                        }
-                    }))
-                }
+            let end = topic.visible_end();
+            let available = topic.log().available_bytes(offset, end);
+            // Serve at once when the data is there (or the offset is out of
+            // range: the read reports it); long-poll in a task otherwise.
+            if available.is_none_or(|a| a >= wanted) || max_wait_ms == 0 {
+                let memory = reserve(broker, need(server, max_bytes, available)).await;
+                let (body, memory) = read_within(&topic, offset, max_bytes, memory);
+                return Reply::Now(Answer {
+                    response: Response {
+                        correlation_id,
+                        body,
+                    },
+                    memory,
+                });
             }
+            let wait = Duration::from_millis(u64::from(max_wait_ms)).min(server.max_fetch_wait);
+            let poll = LongPoll {
+                broker: Arc::clone(broker),
+                topic,
+                offset,
+                max_bytes,
+                wanted,
+                deadline: Instant::now() + wait,
+                gone: peer.gone.clone(),
+            };
+            Reply::Later(tokio::spawn(async move {
+                let (body, memory) = poll.run().await;
+                Answer {
+                    response: Response {
+                        correlation_id,
+                        body,
+                    },
+                    memory,
+                }
+            }))
         }
         Request::ListOffsets { topic, spec } => {
             now(known(&broker.topics, &topic).and_then(|t| list_offsets(&t, spec)))
@@ -234,10 +283,6 @@ struct Found {
 }
 
 impl Found {
-    fn total(&self) -> u64 {
-        self.chunks.iter().map(|c| c.len() as u64).sum()
-    }
-
     fn into_body(self) -> ResponseBody {
         ResponseBody::Fetched {
             log_start: self.log_start,
@@ -282,37 +327,91 @@ fn read(topic: &Topic, offset: u64, max_bytes: u64) -> Result<Found, StorageErro
     Ok(found)
 }
 
-/// Waits for at least `wanted` bytes past `offset`, or the deadline, or
-/// shutdown; then answers with what there is. Waits on the topic's append
-/// notification, never a sleep loop.
-async fn long_poll(
+/// The bytes a fetch will hold in memory: what it can return, at most
+/// `max_bytes` but at least one whole batch (no larger than a frame).
+fn need(server: &super::ServerConfig, max_bytes: u64, available: Option<u64>) -> u64 {
+    let most = max_bytes
+        .max(server.max_frame_bytes)
+        .min(server.max_queued_bytes);
+    available.map_or(most, |a| a.min(most))
+}
+
+/// Takes `bytes` of `max_response_bytes`, waiting for room.
+async fn reserve(broker: &Broker, bytes: u64) -> Option<OwnedSemaphorePermit> {
+    if bytes == 0 {
+        return None;
+    }
+    // `need` keeps it within max_queued_bytes, a u32 (checked by the config).
+    Arc::clone(&broker.responses)
+        .acquire_many_owned(bytes as u32)
+        .await
+        .ok()
+}
+
+/// Reads for a fetch under the memory it reserved, then gives back what the
+/// batches read did not need (the reservation assumed the largest answer).
+fn read_within(
     topic: &Topic,
     offset: u64,
     max_bytes: u64,
+    mut memory: Option<OwnedSemaphorePermit>,
+) -> (Outcome, Option<OwnedSemaphorePermit>) {
+    let found = match read(topic, offset, max_bytes) {
+        Ok(found) => found,
+        Err(e) => return (Err(storage_error(e)), None),
+    };
+    let used: usize = found.chunks.iter().map(|c| c.len()).sum();
+    if let Some(permit) = memory.as_mut() {
+        let spare = permit.num_permits().saturating_sub(used);
+        drop(permit.split(spare));
+    }
+    (Ok(found.into_body()), memory)
+}
+
+/// A fetch waiting for data.
+struct LongPoll {
+    broker: Arc<Broker>,
+    topic: Arc<Topic>,
+    offset: u64,
+    max_bytes: u64,
     wanted: u64,
-    wait: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> Outcome {
-    let deadline = Instant::now() + wait;
-    let mut appended = topic.subscribe();
-    loop {
-        // Mark the current end seen before reading, so an append after the
-        // read wakes the wait below.
-        appended.borrow_and_update();
-        let found = read(topic, offset, max_bytes).map_err(storage_error)?;
-        if found.total() >= wanted
-            || Instant::now() >= deadline
-            || *shutdown.borrow()
-            || topic.is_closed()
-        {
-            return Ok(found.into_body());
-        }
-        tokio::select! {
-            changed = appended.changed() => if changed.is_err() { return Ok(found.into_body()) },
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = shutdown.changed() => {}
-            _ = topic.closing() => {}
-        }
+    deadline: Instant,
+    gone: watch::Receiver<bool>,
+}
+
+impl LongPoll {
+    /// Waits for at least `wanted` bytes past `offset`, the deadline,
+    /// shutdown, the topic closing or the client leaving; then reads once.
+    /// Each append only wakes it to count the bytes now available from
+    /// index positions; nothing is read or checked until they suffice.
+    async fn run(mut self) -> (Outcome, Option<OwnedSemaphorePermit>) {
+        let mut shutdown = self.broker.shutdown.clone();
+        let mut appended = self.topic.subscribe();
+        let available = loop {
+            // Mark the current end seen before counting, so an append after
+            // the count wakes the wait below.
+            let end = *appended.borrow_and_update();
+            let available = self.topic.log().available_bytes(self.offset, end);
+            if available.is_none_or(|a| a >= self.wanted)
+                || Instant::now() >= self.deadline
+                || *shutdown.borrow()
+                || *self.gone.borrow()
+                || self.topic.is_closed()
+            {
+                break available;
+            }
+            tokio::select! {
+                changed = appended.changed() => if changed.is_err() { break available },
+                _ = tokio::time::sleep_until(self.deadline) => {}
+                // A dropped sender counts as the event it would have sent.
+                r = shutdown.changed() => if r.is_err() { break available },
+                r = self.gone.changed() => if r.is_err() { break available },
+                _ = self.topic.closing() => {}
+            }
+        };
+        let server = &self.broker.config.server;
+        let memory = reserve(&self.broker, need(server, self.max_bytes, available)).await;
+        read_within(&self.topic, self.offset, self.max_bytes, memory)
     }
 }
 

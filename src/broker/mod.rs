@@ -44,8 +44,12 @@ pub enum StartError {
 pub struct Broker {
     config: Arc<Config>,
     topics: Arc<Topics>,
-    /// `max_inflight_bytes`, one permit per byte of request being handled.
+    /// `max_inflight_bytes`, one permit per byte of request being read or
+    /// dispatched.
     budget: Arc<Semaphore>,
+    /// `max_response_bytes`, one permit per byte of fetched batches held
+    /// for a response not yet written.
+    responses: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -69,6 +73,7 @@ impl Broker {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let broker = Arc::new(Broker {
             budget: Arc::new(Semaphore::new(config.server.max_inflight_bytes as usize)),
+            responses: Arc::new(Semaphore::new(config.server.max_response_bytes as usize)),
             config: Arc::clone(&config),
             topics: Arc::clone(&topics),
             shutdown: shutdown.clone(),

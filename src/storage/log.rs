@@ -625,6 +625,30 @@ impl Log {
         }
     }
 
+    /// Bytes of whole batches from the one holding `offset` up to `until`
+    /// (a batch boundary, such as the visible end): what a read from
+    /// `offset` could return. Counted from index positions, without reading
+    /// any data, so a waiting fetch can tell cheaply whether enough has
+    /// arrived. `None` if `offset` is outside `[lowest_offset, until]`.
+    pub fn available_bytes(&self, offset: u64, until: u64) -> Option<u64> {
+        let segments = self.snapshot();
+        let lowest = segments.first().map_or(0, |s| s.base_offset());
+        if offset < lowest || offset > until {
+            return None;
+        }
+        let mut total = 0;
+        for segment in segments.iter() {
+            let next = segment.next_offset();
+            if next <= offset || segment.base_offset() >= until {
+                continue;
+            }
+            let from = segment.position_of(offset.max(segment.base_offset()));
+            let to = segment.position_of(until.min(next));
+            total += to.saturating_sub(from);
+        }
+        Some(total)
+    }
+
     /// Reads the record at `offset`.
     pub fn read(&self, offset: u64) -> Result<Record> {
         let read = self.read_batches(offset, 1)?;

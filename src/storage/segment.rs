@@ -407,6 +407,18 @@ impl Segment {
         Ok(())
     }
 
+    /// The store position where the batch holding `offset` starts, or the
+    /// published end for an offset at or past the segment's end.
+    pub fn position_of(&self, offset: u64) -> u64 {
+        let next = self.next_offset();
+        let (entries, end) = unpack(self.published.load(Ordering::Acquire));
+        if offset >= next {
+            return u64::from(end);
+        }
+        self.locate(offset, entries)
+            .map_or(0, |(_, e)| u64::from(e.pos.min(end)))
+    }
+
     /// The index entry of the batch holding `offset`, with its position in
     /// the index, among the first `entries` entries.
     fn locate(&self, offset: u64, entries: u32) -> Option<(u32, IndexEntry)> {
