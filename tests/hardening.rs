@@ -303,3 +303,213 @@ async fn a_long_poll_does_not_hold_the_request_budget_of_what_follows_it() {
     );
     broker.stop().await;
 }
+
+/// A connection that asks for responses and never reads them, with a tiny
+/// receive buffer so that they stay in the broker.
+async fn hog(addr: std::net::SocketAddr, requests: &[Request]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    for (i, r) in requests.iter().enumerate() {
+        r.encode(i as u32, &mut buf);
+    }
+    stream.write_all(&buf).await.unwrap();
+    stream
+}
+
+// 2: each connection could queue max_queued_bytes of responses, so 1,024
+// slow consumers could make the broker hold 64 GiB. max_response_bytes
+// bounds fetched bytes across all of them: a fetch waits for room.
+#[tokio::test]
+async fn fetched_bytes_held_across_connections_are_bounded() {
+    let broker = start(|c| {
+        c.server.max_queued_bytes = 16 << 20;
+        c.server.max_response_bytes = 16 << 20;
+        c.server.write_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut c = broker.connect().await;
+    c.ok(create("big")).await;
+    let chunk = vec![b'c'; 1 << 20];
+    for _ in 0..12 {
+        c.produce("big", &[&chunk[..1000 * 1024]]).await;
+    }
+    // Two consumers that do not read each hold 12 MiB of fetched batches
+    // (more than loopback buffers absorb with a 4 KiB receive window).
+    let take = fetch("big", 0, 12 << 20, 0);
+    let hogs = [
+        hog(broker.addr, std::slice::from_ref(&take)).await,
+        hog(broker.addr, std::slice::from_ref(&take)).await,
+    ];
+    // A third consumer's fetch must wait for room...
+    let mut third = broker.connect().await;
+    let id = third.send(&fetch("big", 0, 1 << 20, 0)).await;
+    let early = tokio::time::timeout(Duration::from_millis(1500), third.read_frame()).await;
+    assert!(
+        early.is_err(),
+        "a fetch read more while 24 MiB of responses were held against a 16 MiB bound"
+    );
+    // ... and is answered once the slow consumers go away.
+    drop(hogs);
+    let frame = third
+        .read_frame()
+        .await
+        .expect("answered after the hogs left");
+    let response = spool::protocol::Response::parse(spool::protocol::ApiKey::Fetch, frame).unwrap();
+    assert_eq!(response.correlation_id, id);
+    assert!(
+        matches!(response.body, Ok(ResponseBody::Fetched { ref batches, .. }) if !batches.is_empty())
+    );
+    broker.stop().await;
+}
+
+// 4.3: a delete of a 245-byte name failed with "File name too long" (the
+// trash name added a suffix), after which the topic disappeared until a
+// restart and could not be created again.
+#[tokio::test]
+async fn the_longest_names_can_be_deleted_and_created_again() {
+    let broker = start(|_| {}).await;
+    let mut c = broker.connect().await;
+    for len in [245, 249] {
+        let name = "n".repeat(len);
+        for _ in 0..2 {
+            c.ok(create(&name)).await;
+            c.produce(&name, &[b"v"]).await;
+            c.ok(Request::DeleteTopic {
+                topic: name.clone(),
+            })
+            .await;
+            assert!(matches!(
+                c.ok(Request::ListTopics).await,
+                ResponseBody::Topics(ref t) if t.is_empty()
+            ));
+        }
+    }
+    broker.stop().await;
+}
+
+// 4.3: a delete that fails must leave the topic whole and served.
+#[tokio::test]
+async fn a_failed_delete_leaves_the_topic_served() {
+    let broker = start(|_| {}).await;
+    let mut c = broker.connect().await;
+    c.ok(create("kept")).await;
+    c.produce("kept", &[b"a"]).await;
+    // The trash cannot take it: a file where the directory should be.
+    let trash = broker.dir.path().join("deleted");
+    std::fs::remove_dir_all(&trash).unwrap();
+    std::fs::write(&trash, b"in the way").unwrap();
+    let e = c
+        .err(
+            Request::DeleteTopic {
+                topic: "kept".into(),
+            },
+            spool::protocol::ErrorCode::StorageError,
+        )
+        .await;
+    assert!(e.message.contains("kept"), "{}", e.message);
+    c.produce("kept", &[b"b"]).await;
+    let values: Vec<Vec<u8>> = c
+        .fetch("kept", 0)
+        .await
+        .into_iter()
+        .map(|r| r.value.to_vec())
+        .collect();
+    assert_eq!(values, vec![b"a".to_vec(), b"b".to_vec()]);
+    std::fs::remove_file(&trash).unwrap();
+    std::fs::create_dir(&trash).unwrap();
+    let broker = broker.restart().await;
+    let mut c = broker.connect().await;
+    assert_eq!(c.fetch("kept", 0).await.len(), 2, "lost on restart");
+    broker.stop().await;
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            if entry.metadata().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.insert(entry.path(), std::fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+// 4.4: one topic that failed to open (a bad topic.toml, a bad layout) stopped
+// the whole broker.
+#[tokio::test]
+async fn a_topic_that_cannot_open_is_reported_and_the_others_served() {
+    let broker = start(|_| {}).await;
+    let mut c = broker.connect().await;
+    for t in ["good", "bad-settings", "bad-layout"] {
+        c.ok(create(t)).await;
+        c.produce(t, &[b"kept"]).await;
+    }
+    let topics = broker.dir.path().join("topics");
+    let broker = {
+        let mut b = broker;
+        b.running.take().unwrap().shutdown().await;
+        b
+    };
+    std::fs::write(topics.join("bad-settings/topic.toml"), "flush = [").unwrap();
+    // A segment whose base offset is beyond any the log can hold.
+    std::fs::write(topics.join("bad-layout/10000000000000000000.store"), b"").unwrap();
+    let bad_settings = snapshot(&topics.join("bad-settings"));
+    let bad_layout = snapshot(&topics.join("bad-layout"));
+    let mut config = broker.config.clone();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let running = spool::broker::Broker::start(config)
+        .await
+        .expect("the broker starts despite two unreadable topics");
+    let mut c = Conn::connect(running.local_addr()).await;
+    assert_eq!(c.fetch("good", 0).await.len(), 1);
+    for (topic, cause) in [
+        ("bad-settings", "topic.toml"),
+        ("bad-layout", "10000000000000000000"),
+    ] {
+        let e = c
+            .err(
+                describe_request(topic),
+                spool::protocol::ErrorCode::StorageError,
+            )
+            .await;
+        assert!(e.message.contains(cause), "{topic}: {}", e.message);
+        // Neither produce (no auto-creation over it) nor delete touches it.
+        c.err(
+            produce_request(topic, &[b"new"]),
+            spool::protocol::ErrorCode::StorageError,
+        )
+        .await;
+        c.err(
+            Request::DeleteTopic {
+                topic: topic.into(),
+            },
+            spool::protocol::ErrorCode::StorageError,
+        )
+        .await;
+        c.err(create(topic), spool::protocol::ErrorCode::StorageError)
+            .await;
+    }
+    match c.ok(Request::ListTopics).await {
+        ResponseBody::Topics(t) => assert_eq!(t, ["bad-layout", "bad-settings", "good"]),
+        other => panic!("{other:?}"),
+    }
+    running.shutdown().await;
+    assert_eq!(
+        snapshot(&topics.join("bad-settings")),
+        bad_settings,
+        "files rewritten"
+    );
+    assert_eq!(
+        snapshot(&topics.join("bad-layout")),
+        bad_layout,
+        "files rewritten"
+    );
+}

@@ -212,15 +212,7 @@ async fn blocking(
 }
 
 fn known(topics: &Topics, name: &str) -> Result<Arc<Topic>, ErrorBody> {
-    topics
-        .get(name)
-        .ok_or_else(|| match super::topic::check_name(name) {
-            Err(reason) => topic_error(TopicError::InvalidName {
-                name: name.to_owned(),
-                reason,
-            }),
-            Ok(()) => topic_error(TopicError::Unknown(name.to_owned())),
-        })
+    topics.lookup(name).map_err(topic_error)
 }
 
 async fn produce_target(broker: &Arc<Broker>, name: String) -> Result<Arc<Topic>, ErrorBody> {
@@ -458,6 +450,8 @@ pub fn topic_error(e: TopicError) -> ErrorBody {
             body.message = message;
             body
         }
-        TopicError::Io { .. } => ErrorBody::new(ErrorCode::StorageError, message),
+        TopicError::Io { .. } | TopicError::Broken { .. } => {
+            ErrorBody::new(ErrorCode::StorageError, message)
+        }
     }
 }

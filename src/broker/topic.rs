@@ -7,7 +7,7 @@
 //! ```text
 //! <data_dir>/topics/<name>/topic.toml       settings given at creation (key = "value")
 //! <data_dir>/topics/<name>/0000….store      the log's segments (see docs/STORAGE.md)
-//! <data_dir>/deleted/<name>.<unix ms>/      a deleted topic on its way out
+//! <data_dir>/deleted/<unix ms>.<n>/         a deleted topic on its way out
 //! ```
 //!
 //! A topic name is 1 to 249 characters of `[A-Za-z0-9._-]` and not `.` or
@@ -37,6 +37,10 @@ pub enum TopicError {
     Unknown(String),
     #[error("topic {0:?} already exists")]
     AlreadyExists(String),
+    /// The topic's directory is there but could not be opened at start; its
+    /// files are left exactly as they were, for an operator to look at.
+    #[error("topic {name:?} could not be opened at start and is not served: {reason} (its files are left as they are; fix or move its directory, then restart)")]
+    Broken { name: String, reason: String },
     #[error(
         "cannot create topic {name:?}: the broker holds its maximum of {max} topics (max_topics)"
     )]
@@ -327,6 +331,10 @@ pub struct Topics {
     map: DashMap<String, Arc<Topic>>,
     /// Serialises creation and deletion, which touch directories.
     admin: Mutex<()>,
+    /// Deletions so far, to name trash directories uniquely.
+    deletions: std::sync::atomic::AtomicU64,
+    /// Topics whose directories failed to open at start, with the reason.
+    broken: DashMap<String, String>,
 }
 
 impl Topics {
@@ -351,6 +359,8 @@ impl Topics {
             trash,
             map: DashMap::new(),
             admin: Mutex::new(()),
+            deletions: Default::default(),
+            broken: DashMap::new(),
         };
         let entries =
             std::fs::read_dir(&topics.dir).map_err(|e| io_error("", "list", &topics.dir, e))?;
@@ -363,15 +373,30 @@ impl Topics {
                 tracing::warn!(path = %entry.path().display(), "ignoring entry that is not a topic");
                 continue;
             }
-            let created_with = read_settings(&name, &entry.path())?;
-            let topic = topics.open(&name, created_with)?;
-            tracing::info!(topic = %name, log_start = topic.log.lowest_offset(), log_end = topic.log.next_offset(), "loaded topic");
-            topics.map.insert(name, topic);
+            // One topic that cannot be opened must not stop the others: it
+            // is reported, refused by name, and its files are not touched.
+            let opened = read_settings(&name, &entry.path())
+                .and_then(|created_with| topics.open(&name, created_with));
+            match opened {
+                Ok(topic) => {
+                    tracing::info!(topic = %name, log_start = topic.log.lowest_offset(), log_end = topic.log.next_offset(), "loaded topic");
+                    topics.map.insert(name, topic);
+                }
+                Err(e) => {
+                    tracing::error!(topic = %name, error = %e, "topic could not be opened; serving the others, its files left as they are");
+                    topics.broken.insert(name, e.to_string());
+                }
+            }
         }
         for name in topics.config.topics.keys() {
-            if !topics.map.contains_key(name) {
-                topics.create(name, &[])?;
-                tracing::info!(topic = %name, "created topic named in the configuration");
+            if topics.map.contains_key(name) || topics.broken.contains_key(name) {
+                continue;
+            }
+            match topics.create(name, &[]) {
+                Ok(_) => tracing::info!(topic = %name, "created topic named in the configuration"),
+                Err(e) => {
+                    tracing::error!(topic = %name, error = %e, "could not create a topic named in the configuration")
+                }
             }
         }
         Ok(topics)
@@ -419,9 +444,45 @@ impl Topics {
         self.map.get(name).map(|t| Arc::clone(t.value()))
     }
 
-    /// Names of all topics, sorted.
+    /// The topic, or why there is none by that name.
+    pub fn lookup(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
+        if let Some(topic) = self.get(name) {
+            return Ok(topic);
+        }
+        self.refuse_broken(name)?;
+        check_name(name).map_err(|reason| TopicError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        Err(TopicError::Unknown(name.to_owned()))
+    }
+
+    fn refuse_broken(&self, name: &str) -> Result<(), TopicError> {
+        match self.broken.get(name) {
+            Some(reason) => Err(TopicError::Broken {
+                name: name.to_owned(),
+                reason: reason.value().clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Topics that failed to open at start, with the reason.
+    pub fn broken(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .broken
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Names of all topics, sorted; those that failed to open too (asking
+    /// for one of those says why).
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.map.iter().map(|t| t.key().clone()).collect();
+        names.extend(self.broken.iter().map(|t| t.key().clone()));
         names.sort();
         names
     }
@@ -452,8 +513,9 @@ impl Topics {
         if self.map.contains_key(name) {
             return Err(TopicError::AlreadyExists(name.to_owned()));
         }
+        self.refuse_broken(name)?;
         let max = self.config.server.max_topics;
-        if self.map.len() >= max {
+        if self.map.len() + self.broken.len() >= max {
             return Err(TopicError::TooMany {
                 name: name.to_owned(),
                 max,
@@ -488,32 +550,55 @@ impl Topics {
     }
 
     /// Deletes a topic and its data. Blocking.
+    ///
+    /// The directory is first renamed into `<data_dir>/deleted/`, so that a
+    /// crash midway never leaves half a topic that would be loaded again;
+    /// only once that rename is durable does the topic stop being served.
+    /// If it cannot be moved, the topic stays whole and served.
     pub fn delete(&self, name: &str) -> Result<(), TopicError> {
         check_name(name).map_err(|reason| TopicError::InvalidName {
             name: name.to_owned(),
             reason,
         })?;
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, topic) = self
-            .map
-            .remove(name)
-            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
-        if let Err(e) = topic.close() {
-            tracing::warn!(topic = %name, error = %e, "closing deleted topic failed");
+        if !self.map.contains_key(name) {
+            // A broken topic's files are the operator's to deal with.
+            self.refuse_broken(name)?;
+            return Err(TopicError::Unknown(name.to_owned()));
         }
-        // Rename first, so that a crash midway never leaves half a topic
-        // that would be loaded again.
+        let dir = self.dir.join(name);
+        let doomed = self.trash_path();
+        std::fs::rename(&dir, &doomed).map_err(|e| io_error(name, "rename", &dir, e))?;
+        if let Err(e) = sync_dir(name, &self.dir) {
+            // Not known to be durable: put it back and keep serving it.
+            if std::fs::rename(&doomed, &dir).is_ok() {
+                return Err(e);
+            }
+            tracing::error!(topic = %name, error = %e, "delete half done: the topic's directory is in the trash");
+        }
+        let topic = self.map.remove(name).map(|(_, t)| t);
+        if let Some(topic) = topic {
+            if let Err(e) = topic.close() {
+                tracing::warn!(topic = %name, error = %e, "closing deleted topic failed");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&doomed) {
+            // The topic is gone either way; the next start finishes this.
+            tracing::warn!(topic = %name, path = %doomed.display(), error = %e, "could not remove a deleted topic's files");
+        }
+        tracing::info!(topic = %name, "deleted topic");
+        Ok(())
+    }
+
+    /// A fresh name in the trash. Not derived from the topic's name, which
+    /// may already be as long as a file name can be.
+    fn trash_path(&self) -> PathBuf {
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let doomed = self.trash.join(format!("{name}.{stamp}"));
-        let dir = self.dir.join(name);
-        std::fs::rename(&dir, &doomed).map_err(|e| io_error(name, "rename", &dir, e))?;
-        sync_dir(name, &self.dir)?;
-        drop(topic);
-        std::fs::remove_dir_all(&doomed).map_err(|e| io_error(name, "remove", &doomed, e))?;
-        Ok(())
+        let seq = self.deletions.fetch_add(1, Ordering::Relaxed);
+        self.trash.join(format!("{stamp}.{seq}"))
     }
 
     /// Closes every topic (blocking): flush, sync, trim indexes.
