@@ -583,3 +583,67 @@ fn an_age_beyond_i64_milliseconds_means_forever() {
     );
     assert_eq!(log.segment_count(), segments);
 }
+
+// Guards against (issue 9, 4.6): recovery scanned the active store through a
+// memory map, so an I/O error at start-up was a SIGBUS (a crash loop), and
+// read errors of the index check were taken for bad batches and ignored.
+// Every failed read while opening is an error now, whichever read fails.
+#[test]
+fn an_unreadable_store_fails_the_open_with_an_io_error() {
+    let fs = SimFs::new();
+    {
+        let log = Log::open_with(fs.shared(), "/t", cfg(SyncMode::Always)).unwrap();
+        for i in 0..50u8 {
+            log.append(&mut one(&[i; 100])).unwrap();
+        }
+        // A crash: the index lost its tail, so the store must be scanned.
+    }
+    let crashed = fs.snapshot();
+    let index = std::path::Path::new("/t/00000000000000000000.index");
+    let image = crashed.read(index).unwrap();
+    {
+        let f = crashed.shared().open(index, Open::ReadWrite).unwrap();
+        f.set_len(8 * 10).unwrap();
+    }
+    assert!(image.len() > 80);
+    let reads = {
+        let probe = crashed.snapshot();
+        probe.set_fault(None);
+        let log = Log::open_with(probe.shared(), "/t", cfg(SyncMode::Always)).unwrap();
+        assert_eq!(log.next_offset(), 50, "the scan recovers every batch");
+        drop(log);
+        // Count the reads one open makes.
+        let probe = crashed.snapshot();
+        probe.set_fault(Some(Fault {
+            op: Some(Op::Read),
+            nth: u64::MAX,
+            errno: libc::EIO,
+            sticky: false,
+        }));
+        let _ = Log::open_with(probe.shared(), "/t", cfg(SyncMode::Always));
+        probe.operations()
+    };
+    assert!(reads > 0);
+    let mut failed_opens = 0;
+    for nth in 1..=reads {
+        let disk = crashed.snapshot();
+        disk.set_fault(Some(Fault {
+            op: Some(Op::Read),
+            nth,
+            errno: libc::EIO,
+            sticky: true,
+        }));
+        match Log::open_with(disk.shared(), "/t", cfg(SyncMode::Always)) {
+            Err(StorageError::Io { .. }) => failed_opens += 1,
+            Err(e) => panic!("read {nth} failing gave {e}"),
+            Ok(log) => {
+                assert!(
+                    !disk.fault_fired(),
+                    "read {nth} failed and the open went on as if the bytes were bad: next offset {}",
+                    log.next_offset()
+                );
+            }
+        }
+    }
+    assert!(failed_opens > 0, "no read was made while opening");
+}

@@ -82,7 +82,7 @@ impl LogConfig {
     /// so two entries always cover at least `MIN_BATCH_LEN + 1` bytes.
     pub(crate) fn index_entries(&self, store_bytes: u64) -> Index {
         let bytes = self.segment_bytes.max(store_bytes);
-        let usable = bytes / ((MIN_BATCH_LEN as u64 + 1) / 2) + 2;
+        let usable = bytes / (MIN_BATCH_LEN as u64 + 1).div_euclid(2) + 2;
         let configured = self.index_bytes / super::index::IndexEntry::WIDTH as u64;
         let entries = configured.min(usable).min(u64::from(u32::MAX)) as u32;
         // One time entry per new millisecond of append time: a segment that

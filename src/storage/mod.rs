@@ -26,6 +26,7 @@ mod error;
 mod fs;
 mod index;
 mod log;
+mod scan;
 mod segment;
 mod store;
 pub mod vfs;

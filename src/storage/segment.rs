@@ -37,9 +37,10 @@ use super::config::{Index, LogConfig};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::index::{IndexEntry, Table, TimeEntry};
+use super::scan::scan_store;
 use super::store::{Store, StoreWriter};
 use super::vfs::{Open, Vfs};
-use crate::batch::{self, BatchHeader, HEADER_LEN, MAGIC};
+use crate::batch::{self, BatchHeader, HEADER_LEN};
 
 /// Packs the published index length and store end into one word, so a reader
 /// never sees an entry without the bytes it points to, or the reverse.
@@ -287,7 +288,7 @@ impl Segment {
         let mut start: Option<(u32, BatchHeader)> = None;
         for k in (0..ordered).rev() {
             let e = index.get(k).expect("below len");
-            if let Some(h) = good_batch_at(&store, base, e, size) {
+            if let Some(h) = good_batch_at(&store, base, e, size)? {
                 start = Some((k, h));
                 break;
             }
@@ -311,12 +312,11 @@ impl Segment {
         let mut time_kept = ordered_time_prefix(&times, last_rel);
         // In order is not enough (a zeroed file starts with a plausible
         // entry): the first and last kept entries must match their batches.
-        let matches = |k: u32| {
-            times
-                .get(k)
-                .is_some_and(|t| time_entry_matches(&store, &index, t))
+        let matches = |k: u32| match times.get(k) {
+            Some(t) => time_entry_matches(&store, &index, t),
+            None => Ok(false),
         };
-        if time_kept > 0 && !(matches(0) && matches(time_kept - 1)) {
+        if time_kept > 0 && !(matches(0)? && matches(time_kept - 1)?) {
             time_kept = 0;
             report.index_rebuilt = true;
         }
@@ -822,177 +822,39 @@ fn ordered_time_prefix(times: &Table<TimeEntry>, last_rel: Option<u32>) -> u32 {
 }
 
 /// Whether a time entry names a batch of the index appended at its time.
-fn time_entry_matches(store: &Store, index: &Table<IndexEntry>, t: TimeEntry) -> bool {
+fn time_entry_matches(store: &Store, index: &Table<IndexEntry>, t: TimeEntry) -> Result<bool> {
     let k = index.partition_point(index.len(), |e| e.rel < t.rel);
     let Some(e) = index.get(k).filter(|e| e.rel == t.rel) else {
-        return false;
+        return Ok(false);
     };
-    let Ok(bytes) = store.read_at(u64::from(e.pos), HEADER_LEN) else {
-        return false;
-    };
-    BatchHeader::parse(&bytes).is_ok_and(|h| h.append_time == t.time)
+    // Kept index entries point at good batches, inside the store.
+    let bytes = store.read_at(u64::from(e.pos), HEADER_LEN)?;
+    Ok(BatchHeader::parse(&bytes).is_ok_and(|h| h.append_time == t.time))
 }
 
 /// The header of the batch `entry` points at, if that batch is whole, its CRC
-/// checks and its offset is the one the entry claims.
-fn good_batch_at(store: &Store, base: u64, entry: IndexEntry, size: u64) -> Option<BatchHeader> {
+/// checks and its offset is the one the entry claims. A store that cannot be
+/// read is an error, never taken for a bad batch.
+fn good_batch_at(
+    store: &Store,
+    base: u64,
+    entry: IndexEntry,
+    size: u64,
+) -> Result<Option<BatchHeader>> {
     let pos = u64::from(entry.pos);
-    let header = BatchHeader::parse(&store.read_at(pos, HEADER_LEN).ok()?).ok()?;
+    if pos + HEADER_LEN as u64 > size {
+        return Ok(None);
+    }
+    let Ok(header) = BatchHeader::parse(&store.read_at(pos, HEADER_LEN)?) else {
+        return Ok(None);
+    };
     if pos + u64::from(header.batch_length) > size
         || header.base_offset != base + u64::from(entry.rel)
     {
-        return None;
+        return Ok(None);
     }
-    let bytes = store.read_at(pos, header.batch_length as usize).ok()?;
-    batch::check(&bytes).ok()
-}
-
-/// What a scan of a store found.
-struct Scan {
-    /// An index entry per batch or damaged range, with the batch's append
-    /// time (`None` for damage).
-    batches: Vec<(IndexEntry, Option<i64>)>,
-    /// Damaged ranges that valid batches follow: (position, length).
-    damaged: Vec<(u64, u64)>,
-    /// End of the last good batch (or of the scan start).
-    good_end: u64,
-    /// Offset after the last good batch (or a damaged range's offsets).
-    next_offset: u64,
-    /// Start of trailing bytes that hold no valid batch.
-    tail: Option<u64>,
-}
-
-impl Scan {
-    /// Records a damaged range starting at `pos` that holds the offsets from
-    /// the expected one up to `resume`.
-    fn damage(&mut self, base: u64, pos: u64, len: u64, resume: u64) {
-        let rel = (self.next_offset - base) as u32;
-        self.batches.push((
-            IndexEntry {
-                rel,
-                pos: pos as u32,
-            },
-            None,
-        ));
-        self.damaged.push((pos, len));
-        self.next_offset = resume.max(self.next_offset);
-    }
-}
-
-/// Scans the store from `from` (a batch boundary) expecting offset
-/// `expected`; in a sealed segment `limit` is the next segment's base.
-fn scan_store(
-    store: &Store,
-    base: u64,
-    from: u64,
-    expected: u64,
-    limit: Option<u64>,
-    hints: &[u32],
-) -> Result<Scan> {
-    let mut scan = Scan {
-        batches: Vec::new(),
-        damaged: Vec::new(),
-        good_end: from,
-        next_offset: expected,
-        tail: None,
-    };
-    let size = store.file_len()?;
-    let map = if size > from {
-        let m = store
-            .file()
-            .map(size as usize, false)
-            .map_err(|e| StorageError::io("mmap", store.path(), e))?;
-        Some(m)
-    } else {
-        None
-    };
-    // SAFETY: the mapping covers `size` bytes and lives until the end of this
-    // function; the log owns the directory, so nothing truncates the store
-    // while it is being opened.
-    let bytes: &[u8] = match &map {
-        Some(m) => unsafe { std::slice::from_raw_parts(m.ptr(), m.size()) },
-        None => &[],
-    };
-    let mut pos = from as usize;
-    while pos < bytes.len() {
-        if let Some(h) = batch_at(bytes, pos, base, scan.next_offset, true) {
-            let rel = (h.base_offset - base) as u32;
-            scan.batches.push((
-                IndexEntry {
-                    rel,
-                    pos: pos as u32,
-                },
-                Some(h.append_time),
-            ));
-            pos += h.batch_length as usize;
-            scan.good_end = pos as u64;
-            scan.next_offset = h.next_offset();
-            continue;
-        }
-        // Not a good batch: look for the next one further on.
-        // A batch-shaped run of bytes inside damage (a record's value may hold
-        // a copy of a stored batch) must not pass for data: a resync point
-        // counts only where the old index names a batch, or where valid
-        // batches run from it to the very end of the segment.
-        let next = (pos + 1..bytes.len()).find_map(|q| {
-            let h = batch_at(bytes, q, base, scan.next_offset, false)?;
-            let anchored = hints.binary_search(&(q as u32)).is_ok()
-                || chains_to_end(bytes, q, base, &h, limit);
-            anchored.then_some((q, h))
-        });
-        match (next, limit) {
-            (Some((q, h)), _) => {
-                // Damage followed by valid data: keep it, index it, fence it.
-                tracing::warn!(
-                    store = %store.path().display(),
-                    position = pos,
-                    bytes = q - pos,
-                    offsets = %format!("{}..{}", scan.next_offset, h.base_offset),
-                    "damaged range in segment; its records will not be served"
-                );
-                scan.damage(base, pos as u64, (q - pos) as u64, h.base_offset);
-                pos = q;
-            }
-            (None, Some(limit)) => {
-                // A sealed segment is never cut: the rest is one fenced range.
-                scan.damage(base, pos as u64, (bytes.len() - pos) as u64, limit);
-                scan.good_end = bytes.len() as u64;
-                break;
-            }
-            (None, None) => {
-                scan.tail = Some(pos as u64);
-                break;
-            }
-        }
-    }
-    if let Some(limit) = limit.filter(|&l| l > scan.next_offset) {
-        // The store lacks offsets that its successor's base says it holds.
-        scan.damage(base, bytes.len() as u64, 0, limit);
-    }
-    Ok(scan)
-}
-
-/// Whether valid batches run from `first` (at `pos`) to the end of `bytes`
-/// exactly, ending at `limit` when there is one.
-fn chains_to_end(
-    bytes: &[u8],
-    pos: usize,
-    base: u64,
-    first: &BatchHeader,
-    limit: Option<u64>,
-) -> bool {
-    let mut pos = pos + first.batch_length as usize;
-    let mut next = first.next_offset();
-    while pos < bytes.len() {
-        match batch_at(bytes, pos, base, next, true) {
-            Some(h) => {
-                pos += h.batch_length as usize;
-                next = h.next_offset();
-            }
-            None => return false,
-        }
-    }
-    limit.is_none_or(|l| next == l)
+    let bytes = store.read_at(pos, header.batch_length as usize)?;
+    Ok(batch::check(&bytes).ok())
 }
 
 /// Sorted store positions named by index entries `[from, to)`.
@@ -1004,42 +866,6 @@ fn positions(index: &Table<IndexEntry>, from: u32, to: u32) -> Vec<u32> {
     out.sort_unstable();
     out.dedup();
     out
-}
-
-/// The header of a valid batch starting at `pos` in `bytes` whose offsets
-/// fit the segment: exactly `expected` when `exact`, otherwise at or after it
-/// (a resynchronisation after damage).
-fn batch_at(
-    bytes: &[u8],
-    pos: usize,
-    base: u64,
-    expected: u64,
-    exact: bool,
-) -> Option<BatchHeader> {
-    let rest = &bytes[pos..];
-    // Cheap filters first: a resync tries every byte position.
-    if rest.len() < HEADER_LEN
-        || rest[24] != MAGIC
-        || rest[25] != 0
-        || rest[26] != 0
-        || rest[27] != 0
-    {
-        return None;
-    }
-    let h = BatchHeader::parse(rest).ok()?;
-    let len = h.batch_length as usize;
-    if len > rest.len() {
-        return None;
-    }
-    let offset_fits = if exact {
-        h.base_offset == expected
-    } else {
-        h.base_offset >= expected
-    };
-    if !offset_fits || h.next_offset() - base > u64::from(u32::MAX) {
-        return None;
-    }
-    batch::check(&rest[..len]).ok()
 }
 
 /// Writes fresh index and time index files for a sealed segment.

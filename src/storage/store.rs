@@ -59,10 +59,6 @@ impl Store {
         &self.path
     }
 
-    pub fn file(&self) -> &Arc<dyn VFile> {
-        &self.file
-    }
-
     /// Size of the file (not the published end of the segment).
     pub fn file_len(&self) -> Result<u64> {
         self.file
