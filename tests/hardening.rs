@@ -513,3 +513,33 @@ async fn a_topic_that_cannot_open_is_reported_and_the_others_served() {
         "files rewritten"
     );
 }
+
+// 4.9: the broker ran a durability engine of its own beside the log's, and
+// told the log an interval topic never syncs. The log is the one engine now:
+// it knows an interval topic's mode, and its synced point is what the
+// broker's sync task reports.
+#[tokio::test]
+async fn an_interval_topic_is_synced_by_the_log_within_its_interval() {
+    let broker = start(|_| {}).await;
+    let mut c = broker.connect().await;
+    c.ok(Request::CreateTopic {
+        topic: "iv".into(),
+        settings: vec![
+            ("flush".into(), "interval".into()),
+            ("flush_interval_ms".into(), "100ms".into()),
+        ],
+    })
+    .await;
+    let topic = broker.running.as_ref().unwrap().topics().get("iv").unwrap();
+    assert_eq!(
+        topic.log().config().sync,
+        spool::storage::SyncMode::Interval(Duration::from_millis(100))
+    );
+    c.produce("iv", &[b"a", b"b"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while topic.log().synced_offset() < 2 {
+        assert!(Instant::now() < deadline, "never synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.stop().await;
+}

@@ -314,9 +314,8 @@ impl TopicSettings {
             segment_age: self.roll_age(),
             sync: match self.flush {
                 Flush::Always => SyncMode::Always,
-                // The broker's flusher task syncs on the interval; commits
-                // never wait.
-                Flush::Interval | Flush::Never => SyncMode::Never,
+                Flush::Interval => SyncMode::Interval(self.flush_interval),
+                Flush::Never => SyncMode::Never,
             },
             max_batch_bytes: max_frame_bytes.min(u64::from(u32::MAX)) as u32,
             max_record_bytes: self.max_record_bytes.min(u64::from(u32::MAX)) as u32,

@@ -216,14 +216,17 @@ impl Topic {
         notified.await;
     }
 
-    /// Syncs the log in the background: on demand for `flush = "always"`
-    /// (one fdatasync for every produce that asked meanwhile: group commit),
-    /// and every `flush_interval_ms` for `flush = "interval"`.
+    /// Drives the log's durability from the runtime. The log is the one
+    /// engine: it decides what a sync covers, shares one fdatasync among
+    /// concurrent callers (group commit), remembers a failure for good, and
+    /// knows what is durable. This task only calls it off the async threads
+    /// (on demand for `flush = "always"`, every `flush_interval_ms` for
+    /// `flush = "interval"`) and publishes what it reports, to release
+    /// waiting produces and (for `always`) make records visible.
     async fn run_sync_task(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.settings.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let periodic = self.settings.flush == Flush::Interval;
-        let mut synced = self.log.next_offset();
         loop {
             tokio::select! {
                 _ = self.sync_wanted.notified() => {}
@@ -231,17 +234,14 @@ impl Topic {
                 _ = self.closing() => return,
             }
             let target = self.log.next_offset();
-            if target <= synced {
+            if target <= self.log.synced_offset() {
                 self.publish_synced(target);
                 continue;
             }
             let topic = Arc::clone(&self);
             let result = tokio::task::spawn_blocking(move || topic.log.sync_through(target)).await;
             match result {
-                Ok(Ok(())) => {
-                    synced = target;
-                    self.publish_synced(target);
-                }
+                Ok(Ok(())) => self.publish_synced(self.log.synced_offset()),
                 Ok(Err(e)) => {
                     tracing::error!(topic = %self.name, error = %e, "sync failed; the topic acknowledges no more produces");
                     self.durable

@@ -485,6 +485,12 @@ impl Log {
         }
     }
 
+    /// Every offset below this is durable (covered by a completed
+    /// fdatasync); it only moves forward, except across a reset.
+    pub fn synced_offset(&self) -> u64 {
+        lock(&self.sync).synced
+    }
+
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
         self.sync_through(self.next_offset())
