@@ -142,8 +142,10 @@ async fn retention_bytes_bounds_what_du_sees() {
     for _ in 0..500 {
         c.produce("r", &values).await;
         let d = describe(&mut c, "r").await;
+        // Retention runs in the background right after each roll: until it
+        // has, the topic may also hold the new segment's first index pages.
         assert!(
-            d.size_bytes <= 2 * MIB + segment,
+            d.size_bytes <= 2 * MIB + segment + 64 * 1024,
             "{} bytes: overshot retention by more than a segment",
             d.size_bytes
         );

@@ -232,6 +232,9 @@ impl Vfs for GateFs {
     fn exists(&self, path: &Path) -> bool {
         self.inner.exists(path)
     }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.inner.is_dir(path)
+    }
     fn open(&self, path: &Path, how: Open) -> io::Result<Arc<dyn VFile>> {
         Ok(Arc::new(GateFile {
             inner: self.inner.open(path, how)?,
@@ -240,6 +243,9 @@ impl Vfs for GateFs {
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
     }
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.inner.remove_dir_all(dir)

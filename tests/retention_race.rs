@@ -717,7 +717,8 @@ fn check_directory(data: &Path) -> (u64, u64) {
     for entry in std::fs::read_dir(&topic_dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         names.push(name.clone());
-        if name == ".lock" || name == "topic.toml" {
+        // The next segment's files, made ahead of its roll.
+        if name == ".lock" || name == "topic.toml" || name.starts_with(".spare-") {
             continue;
         }
         let (stem, ext) = name.split_once('.').unwrap_or((&name, ""));

@@ -56,6 +56,15 @@ pub struct Broker {
 impl Broker {
     /// Binds the listener, loads the topics and starts serving.
     pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+        Broker::start_with(config, crate::storage::OsVfs::shared()).await
+    }
+
+    /// [`Broker::start`] with the topics on another file system (tests use
+    /// simulated disks, slow or failing ones).
+    pub async fn start_with(
+        config: Config,
+        vfs: std::sync::Arc<dyn crate::storage::Vfs>,
+    ) -> Result<RunningBroker, StartError> {
         config.check().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let addr = config.server.listen;
@@ -66,7 +75,7 @@ impl Broker {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let loading = Arc::clone(&config);
-        let topics = tokio::task::spawn_blocking(move || Topics::load(loading))
+        let topics = tokio::task::spawn_blocking(move || Topics::load_with(loading, vfs))
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
         let topics = Arc::new(topics);

@@ -23,10 +23,12 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
 use super::config::{Config, Flush, TopicOverrides, TopicSettings};
-use crate::storage::{Appended, Log, Retention, StorageError};
+use crate::storage::{Appended, Log, Open, OsVfs, Retention, StorageError, Vfs};
 
 /// The file holding a topic's creation settings.
 const SETTINGS_FILE: &str = "topic.toml";
+/// Largest settings file read: a few settings take a few hundred bytes.
+const MAX_SETTINGS_FILE: u64 = 64 * 1024;
 
 /// Why a topic operation failed.
 #[derive(Debug, Error)]
@@ -109,6 +111,10 @@ pub struct Topic {
     closed: AtomicBool,
     /// Wakes the sync task to exit, and long-polls to return.
     closing: Notify,
+    /// Set after a roll: the background task has work for this topic.
+    needs_care: AtomicBool,
+    /// Wakes the background task (shared by every topic).
+    care: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Topic {
@@ -147,12 +153,13 @@ impl Topic {
     pub fn append(&self, batch: &mut [u8]) -> Result<Appended, StorageError> {
         let appended = self.log.append(batch)?;
         if appended.rolled {
-            // The log just grew by a sealed segment: apply retention now, so
-            // that it never overshoots retention_bytes by more than the
-            // active segment, whatever retention_check_interval is.
-            if let Err(e) = self.apply_retention(now_ms()) {
-                tracing::error!(topic = %self.name, error = %e, "retention failed");
-            }
+            // The roll was a swap; the background task seals the segment it
+            // rolled away from, makes the next one ready, and applies
+            // retention at once (so that the topic never overshoots
+            // retention_bytes by more than about a segment, whatever
+            // retention_check_interval is).
+            self.needs_care.store(true, Ordering::Release);
+            self.care.notify_one();
         }
         if self.settings.flush != Flush::Always {
             // Appends on two threads can reach this out of order: only ever
@@ -269,15 +276,26 @@ impl Topic {
         }
     }
 
-    /// Applies retention and age-based rolls (blocking).
+    /// Applies retention and age-based rolls, and does what a roll left
+    /// (blocking; the background task calls it every
+    /// `retention_check_interval`).
     pub fn maintain(&self, now_ms: i64) -> Result<(), StorageError> {
-        self.apply_retention(now_ms)?;
+        self.after_roll(now_ms)?;
         if self.log.roll_if_due(now_ms)? {
             tracing::debug!(topic = %self.name, "rolled segment by age");
-            // The segment that just sealed may already be past retention_ms.
-            self.apply_retention(now_ms)?;
+            // The segment that just rolled away may already be past
+            // retention_ms.
+            self.after_roll(now_ms)?;
         }
         Ok(())
+    }
+
+    /// What follows a roll, off the append path (blocking): the segment
+    /// rolled away from is sealed, the next one made ready, retention
+    /// applied.
+    pub fn after_roll(&self, now_ms: i64) -> Result<(), StorageError> {
+        self.log.prepare()?;
+        self.apply_retention(now_ms)
     }
 
     /// Deletes the oldest segments while the topic is over retention_bytes
@@ -325,6 +343,7 @@ impl Topic {
 
 /// All topics, by name.
 pub struct Topics {
+    vfs: Arc<dyn Vfs>,
     config: Arc<Config>,
     dir: PathBuf,
     trash: PathBuf,
@@ -335,25 +354,42 @@ pub struct Topics {
     deletions: std::sync::atomic::AtomicU64,
     /// Topics whose directories failed to open at start, with the reason.
     broken: DashMap<String, String>,
+    /// Wakes the background task when a topic has rolled.
+    care: Arc<Notify>,
 }
 
 impl Topics {
     /// Opens every topic under `<data_dir>/topics` and creates the topics
     /// the configuration names. Blocking.
     pub fn load(config: Arc<Config>) -> Result<Topics, TopicError> {
-        let data = &config.server.data_dir;
+        Topics::load_with(config, OsVfs::shared())
+    }
+
+    /// [`Topics::load`] on another file system: every directory and file
+    /// operation of the topics goes through `vfs` (tests use a simulated
+    /// disk that loses what no sync covered).
+    pub fn load_with(config: Arc<Config>, vfs: Arc<dyn Vfs>) -> Result<Topics, TopicError> {
+        let data = config.server.data_dir.clone();
         let dir = data.join("topics");
         let trash = data.join("deleted");
-        for d in [&dir, &trash] {
-            std::fs::create_dir_all(d).map_err(|e| io_error("", "create directory", d, e))?;
+        for d in [&data, &dir, &trash] {
+            vfs.create_dir_all(d)
+                .map_err(|e| io_error("", "create directory", d, e))?;
         }
-        // Finish deletions a crash interrupted.
-        if let Ok(entries) = std::fs::read_dir(&trash) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_dir_all(entry.path());
+        // Their names durable before any topic depends on them.
+        sync_dir(&*vfs, "", &data)?;
+        // Finish deletions (and creations) a crash interrupted.
+        let leftovers = vfs
+            .list(&trash)
+            .map_err(|e| io_error("", "list", &trash, e))?;
+        for name in leftovers {
+            let path = trash.join(name);
+            if let Err(e) = vfs.remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a deleted topic's files");
             }
         }
         let topics = Topics {
+            vfs,
             config,
             dir,
             trash,
@@ -361,21 +397,22 @@ impl Topics {
             admin: Mutex::new(()),
             deletions: Default::default(),
             broken: DashMap::new(),
+            care: Arc::new(Notify::new()),
         };
-        let entries =
-            std::fs::read_dir(&topics.dir).map_err(|e| io_error("", "list", &topics.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error("", "list", &topics.dir, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if check_name(&name).is_err() || !entry.path().is_dir() {
-                tracing::warn!(path = %entry.path().display(), "ignoring entry that is not a topic");
+        let mut names = topics
+            .vfs
+            .list(&topics.dir)
+            .map_err(|e| io_error("", "list", &topics.dir, e))?;
+        names.sort();
+        for name in names {
+            let path = topics.dir.join(&name);
+            if check_name(&name).is_err() || !topics.vfs.is_dir(&path) {
+                tracing::warn!(path = %path.display(), "ignoring entry that is not a topic");
                 continue;
             }
             // One topic that cannot be opened must not stop the others: it
             // is reported, refused by name, and its files are not touched.
-            let opened = read_settings(&name, &entry.path())
+            let opened = read_settings(&*topics.vfs, &name, &path)
                 .and_then(|created_with| topics.open(&name, created_with));
             match opened {
                 Ok(topic) => {
@@ -411,11 +448,12 @@ impl Topics {
                 reason,
             })?;
         let log_config = settings.log_config(self.config.server.max_frame_bytes);
-        let log =
-            Log::open(self.dir.join(name), log_config).map_err(|source| TopicError::Storage {
+        let log = Log::open_with(Arc::clone(&self.vfs), self.dir.join(name), log_config).map_err(
+            |source| TopicError::Storage {
                 name: name.to_owned(),
                 source,
-            })?;
+            },
+        )?;
         for (base, report) in log.recovery() {
             tracing::warn!(topic = %name, segment = base, ?report, "recovery repaired the log");
         }
@@ -433,6 +471,8 @@ impl Topics {
             sync_wanted: Notify::new(),
             closed: AtomicBool::new(false),
             closing: Notify::new(),
+            needs_care: AtomicBool::new(false),
+            care: Arc::clone(&self.care),
         });
         if topic.settings.flush != Flush::Never {
             tokio::spawn(Arc::clone(&topic).run_sync_task());
@@ -521,18 +561,35 @@ impl Topics {
                 max,
             });
         }
+        // Made in the trash and renamed into place, so that a crash leaves
+        // the topic whole with its settings or not there at all (the trash
+        // is emptied at start).
+        let vfs = &*self.vfs;
+        let staging = self.trash_path();
         let dir = self.dir.join(name);
-        std::fs::create_dir(&dir).map_err(|e| io_error(name, "create directory", &dir, e))?;
-        let made = write_settings(name, &dir, pairs).and_then(|()| self.open(name, created_with));
+        vfs.create_dir_all(&staging)
+            .map_err(|e| io_error(name, "create directory", &staging, e))?;
+        let staged = write_settings(vfs, name, &staging, pairs).and_then(|()| {
+            vfs.rename(&staging, &dir)
+                .map_err(|e| io_error(name, "rename", &staging, e))
+        });
+        if let Err(e) = staged {
+            let _ = vfs.remove_dir_all(&staging);
+            return Err(e);
+        }
+        let made = sync_dir(vfs, name, &self.dir).and_then(|()| self.open(name, created_with));
         let topic = match made {
             Ok(topic) => topic,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                // Not acknowledged: take it away again.
+                if vfs.remove_dir_all(&dir).is_ok() {
+                    let _ = sync_dir(vfs, name, &self.dir);
+                }
                 return Err(e);
             }
         };
-        sync_dir(name, &self.dir)?;
         self.map.insert(name.to_owned(), Arc::clone(&topic));
+        tracing::info!(topic = %name, "created topic");
         Ok(topic)
     }
 
@@ -566,12 +623,15 @@ impl Topics {
             self.refuse_broken(name)?;
             return Err(TopicError::Unknown(name.to_owned()));
         }
+        let vfs = &*self.vfs;
         let dir = self.dir.join(name);
         let doomed = self.trash_path();
-        std::fs::rename(&dir, &doomed).map_err(|e| io_error(name, "rename", &dir, e))?;
-        if let Err(e) = sync_dir(name, &self.dir) {
+        vfs.rename(&dir, &doomed)
+            .map_err(|e| io_error(name, "rename", &dir, e))?;
+        let synced = sync_dir(vfs, name, &self.trash).and_then(|()| sync_dir(vfs, name, &self.dir));
+        if let Err(e) = synced {
             // Not known to be durable: put it back and keep serving it.
-            if std::fs::rename(&doomed, &dir).is_ok() {
+            if vfs.rename(&doomed, &dir).is_ok() {
                 return Err(e);
             }
             tracing::error!(topic = %name, error = %e, "delete half done: the topic's directory is in the trash");
@@ -582,7 +642,7 @@ impl Topics {
                 tracing::warn!(topic = %name, error = %e, "closing deleted topic failed");
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(&doomed) {
+        if let Err(e) = vfs.remove_dir_all(&doomed) {
             // The topic is gone either way; the next start finishes this.
             tracing::warn!(topic = %name, path = %doomed.display(), error = %e, "could not remove a deleted topic's files");
         }
@@ -620,14 +680,18 @@ fn io_error(name: &str, op: &'static str, path: &Path, source: std::io::Error) -
     }
 }
 
-fn sync_dir(name: &str, dir: &Path) -> Result<(), TopicError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_dir(vfs: &dyn Vfs, name: &str, dir: &Path) -> Result<(), TopicError> {
+    vfs.sync_dir(dir)
         .map_err(|e| io_error(name, "fsync directory", dir, e))
 }
 
 /// Writes the creation settings: temp file, fsync, rename, directory fsync.
-fn write_settings(name: &str, dir: &Path, pairs: &[(String, String)]) -> Result<(), TopicError> {
+fn write_settings(
+    vfs: &dyn Vfs,
+    name: &str,
+    dir: &Path,
+    pairs: &[(String, String)],
+) -> Result<(), TopicError> {
     let mut table = toml::Table::new();
     for (k, v) in pairs {
         table.insert(k.clone(), toml::Value::String(v.clone()));
@@ -639,23 +703,43 @@ fn write_settings(name: &str, dir: &Path, pairs: &[(String, String)]) -> Result<
     let tmp = dir.join(format!("{SETTINGS_FILE}.tmp"));
     let path = dir.join(SETTINGS_FILE);
     let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        if vfs.exists(&tmp) {
+            vfs.remove_file(&tmp)?;
+        }
+        let file = vfs.open(&tmp, Open::CreateNew)?;
+        file.write_at(0, text.as_bytes())?;
+        file.sync_data()?;
+        vfs.rename(&tmp, &path)
     };
     write().map_err(|e| io_error(name, "write", &path, e))?;
-    sync_dir(name, dir)
+    sync_dir(vfs, name, dir)
 }
 
-fn read_settings(name: &str, dir: &Path) -> Result<TopicOverrides, TopicError> {
+fn read_settings(vfs: &dyn Vfs, name: &str, dir: &Path) -> Result<TopicOverrides, TopicError> {
     let path = dir.join(SETTINGS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TopicOverrides::default()),
+    let read = || -> std::io::Result<Option<Vec<u8>>> {
+        let file = match vfs.open(&path, Open::ReadOnly) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = file.size()?;
+        if size > MAX_SETTINGS_FILE {
+            return Err(std::io::Error::other(format!(
+                "{size} bytes; a settings file is at most {MAX_SETTINGS_FILE}"
+            )));
+        }
+        file.read_at(0, size as usize).map(Some)
+    };
+    let bytes = match read() {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(TopicOverrides::default()),
         Err(e) => return Err(io_error(name, "read", &path, e)),
     };
+    let text = String::from_utf8(bytes).map_err(|_| TopicError::InvalidConfig {
+        name: name.to_owned(),
+        reason: format!("{}: not UTF-8", path.display()),
+    })?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| TopicError::InvalidConfig {
         name: name.to_owned(),
         reason: format!("{}: {e}", path.display()),
@@ -678,8 +762,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs retention and age-based rolls on every topic, every `interval`,
-/// until `shutdown` fires.
+/// The background task: after a topic rolls, finishes the roll's work for
+/// it (seal, next segment, retention) at once; every `interval`, applies
+/// retention and age-based rolls to every topic. Until `shutdown` fires.
 pub async fn run_retention(
     topics: Arc<Topics>,
     interval: Duration,
@@ -688,10 +773,11 @@ pub async fn run_retention(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let every_topic = tokio::select! {
+            _ = tick.tick() => true,
+            _ = topics.care.notified() => false,
             _ = shutdown.changed() => return,
-        }
+        };
         let topics = Arc::clone(&topics);
         let done = tokio::task::spawn_blocking(move || {
             let now = now_ms();
@@ -699,7 +785,15 @@ pub async fn run_retention(
                 if topic.is_closed() {
                     continue;
                 }
-                if let Err(e) = topic.maintain(now) {
+                let rolled = topic.needs_care.swap(false, Ordering::AcqRel);
+                let result = if every_topic {
+                    topic.maintain(now)
+                } else if rolled {
+                    topic.after_roll(now)
+                } else {
+                    continue;
+                };
+                if let Err(e) = result {
                     tracing::error!(topic = %topic.name(), error = %e, "retention failed");
                 }
             }

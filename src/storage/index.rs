@@ -208,6 +208,14 @@ impl<E: Entry> Table<E> {
         &self.path
     }
 
+    /// Moves the file to `to` (before the table is shared).
+    pub fn rename(&mut self, vfs: &dyn Vfs, to: PathBuf) -> Result<()> {
+        vfs.rename(&self.path, &to)
+            .map_err(|e| StorageError::io("rename", &self.path, e))?;
+        self.path = to;
+        Ok(())
+    }
+
     /// Published entries.
     pub fn len(&self) -> u32 {
         self.len.load(Ordering::Acquire)

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use super::config::{LogConfig, SyncMode};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
-use super::segment::{RecoveryReport, Segment, SegmentWriter};
+use super::segment::{RecoveryReport, Segment, SegmentWriter, Spare};
 use super::vfs::{OsVfs, Vfs};
 use crate::batch::{self, Record};
 
@@ -93,12 +93,24 @@ pub struct Removed {
 struct Writer {
     /// `None` once closed.
     active: Option<SegmentWriter>,
-    /// The active segment has been sealed but no successor could be created
-    /// (a full disk): the next append must roll first.
+    /// The active segment has been flushed for the last time but no
+    /// successor could be made (a full disk): the next append must roll
+    /// first.
     active_sealed: bool,
     /// Set by a failed write, flush, seal or sync; appends fail until reopen.
     fenced: Option<String>,
     last_append_time: i64,
+}
+
+/// Work a roll leaves for later, so that the roll itself is a swap: the
+/// sealing of the segment it rolled away from, and a sync of the directory
+/// (the new segment's names). Done by [`Log::prepare`], by the next sync
+/// (before it counts anything after them as durable), by the next roll, or
+/// at close, whichever comes first.
+#[derive(Default)]
+struct Deferred {
+    unsealed: Option<Arc<Segment>>,
+    dir_dirty: bool,
 }
 
 /// Group-commit state.
@@ -125,6 +137,12 @@ pub struct Log {
     sync_done: Condvar,
     /// Serialises retention, truncation and reset, which delete files.
     maintenance: Mutex<()>,
+    /// The next segment's files, made ahead of the roll (see `prepare`).
+    spare: Mutex<Option<Spare>>,
+    /// Serialises the making of spares.
+    preparing: Mutex<()>,
+    /// What the last roll left to do off the append path.
+    deferred: Mutex<Deferred>,
     recovery: Vec<(u64, RecoveryReport)>,
     _lock: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -217,7 +235,7 @@ impl Log {
             fenced: None,
             last_append_time,
         };
-        Ok(Log {
+        let log = Log {
             vfs,
             dir,
             config,
@@ -234,9 +252,56 @@ impl Log {
             }),
             sync_done: Condvar::new(),
             maintenance: Mutex::new(()),
+            spare: Mutex::new(None),
+            preparing: Mutex::new(()),
+            deferred: Mutex::new(Deferred::default()),
             recovery,
             _lock: lock,
-        })
+        };
+        // Without a spare (a full disk, say) the first roll makes its files.
+        if let Err(e) = log.prepare_spare() {
+            tracing::warn!(dir = %log.dir.display(), error = %e, "no spare segment made at open");
+        }
+        Ok(log)
+    }
+
+    /// Does off the append path what makes the next roll a swap: seals the
+    /// segment the last roll left unsealed, syncs the directory, and makes
+    /// the next segment's files ahead of time. A broker calls it from a
+    /// background thread after each roll; without it a roll does this
+    /// work itself. An I/O failure fences the log.
+    pub fn prepare(&self) -> Result<()> {
+        if let Err(e) = self.finish_deferred() {
+            return Err(fence(&mut lock(&self.writer), e));
+        }
+        self.prepare_spare()
+    }
+
+    /// Makes the next segment's files if there are none ready.
+    fn prepare_spare(&self) -> Result<()> {
+        let _one = lock(&self.preparing);
+        if lock(&self.spare).is_some() || lock(&self.writer).active.is_none() {
+            return Ok(());
+        }
+        let spare = Spare::create(&*self.vfs, &self.dir, self.config.index_entries(0))?;
+        *lock(&self.spare) = Some(spare);
+        Ok(())
+    }
+
+    /// Seals what the last roll rolled away from and syncs the directory:
+    /// once this returns, everything before the active segment is durable,
+    /// and so are the names of every segment.
+    fn finish_deferred(&self) -> Result<()> {
+        let mut deferred = lock(&self.deferred);
+        if let Some(segment) = deferred.unsealed.clone() {
+            segment.seal_files()?;
+            deferred.unsealed = None;
+        }
+        if deferred.dir_dirty {
+            fs::sync_dir(&*self.vfs, &self.dir)?;
+            deferred.dir_dirty = false;
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -271,7 +336,8 @@ impl Log {
     /// tails. Retention by bytes bounds this.
     pub fn size_bytes(&self) -> u64 {
         let segments: u64 = self.snapshot().iter().map(|s| s.disk_bytes()).sum();
-        segments + self.sidecars().iter().map(|s| s.bytes).sum::<u64>()
+        let spare = lock(&self.spare).as_ref().map_or(0, Spare::disk_bytes);
+        segments + spare + self.sidecars().iter().map(|s| s.bytes).sum::<u64>()
     }
 
     /// Bytes of stored batches (the stores' published bytes) alone.
@@ -397,30 +463,45 @@ impl Log {
             || aged
     }
 
-    /// Seals the active segment and starts a new one at the next offset.
+    /// Starts a new segment at the next offset. With a spare ready this is
+    /// a flush, three renames and a swap: the old segment's fdatasync and
+    /// index trims, and the directory sync, are deferred (see [`Deferred`]);
+    /// no sync counts anything after the old segment as durable before they
+    /// are done, so a commit never covers a segment whose predecessor could
+    /// still be torn.
     fn roll(&self, w: &mut Writer) -> Result<()> {
         let active = w.active.as_mut().ok_or(StorageError::Closed)?;
         if !w.active_sealed {
-            if let Err(e) = active.seal() {
+            if let Err(e) = active.flush() {
                 return Err(fence(w, e));
             }
             w.active_sealed = true;
         }
-        // Sealed and synced before its successor exists: a crash can never
-        // leave a torn segment followed by another one.
-        let next = self.next_offset.load(Ordering::Relaxed);
-        let segment = Arc::new(Segment::create(
-            &self.vfs,
-            &self.dir,
-            next,
-            self.config.index_entries(0),
-        )?);
-        if let Err(e) = fs::sync_dir(&*self.vfs, &self.dir) {
+        // At most one segment waits to be sealed: the one the roll before
+        // left is sealed now, if nothing did it since.
+        if let Err(e) = self.finish_deferred() {
             return Err(fence(w, e));
         }
+        let next = self.next_offset.load(Ordering::Relaxed);
+        let spare = lock(&self.spare).take();
+        let segment = match spare {
+            Some(spare) => match Segment::from_spare(&self.vfs, &self.dir, spare, next) {
+                Ok(segment) => segment,
+                // Half renamed: a reopen sorts out the directory.
+                Err(e) => return Err(fence(w, e)),
+            },
+            // A full disk fails here, leaving the log as it was.
+            None => Segment::create(&self.vfs, &self.dir, next, self.config.index_entries(0))?,
+        };
+        let segment = Arc::new(segment);
         let writer = match segment.writer() {
             Ok(wr) => wr,
             Err(e) => return Err(fence(w, e)),
+        };
+        let old = Arc::clone(active.segment());
+        *lock(&self.deferred) = Deferred {
+            unsealed: Some(old),
+            dir_dirty: true,
         };
         {
             let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
@@ -553,7 +634,8 @@ impl Log {
             let active = w.active.as_ref().ok_or(StorageError::Closed)?;
             (Arc::clone(active.segment()), self.next_offset())
         };
-        match segment.sync() {
+        // What the active segment follows must be durable first.
+        match self.finish_deferred().and_then(|()| segment.sync()) {
             Ok(()) => Ok(covered),
             Err(e) => {
                 let mut w = lock(&self.writer);
@@ -788,6 +870,9 @@ impl Log {
         let Some(mut active) = w.active.take() else {
             return Ok(());
         };
+        if lock(&self.spare).take().is_some() {
+            Spare::remove_files(&*self.vfs, &self.dir);
+        }
         if let Some(reason) = &w.fenced {
             // Nothing more was synced: say so, so that no one takes the
             // close for a final sync.
@@ -795,8 +880,8 @@ impl Log {
                 reason: reason.clone(),
             });
         }
-        if w.active_sealed {
-            return Ok(());
+        if let Err(e) = self.finish_deferred() {
+            return Err(fence(&mut w, e));
         }
         active.seal()
     }
@@ -819,6 +904,8 @@ impl Log {
         let _maintenance = lock(&self.maintenance);
         let mut w = lock(&self.writer);
         w.active = None;
+        // The segment a roll left unsealed goes with the others.
+        lock(&self.deferred).unsealed = None;
         // Readers keep the old segments (open files outlive their names)
         // until the new one replaces them in one step.
         let old = self.snapshot();

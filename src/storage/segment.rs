@@ -678,9 +678,86 @@ impl SegmentWriter {
     /// to their entries.
     pub fn seal(&mut self) -> Result<()> {
         self.store.flush()?;
-        self.segment.sync()?;
-        self.segment.index.seal()?;
-        self.segment.times.seal()
+        self.segment.seal_files()
+    }
+}
+
+/// The files of the next segment, made ahead of the roll that needs them
+/// under placeholder names (`.spare-store`, `.spare-index`,
+/// `.spare-timeindex`), so that the roll only renames them.
+pub(crate) struct Spare {
+    store: Store,
+    index: Table<IndexEntry>,
+    times: Table<TimeEntry>,
+}
+
+/// `dir/.spare-<ext>`: never a segment name (nor a name with a segment's
+/// extension), so never taken for one.
+fn spare_path(dir: &Path, ext: &str) -> PathBuf {
+    dir.join(format!(".spare-{ext}"))
+}
+
+impl Spare {
+    /// Creates the files, replacing any an earlier run left.
+    pub fn create(vfs: &dyn Vfs, dir: &Path, sizes: Index) -> Result<Spare> {
+        for ext in [STORE_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+            fs::remove_file(vfs, &spare_path(dir, ext))?;
+        }
+        let made = (|| {
+            let store = Store::open(vfs, &spare_path(dir, STORE_EXT), true)?;
+            let index = Table::create(vfs, &spare_path(dir, INDEX_EXT), sizes.entries)?;
+            let times = Table::create(vfs, &spare_path(dir, TIME_INDEX_EXT), sizes.times)?;
+            Ok(Spare {
+                store,
+                index,
+                times,
+            })
+        })();
+        if made.is_err() {
+            Spare::remove_files(vfs, dir);
+        }
+        made
+    }
+
+    /// Removes whatever spare files are in `dir` (best effort).
+    pub fn remove_files(vfs: &dyn Vfs, dir: &Path) {
+        for ext in [STORE_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+            let _ = fs::remove_file(vfs, &spare_path(dir, ext));
+        }
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.index.disk_bytes() + self.times.disk_bytes()
+    }
+}
+
+impl Segment {
+    /// Installs a spare as the new, empty segment at `base`: its files take
+    /// their real names, the index files first and the store last, so that
+    /// a crash midway leaves index files without a store (which opening
+    /// removes). The directory is not synced here: the log syncs it before
+    /// the first sync that covers anything in the segment.
+    pub fn from_spare(vfs: &Arc<dyn Vfs>, dir: &Path, spare: Spare, base: u64) -> Result<Segment> {
+        let Spare {
+            mut store,
+            mut index,
+            mut times,
+        } = spare;
+        index.rename(&**vfs, fs::segment_path(dir, base, INDEX_EXT))?;
+        times.rename(&**vfs, fs::segment_path(dir, base, TIME_INDEX_EXT))?;
+        store.rename(&**vfs, fs::segment_path(dir, base, STORE_EXT))?;
+        Ok(Segment::assemble(
+            vfs, base, store, index, times, 0, 0, base,
+        ))
+    }
+
+    /// Seals a segment whose writer has flushed for the last time: fdatasync
+    /// of the store, then its index files cut to their entries and synced.
+    /// Safe beside readers (they never look past the published entries).
+    pub fn seal_files(&self) -> Result<()> {
+        self.sync()?;
+        self.index.seal()?;
+        self.times.seal()
     }
 }
 

@@ -59,6 +59,14 @@ impl Store {
         &self.path
     }
 
+    /// Moves the file to `to` (before anyone else holds the store).
+    pub fn rename(&mut self, vfs: &dyn Vfs, to: PathBuf) -> Result<()> {
+        vfs.rename(&self.path, &to)
+            .map_err(|e| StorageError::io("rename", &self.path, e))?;
+        self.path = to;
+        Ok(())
+    }
+
     /// Size of the file (not the published end of the segment).
     pub fn file_len(&self) -> Result<u64> {
         self.file

@@ -37,8 +37,12 @@ pub trait Vfs: Send + Sync + std::fmt::Debug + 'static {
     /// Names of the entries of `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn exists(&self, path: &Path) -> bool;
+    fn is_dir(&self, path: &Path) -> bool;
     fn open(&self, path: &Path, how: Open) -> io::Result<Arc<dyn VFile>>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file or a directory, replacing nothing: atomic, and durable
+    /// once the new name's directory is synced.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes the creation, renaming and removal of `dir`'s entries durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
@@ -109,6 +113,10 @@ impl Vfs for OsVfs {
         path.exists()
     }
 
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+
     fn open(&self, path: &Path, how: Open) -> io::Result<Arc<dyn VFile>> {
         let mut options = OpenOptions::new();
         match how {
@@ -123,6 +131,16 @@ impl Vfs for OsVfs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if to.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", to.display()),
+            ));
+        }
+        std::fs::rename(from, to)
     }
 
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {

@@ -63,6 +63,7 @@ pub enum Op {
     Remove,
     Map,
     List,
+    Rename,
 }
 
 /// Fail the `nth` operation (counting from 1) among those of kind `op`
@@ -123,6 +124,9 @@ struct State {
     entries: BTreeMap<PathBuf, Arc<SimFile>>,
     /// Directory entries as of each directory's last sync.
     durable_entries: BTreeMap<PathBuf, Arc<SimFile>>,
+    /// Renames no directory sync covered yet, oldest first: a power cut
+    /// keeps either the old name or the new one, never both or neither.
+    renames: Vec<(PathBuf, PathBuf)>,
     dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
     /// Operations counted so far, by kind and in all.
@@ -215,16 +219,58 @@ impl SimFs {
             ..State::default()
         };
         let names: BTreeSet<&PathBuf> = s.entries.keys().chain(s.durable_entries.keys()).collect();
+        // Each unsynced rename (of a file, or of a directory and all under
+        // it) happened or did not, as one: everything under the new name (as
+        // now) or under the old one (as of the last sync), never both.
+        let mut chosen: BTreeMap<PathBuf, Option<&Arc<SimFile>>> = BTreeMap::new();
+        for (from, to) in &s.renames {
+            let now_under_to: Vec<(&PathBuf, &Arc<SimFile>)> = s
+                .entries
+                .iter()
+                .filter(|(p, _)| p.starts_with(to))
+                .collect();
+            let then_under_from: Vec<(&PathBuf, &Arc<SimFile>)> = s
+                .durable_entries
+                .iter()
+                .filter(|(p, _)| p.starts_with(from))
+                .collect();
+            if rng.chance(50) {
+                for (path, file) in now_under_to {
+                    let old = moved_path(path, to, from);
+                    let was_durable = s
+                        .durable_entries
+                        .get(&old)
+                        .is_some_and(|d| Arc::ptr_eq(d, file));
+                    // Created since the last sync: an unsynced creation.
+                    let kept = was_durable || rng.chance(50);
+                    chosen.insert(path.clone(), kept.then_some(file));
+                }
+                for (path, _) in then_under_from {
+                    // Gone from the old name; a file made there since is an
+                    // unsynced creation of its own.
+                    let newer = s.entries.get(path).filter(|_| rng.chance(50));
+                    chosen.insert(path.clone(), newer);
+                }
+            } else {
+                for (path, _) in now_under_to {
+                    chosen.insert(path.clone(), s.durable_entries.get(path));
+                }
+                for (path, file) in then_under_from {
+                    chosen.insert(path.clone(), Some(file));
+                }
+            }
+        }
         for name in names {
             let now = s.entries.get(name);
             let then = s.durable_entries.get(name);
             // A directory change no sync covered may or may not have happened.
-            let file = match (now, then) {
-                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => Some(a),
-                (Some(a), Some(b)) => Some(if rng.chance(50) { a } else { b }),
-                (Some(a), None) => rng.chance(50).then_some(a),
-                (None, Some(b)) => rng.chance(50).then_some(b),
-                (None, None) => None,
+            let file = match (chosen.get(name.as_path()), now, then) {
+                (Some(choice), _, _) => *choice,
+                (None, Some(a), Some(b)) if Arc::ptr_eq(a, b) => Some(a),
+                (None, Some(a), Some(b)) => Some(if rng.chance(50) { a } else { b }),
+                (None, Some(a), None) => rng.chance(50).then_some(a),
+                (None, None, Some(b)) => rng.chance(50).then_some(b),
+                (None, None, None) => None,
             };
             if let Some(file) = file {
                 let image = Arc::new(SimFile::default());
@@ -238,6 +284,14 @@ impl SimFs {
                 next.durable_entries.insert(name.clone(), image);
             }
         }
+        // A directory that a rename did not take away after all is there
+        // with its files.
+        let parents: Vec<PathBuf> = next
+            .entries
+            .keys()
+            .flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf))
+            .collect();
+        next.dirs.extend(parents);
         SimFs {
             state: Arc::new(Mutex::new(next)),
         }
@@ -249,6 +303,7 @@ impl SimFs {
         let s = self.lock();
         let mut next = State {
             dirs: s.dirs.clone(),
+            renames: s.renames.clone(),
             ..State::default()
         };
         for (name, file) in &s.entries {
@@ -336,6 +391,15 @@ fn power_cut(d: &Data, rng: &mut Rng) -> Vec<u8> {
     image
 }
 
+/// `path`, which is `from` or under it, with `from` replaced by `to`.
+fn moved_path(path: &Path, from: &Path, to: &Path) -> PathBuf {
+    match path.strip_prefix(from) {
+        Ok(rest) if rest.as_os_str().is_empty() => to.to_owned(),
+        Ok(rest) => to.join(rest),
+        Err(_) => path.to_owned(),
+    }
+}
+
 fn not_found(path: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
@@ -354,6 +418,7 @@ impl Vfs for SimFs {
         let s = self.lock();
         Ok(s.entries
             .keys()
+            .chain(s.dirs.iter())
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
             .collect())
@@ -397,6 +462,53 @@ impl Vfs for SimFs {
             .ok_or_else(|| not_found(path))
     }
 
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.op(Op::Rename)?;
+        let mut s = self.lock();
+        if s.entries.contains_key(to) || s.dirs.contains(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                to.display().to_string(),
+            ));
+        }
+        if s.dirs.contains(from) {
+            if !s.dirs.contains(to.parent().unwrap_or(Path::new("/"))) {
+                return Err(not_found(to));
+            }
+            let moved: Vec<PathBuf> = s
+                .entries
+                .keys()
+                .filter(|p| p.starts_with(from))
+                .cloned()
+                .collect();
+            for path in moved {
+                let file = s.entries.remove(&path).expect("listed");
+                s.entries.insert(moved_path(&path, from, to), file);
+            }
+            let dirs: Vec<PathBuf> = s
+                .dirs
+                .iter()
+                .filter(|d| d.starts_with(from))
+                .cloned()
+                .collect();
+            for dir in dirs {
+                s.dirs.remove(&dir);
+                s.dirs.insert(moved_path(&dir, from, to));
+            }
+        } else {
+            let file = s.entries.remove(from).ok_or_else(|| not_found(from))?;
+            s.entries.insert(to.to_owned(), file);
+        }
+        // Until the new name's directory is synced, a power cut keeps the old
+        // name or the new one: `crash` picks one of the two (see there).
+        s.renames.push((from.to_owned(), to.to_owned()));
+        Ok(())
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        self.lock().dirs.contains(path)
+    }
+
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.op(Op::Remove)?;
         let mut s = self.lock();
@@ -416,6 +528,27 @@ impl Vfs for SimFs {
             .collect();
         s.durable_entries.retain(|p, _| p.parent() != Some(dir));
         s.durable_entries.extend(entries);
+        // Renames into this directory are durable now; for a directory, what
+        // was durable under its old name is durable under the new one.
+        let done: Vec<(PathBuf, PathBuf)> = s
+            .renames
+            .iter()
+            .filter(|(_, to)| to.parent() == Some(dir))
+            .cloned()
+            .collect();
+        for (from, to) in &done {
+            let rekeyed: Vec<PathBuf> = s
+                .durable_entries
+                .keys()
+                .filter(|p| p.starts_with(from) && p.as_path() != from.as_path())
+                .cloned()
+                .collect();
+            for path in rekeyed {
+                let file = s.durable_entries.remove(&path).expect("listed");
+                s.durable_entries.insert(moved_path(&path, from, to), file);
+            }
+        }
+        s.renames.retain(|(_, to)| to.parent() != Some(dir));
         Ok(())
     }
 
