@@ -629,12 +629,16 @@ impl Topics {
         vfs.rename(&dir, &doomed)
             .map_err(|e| io_error(name, "rename", &dir, e))?;
         let synced = sync_dir(vfs, name, &self.trash).and_then(|()| sync_dir(vfs, name, &self.dir));
+        let mut failure = None;
         if let Err(e) = synced {
             // Not known to be durable: put it back and keep serving it.
             if vfs.rename(&doomed, &dir).is_ok() {
                 return Err(e);
             }
+            // Neither here nor there: it cannot be served from the trash,
+            // and a crash may bring it back. Say so.
             tracing::error!(topic = %name, error = %e, "delete half done: the topic's directory is in the trash");
+            failure = Some(e);
         }
         let topic = self.map.remove(name).map(|(_, t)| t);
         if let Some(topic) = topic {
@@ -645,6 +649,9 @@ impl Topics {
         if let Err(e) = vfs.remove_dir_all(&doomed) {
             // The topic is gone either way; the next start finishes this.
             tracing::warn!(topic = %name, path = %doomed.display(), error = %e, "could not remove a deleted topic's files");
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         tracing::info!(topic = %name, "deleted topic");
         Ok(())

@@ -223,6 +223,7 @@ impl SimFs {
         // it) happened or did not, as one: everything under the new name (as
         // now) or under the old one (as of the last sync), never both.
         let mut chosen: BTreeMap<PathBuf, Option<&Arc<SimFile>>> = BTreeMap::new();
+        let mut undone: Vec<&PathBuf> = Vec::new();
         for (from, to) in &s.renames {
             let now_under_to: Vec<(&PathBuf, &Arc<SimFile>)> = s
                 .entries
@@ -252,6 +253,7 @@ impl SimFs {
                     chosen.insert(path.clone(), newer);
                 }
             } else {
+                undone.push(to);
                 for (path, _) in now_under_to {
                     chosen.insert(path.clone(), s.durable_entries.get(path));
                 }
@@ -284,8 +286,10 @@ impl SimFs {
                 next.durable_entries.insert(name.clone(), image);
             }
         }
-        // A directory that a rename did not take away after all is there
-        // with its files.
+        // A directory renamed by a rename that did not happen after all is
+        // under its old name, with its files.
+        next.dirs
+            .retain(|d| !undone.iter().any(|to| d.starts_with(to)));
         let parents: Vec<PathBuf> = next
             .entries
             .keys()
