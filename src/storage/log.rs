@@ -277,6 +277,14 @@ impl Log {
         self.prepare_spare()
     }
 
+    /// Whether an append now could do slow I/O: a roll finds no spare ready
+    /// (it creates files) or a segment still unsealed (it fdatasyncs). A
+    /// caller on an async runtime can then move its other tasks aside for
+    /// the append; otherwise an append is a copy into the page cache.
+    pub fn append_may_block(&self) -> bool {
+        lock(&self.spare).is_none() || lock(&self.deferred).unsealed.is_some()
+    }
+
     /// Makes the next segment's files if there are none ready.
     fn prepare_spare(&self) -> Result<()> {
         let _one = lock(&self.preparing);
