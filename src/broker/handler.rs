@@ -16,7 +16,7 @@ use crate::protocol::{
     Acks, ErrorBody, ErrorCode, OffsetSpec, Request, Response, ResponseBody, TopicDescription,
     API_VERSIONS,
 };
-use crate::storage::StorageError;
+use crate::storage::{StorageError, Wait};
 
 /// The outcome of dispatching one request, in request order.
 pub enum Reply {
@@ -156,7 +156,7 @@ pub async fn dispatch(
             // range: the read reports it); long-poll in a task otherwise.
             if available.is_none_or(|a| a >= wanted) || max_wait_ms == 0 {
                 let memory = reserve(broker, need(server, max_bytes, available)).await;
-                let (body, memory) = read_within(&topic, offset, max_bytes, memory);
+                let (body, memory) = read_within(&topic, offset, max_bytes, memory).await;
                 return Reply::Now(Answer {
                     response: Response {
                         correlation_id,
@@ -187,7 +187,21 @@ pub async fn dispatch(
             }))
         }
         Request::ListOffsets { topic, spec } => {
-            now(known(&broker.topics, &topic).and_then(|t| list_offsets(&t, spec)))
+            let topic = match known(&broker.topics, &topic) {
+                Ok(t) => t,
+                Err(e) => return now(Err(e)),
+            };
+            if !matches!(spec, OffsetSpec::Timestamp(_)) {
+                return now(list_offsets(&topic, spec));
+            }
+            // A search by time reads batch headers, perhaps from the device.
+            let found = tokio::task::spawn_blocking(move || list_offsets(&topic, spec)).await;
+            now(found.unwrap_or_else(|e| {
+                Err(ErrorBody::new(
+                    ErrorCode::UnknownServerError,
+                    format!("task failed: {e}"),
+                ))
+            }))
         }
     }
 }
@@ -305,11 +319,13 @@ impl Found {
 }
 
 /// Reads whole batches from `offset` up to `max_bytes` (at least one batch),
-/// crossing segments. Blocking, but only on the page cache in the common case.
-fn read(topic: &Topic, offset: u64, max_bytes: u64) -> Result<Found, StorageError> {
+/// crossing segments. With [`Wait::No`] it never waits for the device: a
+/// first batch not in the page cache is [`StorageError::WouldBlock`], and
+/// the response ends before a later one that is not.
+fn read(topic: &Topic, offset: u64, max_bytes: u64, wait: Wait) -> Result<Found, StorageError> {
     let log = topic.log();
     let end = topic.visible_end();
-    let first = log.read_batches_until(offset, max_bytes, end, true)?;
+    let first = log.read_batches_with(offset, max_bytes, end, true, wait)?;
     let mut found = Found {
         next_offset: first.next_offset,
         log_start: first.log_start,
@@ -324,7 +340,8 @@ fn read(topic: &Topic, offset: u64, max_bytes: u64) -> Result<Found, StorageErro
     // here end the response early: the next fetch starts at them and
     // reports them.
     while total < max_bytes && found.next_offset < found.log_end {
-        let Ok(more) = log.read_batches_until(found.next_offset, max_bytes - total, end, false)
+        let Ok(more) =
+            log.read_batches_with(found.next_offset, max_bytes - total, end, false, wait)
         else {
             break;
         };
@@ -361,13 +378,28 @@ async fn reserve(broker: &Broker, bytes: u64) -> Option<OwnedSemaphorePermit> {
 
 /// Reads for a fetch under the memory it reserved, then gives back what the
 /// batches read did not need (the reservation assumed the largest answer).
-fn read_within(
-    topic: &Topic,
+/// Cached data is read here; a read that would wait for the device goes to
+/// the blocking pool, so that it never holds up this worker's other tasks.
+async fn read_within(
+    topic: &Arc<Topic>,
     offset: u64,
     max_bytes: u64,
     mut memory: Option<OwnedSemaphorePermit>,
 ) -> (Outcome, Option<OwnedSemaphorePermit>) {
-    let found = match read(topic, offset, max_bytes) {
+    let found = match read(topic, offset, max_bytes, Wait::No) {
+        Err(StorageError::WouldBlock) => {
+            let topic = Arc::clone(topic);
+            tokio::task::spawn_blocking(move || read(&topic, offset, max_bytes, Wait::Yes))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Fenced {
+                        reason: format!("read task failed: {e}"),
+                    })
+                })
+        }
+        other => other,
+    };
+    let found = match found {
         Ok(found) => found,
         Err(e) => return (Err(storage_error(e)), None),
     };
@@ -422,7 +454,7 @@ impl LongPoll {
         };
         let server = &self.broker.config.server;
         let memory = reserve(&self.broker, need(server, self.max_bytes, available)).await;
-        read_within(&self.topic, self.offset, self.max_bytes, memory)
+        read_within(&self.topic, self.offset, self.max_bytes, memory).await
     }
 }
 
@@ -451,7 +483,8 @@ pub fn storage_error(e: StorageError) -> ErrorBody {
         StorageError::Fenced { .. }
         | StorageError::Io { .. }
         | StorageError::BadLayout { .. }
-        | StorageError::Reset => ErrorBody::new(ErrorCode::StorageError, message),
+        | StorageError::Reset
+        | StorageError::WouldBlock => ErrorBody::new(ErrorCode::StorageError, message),
     }
 }
 

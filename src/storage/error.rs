@@ -56,6 +56,10 @@ pub enum StorageError {
     /// appended before the reset is gone, so it is not acknowledged.
     #[error("log was reset while waiting for a sync; earlier appends were discarded")]
     Reset,
+    /// A read asked not to wait ([`Wait::No`](super::Wait)) would have
+    /// waited for the device; read again where waiting is fine.
+    #[error("the data is not in the page cache")]
+    WouldBlock,
 }
 
 impl StorageError {

@@ -78,6 +78,20 @@ mod tests {
     }
 
     #[test]
+    fn a_no_wait_read_of_cached_bytes_returns_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = OsVfs.open(&path, Open::CreateNew).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        file.write_at(0, &data).unwrap();
+        // Just written: in the page cache.
+        let read = file.read_at_nowait(10, 90_000).unwrap();
+        assert_eq!(read.as_deref(), Some(&data[10..90_010]));
+        // Past the end is never served as bytes.
+        assert_eq!(file.read_at_nowait(99_990, 100).unwrap(), None);
+    }
+
+    #[test]
     fn allocate_makes_real_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");

@@ -72,6 +72,14 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
+/// Whether a read may wait for the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Yes,
+    /// Only what is in the page cache; otherwise [`StorageError::WouldBlock`].
+    No,
+}
+
 /// A `.torn` sidecar: bytes cut off the torn tail of a segment at recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sidecar {
@@ -679,6 +687,22 @@ impl Log {
         end: u64,
         at_least_one: bool,
     ) -> Result<BatchRead> {
+        self.read_batches_with(offset, max_bytes, end, at_least_one, Wait::Yes)
+    }
+
+    /// [`Log::read_batches_until`], choosing whether the read may wait for
+    /// the device: with [`Wait::No`] it fails with
+    /// [`StorageError::WouldBlock`] unless every byte is in the page cache
+    /// (`preadv2` with `RWF_NOWAIT`), so that an async caller reads cached
+    /// data in place and only a miss goes to a thread that may block.
+    pub fn read_batches_with(
+        &self,
+        offset: u64,
+        max_bytes: u64,
+        end: u64,
+        at_least_one: bool,
+        wait: Wait,
+    ) -> Result<BatchRead> {
         let end = self.next_offset().min(end);
         let segments = self.snapshot();
         let start = segments.first().map_or(0, |s| s.base_offset()).min(end);
@@ -709,7 +733,7 @@ impl Log {
                 next: end,
             });
         };
-        match segments[i].read(offset, max_bytes, at_least_one, end)? {
+        match segments[i].read(offset, max_bytes, at_least_one, end, wait)? {
             Some(r) => Ok(BatchRead {
                 bytes: r.bytes,
                 first_offset: r.first_offset,

@@ -37,6 +37,6 @@ pub use crate::batch;
 pub use crate::batch::{BatchBuilder, BatchError, BatchHeader, Record};
 pub use config::{LogConfig, SyncMode};
 pub use error::StorageError;
-pub use log::{Appended, BatchRead, Log, LogReader, Removed, Retention, Sidecar};
+pub use log::{Appended, BatchRead, Log, LogReader, Removed, Retention, Sidecar, Wait};
 pub use segment::RecoveryReport;
 pub use vfs::{Mapping, Open, OsVfs, VFile, Vfs};

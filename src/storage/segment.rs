@@ -37,6 +37,7 @@ use super::config::{Index, LogConfig};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::index::{IndexEntry, Table, TimeEntry};
+use super::log::Wait;
 use super::scan::scan_store;
 use super::store::{Store, StoreWriter};
 use super::vfs::{Open, Vfs};
@@ -445,6 +446,7 @@ impl Segment {
         max_bytes: u64,
         at_least_one: bool,
         until: u64,
+        wait: Wait,
     ) -> Result<Option<SegmentRead>> {
         let (entries, end) = unpack(self.published.load(Ordering::Acquire));
         let Some((k, first)) = self.locate(offset, entries) else {
@@ -514,15 +516,23 @@ impl Segment {
                 first.pos
             )));
         }
-        let header = BatchHeader::parse(&self.store.read_at(u64::from(first.pos), HEADER_LEN)?)
-            .map_err(|e| corrupt(e.to_string()))?;
+        let header = BatchHeader::parse(&self.store.read_with(
+            u64::from(first.pos),
+            HEADER_LEN,
+            wait,
+        )?)
+        .map_err(|e| corrupt(e.to_string()))?;
         if u64::from(header.batch_length) != first_len {
             return Err(corrupt(format!(
                 "batch length {} does not fill its {first_len}-byte slot in the index",
                 header.batch_length
             )));
         }
-        let bytes = Bytes::from(self.store.read_at(u64::from(first.pos), total as usize)?);
+        let bytes = Bytes::from(self.store.read_with(
+            u64::from(first.pos),
+            total as usize,
+            wait,
+        )?);
         // Check each batch; serve the good prefix.
         let mut at = 0usize;
         let mut next_offset = self.base + u64::from(first.rel);

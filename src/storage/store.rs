@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::error::{Result, StorageError};
 use super::fs;
+use super::log::Wait;
 use super::vfs::{Open, VFile, Vfs};
 
 /// Bytes the writer buffers before they go to the kernel; a batch larger
@@ -79,6 +80,19 @@ impl Store {
         self.file
             .read_at(pos, len)
             .map_err(|e| StorageError::io("read", &self.path, e))
+    }
+
+    /// `read_at`, or with [`Wait::No`] [`StorageError::WouldBlock`] where
+    /// the bytes are not all in the page cache.
+    pub fn read_with(&self, pos: u64, len: usize, wait: Wait) -> Result<Vec<u8>> {
+        match wait {
+            Wait::Yes => self.read_at(pos, len),
+            Wait::No => match self.file.read_at_nowait(pos, len) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err(StorageError::WouldBlock),
+                Err(e) => Err(StorageError::io("read", &self.path, e)),
+            },
+        }
     }
 
     /// A writer appending at `end`. Only one may exist at a time.

@@ -57,6 +57,12 @@ pub trait VFile: Send + Sync {
     fn size(&self) -> io::Result<u64>;
     /// Reads exactly `len` bytes at `pos`.
     fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Like `read_at`, but only if every byte can be read without waiting
+    /// for the device (all in the page cache); `Ok(None)` otherwise. A file
+    /// that cannot tell reads as `read_at` does.
+    fn read_at_nowait(&self, pos: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        self.read_at(pos, len).map(Some)
+    }
     /// Writes all of `data` at `pos`.
     fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
@@ -206,6 +212,44 @@ impl VFile for OsFile {
         // SAFETY: pread initialised all `len` bytes.
         unsafe { buf.set_len(len) };
         Ok(buf)
+    }
+
+    fn read_at_nowait(&self, pos: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        // SAFETY: one iovec over `buf`'s spare capacity, `len` bytes long;
+        // preadv2 writes at most that.
+        let n = unsafe {
+            libc::preadv2(
+                self.file.as_raw_fd(),
+                &iov,
+                1,
+                pos as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(None),
+                // A kernel or file system without RWF_NOWAIT: read as always.
+                Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                    self.read_at(pos, len).map(Some)
+                }
+                _ => Err(err),
+            };
+        }
+        if (n as usize) < len {
+            // Part of it is not cached (or the file is shorter): let the
+            // caller read it all where waiting is fine.
+            return Ok(None);
+        }
+        // SAFETY: preadv2 initialised all `len` bytes.
+        unsafe { buf.set_len(len) };
+        Ok(Some(buf))
     }
 
     fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
