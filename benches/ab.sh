@@ -13,6 +13,7 @@
 #                   (a roll every ~10 requests): ack latency while rolling
 #   rolling-always  the same with flush = always
 #   bulk-1k         1 KiB x 1,000 per request, 8 in flight, default segments
+#   consume-1k      a backlog of 1,000,000 x 1 KiB produced, then consumed
 set -euo pipefail
 A=$1
 B=$2
@@ -53,13 +54,14 @@ scenario() {
 }
 
 printf '[server]\nlisten = "127.0.0.1:0"\n' >"$work/default.toml"
-SCENARIOS=${SCENARIOS:-one-at-a-time rolling-never rolling-always bulk-1k}
+SCENARIOS=${SCENARIOS:-one-at-a-time rolling-never rolling-always bulk-1k consume-1k}
 for name in $SCENARIOS; do
     case $name in
     one-at-a-time) scenario "$name" "$work/default.toml" --messages 20000 --message-size 100 --batch-size 1 --in-flight 1 ;;
     rolling-never) scenario "$name" "$work/rolling.toml" --messages 300000 --message-size 1024 --batch-size 100 --in-flight 8 ;;
     rolling-always) scenario "$name" "$work/rolling.toml" --messages 300000 --message-size 1024 --batch-size 100 --in-flight 8 --flush always ;;
     bulk-1k) scenario "$name" "$work/default.toml" --messages 1000000 --message-size 1024 --batch-size 1000 --in-flight 8 ;;
+    consume-1k) scenario "$name" "$work/default.toml" --mode consume --messages 1000000 --message-size 1024 ;;
     *) echo "unknown scenario $name" >&2; exit 2 ;;
     esac
 done
@@ -79,11 +81,16 @@ figures = [
     ("ack p99.9 ms", lambda r: r["produce_latency_ms"]["p999"]),
     ("ack max ms", lambda r: r["produce_latency_ms"]["max"]),
 ]
-print(f"{'scenario':16} {'figure':13} {'A':>12} {'B':>12} {'B/A':>6}")
+consumed = [
+    ("consume msgs/s", lambda r: r["consume"]["messages_per_sec"]),
+    ("consume MB/s", lambda r: r["consume"]["mb_per_sec"]),
+]
+print(f"{'scenario':16} {'figure':15} {'A':>12} {'B':>12} {'B/A':>6}")
 for name in sys.argv[2:]:
     a, b = load(f"{name}-A"), load(f"{name}-B")
-    for label, f in figures:
+    shown = consumed if a[0].get("consume") else figures
+    for label, f in shown:
         ma, mb = med(a, f), med(b, f)
         ratio = mb / ma if ma else float("nan")
-        print(f"{name:16} {label:13} {ma:12.3f} {mb:12.3f} {ratio:6.2f}")
+        print(f"{name:16} {label:15} {ma:12.3f} {mb:12.3f} {ratio:6.2f}")
 PY

@@ -26,6 +26,8 @@ struct Gate {
     opened: Condvar,
     /// Set when something waits at the gate.
     waiting: AtomicBool,
+    /// Reads of store files, cached or not.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl Gate {
@@ -65,12 +67,18 @@ impl VFile for GateFile {
         self.inner.size()
     }
     fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        if self.store {
+            self.gate.reads.fetch_add(1, Ordering::Relaxed);
+        }
         if self.store && self.gate.hold_reads.load(Ordering::Acquire) {
             self.gate.wait();
         }
         self.inner.read_at(pos, len)
     }
     fn read_at_nowait(&self, pos: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        if self.store {
+            self.gate.reads.fetch_add(1, Ordering::Relaxed);
+        }
         if self.store && self.gate.hold_reads.load(Ordering::Acquire) {
             // As if the pages were not in the page cache.
             return Ok(None);
@@ -268,5 +276,49 @@ async fn a_roll_whose_seal_waits_for_the_device_does_not_hold_up_the_worker() {
     assert!(
         meanwhile,
         "a roll waiting for an fdatasync held up the only worker"
+    );
+}
+
+// 2: a waiting fetch re-read and re-checked its data on every append. It
+// counts the bytes available from index positions now, and reads once.
+#[tokio::test]
+async fn a_waiting_fetch_reads_once_however_many_appends_wake_it() {
+    let gate = Arc::new(Gate::default());
+    let broker = OneWorker::start(&gate, |_| {});
+    let mut c = Conn::connect(broker.addr).await;
+    c.ok(Request::CreateTopic {
+        topic: "t".into(),
+        settings: vec![("flush".into(), "never".into())],
+    })
+    .await;
+    c.produce("t", &[b"first"]).await;
+    // Wants 50 KiB: 500 appends of 100 bytes wake it before it has them.
+    let mut waiting = Conn::connect(broker.addr).await;
+    waiting
+        .send(&Request::Fetch {
+            topic: "t".into(),
+            offset: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: 60_000,
+            min_bytes: 50 * 1024,
+        })
+        .await;
+    // Whenever the broker parks it, it reads nothing until the bytes are
+    // there.
+    let before = gate.reads.load(Ordering::Relaxed);
+    let value = [1u8; 100];
+    for _ in 0..500 {
+        c.produce("t", &[&value]).await;
+    }
+    match waiting.recv().await.body {
+        Ok(ResponseBody::Fetched { batches, .. }) => {
+            assert!(common::broker::decode(&batches, 0).len() > 300);
+        }
+        other => panic!("{other:?}"),
+    }
+    let reads = gate.reads.load(Ordering::Relaxed) - before;
+    assert!(
+        reads <= 10,
+        "{reads} reads of the store for one waiting fetch woken by 500 appends"
     );
 }

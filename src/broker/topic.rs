@@ -789,6 +789,8 @@ pub async fn run_retention(
         let done = tokio::task::spawn_blocking(move || {
             let now = now_ms();
             for topic in topics.all() {
+                // Not while the topic is being deleted (its directory moves).
+                let _admin = topics.admin.lock().unwrap_or_else(|p| p.into_inner());
                 if topic.is_closed() {
                     continue;
                 }
@@ -800,8 +802,13 @@ pub async fn run_retention(
                 } else {
                     continue;
                 };
-                if let Err(e) = result {
-                    tracing::error!(topic = %topic.name(), error = %e, "retention failed");
+                match result {
+                    // Deleted meanwhile: its directory went with it.
+                    Err(_) if topic.is_closed() => {}
+                    Err(e) => {
+                        tracing::error!(topic = %topic.name(), error = %e, "retention failed")
+                    }
+                    Ok(()) => {}
                 }
             }
         });

@@ -5,15 +5,20 @@
 //! Appends are serialised by one mutex. Readers never take it: they load the
 //! log's next offset (published last, with release ordering), take a snapshot
 //! of the segment list (an `Arc` cloned under a read lock held for a moment)
-//! and read with `pread` below the published end. An fsync runs outside the
-//! append lock, so neither appends nor reads wait for one; concurrent
-//! [`Log::commit`] callers share a single fdatasync (group commit).
+//! and read with `pread` below the published end. Commits' fdatasyncs run
+//! outside the append lock, so neither appends nor reads wait for one;
+//! concurrent [`Log::commit`] callers share a single fdatasync (group commit).
+//! A roll is a swap of a spare segment made ahead ([`Log::prepare`]); the
+//! old segment's seal (an fdatasync) is deferred, and runs under the append
+//! lock only when the next roll comes before anything else did it
+//! ([`Log::append_may_block`] says when an append could wait for that).
 //!
 //! # Directory
 //!
 //! Besides the segment files, the directory holds `.lock` (an advisory lock
-//! taken while the log is open) and `*.torn` sidecars holding bytes that
-//! recovery cut off a torn tail.
+//! taken while the log is open), `*.torn` sidecars holding bytes that
+//! recovery cut off a torn tail, and `.spare-store`, `.spare-index`,
+//! `.spare-timeindex`: the next segment, made ahead of its roll.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};

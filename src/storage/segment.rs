@@ -10,8 +10,9 @@
 //!
 //! # Recovery
 //!
-//! A sealed segment (every segment but the last) was synced before the next
-//! one was created, so it is trusted when its files agree: the index is
+//! A sealed segment (every segment but the last) is synced before anything
+//! after it counts as durable (its seal may be deferred past the roll, see
+//! `log`), so it is trusted when its files agree: the index is
 //! whole-entry sized, starts at (0, 0), its last entry is in order and points
 //! at a batch header with the right offset that ends exactly at the end of the
 //! store, and that batch ends at the next segment's base offset. Checking this
