@@ -73,7 +73,7 @@ pub struct ServerConfig {
     /// Whether a produce to an unknown topic creates it.
     pub auto_create_topics: bool,
     /// Most topics the broker holds: bounds what auto-creation lets any
-    /// client claim (directories, open files, an empty topic's 8 KiB).
+    /// client claim (directories, open files, an empty topic's 16 KiB).
     pub max_topics: usize,
     /// How long shutdown waits for in-flight requests.
     #[serde(deserialize_with = "duration")]

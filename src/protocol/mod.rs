@@ -83,10 +83,13 @@ pub enum ErrorCode {
     InvalidBatch = 10,
     /// A record or batch exceeds the topic's `max_record_bytes` or the frame limit.
     RecordTooLarge = 11,
-    /// The topic's log failed an I/O operation; it refuses writes until the
-    /// broker restarts.
+    /// The topic's log failed an I/O operation (it refuses writes until the
+    /// broker restarts), a topic's directory could not be created, moved or
+    /// synced, or the topic could not be opened at start (the message says
+    /// why).
     StorageError = 12,
-    /// The disk is full; produce again once retention has freed space.
+    /// The disk is full; produce (or create) again once retention has freed
+    /// space.
     DiskFull = 13,
     /// Stored data at this offset failed its checksum; the body gives the
     /// next readable offset.
