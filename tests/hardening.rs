@@ -296,6 +296,16 @@ async fn a_long_poll_does_not_hold_the_request_budget_of_what_follows_it() {
     for _ in 0..2 {
         a.send(&produce_request("p", &[&big])).await;
     }
+    // Both appended (their responses wait behind the poll), bounded.
+    let mut watch = broker.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while describe(&mut watch, "p").await.log_end < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the produces were never appended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Another connection's produce needs room in the same budget.
     let mut b = broker.connect().await;
     let served = tokio::time::timeout(Duration::from_secs(10), b.produce("p", &[&big])).await;
