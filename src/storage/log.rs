@@ -295,13 +295,17 @@ impl Log {
     /// caller on an async runtime can then move its other tasks aside for
     /// the append; otherwise an append is a copy into the page cache.
     pub fn append_may_block(&self) -> bool {
-        lock(&self.spare).is_none() || lock(&self.deferred).unsealed.is_some()
+        let no_spare = lock(&self.spare).is_none();
+        no_spare || lock(&self.deferred).unsealed.is_some()
     }
 
     /// Makes the next segment's files if there are none ready.
     fn prepare_spare(&self) -> Result<()> {
         let _one = lock(&self.preparing);
-        if lock(&self.spare).is_some() || lock(&self.writer).active.is_none() {
+        // One lock at a time: a roll takes the spare's under the writer's.
+        let ready = lock(&self.spare).is_some();
+        let closed = lock(&self.writer).active.is_none();
+        if ready || closed {
             return Ok(());
         }
         let spare = Spare::create(&*self.vfs, &self.dir, self.config.index_entries(0))?;
