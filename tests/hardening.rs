@@ -355,6 +355,16 @@ async fn fetched_bytes_held_across_connections_are_bounded() {
         hog(broker.addr, std::slice::from_ref(&take)).await,
         hog(broker.addr, std::slice::from_ref(&take)).await,
     ];
+    // Bounded: until the first of them holds its batches.
+    let running = broker.running.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running.response_bytes_held() < 8 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow consumers never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // A third consumer's fetch must wait for room...
     let mut third = broker.connect().await;
     let id = third.send(&fetch("big", 0, 1 << 20, 0)).await;

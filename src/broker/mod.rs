@@ -92,10 +92,12 @@ impl Broker {
             config.server.retention_check_interval,
             shutdown.clone(),
         ));
+        let responses = Arc::clone(&broker.responses);
         let server = tokio::spawn(accept_loop(Arc::clone(&broker), listener, shutdown));
         tracing::info!(addr = %local_addr, topics = topics.names().len(), "broker started");
         Ok(RunningBroker {
             local_addr,
+            responses,
             topics,
             shutdown: shutdown_tx,
             server,
@@ -108,6 +110,7 @@ impl Broker {
 /// A started broker.
 pub struct RunningBroker {
     local_addr: SocketAddr,
+    responses: Arc<Semaphore>,
     topics: Arc<Topics>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -123,6 +126,13 @@ impl RunningBroker {
 
     pub fn topics(&self) -> &Arc<Topics> {
         &self.topics
+    }
+
+    /// Fetched bytes held for responses not yet written, across all
+    /// connections (bounded by `max_response_bytes`).
+    pub fn response_bytes_held(&self) -> u64 {
+        let free = self.responses.available_permits() as u64;
+        self.config.server.max_response_bytes.saturating_sub(free)
     }
 
     /// Stops accepting, waits (up to `shutdown_timeout`) for connections to
