@@ -105,11 +105,7 @@ async fn two_hundred_empty_topics_take_under_100_mib() {
     let broker = start(|_| {}).await;
     let mut c = broker.connect().await;
     for i in 0..200 {
-        c.ok(spool::protocol::Request::CreateTopic {
-            topic: format!("empty-{i}"),
-            settings: vec![],
-        })
-        .await;
+        c.ok(create_with(&format!("empty-{i}"), &[])).await;
     }
     let (apparent, allocated) = du(broker.dir.path());
     assert!(apparent < 100 * MIB, "apparent size {apparent}");
@@ -127,13 +123,10 @@ async fn retention_bytes_bounds_what_du_sees() {
     })
     .await;
     let mut c = broker.connect().await;
-    c.ok(spool::protocol::Request::CreateTopic {
-        topic: "r".into(),
-        settings: vec![
-            ("retention_bytes".into(), "2MiB".into()),
-            ("segment_bytes".into(), "256KiB".into()),
-        ],
-    })
+    c.ok(create_with(
+        "r",
+        &[("retention_bytes", "2MiB"), ("segment_bytes", "256KiB")],
+    ))
     .await;
     let value = vec![b'x'; 1000];
     let values: Vec<&[u8]> = (0..16).map(|_| &value[..]).collect();
@@ -172,11 +165,7 @@ async fn records_go_about_retention_ms_after_they_were_written() {
     })
     .await;
     let mut c = broker.connect().await;
-    c.ok(spool::protocol::Request::CreateTopic {
-        topic: "short".into(),
-        settings: vec![("retention_ms".into(), "1s".into())],
-    })
-    .await;
+    c.ok(create_with("short", &[("retention_ms", "1s")])).await;
     c.produce("short", &[b"soon gone"]).await;
     let written = std::time::Instant::now();
     // Bounded: the record must go within about 1.1 s plus a check interval;
@@ -215,9 +204,16 @@ fn fetch(topic: &str, offset: u64, max_bytes: u32, max_wait_ms: u32) -> Request 
 }
 
 fn create(topic: &str) -> Request {
+    create_with(topic, &[("flush", "never")])
+}
+
+fn create_with(topic: &str, settings: &[(&str, &str)]) -> Request {
     Request::CreateTopic {
         topic: topic.into(),
-        settings: vec![("flush".into(), "never".into())],
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
@@ -544,13 +540,10 @@ async fn a_topic_that_cannot_open_is_reported_and_the_others_served() {
 async fn an_interval_topic_is_synced_by_the_log_within_its_interval() {
     let broker = start(|_| {}).await;
     let mut c = broker.connect().await;
-    c.ok(Request::CreateTopic {
-        topic: "iv".into(),
-        settings: vec![
-            ("flush".into(), "interval".into()),
-            ("flush_interval_ms".into(), "100ms".into()),
-        ],
-    })
+    c.ok(create_with(
+        "iv",
+        &[("flush", "interval"), ("flush_interval_ms", "100ms")],
+    ))
     .await;
     let topic = broker.running.as_ref().unwrap().topics().get("iv").unwrap();
     assert_eq!(
@@ -576,13 +569,10 @@ async fn torn_tail_sidecars_are_counted_shown_and_deleted_with_their_segment() {
     })
     .await;
     let mut c = broker.connect().await;
-    c.ok(Request::CreateTopic {
-        topic: "torn".into(),
-        settings: vec![
-            ("flush".into(), "never".into()),
-            ("segment_bytes".into(), "4KiB".into()),
-        ],
-    })
+    c.ok(create_with(
+        "torn",
+        &[("flush", "never"), ("segment_bytes", "4KiB")],
+    ))
     .await;
     c.produce("torn", &[b"before the crash"]).await;
     let broker = {

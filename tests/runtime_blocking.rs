@@ -196,6 +196,17 @@ impl Drop for OneWorker {
     }
 }
 
+/// A connection to the broker, and topic `t` (flush `never`) created.
+async fn with_topic(broker: &OneWorker) -> Conn {
+    let mut c = Conn::connect(broker.addr).await;
+    c.ok(Request::CreateTopic {
+        topic: "t".into(),
+        settings: vec![("flush".into(), "never".into())],
+    })
+    .await;
+    c
+}
+
 /// Waits, bounded, until something waits at the gate.
 async fn until_held(gate: &Gate) {
     for _ in 0..2000 {
@@ -221,12 +232,7 @@ async fn answered_meanwhile(addr: std::net::SocketAddr) -> bool {
 async fn a_fetch_of_data_not_in_the_page_cache_does_not_hold_up_the_worker() {
     let gate = Arc::new(Gate::default());
     let broker = OneWorker::start(&gate, |_| {});
-    let mut c = Conn::connect(broker.addr).await;
-    c.ok(Request::CreateTopic {
-        topic: "t".into(),
-        settings: vec![("flush".into(), "never".into())],
-    })
-    .await;
+    let mut c = with_topic(&broker).await;
     c.produce("t", &[b"cold"]).await;
     gate.hold_reads.store(true, Ordering::Release);
     c.send(&fetch_request("t", 0, 0)).await;
@@ -252,12 +258,7 @@ async fn a_roll_whose_seal_waits_for_the_device_does_not_hold_up_the_worker() {
     let broker = OneWorker::start(&gate, |c| {
         c.defaults.segment_bytes = Some(1024);
     });
-    let mut c = Conn::connect(broker.addr).await;
-    c.ok(Request::CreateTopic {
-        topic: "t".into(),
-        settings: vec![("flush".into(), "never".into())],
-    })
-    .await;
+    let mut c = with_topic(&broker).await;
     // Every fdatasync of a store waits at the gate: the seal the first
     // roll leaves for later, and the one the next roll must do first.
     gate.hold_syncs.store(true, Ordering::Release);
@@ -285,12 +286,7 @@ async fn a_roll_whose_seal_waits_for_the_device_does_not_hold_up_the_worker() {
 async fn a_waiting_fetch_reads_once_however_many_appends_wake_it() {
     let gate = Arc::new(Gate::default());
     let broker = OneWorker::start(&gate, |_| {});
-    let mut c = Conn::connect(broker.addr).await;
-    c.ok(Request::CreateTopic {
-        topic: "t".into(),
-        settings: vec![("flush".into(), "never".into())],
-    })
-    .await;
+    let mut c = with_topic(&broker).await;
     c.produce("t", &[b"first"]).await;
     // Wants 50 KiB: 500 appends of 100 bytes wake it before it has them.
     let mut waiting = Conn::connect(broker.addr).await;
