@@ -11,13 +11,7 @@ use spool::protocol::{Acks, ErrorCode, OffsetSpec, Request, ResponseBody, TopicD
 use spool::storage::batch::BatchBuilder;
 
 fn create(topic: &str, settings: &[(&str, &str)]) -> Request {
-    Request::CreateTopic {
-        topic: topic.into(),
-        settings: settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    create_request(topic, settings)
 }
 
 async fn describe(c: &mut Conn, topic: &str) -> TopicDescription {

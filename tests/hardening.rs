@@ -208,13 +208,7 @@ fn create(topic: &str) -> Request {
 }
 
 fn create_with(topic: &str, settings: &[(&str, &str)]) -> Request {
-    Request::CreateTopic {
-        topic: topic.into(),
-        settings: settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    create_request(topic, settings)
 }
 
 // 2: max_wait_ms had no upper bound (a u32: 49 days).

@@ -203,6 +203,17 @@ pub fn produce_request(topic: &str, values: &[&[u8]]) -> Request {
     }
 }
 
+/// CREATE_TOPIC with settings given as `(key, value)`.
+pub fn create_request(topic: &str, settings: &[(&str, &str)]) -> Request {
+    Request::CreateTopic {
+        topic: topic.into(),
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 pub fn fetch_request(topic: &str, offset: u64, max_wait_ms: u32) -> Request {
     Request::Fetch {
         topic: topic.into(),
