@@ -332,8 +332,7 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
         consume: (args.mode != Mode::Produce).then(|| Throughput::of(&consumed, consume_elapsed)),
         end_to_end_latency_ms: Latency::of(&e2e),
     };
-    print_report(&report, args.json);
-    Ok(())
+    print_report(&report, args.json)
 }
 
 /// Splits `total` messages over producers, then sums per topic (an
@@ -585,14 +584,21 @@ async fn tick_progress(bar: ProgressBar, produced: Arc<Side>, consumed: Arc<Side
     }
 }
 
-fn print_report(r: &Report, json: bool) {
+fn print_report(r: &Report, json: bool) -> Result<(), String> {
+    use std::fmt::Write as _;
     if json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
-        return;
+        return crate::print_line(serde_json::to_string(r).unwrap_or_default());
     }
-    println!(
-        "spool bench: mode {:?}, {} producer(s), {} consumer(s), {} topic(s), {} B messages, batches of {}, {} in flight, flush {}{}{}",
-        r.mode,
+    let mode = match r.mode {
+        Mode::Produce => "produce",
+        Mode::Consume => "consume",
+        Mode::Both => "both",
+    };
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = write!(
+        out,
+        "spool bench: mode {mode}, {} producer(s), {} consumer(s), {} topic(s), {} B messages, batches of {}, {} in flight, flush {}{}{}",
         r.producers,
         r.consumers,
         r.topics,
@@ -607,28 +613,31 @@ fn print_report(r: &Report, json: bool) {
             String::new()
         }
     );
-    let line = |name: &str, t: &Throughput| {
-        println!(
-            "{name:<8} {} msgs in {:.2} s: {:.0} msgs/s, {:.1} MB/s",
+    let line = |out: &mut String, name: &str, t: &Throughput| {
+        let _ = write!(
+            out,
+            "\n{name:<8} {} msgs in {:.2} s: {:.0} msgs/s, {:.1} MB/s",
             t.messages, t.seconds, t.messages_per_sec, t.mb_per_sec
         );
     };
-    let lat = |name: &str, l: &Latency| {
-        println!(
-            "{name:<8} latency ms: p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} samples)",
+    let lat = |out: &mut String, name: &str, l: &Latency| {
+        let _ = write!(
+            out,
+            "\n{name:<8} latency ms: p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} samples)",
             l.p50, l.p99, l.p999, l.max, l.count
         );
     };
     if let Some(t) = &r.produce {
-        line("produce", t);
+        line(&mut out, "produce", t);
     }
     if let Some(l) = &r.produce_latency_ms {
-        lat("ack", l);
+        lat(&mut out, "ack", l);
     }
     if let Some(t) = &r.consume {
-        line("consume", t);
+        line(&mut out, "consume", t);
     }
     if let Some(l) = &r.end_to_end_latency_ms {
-        lat("e2e", l);
+        lat(&mut out, "e2e", l);
     }
+    crate::print_line(out)
 }

@@ -131,18 +131,14 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             .take_while(|r| r.offset < end)
             .take((max - printed) as usize)
         {
-            print_record(&mut out, record, args.format).map_err(stdout_error)?;
+            print_record(&mut out, record, args.format).map_err(crate::stdout_error)?;
             printed += 1;
         }
         if args.follow {
-            out.flush().map_err(stdout_error)?;
+            out.flush().map_err(crate::stdout_error)?;
         }
     }
-    out.flush().map_err(stdout_error)
-}
-
-fn stdout_error(e: std::io::Error) -> String {
-    format!("writing to stdout: {e}")
+    out.flush().map_err(crate::stdout_error)
 }
 
 fn print_record(out: &mut impl Write, record: &Record, format: Format) -> std::io::Result<()> {

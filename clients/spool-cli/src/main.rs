@@ -99,8 +99,32 @@ fn main() -> ExitCode {
 }
 
 fn fail(message: &str) -> ExitCode {
+    if message == STDOUT_CLOSED {
+        // `spool ... | head`: the reader has what it wanted. Like `cat` and
+        // kcat, end quietly and successfully.
+        return ExitCode::SUCCESS;
+    }
     eprintln!("spool: {message}");
     ExitCode::FAILURE
+}
+
+/// The error a command ends with when whatever reads its stdout went away.
+const STDOUT_CLOSED: &str = "stdout closed";
+
+/// A failed write to stdout, as a command's error: [`STDOUT_CLOSED`] for a
+/// reader that went away (`EPIPE`), which ends the command with success.
+pub fn stdout_error(e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        STDOUT_CLOSED.to_owned()
+    } else {
+        format!("writing to stdout: {e}")
+    }
+}
+
+/// Prints one line to stdout (`println!` would panic on a closed pipe).
+pub fn print_line(text: impl std::fmt::Display) -> Result<(), String> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{text}").map_err(stdout_error)
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -167,7 +191,7 @@ async fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
         }
         TopicCommand::List => {
             for name in client.list_topics().await.map_err(|e| e.to_string())? {
-                println!("{name}");
+                print_line(&name)?;
             }
         }
         TopicCommand::Describe { name } => {
@@ -175,28 +199,28 @@ async fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
                 .describe_topic(&name)
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("{:<20}{name}", "topic:");
-            println!(
+            print_line(format_args!("{:<20}{name}", "topic:"))?;
+            print_line(format_args!(
                 "{:<20}{} .. {} ({} records)",
                 "offsets:",
                 d.log_start,
                 d.log_end,
                 d.log_end.saturating_sub(d.log_start)
-            );
-            println!(
+            ))?;
+            print_line(format_args!(
                 "{:<20}{} bytes in {} segment(s)",
                 "size:", d.size_bytes, d.segments
-            );
+            ))?;
             if d.torn_files > 0 {
                 // Bytes recovery cut off a torn tail (docs/STORAGE.md says
                 // how to inspect and remove them).
-                println!(
+                print_line(format_args!(
                     "{:<20}{} bytes in {} file(s) cut off torn tails, counted in size",
                     "torn:", d.torn_bytes, d.torn_files
-                );
+                ))?;
             }
             for (k, v) in &d.settings {
-                println!("{:<20}{v}", format!("{k}:"));
+                print_line(format_args!("{:<20}{v}", format!("{k}:")))?;
             }
         }
         TopicCommand::Delete { name } => {

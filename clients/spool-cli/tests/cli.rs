@@ -418,6 +418,8 @@ fn bench_reports_json_for_every_mode() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("msgs/s") && text.contains("p99.9"), "{text}");
+    // Issue 10, item 12: the mode as typed on the command line.
+    assert!(text.starts_with("spool bench: mode produce,"), "{text}");
     assert!(
         out.stderr.is_empty(),
         "progress drawn into a pipe: {:?}",
@@ -471,4 +473,61 @@ fn bench_reports_json_for_every_mode() {
     );
     let report = bench_report(&out);
     assert!(report["consume"]["messages"].as_u64().unwrap() > 0, "{out}");
+}
+
+impl Env {
+    /// Runs `spool args` with its stdout a pipe whose reader is gone
+    /// (`spool ... | head -0`); returns the exit status and stderr.
+    fn run_into_closed_pipe(&self, args: &[&str]) -> (std::process::ExitStatus, String) {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = self
+            .spool(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(RUN_LIMIT).is_err() {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = done.send(());
+        watchdog.join().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+// Issue 10, item 6: `spool topic list | head -0` panicked (exit 101, a
+// backtrace) and `spool consume t | head -1` printed an error and exited 1.
+// A closed stdout ends a command quietly, with success, as with cat and kcat.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_with_success() {
+    let env = start(|_| {});
+    let lines: String = (0..20_000).map(|i| format!("record {i}\n")).collect();
+    env.ok(&["produce", "t"], lines.as_bytes());
+    for args in [
+        &["consume", "t"][..],
+        &["consume", "t", "--format", "json"][..],
+        &["topic", "list"][..],
+        &["topic", "describe", "t"][..],
+        &["bench", "--messages", "1000", "--message-size", "10"][..],
+    ] {
+        let (status, stderr) = env.run_into_closed_pipe(args);
+        assert!(
+            status.success(),
+            "spool {args:?}: {status:?}, stderr {stderr:?}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "spool {args:?} complained: {stderr:?}"
+        );
+    }
 }
