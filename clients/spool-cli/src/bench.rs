@@ -161,10 +161,10 @@ struct Report {
 }
 
 /// The configuration of the producers' and consumers' connections.
-fn client_config(args: &Args) -> spool_client::ClientConfig {
+fn client_config(base: &spool_client::ClientConfig, args: &Args) -> spool_client::ClientConfig {
     spool_client::ClientConfig {
         busy_poll: args.busy_poll.unwrap_or_default(),
-        ..spool_client::ClientConfig::default()
+        ..base.clone()
     }
 }
 
@@ -172,7 +172,11 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
-pub async fn run(broker: &str, args: Args) -> Result<(), String> {
+pub async fn run(
+    broker: &str,
+    base: &spool_client::ClientConfig,
+    args: Args,
+) -> Result<(), String> {
     if args.producers == 0 && args.mode != Mode::Consume
         || args.topics == 0
         || args.batch_size == 0
@@ -191,7 +195,7 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
                 .into(),
         );
     }
-    let admin = crate::connect(broker).await?;
+    let admin = crate::connect_with(broker, base.clone()).await?;
     let topics: Vec<String> = (0..args.topics)
         .map(|i| format!("{}-{i}", args.topic_prefix))
         .collect();
@@ -218,8 +222,17 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
     let mut backlog = None;
     if args.mode == Mode::Consume {
         let fill = Arc::new(Side::default());
-        let producers =
-            spawn_producers(broker, &args, &topics, total, args.duration, &fill, epoch).await?;
+        let producers = spawn_producers(
+            broker,
+            base,
+            &args,
+            &topics,
+            total,
+            args.duration,
+            &fill,
+            epoch,
+        )
+        .await?;
         join_producers(producers).await?;
         backlog = Some(log_ends(&admin, &topics).await?);
     }
@@ -236,6 +249,7 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
     } else {
         spawn_producers(
             broker,
+            base,
             &args,
             &topics,
             total,
@@ -252,7 +266,7 @@ pub async fn run(broker: &str, args: Args) -> Result<(), String> {
     let mut consumers = Vec::new();
     if args.mode != Mode::Produce {
         for j in 0..args.consumers {
-            let client = crate::connect_with(broker, client_config(&args)).await?;
+            let client = crate::connect_with(broker, client_config(base, &args)).await?;
             let topic = topics[j % topics.len()].clone();
             let expected = if args.mode == Mode::Consume || args.duration.is_none() {
                 Some(per_topic[j % topics.len()])
@@ -368,8 +382,10 @@ fn quota(total: u64, producers: usize, i: usize) -> u64 {
 
 type ProducerTask = tokio::task::JoinHandle<Result<Histogram<u64>, String>>;
 
+#[allow(clippy::too_many_arguments)]
 async fn spawn_producers(
     broker: &str,
+    base: &spool_client::ClientConfig,
     args: &Args,
     topics: &[String],
     total: u64,
@@ -379,7 +395,7 @@ async fn spawn_producers(
 ) -> Result<Vec<ProducerTask>, String> {
     let mut tasks = Vec::new();
     for i in 0..args.producers {
-        let client = crate::connect_with(broker, client_config(args)).await?;
+        let client = crate::connect_with(broker, client_config(base, args)).await?;
         let plan = Plan {
             topic: topics[i % topics.len()].clone(),
             quota: quota(total, args.producers, i),

@@ -113,9 +113,10 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?
             .log_start;
+        // Worded as the broker words it when it finds the same.
         return Err(format!(
-            "offset {first} is out of range for topic {}: it holds [{start}, {end})",
-            args.topic
+            "{}: offset {first} is out of range; the log holds [{start}, {end})",
+            spool_client::ErrorCode::OffsetOutOfRange
         ));
     }
     let max = args.max.unwrap_or(u64::MAX);

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! The broker is `--broker HOST:PORT`, else `$SPOOL_BROKER`, else
-//! `127.0.0.1:7171`. Exit status 0 on success; otherwise one line on stderr
-//! and status 1.
+//! `127.0.0.1:7171`. Exit status 0 on success (also when whatever reads
+//! stdout goes away); otherwise one line on stderr and status 1, or status
+//! 2 for a usage error (clap's usage message).
 
 mod bench;
 mod consume;
@@ -37,6 +38,14 @@ struct Cli {
         value_name = "HOST:PORT"
     )]
     broker: String,
+    /// Longest wait for a connection to the broker, and for its answer to
+    /// the opening handshake ("10s", "500ms").
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    connect_timeout: std::time::Duration,
+    /// Longest wait for the answer to any request, beyond the time a fetch
+    /// asks the broker to wait for data.
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    request_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -128,33 +137,52 @@ pub fn print_line(text: impl std::fmt::Display) -> Result<(), String> {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let config = ClientConfig {
+        connect_timeout: cli.connect_timeout,
+        request_timeout: cli.request_timeout,
+        ..ClientConfig::default()
+    };
+    let connect = || connect_with(&cli.broker, config.clone());
     match cli.command {
-        Command::Topic(command) => topic(&cli.broker, command).await,
-        Command::Produce(args) => produce::run(&connect(&cli.broker).await?, args).await,
-        Command::Consume(args) => consume::run(&connect(&cli.broker).await?, args).await,
-        Command::Bench(args) => bench::run(&cli.broker, args).await,
+        Command::Topic(command) => topic(connect().await?, command).await,
+        Command::Produce(args) => produce::run(&connect().await?, args).await,
+        Command::Consume(args) => consume::run(&connect().await?, args).await,
+        Command::Bench(args) => bench::run(&cli.broker, &config, args).await,
     }
 }
 
-/// Connects, turning failure into the one line the user sees.
-pub async fn connect(addr: &str) -> Result<Client, String> {
-    connect_with(addr, ClientConfig::default()).await
-}
-
-/// [`connect`] with a client configuration.
+/// Connects with a client configuration, turning failure into the one line
+/// the user sees.
 pub async fn connect_with(addr: &str, config: ClientConfig) -> Result<Client, String> {
+    check_address(addr)?;
     Client::connect_with(addr, config)
         .await
         .map_err(|e| match e {
-            ClientError::Connect { .. } => {
+            ClientError::Connect { ref reason, .. } if !reason.contains("Spool broker") => {
                 format!("{e} (is the broker running? set --broker or SPOOL_BROKER)")
             }
             e => e.to_string(),
         })
 }
 
-async fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
-    let client = connect(broker).await?;
+/// A broker address must name a port: `127.0.0.1` alone would otherwise
+/// fail with "invalid socket address".
+fn check_address(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "broker address {addr:?} has no port: give HOST:PORT, e.g. 127.0.0.1:7171 or [::1]:7171"
+        )),
+    }
+}
+
+async fn topic(client: Client, command: TopicCommand) -> Result<(), String> {
     match command {
         TopicCommand::Create {
             name,

@@ -14,7 +14,8 @@ use crate::error::{ClientError, Result};
 /// How the client connects and retries.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Limit on one connection attempt.
+    /// Limit on one connection attempt: the TCP connection, then the
+    /// broker's answer to the opening handshake.
     pub connect_timeout: Duration,
     /// Limit on one request's response (a fetch adds its own `max_wait`).
     pub request_timeout: Duration,
@@ -35,7 +36,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
@@ -294,14 +295,21 @@ async fn dial(addr: &str, config: &ClientConfig) -> Result<Connection> {
         .map_err(|_| failed(format!("timed out after {limit:?}")))?
         .map_err(|e| failed(e.to_string()))?;
     let conn = Connection::open(stream, config.busy_poll).await;
-    let limit = config.request_timeout;
+    // Part of connecting: something that accepts but does not speak Spool
+    // (an HTTP server, a stuck process) fails here, within the connect limit.
     let answer = tokio::time::timeout(limit, conn.call(&Request::ApiVersions))
         .await
-        .map_err(|_| failed(format!("no handshake answer within {limit:?}")))?;
+        .map_err(|_| {
+            failed(format!(
+                "no answer to the opening handshake within {limit:?} (is it a Spool broker?)"
+            ))
+        })?;
     match answer.and_then(|r| r.body.map_err(ClientError::from)) {
         Ok(ResponseBody::ApiVersions { .. }) => Ok(conn),
         Ok(other) => Err(failed(format!("handshake answered with {other:?}"))),
-        Err(e) => Err(failed(format!("handshake failed: {e}"))),
+        Err(e) => Err(failed(format!(
+            "the answer to the opening handshake is not Spool's ({e}; is it a Spool broker?)"
+        ))),
     }
 }
 
