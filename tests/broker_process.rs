@@ -98,3 +98,94 @@ async fn describe_after_restart_reports_recovery_free_state() {
         other => panic!("{other:?}"),
     }
 }
+
+// Issue 10, item 13: the broker's log, written to a file or a pipe, carries
+// no colour codes, names topic creation and deletion, and says each
+// retention deletion once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_into_a_pipe_is_plain_and_says_each_event_once() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spool.toml");
+    std::fs::write(
+        &config,
+        "[server]\nretention_check_interval = \"50ms\"\n\
+         [defaults]\nsegment_bytes = 4096\nretention_bytes = 4096\nflush = \"never\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BROKER)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(PATIENCE).expect("ready line in time");
+    let addr = line
+        .trim()
+        .strip_prefix("spool listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = Conn::connect(addr).await;
+    let value = vec![7u8; 1000];
+    for _ in 0..20 {
+        c.produce("logged", &[&value]).await;
+    }
+    // Bounded: until retention has deleted something.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let d = match c
+            .ok(Request::DescribeTopic {
+                topic: "logged".into(),
+            })
+            .await
+        {
+            ResponseBody::Description(d) => d,
+            other => panic!("{other:?}"),
+        };
+        if d.log_start > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "retention never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    c.ok(Request::DeleteTopic {
+        topic: "logged".into(),
+    })
+    .await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
+    );
+    assert!(
+        log.contains("created topic") && log.contains("logged"),
+        "{log}"
+    );
+    assert!(log.contains("deleted topic"), "{log}");
+    let retention = log
+        .lines()
+        .filter(|l| l.contains("retention deleted segments"))
+        .count();
+    assert!(retention >= 1, "{log}");
+    assert!(
+        !log.contains("deleted old segments"),
+        "a deletion said twice: {log}"
+    );
+}
