@@ -46,7 +46,9 @@ impl Default for ClientConfig {
     }
 }
 
-/// A handle to one broker. Cheap to clone: clones share the connection.
+/// A handle to one broker. Cheap to clone: clones share the connection
+/// ([`Client::with_own_connection`] makes one that does not; each
+/// [`Consumer`](crate::Consumer) does so by default).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -86,6 +88,19 @@ impl Client {
 
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// A client of the same broker, with the same configuration, that opens
+    /// a connection of its own on first use (clones share one connection:
+    /// its responses come back in request order).
+    pub fn with_own_connection(&self) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                addr: self.inner.addr.clone(),
+                config: self.inner.config.clone(),
+                conn: tokio::sync::Mutex::new(None),
+            }),
+        }
     }
 
     pub fn config(&self) -> &ClientConfig {

@@ -52,6 +52,12 @@ pub struct ConsumerConfig {
     /// A fetch waits (up to `max_wait`) until this many bytes are available.
     pub min_bytes: u32,
     pub reset: OffsetReset,
+    /// Fetch over the given client's connection instead of one of the
+    /// consumer's own. Off by default: responses on one connection come back
+    /// in order, so a long poll parked on a shared connection would hold
+    /// back every answer behind it (a producer's acknowledgements, say) for
+    /// up to `max_wait`.
+    pub share_connection: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -61,6 +67,7 @@ impl Default for ConsumerConfig {
             max_wait: Duration::from_millis(500),
             min_bytes: 1,
             reset: OffsetReset::Error,
+            share_connection: false,
         }
     }
 }
@@ -109,7 +116,14 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// A consumer of `topic`. Unless `config.share_connection`, it opens a
+    /// connection of its own to `client`'s broker (on its first fetch).
     pub fn new(client: Client, topic: &str, start: StartAt, config: ConsumerConfig) -> Consumer {
+        let client = if config.share_connection {
+            client
+        } else {
+            client.with_own_connection()
+        };
         Consumer {
             client,
             topic: topic.to_owned(),

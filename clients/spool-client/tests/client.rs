@@ -611,3 +611,48 @@ async fn send_waits_while_max_in_flight_bytes_are_unanswered() {
     assert_eq!(offsets, (0..20).collect::<Vec<u64>>());
     assert_eq!(received.load(Ordering::SeqCst), 20);
 }
+
+// Issue 10, item 14: a consumer and a producer built from one Client shared
+// its connection, so a long poll parked on it held back the producer's
+// acknowledgements until the poll ended. Each consumer has its own now.
+#[tokio::test]
+async fn a_parked_long_poll_does_not_hold_back_a_producer_on_the_same_client() {
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    client.create_topic("idle", &[]).await.unwrap();
+    let config = ConsumerConfig {
+        max_wait: Duration::from_secs(20),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client.clone(), "idle", StartAt::Latest, config.clone());
+    // The poll is in flight (and parked at the end of the log) before the
+    // produce is sent.
+    assert_eq!(consumer.position().await.unwrap(), 0);
+    let poll = consumer.poll();
+    tokio::pin!(poll);
+    // Polled once, the fetch is sent; it parks for its 20 s.
+    assert!(tokio::time::timeout(Duration::from_millis(100), &mut poll)
+        .await
+        .is_err());
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let acked = async {
+        let delivery = producer.send("busy", None, b"now").await.unwrap();
+        producer.flush().await.unwrap();
+        delivery.await.unwrap()
+    };
+    // Half the poll's wait: an acknowledgement queued behind the poll on a
+    // shared connection would come only when the poll ends, at 20 s.
+    let offset = tokio::time::timeout(Duration::from_secs(10), acked)
+        .await
+        .expect("the produce waited for a poll on another topic to end");
+    assert_eq!(offset, 0);
+    drop(poll);
+    // Sharing on purpose still works.
+    let shared = ConsumerConfig {
+        share_connection: true,
+        max_wait: Duration::from_millis(50),
+        ..config
+    };
+    let mut consumer = Consumer::new(client.clone(), "busy", StartAt::Earliest, shared);
+    assert_eq!(&consumer.next().await.unwrap().value[..], b"now");
+}
