@@ -646,7 +646,6 @@ async fn a_parked_long_poll_does_not_hold_back_a_producer_on_the_same_client() {
         .await
         .expect("the produce waited for a poll on another topic to end");
     assert_eq!(offset, 0);
-    drop(poll);
     // Sharing on purpose still works.
     let shared = ConsumerConfig {
         share_connection: true,
