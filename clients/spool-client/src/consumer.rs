@@ -113,6 +113,10 @@ pub struct Consumer {
     ahead: Option<(u64, ResponseFuture)>,
     /// The log's end as of the last fetch.
     log_end: u64,
+    /// Since when fetches have lost their connection, and the delay before
+    /// the next try: a broker that keeps hanging up is retried with backoff,
+    /// and given up on after `reconnect_for`.
+    lost: Option<(tokio::time::Instant, Duration)>,
 }
 
 impl Consumer {
@@ -133,6 +137,7 @@ impl Consumer {
             buffer: VecDeque::new(),
             ahead: None,
             log_end: 0,
+            lost: None,
         }
     }
 
@@ -231,6 +236,7 @@ impl Consumer {
                 log_end,
                 ..
             }) => {
+                self.lost = None;
                 self.log_end = log_end;
                 // Ask for the next batches before decoding these.
                 if next_offset < log_end {
@@ -267,9 +273,21 @@ impl Consumer {
                 }
             },
             // A broken connection: the next poll reconnects and fetches again
-            // (fetching is idempotent); report it only if that fails.
-            Err(ClientError::Disconnected(_)) => {
+            // (fetching is idempotent), after a backoff, so that a broker
+            // that hangs up on every fetch is not hammered; past
+            // `reconnect_for` of nothing but that, the error is reported.
+            Err(e @ ClientError::Disconnected(_)) => {
                 self.ahead = None;
+                let config = self.client.config();
+                let now = tokio::time::Instant::now();
+                let (since, delay) = *self.lost.get_or_insert((now, config.backoff_initial));
+                if now.duration_since(since) >= config.reconnect_for {
+                    self.lost = None;
+                    return Err(e);
+                }
+                tracing::debug!(topic = %self.topic, error = %e, ?delay, "fetch lost its connection; retrying");
+                self.lost = Some((since, (delay * 2).min(config.backoff_max)));
+                tokio::time::sleep(delay).await;
                 Ok(Vec::new())
             }
             Err(e) => Err(e),

@@ -332,6 +332,15 @@ async fn the_client_reconnects_after_the_broker_restarts() {
 /// A peer that answers the handshake on every connection and then never
 /// reads again; counts connections.
 async fn deaf_broker() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    handshaking_peer(false).await
+}
+
+/// A peer that answers the handshake on every connection, then either
+/// holds it without reading (`hang_up` false) or reads one more frame and
+/// closes the connection; counts connections.
+async fn handshaking_peer(
+    hang_up: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use spool::protocol::{RequestHeader, Response, ResponseBody};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -355,6 +364,10 @@ async fn deaf_broker() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize
                     }),
                 };
                 socket.write_all(&handshake.encode_to_vec()).await.unwrap();
+                if hang_up {
+                    let _ = socket.read_u32().await;
+                    return;
+                }
                 // Hold the socket open, reading nothing.
                 std::future::pending::<()>().await;
                 drop(socket);
@@ -654,4 +667,38 @@ async fn a_parked_long_poll_does_not_hold_back_a_producer_on_the_same_client() {
     };
     let mut consumer = Consumer::new(client.clone(), "busy", StartAt::Earliest, shared);
     assert_eq!(&consumer.next().await.unwrap().value[..], b"now");
+}
+
+// Issue 10, item 17: the consumer took a lost connection for "no records,
+// try again" at once, so a broker that hangs up on every fetch was hammered
+// in a busy loop. It backs off, and reports the error after reconnect_for.
+#[tokio::test]
+async fn a_consumer_backs_off_from_a_broker_that_hangs_up_and_then_says_so() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted) = handshaking_peer(true).await;
+    let config = ClientConfig {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        reconnect_for: Duration::from_secs(1),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&addr, config).await.unwrap();
+    let mut consumer = Consumer::new(client, "t", StartAt::Offset(0), ConsumerConfig::default());
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(PATIENCE, consumer.next()).await;
+    let e = outcome
+        .expect("the consumer never gave up")
+        .expect_err("a broker that hangs up served a record");
+    assert!(matches!(e, ClientError::Disconnected(_)), "{e}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "gave up before reconnect_for"
+    );
+    // Within a second of 20 ms doubling to 200 ms: about ten tries, not
+    // thousands.
+    let connections = accepted.load(Ordering::SeqCst);
+    assert!(
+        connections <= 40,
+        "{connections} connections in a busy loop"
+    );
 }
