@@ -9,6 +9,11 @@
 //! A batch whose connection breaks in flight fails with
 //! [`ClientError::Disconnected`]: it may or may not have been stored. The
 //! producer does not resend it (that could store it twice).
+//!
+//! Dropping the last clone of a producer without [`Producer::flush`] still
+//! sends its open batches, from a task on the runtime; their deliveries
+//! resolve as usual. Flush (or await the deliveries) to know they were
+//! stored before the program exits.
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
@@ -247,6 +252,43 @@ impl Shared {
             batch.result.send_replace(Some(outcome));
             drop(permit);
             shared.outstanding.send_modify(|n| *n -= 1);
+        });
+    }
+}
+
+/// A producer dropped without [`Producer::flush`] still sends its open
+/// batches: from a task on the current runtime, whose deliveries resolve as
+/// usual (await them, or flush before dropping, to know they were stored).
+/// Outside a runtime they cannot be sent; that loss is logged as an error.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let open: Vec<(String, Open)> = self.open.get_mut().drain().collect();
+        if open.is_empty() {
+            return;
+        }
+        let records: usize = open.iter().map(|(_, b)| b.builder.len()).sum();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                records,
+                "producer dropped outside a runtime with unsent records: they are lost"
+            );
+            return;
+        };
+        tracing::warn!(
+            records,
+            "producer dropped without flush(); sending its open batches"
+        );
+        let heir = Arc::new(Shared {
+            client: self.client.clone(),
+            config: self.config.clone(),
+            open: tokio::sync::Mutex::new(HashMap::new()),
+            in_flight: Arc::clone(&self.in_flight),
+            outstanding: watch::Sender::new(0),
+        });
+        runtime.spawn(async move {
+            for (topic, batch) in open {
+                heir.dispatch(&topic, batch).await;
+            }
         });
     }
 }

@@ -702,3 +702,33 @@ async fn a_consumer_backs_off_from_a_broker_that_hangs_up_and_then_says_so() {
         "{connections} connections in a busy loop"
     );
 }
+
+// Issue 10, item 16: dropping a Producer without flush() silently discarded
+// its open batches. They are sent, and their deliveries resolve.
+#[tokio::test]
+async fn a_producer_dropped_without_flush_still_sends_its_open_batches() {
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            // Nothing leaves by size or by time while the test runs.
+            linger: Duration::from_secs(3600),
+            ..ProducerConfig::default()
+        },
+    );
+    let mut deliveries = Vec::new();
+    for i in 0..3u32 {
+        let value = format!("unflushed {i}");
+        deliveries.push(producer.send("d", None, value.as_bytes()).await.unwrap());
+    }
+    drop(producer);
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        let offset = tokio::time::timeout(PATIENCE, delivery)
+            .await
+            .expect("delivery resolves")
+            .expect("the records were sent");
+        assert_eq!(offset, i as u64);
+    }
+    assert_eq!(broker.batches("d"), 1);
+}
