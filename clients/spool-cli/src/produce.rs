@@ -1,10 +1,23 @@
 //! `spool produce`: one record per line.
+//!
+//! Every record is checked against the topic's `max_record_bytes` (learned
+//! from the broker) before it is sent, and reading stops at the first that
+//! fails: nothing after a failed line is ever written, and the one line on
+//! stderr says which input lines were written where. Deliveries are awaited
+//! as they come (at most [`WINDOW`] pending), so memory does not grow with
+//! the input.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use spool_client::{Client, Producer, ProducerConfig};
+use spool_client::{
+    batch::BatchBuilder, Client, ClientError, Delivery, ErrorCode, Producer, ProducerConfig,
+};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+/// Records sent and not yet confirmed, at most.
+const WINDOW: usize = 65_536;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,10 +34,108 @@ pub struct Args {
     /// Send a batch once its first record has waited this long.
     #[arg(long, default_value_t = 5, value_name = "MS")]
     linger_ms: u64,
+    /// Skip lines too large for the topic instead of stopping at the first;
+    /// the report lists the lines skipped.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+/// What happened to the input, line by line.
+#[derive(Default)]
+struct Tally {
+    /// Lines acknowledged: count, and the first and last line and offset.
+    acked: u64,
+    lines: Option<(u64, u64)>,
+    offsets: Option<(u64, u64)>,
+    /// The first line that failed, and why.
+    failed: Option<(u64, ClientError)>,
+    /// Records sent whose fate is unknown (the connection was lost).
+    unknown: u64,
+    /// Records the broker refused after the first failure.
+    refused: u64,
+    skipped: Vec<u64>,
+}
+
+impl Tally {
+    fn settle(&mut self, line: u64, outcome: Result<u64, ClientError>) {
+        match outcome {
+            Ok(offset) => {
+                self.acked += 1;
+                let (first, _) = self.lines.unwrap_or((line, line));
+                self.lines = Some((first, line));
+                let (low, high) = self.offsets.unwrap_or((offset, offset));
+                self.offsets = Some((low.min(offset), high.max(offset)));
+            }
+            Err(e) => {
+                match &e {
+                    // Lost with the connection: stored or not, nobody knows.
+                    ClientError::Disconnected(_) | ClientError::Timeout(_) => self.unknown += 1,
+                    _ => self.refused += 1,
+                }
+                if self.failed.is_none() {
+                    self.failed = Some((line, e));
+                }
+            }
+        }
+    }
+
+    /// The one line of the report.
+    fn report(&self, topic: &str) -> String {
+        let written = match (self.lines, self.offsets) {
+            (Some((a, b)), Some((low, high))) if self.failed.is_some() => {
+                format!("wrote lines {a}..{b} to {topic} at offsets {low}..{high}")
+            }
+            (Some(_), Some((low, high))) => {
+                format!(
+                    "wrote {} records to {topic}, offsets {low}..{high}",
+                    self.acked
+                )
+            }
+            _ => format!("no records written to {topic}"),
+        };
+        let mut text = written;
+        if let Some((line, e)) = &self.failed {
+            text.push_str(&format!("; line {line} failed: {e}"));
+        }
+        if self.unknown > 0 {
+            text.push_str(&format!(
+                "; {} record(s) may or may not be stored (the connection was lost before they were acknowledged)",
+                self.unknown
+            ));
+        }
+        if !self.skipped.is_empty() {
+            let shown: Vec<String> = self.skipped.iter().take(10).map(u64::to_string).collect();
+            let more = self.skipped.len().saturating_sub(10);
+            text.push_str(&format!(
+                "; skipped {} line(s) too large for the topic: {}{}",
+                self.skipped.len(),
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        text
+    }
+}
+
+/// The topic's `max_record_bytes`, or `None` if the topic does not exist yet.
+async fn record_limit(client: &Client, topic: &str) -> Result<Option<u64>, String> {
+    match client.describe_topic(topic).await {
+        Ok(d) => Ok(d
+            .settings
+            .iter()
+            .find(|(k, _)| k == "max_record_bytes")
+            .and_then(|(_, v)| v.parse().ok())),
+        Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Produces every line (without its `\n`, or `\r\n`) as one record, then
-/// says on stderr how many records went where.
+/// says on stderr which lines went where.
 pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     let config = ProducerConfig {
         batch_bytes: args.batch_size.max(1),
@@ -42,9 +153,12 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     };
     let mut lines = BufReader::with_capacity(1 << 20, input);
     let key = args.key.as_deref().map(str::as_bytes);
+    let mut limit = record_limit(client, &args.topic).await?;
+    let mut tally = Tally::default();
+    let mut pending: VecDeque<(u64, Delivery)> = VecDeque::new();
     let mut line = Vec::new();
-    let mut deliveries = Vec::new();
-    loop {
+    let mut number = 0u64;
+    while tally.failed.is_none() {
         line.clear();
         let n = lines
             .read_until(b'\n', &mut line)
@@ -53,36 +167,66 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         if n == 0 {
             break;
         }
+        number += 1;
         if line.last() == Some(&b'\n') {
             line.pop();
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
         }
-        deliveries.push(
-            producer
-                .send(&args.topic, key, &line)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        if let Some(max) = limit {
+            // The record's whole encoding, with room for any timestamp
+            // delta the producer may give it.
+            let size = BatchBuilder::record_size(1 << 40, key, &line, &[]) as u64;
+            if size > max {
+                if args.skip_invalid {
+                    tally.skipped.push(number);
+                    continue;
+                }
+                let e = ClientError::Broker {
+                    code: ErrorCode::RecordTooLarge,
+                    message: format!(
+                        "a record of {size} bytes exceeds the topic's max_record_bytes of {max}; nothing after it was sent"
+                    ),
+                    range: None,
+                    resume_at: None,
+                };
+                tally.failed = Some((number, e));
+                break;
+            }
+        }
+        match producer.send(&args.topic, key, &line).await {
+            Ok(delivery) => pending.push_back((number, delivery)),
+            Err(e) => {
+                tally.settle(number, Err(e));
+                break;
+            }
+        }
+        if limit.is_none() {
+            // The first record to a new topic: once it is stored, the topic
+            // exists and its limit can be learned.
+            producer.flush().await.map_err(|e| e.to_string())?;
+            while let Some((at, delivery)) = pending.pop_front() {
+                tally.settle(at, delivery.await);
+            }
+            limit = record_limit(client, &args.topic).await?;
+        }
+        while pending.len() > WINDOW {
+            let (at, delivery) = pending.pop_front().expect("not empty");
+            tally.settle(at, delivery.await);
+        }
     }
-    producer.flush().await.map_err(|e| e.to_string())?;
-    let count = deliveries.len();
-    let (mut first, mut last) = (u64::MAX, 0);
-    for delivery in deliveries {
-        let offset = delivery
-            .await
-            .map_err(|e| format!("produce to {} failed: {e}", args.topic))?;
-        first = first.min(offset);
-        last = last.max(offset);
+    let flushed = producer.flush().await;
+    while let Some((at, delivery)) = pending.pop_front() {
+        tally.settle(at, delivery.await);
     }
-    if count == 0 {
-        eprintln!("no records written to {}", args.topic);
-    } else {
-        eprintln!(
-            "wrote {count} records to {}, offsets {first}..{last}",
-            args.topic
-        );
+    if let (Err(e), None) = (flushed, &tally.failed) {
+        return Err(format!("{}; {e}", tally.report(&args.topic)));
     }
+    let report = tally.report(&args.topic);
+    if tally.failed.is_some() {
+        return Err(report);
+    }
+    eprintln!("{report}");
     Ok(())
 }

@@ -597,3 +597,38 @@ fn a_port_that_is_not_a_broker_fails_within_the_connect_timeout() {
         }
     }
 }
+
+// Issue 10, item 1: a line too large for the topic failed its whole batch
+// (dropping the lines before it) while later lines were written, and the
+// exit status was all the user learnt. Now nothing after a failed line is
+// sent, and the report says which lines went where.
+#[test]
+fn a_line_too_large_stops_the_produce_and_the_report_says_what_was_written() {
+    let env = start(|c| c.defaults.max_record_bytes = Some(1024));
+    let big = "x".repeat(2000);
+    let input = format!("1\n2\n3\n{big}\n4\n5\n6\n");
+    // Twice: to a new topic (its limit learnt once it exists), then to it
+    // again.
+    for (topic, offsets) in [("fresh", "0..2"), ("fresh", "3..5")] {
+        let out = env.run(&["produce", topic], input.as_bytes());
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains(&format!("wrote lines 1..3 to {topic} at offsets {offsets}"))
+                && stderr.contains("line 4 failed")
+                && stderr.contains("max_record_bytes of 1024"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(env.ok(&["consume", "fresh"], b""), "1\n2\n3\n1\n2\n3\n");
+    // --skip-invalid goes on, and says what it skipped.
+    let out = env.run(&["produce", "fresh", "--skip-invalid"], input.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("wrote 6 records")
+            && stderr.contains("skipped 1 line(s)")
+            && stderr.contains(": 4"),
+        "{stderr}"
+    );
+}
