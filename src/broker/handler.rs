@@ -156,7 +156,7 @@ pub async fn dispatch(
             // range: the read reports it); long-poll in a task otherwise.
             if available.is_none_or(|a| a >= wanted) || max_wait_ms == 0 {
                 let memory = reserve(broker, need(server, max_bytes, available)).await;
-                let (body, memory) = read_within(&topic, offset, max_bytes, memory).await;
+                let (body, memory) = read_within(&topic, offset, max_bytes, end, memory).await;
                 return Reply::Now(Answer {
                     response: Response {
                         correlation_id,
@@ -322,9 +322,14 @@ impl Found {
 /// crossing segments. With [`Wait::No`] it never waits for the device: a
 /// first batch not in the page cache is [`StorageError::WouldBlock`], and
 /// the response ends before a later one that is not.
-fn read(topic: &Topic, offset: u64, max_bytes: u64, wait: Wait) -> Result<Found, StorageError> {
+fn read(
+    topic: &Topic,
+    offset: u64,
+    max_bytes: u64,
+    end: u64,
+    wait: Wait,
+) -> Result<Found, StorageError> {
     let log = topic.log();
-    let end = topic.visible_end();
     let first = log.read_batches_with(offset, max_bytes, end, true, wait)?;
     let mut found = Found {
         next_offset: first.next_offset,
@@ -384,12 +389,15 @@ async fn read_within(
     topic: &Arc<Topic>,
     offset: u64,
     max_bytes: u64,
+    end: u64,
     mut memory: Option<OwnedSemaphorePermit>,
 ) -> (Outcome, Option<OwnedSemaphorePermit>) {
-    let found = match read(topic, offset, max_bytes, Wait::No) {
+    // Up to the end the reservation was counted against, not beyond: what
+    // arrived since would not fit in it.
+    let found = match read(topic, offset, max_bytes, end, Wait::No) {
         Err(StorageError::WouldBlock) => {
             let topic = Arc::clone(topic);
-            tokio::task::spawn_blocking(move || read(&topic, offset, max_bytes, Wait::Yes))
+            tokio::task::spawn_blocking(move || read(&topic, offset, max_bytes, end, Wait::Yes))
                 .await
                 .unwrap_or_else(|e| {
                     Err(StorageError::Fenced {
@@ -411,6 +419,17 @@ async fn read_within(
     (Ok(found.into_body()), memory)
 }
 
+/// [`reserve`] without waiting: `None` when there is no room now.
+fn try_reserve(broker: &Broker, bytes: u64) -> Option<Option<OwnedSemaphorePermit>> {
+    if bytes == 0 {
+        return Some(None);
+    }
+    Arc::clone(&broker.responses)
+        .try_acquire_many_owned(bytes as u32)
+        .ok()
+        .map(Some)
+}
+
 /// A fetch waiting for data.
 struct LongPoll {
     broker: Arc<Broker>,
@@ -430,7 +449,7 @@ impl LongPoll {
     async fn run(mut self) -> (Outcome, Option<OwnedSemaphorePermit>) {
         let mut shutdown = self.broker.shutdown.clone();
         let mut appended = self.topic.subscribe();
-        let available = loop {
+        let (available, end) = loop {
             // Mark the current end seen before counting, so an append after
             // the count wakes the wait below.
             let end = *appended.borrow_and_update();
@@ -441,20 +460,37 @@ impl LongPoll {
                 || *self.gone.borrow()
                 || self.topic.is_closed()
             {
-                break available;
+                break (available, end);
             }
             tokio::select! {
-                changed = appended.changed() => if changed.is_err() { break available },
+                changed = appended.changed() => if changed.is_err() { break (available, end) },
                 _ = tokio::time::sleep_until(self.deadline) => {}
                 // A dropped sender counts as the event it would have sent.
-                r = shutdown.changed() => if r.is_err() { break available },
-                r = self.gone.changed() => if r.is_err() { break available },
+                r = shutdown.changed() => if r.is_err() { break (available, end) },
+                r = self.gone.changed() => if r.is_err() { break (available, end) },
                 _ = self.topic.closing() => {}
             }
         };
         let server = &self.broker.config.server;
-        let memory = reserve(&self.broker, need(server, self.max_bytes, available)).await;
-        read_within(&self.topic, self.offset, self.max_bytes, memory).await
+        let bytes = need(server, self.max_bytes, available);
+        // Never wait for room here: answers queued behind this one on its
+        // connection may hold that room, and they are written only after
+        // this one. Without room (or for a client that left), answer with
+        // nothing; the consumer fetches again.
+        let memory = match try_reserve(&self.broker, bytes) {
+            Some(memory) if !*self.gone.borrow() => memory,
+            _ => {
+                let log = self.topic.log();
+                let body = ResponseBody::Fetched {
+                    log_start: log.lowest_offset().min(end),
+                    log_end: end,
+                    next_offset: self.offset,
+                    batches: Vec::new(),
+                };
+                return (Ok(body), None);
+            }
+        };
+        read_within(&self.topic, self.offset, self.max_bytes, end, memory).await
     }
 }
 

@@ -280,22 +280,25 @@ impl Topic {
     /// (blocking; the background task calls it every
     /// `retention_check_interval`).
     pub fn maintain(&self, now_ms: i64) -> Result<(), StorageError> {
-        self.after_roll(now_ms)?;
+        let first = self.after_roll(now_ms);
         if self.log.roll_if_due(now_ms)? {
             tracing::debug!(topic = %self.name, "rolled segment by age");
             // The segment that just rolled away may already be past
             // retention_ms.
             self.after_roll(now_ms)?;
         }
-        Ok(())
+        first
     }
 
     /// What follows a roll, off the append path (blocking): the segment
     /// rolled away from is sealed, the next one made ready, retention
     /// applied.
     pub fn after_roll(&self, now_ms: i64) -> Result<(), StorageError> {
-        self.log.prepare()?;
-        self.apply_retention(now_ms)
+        // Retention first, whatever else fails: on a full disk the next
+        // segment cannot be made, and retention is what frees the space.
+        let retained = self.apply_retention(now_ms);
+        let prepared = self.log.prepare();
+        retained.and(prepared)
     }
 
     /// Deletes the oldest segments while the topic is over retention_bytes

@@ -236,6 +236,12 @@ impl Log {
         // covered: sync it now, before anything counts it as durable (or a
         // broker shows it to consumers).
         active.sync()?;
+        // The segment before it too: a roll defers its predecessor's sync,
+        // and a crash may have come before anything did it (its index files
+        // were opened read-only: only the store needs the sync).
+        if let Some(previous) = segments.len().checked_sub(2).map(|i| &segments[i]) {
+            previous.sync()?;
+        }
         // Append times only move forward, across segments too.
         let last_append_time = segments
             .iter()

@@ -2,8 +2,11 @@
 //!
 //! Every record is checked against the topic's `max_record_bytes` (learned
 //! from the broker) before it is sent, and reading stops at the first that
-//! fails: nothing after a failed line is ever written, and the one line on
-//! stderr says which input lines were written where. Deliveries are awaited
+//! fails, so no line after one too large is ever sent; the one line on
+//! stderr says which input lines were written where. A failure the broker
+//! reports (a full disk, say) is known only when its batch is answered, by
+//! which time later batches may be on their way: the report then also
+//! counts those stored after it. Deliveries are awaited
 //! as they come (at most [`WINDOW`] pending), so memory does not grow with
 //! the input.
 
@@ -51,14 +54,20 @@ struct Tally {
     failed: Option<(u64, ClientError)>,
     /// Records sent whose fate is unknown (the connection was lost).
     unknown: u64,
-    /// Records the broker refused after the first failure.
+    /// Records the broker refused (the first failure included).
     refused: u64,
+    /// Records acknowledged although an earlier line had failed.
+    after_failure: u64,
     skipped: Vec<u64>,
 }
 
 impl Tally {
     fn settle(&mut self, line: u64, outcome: Result<u64, ClientError>) {
         match outcome {
+            // Acknowledged after the first failure (a batch behind it,
+            // already sent): counted apart, so that the lines reported
+            // written are exactly those before the failure.
+            Ok(_) if self.failed.is_some() => self.after_failure += 1,
             Ok(offset) => {
                 self.acked += 1;
                 let (first, _) = self.lines.unwrap_or((line, line));
@@ -96,6 +105,15 @@ impl Tally {
         let mut text = written;
         if let Some((line, e)) = &self.failed {
             text.push_str(&format!("; line {line} failed: {e}"));
+        }
+        if self.refused > 1 {
+            text.push_str(&format!("; {} record(s) refused in all", self.refused));
+        }
+        if self.after_failure > 0 {
+            text.push_str(&format!(
+                "; {} record(s) sent before the failure was known were stored after it",
+                self.after_failure
+            ));
         }
         if self.unknown > 0 {
             text.push_str(&format!(
@@ -158,6 +176,7 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     let mut pending: VecDeque<(u64, Delivery)> = VecDeque::new();
     let mut line = Vec::new();
     let mut number = 0u64;
+    let mut refusal = None;
     while tally.failed.is_none() {
         line.clear();
         let n = lines
@@ -191,7 +210,8 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
                     range: None,
                     resume_at: None,
                 };
-                tally.failed = Some((number, e));
+                // Settled once what was sent before it is answered.
+                refusal = Some((number, e));
                 break;
             }
         }
@@ -219,6 +239,10 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     let flushed = producer.flush().await;
     while let Some((at, delivery)) = pending.pop_front() {
         tally.settle(at, delivery.await);
+    }
+    if let Some((line, e)) = refusal {
+        tally.refused += 1;
+        tally.failed.get_or_insert((line, e));
     }
     if let (Err(e), None) = (flushed, &tally.failed) {
         return Err(format!("{}; {e}", tally.report(&args.topic)));
