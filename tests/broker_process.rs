@@ -104,7 +104,6 @@ async fn describe_after_restart_reports_recovery_free_state() {
 // retention deletion once.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_log_into_a_pipe_is_plain_and_says_each_event_once() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("spool.toml");
@@ -124,20 +123,7 @@ async fn the_log_into_a_pipe_is_plain_and_says_each_event_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(PATIENCE).expect("ready line in time");
-    let addr = line
-        .trim()
-        .strip_prefix("spool listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = common::process::ready_addr(&mut child);
     let mut c = Conn::connect(addr).await;
     let value = vec![7u8; 1000];
     for _ in 0..20 {

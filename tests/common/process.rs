@@ -29,6 +29,13 @@ pub fn spawn(data_dir: &Path, extra: &[&str]) -> Process {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn spool-broker");
+    let addr = ready_addr(&mut child);
+    Process { child, addr }
+}
+
+/// Waits (bounded) for a broker's ready line on its piped stdout and
+/// returns the address it names.
+pub fn ready_addr(child: &mut Child) -> SocketAddr {
     // Read the ready line on a thread, so that a silent broker fails the
     // test instead of hanging it.
     let stdout = child.stdout.take().unwrap();
@@ -39,13 +46,11 @@ pub fn spawn(data_dir: &Path, extra: &[&str]) -> Process {
         let _ = tx.send(line);
     });
     let line = rx.recv_timeout(PATIENCE).expect("ready line in time");
-    let addr = line
-        .trim()
+    line.trim()
         .strip_prefix("spool listening on ")
         .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
         .parse()
-        .unwrap();
-    Process { child, addr }
+        .unwrap()
 }
 
 impl Process {

@@ -46,6 +46,22 @@ impl Drop for Env {
     }
 }
 
+/// Waits for `child`'s output. Every run is bounded: a hung command is
+/// killed, and fails its test.
+fn wait_bounded(child: std::process::Child) -> Output {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let pid = child.id().to_string();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(RUN_LIMIT).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    out
+}
+
 impl Env {
     fn spool(&self, args: &[&str]) -> Command {
         let mut c = Command::new(SPOOL);
@@ -67,17 +83,7 @@ impl Env {
         let writer = std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
         });
-        // Every run is bounded: a hung command is killed, and fails its test.
-        let (done, finished) = std::sync::mpsc::channel::<()>();
-        let pid = child.id().to_string();
-        let watchdog = std::thread::spawn(move || {
-            if finished.recv_timeout(RUN_LIMIT).is_err() {
-                let _ = Command::new("kill").args(["-9", &pid]).status();
-            }
-        });
-        let out = child.wait_with_output().unwrap();
-        let _ = done.send(());
-        watchdog.join().unwrap();
+        let out = wait_bounded(child);
         writer.join().unwrap();
         out
     }
@@ -500,16 +506,7 @@ impl Env {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = child.id().to_string();
-        let (done, finished) = std::sync::mpsc::channel::<()>();
-        let watchdog = std::thread::spawn(move || {
-            if finished.recv_timeout(RUN_LIMIT).is_err() {
-                let _ = Command::new("kill").args(["-9", &pid]).status();
-            }
-        });
-        let out = child.wait_with_output().unwrap();
-        let _ = done.send(());
-        watchdog.join().unwrap();
+        let out = wait_bounded(child);
         (
             out.status,
             String::from_utf8_lossy(&out.stderr).into_owned(),
