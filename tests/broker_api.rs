@@ -154,12 +154,22 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn admin_apis_and_their_errors() {
-    let broker = start(|c| c.server.auto_create_topics = false).await;
+    let broker = start(|c| {
+        c.server.auto_create_topics = false;
+        c.server.max_frame_bytes = 3 << 20;
+    })
+    .await;
     let mut c = broker.connect().await;
     match c.ok(Request::ApiVersions).await {
-        ResponseBody::ApiVersions { server, apis } => {
+        ResponseBody::ApiVersions {
+            server,
+            apis,
+            max_frame_bytes,
+        } => {
             assert!(server.starts_with("spool "));
-            assert_eq!(apis.len(), 8);
+            assert_eq!(apis.len(), 9);
+            // Issue 10, item 7: the broker advertises its frame limit.
+            assert_eq!(max_frame_bytes, 3 << 20);
             assert!(apis.iter().all(|(_, min, max)| *min == 0 && *max == 0));
         }
         other => panic!("{other:?}"),

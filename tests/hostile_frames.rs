@@ -141,7 +141,8 @@ fn topic_of(request: &Request) -> Option<&str> {
         | Request::DescribeTopic { topic }
         | Request::Produce { topic, .. }
         | Request::Fetch { topic, .. }
-        | Request::ListOffsets { topic, .. } => Some(topic),
+        | Request::ListOffsets { topic, .. }
+        | Request::AlterTopic { topic, .. } => Some(topic),
     }
 }
 
@@ -160,7 +161,7 @@ fn is_safe(request: &Request) -> bool {
         Request::CreateTopic { topic, .. } | Request::Produce { topic, .. } => {
             known(topic) || check_name(topic).is_err()
         }
-        Request::DeleteTopic { topic } => topic != STABLE,
+        Request::DeleteTopic { topic } | Request::AlterTopic { topic, .. } => topic != STABLE,
         Request::Fetch { max_wait_ms, .. } => *max_wait_ms <= 10,
         _ => true,
     }

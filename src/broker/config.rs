@@ -229,6 +229,31 @@ impl TopicOverrides {
         })
     }
 
+    /// The settings given here, as `key = value` strings in the units
+    /// DESCRIBE_TOPIC uses (bytes, milliseconds, `unlimited`), in the order
+    /// of [`TopicSettings::to_pairs`].
+    pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        let limit_ms = |l: Limit<Duration>| l.get().map_or("unlimited".to_owned(), ms);
+        let limit = |l: Limit<u64>| l.get().map_or("unlimited".to_owned(), |b| b.to_string());
+        [
+            ("segment_bytes", self.segment_bytes.map(|b| b.to_string())),
+            ("segment_ms", self.segment_ms.map(limit_ms)),
+            ("retention_bytes", self.retention_bytes.map(limit)),
+            ("retention_ms", self.retention_ms.map(limit_ms)),
+            ("flush", self.flush.map(|f| f.as_str().to_owned())),
+            ("flush_interval_ms", self.flush_interval_ms.map(ms)),
+            (
+                "max_record_bytes",
+                self.max_record_bytes.map(|b| b.to_string()),
+            ),
+            ("index_bytes", self.index_bytes.map(|b| b.to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+
     /// `self` over `below`: each key set here wins.
     pub fn over(&self, below: &TopicOverrides) -> TopicOverrides {
         TopicOverrides {
@@ -431,19 +456,102 @@ impl Config {
         Ok(())
     }
 
-    /// The settings every topic starts from: `[defaults]` over the built-in ones.
+    /// The settings every topic starts from: `[defaults]` over the built-in
+    /// ones. The built-in `max_record_bytes` (1 MiB) is lowered to what a
+    /// produce frame can carry when `max_frame_bytes` is smaller.
     pub fn topic_defaults(&self) -> Result<TopicSettings, String> {
-        self.defaults.resolve(&TopicSettings::default())
+        let mut builtin = TopicSettings::default();
+        builtin.max_record_bytes = builtin.max_record_bytes.min(self.record_room().max(1));
+        let settings = self.defaults.resolve(&builtin)?;
+        self.check_record_room(&settings)?;
+        Ok(settings)
     }
 
-    /// The settings of `topic`, given the overrides it was created with.
+    /// The largest record one produce frame can carry.
+    fn record_room(&self) -> u64 {
+        self.server
+            .max_frame_bytes
+            .saturating_sub(crate::protocol::MAX_PRODUCE_OVERHEAD as u64)
+    }
+
+    fn check_record_room(&self, settings: &TopicSettings) -> Result<(), String> {
+        // A record must fit in one produce frame, with the largest topic
+        // name and a batch header around it.
+        let room = self.record_room();
+        if settings.max_record_bytes > room {
+            return Err(format!(
+                "max_record_bytes of {} cannot be produced: a produce frame is at most [server] max_frame_bytes = {}, so a record can be at most {room} bytes",
+                settings.max_record_bytes, self.server.max_frame_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings of `topic`, given the overrides it was created (or last
+    /// altered) with.
     pub fn topic_settings(
         &self,
         topic: &str,
         created_with: &TopicOverrides,
     ) -> Result<TopicSettings, String> {
         let file = self.topics.get(topic).cloned().unwrap_or_default();
-        file.over(created_with).resolve(&self.topic_defaults()?)
+        let settings = file.over(created_with).resolve(&self.topic_defaults()?)?;
+        self.check_record_room(&settings)?;
+        Ok(settings)
+    }
+
+    /// Settings given for `topic` (at creation or by an alter) that its
+    /// `[topics.NAME]` section sets to another value, which wins: one
+    /// message per setting, naming both values.
+    pub fn overruled(&self, topic: &str, given: &TopicOverrides) -> Vec<String> {
+        let Some(file) = self.topics.get(topic) else {
+            return Vec::new();
+        };
+        let pinned = file.to_pairs();
+        given
+            .to_pairs()
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let (_, winner) = pinned.iter().find(|(k, v)| *k == key && *v != value)?;
+                Some(format!(
+                    "{key} = {value} is overruled by the broker's configuration file, which sets {key} = {winner} in [topics.{topic}]"
+                ))
+            })
+            .collect()
+    }
+
+    /// Where each setting of `topic` comes from, in the order of
+    /// [`TopicSettings::to_pairs`]: `file [topics.NAME]`, `topic` (given at
+    /// creation or by an alter, kept in the topic's `topic.toml`),
+    /// `file [defaults]` or `default` (built in).
+    pub fn setting_sources(
+        &self,
+        topic: &str,
+        created_with: &TopicOverrides,
+    ) -> Vec<(String, String)> {
+        let keys = |o: Option<&TopicOverrides>| -> Vec<&'static str> {
+            o.map(|o| o.to_pairs().into_iter().map(|(k, _)| k).collect())
+                .unwrap_or_default()
+        };
+        let file = keys(self.topics.get(topic));
+        let given = keys(Some(created_with));
+        let defaults = keys(Some(&self.defaults));
+        TopicSettings::default()
+            .to_pairs()
+            .into_iter()
+            .map(|(key, _)| {
+                let source = if file.contains(&key.as_str()) {
+                    format!("file [topics.{topic}]")
+                } else if given.contains(&key.as_str()) {
+                    "topic".to_owned()
+                } else if defaults.contains(&key.as_str()) {
+                    "file [defaults]".to_owned()
+                } else {
+                    "default".to_owned()
+                };
+                (key, source)
+            })
+            .collect()
     }
 }
 

@@ -79,12 +79,22 @@ pub async fn dispatch(
                 .iter()
                 .map(|(k, min, max)| (*k as u16, *min, *max))
                 .collect(),
+            max_frame_bytes: broker.config.server.max_frame_bytes as u32,
         })),
         Request::CreateTopic { topic, settings } => {
             let topics = Arc::clone(&broker.topics);
             now(blocking(move || {
                 topics
                     .create(&topic, &settings)
+                    .map(|_| ResponseBody::Empty)
+            })
+            .await)
+        }
+        Request::AlterTopic { topic, set, reset } => {
+            let topics = Arc::clone(&broker.topics);
+            now(blocking(move || {
+                topics
+                    .alter(&topic, &set, &reset)
                     .map(|_| ResponseBody::Empty)
             })
             .await)
@@ -123,7 +133,7 @@ pub async fn dispatch(
                 append_time: appended.append_time,
                 log_start: topic.log().lowest_offset(),
             };
-            if topic.settings().flush != super::config::Flush::Always {
+            if topic.flush() != super::config::Flush::Always {
                 return now(Ok(body));
             }
             Reply::Later(tokio::spawn(async move {
@@ -268,14 +278,16 @@ async fn produce_target(broker: &Arc<Broker>, name: String) -> Result<Arc<Topic>
 fn describe(topic: &Topic) -> ResponseBody {
     let log = topic.log();
     let sidecars = log.sidecars();
+    let current = topic.current();
     ResponseBody::Description(TopicDescription {
         log_start: log.lowest_offset(),
         log_end: topic.visible_end(),
         size_bytes: log.size_bytes(),
         segments: log.segment_count() as u32,
-        settings: topic.settings().to_pairs(),
+        settings: current.effective.to_pairs(),
         torn_files: sidecars.len() as u32,
         torn_bytes: sidecars.iter().map(|s| s.bytes).sum(),
+        sources: current.sources,
     })
 }
 

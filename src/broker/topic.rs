@@ -94,12 +94,26 @@ pub struct Durable {
     pub failed: Option<Arc<str>>,
 }
 
+/// A topic's settings, what it was given, and where each value comes from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub effective: TopicSettings,
+    /// Given at creation, as changed by alters since (kept in `topic.toml`).
+    pub given: TopicOverrides,
+    /// `(key, source)` for each setting (see [`Config::setting_sources`]).
+    pub sources: Vec<(String, String)>,
+}
+
 /// One topic.
 pub struct Topic {
     name: String,
     log: Log,
-    settings: TopicSettings,
-    created_with: TopicOverrides,
+    /// Fixed while the topic is open (the sync task and the acknowledgement
+    /// path are built around them), read on every produce without a lock.
+    flush: Flush,
+    flush_interval: Duration,
+    /// The settings in effect, which ALTER_TOPIC may change.
+    state: Mutex<Settings>,
     /// The end of what consumers may read: the log's end, or for
     /// `flush = "always"` the end of what is synced, so that nobody reads a
     /// record a power cut could take back. Long-polling fetches wait on it.
@@ -135,13 +149,19 @@ impl Topic {
         &self.log
     }
 
-    pub fn settings(&self) -> &TopicSettings {
-        &self.settings
+    /// The settings in effect now.
+    pub fn settings(&self) -> TopicSettings {
+        self.current().effective
     }
 
-    /// The settings given when the topic was created.
-    pub fn created_with(&self) -> &TopicOverrides {
-        &self.created_with
+    /// The settings in effect, those given at creation or by an alter, and
+    /// where each comes from.
+    pub fn current(&self) -> Settings {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn flush(&self) -> Flush {
+        self.flush
     }
 
     pub fn is_closed(&self) -> bool {
@@ -161,7 +181,7 @@ impl Topic {
             self.needs_care.store(true, Ordering::Release);
             self.care.notify_one();
         }
-        if self.settings.flush != Flush::Always {
+        if self.flush != Flush::Always {
             // Appends on two threads can reach this out of order: only ever
             // move the end forward.
             self.advance_visible(appended.next_offset);
@@ -184,7 +204,7 @@ impl Topic {
 
     /// Asks the sync task for a sync soon (`flush = "always"`), without waiting.
     pub fn request_sync(&self) {
-        if self.settings.flush == Flush::Always {
+        if self.flush == Flush::Always {
             self.sync_wanted.notify_one();
         }
     }
@@ -192,7 +212,7 @@ impl Topic {
     /// Waits until offsets below `next_offset` are as durable as the topic's
     /// flush mode promises before an acknowledgement.
     pub async fn committed(&self, next_offset: u64) -> Result<(), StorageError> {
-        if self.settings.flush != Flush::Always {
+        if self.flush != Flush::Always {
             return Ok(());
         }
         let mut durable = self.durable.subscribe();
@@ -231,9 +251,9 @@ impl Topic {
     /// `flush = "interval"`) and publishes what it reports, to release
     /// waiting produces and (for `always`) make records visible.
     async fn run_sync_task(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.settings.flush_interval);
+        let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let periodic = self.settings.flush == Flush::Interval;
+        let periodic = self.flush == Flush::Interval;
         loop {
             tokio::select! {
                 _ = self.sync_wanted.notified() => {}
@@ -267,7 +287,7 @@ impl Topic {
     /// Offsets below `target` are synced: acknowledge them, and (for
     /// `flush = "always"`) let consumers see them.
     fn publish_synced(&self, target: u64) {
-        if self.settings.flush == Flush::Always {
+        if self.flush == Flush::Always {
             // Visible before acknowledged: a consumer told of the ack by its
             // producer must find the record.
             self.advance_visible(target);
@@ -304,12 +324,13 @@ impl Topic {
     /// Deletes the oldest segments while the topic is over retention_bytes
     /// or they are past retention_ms (blocking).
     fn apply_retention(&self, now_ms: i64) -> Result<(), StorageError> {
-        if self.settings.retention_bytes.is_none() && self.settings.retention_ms.is_none() {
+        let settings = self.settings();
+        if settings.retention_bytes.is_none() && settings.retention_ms.is_none() {
             return Ok(());
         }
         let policy = Retention {
-            max_bytes: self.settings.retention_bytes,
-            max_age: self.settings.retention_ms,
+            max_bytes: settings.retention_bytes,
+            max_age: settings.retention_ms,
         };
         let removed = self.log.apply_retention(policy, now_ms)?;
         if removed.segments > 0 {
@@ -461,11 +482,17 @@ impl Topics {
             tracing::warn!(topic = %name, segment = base, ?report, "recovery repaired the log");
         }
         let next = log.next_offset();
+        let sources = self.config.setting_sources(name, &created_with);
         let topic = Arc::new(Topic {
             name: name.to_owned(),
             log,
-            settings,
-            created_with,
+            flush: settings.flush,
+            flush_interval: settings.flush_interval,
+            state: Mutex::new(Settings {
+                effective: settings,
+                given: created_with,
+                sources,
+            }),
             visible: watch::Sender::new(next),
             durable: watch::Sender::new(Durable {
                 synced: next,
@@ -477,7 +504,7 @@ impl Topics {
             needs_care: AtomicBool::new(false),
             care: Arc::clone(&self.care),
         });
-        if topic.settings.flush != Flush::Never {
+        if topic.flush != Flush::Never {
             tokio::spawn(Arc::clone(&topic).run_sync_task());
         }
         Ok(topic)
@@ -545,6 +572,22 @@ impl Topics {
                 name: name.to_owned(),
                 reason,
             })?;
+        // A setting the file pins to another value would be silently lost.
+        let overruled = self.config.overruled(name, &created_with);
+        if !overruled.is_empty() {
+            return Err(TopicError::InvalidConfig {
+                name: name.to_owned(),
+                reason: format!(
+                    "{}; create it without {}, or change the file",
+                    overruled.join("; "),
+                    if overruled.len() == 1 {
+                        "that setting"
+                    } else {
+                        "those settings"
+                    }
+                ),
+            });
+        }
         // Check the settings before anything touches the disk.
         self.config
             .topic_settings(name, &created_with)
@@ -593,6 +636,112 @@ impl Topics {
         };
         self.map.insert(name.to_owned(), Arc::clone(&topic));
         tracing::info!(topic = %name, "created topic");
+        Ok(topic)
+    }
+
+    /// Changes a running topic's settings (blocking): `set` as in
+    /// [`Topics::create`], `reset` keys back to what lies below the topic's
+    /// own settings. Persisted in `topic.toml` before it takes effect;
+    /// retention and age-based rolls then run at once with the new values.
+    /// `flush` and `flush_interval_ms` cannot change while the topic runs,
+    /// and a setting the configuration file pins for this topic is refused,
+    /// as at creation.
+    pub fn alter(
+        &self,
+        name: &str,
+        set: &[(String, String)],
+        reset: &[String],
+    ) -> Result<Arc<Topic>, TopicError> {
+        let invalid = |reason: String| TopicError::InvalidConfig {
+            name: name.to_owned(),
+            reason,
+        };
+        let topic = self.lookup(name)?;
+        if set.is_empty() && reset.is_empty() {
+            return Err(invalid(
+                "nothing to change: give settings to set or to reset".into(),
+            ));
+        }
+        let keys: Vec<String> = TopicSettings::default()
+            .to_pairs()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        if let Some(key) = reset.iter().find(|k| !keys.contains(k)) {
+            return Err(invalid(format!(
+                "cannot reset `{key}`: the settings are {}",
+                keys.join(", ")
+            )));
+        }
+        let given = TopicOverrides::from_pairs(set).map_err(invalid)?;
+        let mut overruled = self.config.overruled(name, &given);
+        if let Some(file) = self.config.topics.get(name) {
+            let pinned = file.to_pairs();
+            for key in reset {
+                if let Some((_, v)) = pinned.iter().find(|(k, _)| k == key) {
+                    overruled.push(format!(
+                        "resetting {key} changes nothing: the broker's configuration file sets {key} = {v} in [topics.{name}]"
+                    ));
+                }
+            }
+        }
+        if !overruled.is_empty() {
+            return Err(invalid(overruled.join("; ")));
+        }
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let current = topic.current();
+        let mut pairs: Vec<(String, String)> = current
+            .given
+            .to_pairs()
+            .into_iter()
+            .filter(|(k, _)| {
+                !reset.iter().any(|r| r == k) && given.to_pairs().iter().all(|(g, _)| g != k)
+            })
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        pairs.extend(given.to_pairs().into_iter().map(|(k, v)| (k.to_owned(), v)));
+        let next = TopicOverrides::from_pairs(&pairs).map_err(invalid)?;
+        let settings = self.config.topic_settings(name, &next).map_err(invalid)?;
+        let old = &current.effective;
+        for (key, changed) in [
+            ("flush", settings.flush != old.flush),
+            (
+                "flush_interval_ms",
+                settings.flush_interval != old.flush_interval,
+            ),
+        ] {
+            if changed {
+                return Err(invalid(format!(
+                    "{key} cannot change while the topic runs (the topic's durability is built around it); create a new topic with the {key} you want"
+                )));
+            }
+        }
+        write_settings(&*self.vfs, name, &self.dir.join(name), &pairs)?;
+        topic
+            .log
+            .set_limits(&settings.log_config(self.config.server.max_frame_bytes))
+            .map_err(|source| TopicError::Storage {
+                name: name.to_owned(),
+                source,
+            })?;
+        let sources = self.config.setting_sources(name, &next);
+        let changes: Vec<String> = settings
+            .to_pairs()
+            .into_iter()
+            .zip(old.to_pairs())
+            .filter(|(new, was)| new != was)
+            .map(|((k, v), (_, was))| format!("{k}: {was} -> {v}"))
+            .collect();
+        *topic.state.lock().unwrap_or_else(|p| p.into_inner()) = Settings {
+            effective: settings,
+            given: next,
+            sources,
+        };
+        tracing::info!(topic = %name, changes = %changes.join(", "), "altered topic");
+        // The new retention and roll age apply now, not at the next check.
+        if let Err(e) = topic.maintain(now_ms()) {
+            tracing::warn!(topic = %name, error = %e, "retention after an alter failed");
+        }
         Ok(topic)
     }
 

@@ -20,10 +20,11 @@ pub enum ApiKey {
     Produce = 5,
     Fetch = 6,
     ListOffsets = 7,
+    AlterTopic = 8,
 }
 
 /// Every API with the versions the broker supports: `(key, min, max)`.
-pub const API_VERSIONS: [(ApiKey, u16, u16); 8] = [
+pub const API_VERSIONS: [(ApiKey, u16, u16); 9] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::CreateTopic, 0, 0),
     (ApiKey::DeleteTopic, 0, 0),
@@ -32,6 +33,7 @@ pub const API_VERSIONS: [(ApiKey, u16, u16); 8] = [
     (ApiKey::Produce, 0, 0),
     (ApiKey::Fetch, 0, 0),
     (ApiKey::ListOffsets, 0, 0),
+    (ApiKey::AlterTopic, 0, 0),
 ];
 
 impl ApiKey {
@@ -49,6 +51,7 @@ impl ApiKey {
             ApiKey::Produce => "PRODUCE",
             ApiKey::Fetch => "FETCH",
             ApiKey::ListOffsets => "LIST_OFFSETS",
+            ApiKey::AlterTopic => "ALTER_TOPIC",
         }
     }
 }
@@ -136,7 +139,22 @@ pub enum Request {
         topic: String,
         spec: OffsetSpec,
     },
+    /// Changes a running topic's settings: `set` are `key = value` pairs as
+    /// in CREATE_TOPIC, `reset` keys go back to the value below the topic's
+    /// own (the file's `[defaults]`, or the built-in default).
+    AlterTopic {
+        topic: String,
+        set: Vec<(String, String)>,
+        reset: Vec<String>,
+    },
 }
+
+/// Most bytes a produce frame holds besides its batch's records: the
+/// request header, the longest topic name (249 bytes and its length), acks,
+/// the batch length and the batch header. A record of `max_frame_bytes`
+/// minus this always fits in one frame.
+pub const MAX_PRODUCE_OVERHEAD: usize =
+    REQUEST_HEADER_LEN + 2 + 249 + 1 + 4 + crate::batch::HEADER_LEN;
 
 /// Smallest encoding of a `(string, string)` pair: two empty strings.
 const MIN_PAIR_LEN: usize = 4;
@@ -159,6 +177,7 @@ impl Request {
             Request::Produce { .. } => ApiKey::Produce,
             Request::Fetch { .. } => ApiKey::Fetch,
             Request::ListOffsets { .. } => ApiKey::ListOffsets,
+            Request::AlterTopic { .. } => ApiKey::AlterTopic,
         }
     }
 
@@ -180,20 +199,24 @@ impl Request {
             ApiKey::ApiVersions => Request::ApiVersions,
             ApiKey::CreateTopic => {
                 let topic = r.string("topic")?;
-                let count = r.count("settings", MIN_PAIR_LEN)?;
+                let settings = parse_settings(&mut r)?;
+                Request::CreateTopic { topic, settings }
+            }
+            ApiKey::AlterTopic => {
+                let topic = r.string("topic")?;
+                let set = parse_settings(&mut r)?;
+                let count = r.count("reset", 2)?;
                 if count > MAX_SETTINGS {
                     return Err(ProtocolError::BadValue {
-                        field: "settings",
-                        reason: format!("{count} settings; at most {MAX_SETTINGS} are allowed"),
+                        field: "reset",
+                        reason: format!("{count} keys; at most {MAX_SETTINGS} are allowed"),
                     });
                 }
-                let mut settings = Vec::with_capacity(count);
+                let mut reset = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let key = r.string_at_most("setting key", MAX_SETTING_KEY)?;
-                    let value = r.string_at_most("setting value", MAX_SETTING_VALUE)?;
-                    settings.push((key, value));
+                    reset.push(r.string_at_most("setting key", MAX_SETTING_KEY)?);
                 }
-                Request::CreateTopic { topic, settings }
+                Request::AlterTopic { topic, set, reset }
             }
             ApiKey::DeleteTopic => Request::DeleteTopic {
                 topic: r.string("topic")?,
@@ -258,10 +281,14 @@ impl Request {
             Request::ApiVersions | Request::ListTopics => {}
             Request::CreateTopic { topic, settings } => {
                 put_string(out, topic);
-                out.put_u32(settings.len() as u32);
-                for (k, v) in settings {
+                put_pairs(out, settings);
+            }
+            Request::AlterTopic { topic, set, reset } => {
+                put_string(out, topic);
+                put_pairs(out, set);
+                out.put_u32(reset.len() as u32);
+                for k in reset {
                     put_string(out, k);
-                    put_string(out, v);
                 }
             }
             Request::DeleteTopic { topic } | Request::DescribeTopic { topic } => {
@@ -316,6 +343,46 @@ impl Request {
     }
 }
 
+/// `[string key, string value]`, as CREATE_TOPIC and ALTER_TOPIC carry
+/// them: at most [`MAX_SETTINGS`], each key and value of bounded length.
+fn parse_settings(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, ProtocolError> {
+    let count = r.count("settings", MIN_PAIR_LEN)?;
+    if count > MAX_SETTINGS {
+        return Err(ProtocolError::BadValue {
+            field: "settings",
+            reason: format!("{count} settings; at most {MAX_SETTINGS} are allowed"),
+        });
+    }
+    let mut settings = Vec::with_capacity(count);
+    for _ in 0..count {
+        let key = r.string_at_most("setting key", MAX_SETTING_KEY)?;
+        let value = r.string_at_most("setting value", MAX_SETTING_VALUE)?;
+        settings.push((key, value));
+    }
+    Ok(settings)
+}
+
+/// `[string, string]` in a response (whose size the client bounds).
+fn parse_pairs(
+    r: &mut Reader<'_>,
+    field: &'static str,
+) -> Result<Vec<(String, String)>, ProtocolError> {
+    let count = r.count(field, MIN_PAIR_LEN)?;
+    let mut pairs = Vec::with_capacity(count);
+    for _ in 0..count {
+        pairs.push((r.string("key")?, r.string("value")?));
+    }
+    Ok(pairs)
+}
+
+fn put_pairs(out: &mut BytesMut, pairs: &[(String, String)]) {
+    out.put_u32(pairs.len() as u32);
+    for (k, v) in pairs {
+        put_string(out, k);
+        put_string(out, v);
+    }
+}
+
 /// A topic as DESCRIBE_TOPIC reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDescription {
@@ -329,6 +396,10 @@ pub struct TopicDescription {
     /// bytes (counted in `size_bytes` too).
     pub torn_files: u32,
     pub torn_bytes: u64,
+    /// Where each setting's value comes from, `(key, source)`: `default`,
+    /// `file [defaults]`, `topic` (given at creation or by ALTER_TOPIC) or
+    /// `file [topics.NAME]`.
+    pub sources: Vec<(String, String)>,
 }
 
 /// The body of a successful response.
@@ -337,8 +408,10 @@ pub enum ResponseBody {
     ApiVersions {
         server: String,
         apis: Vec<(u16, u16, u16)>,
+        /// The largest frame the broker reads (its `max_frame_bytes`).
+        max_frame_bytes: u32,
     },
-    /// CREATE_TOPIC and DELETE_TOPIC.
+    /// CREATE_TOPIC, DELETE_TOPIC and ALTER_TOPIC.
     Empty,
     Topics(Vec<String>),
     Description(TopicDescription),
@@ -418,7 +491,11 @@ impl Response {
                 out.put_u16(ErrorCode::None as u16);
                 out.put_u16(0); // empty message
                 match body {
-                    ResponseBody::ApiVersions { server, apis } => {
+                    ResponseBody::ApiVersions {
+                        server,
+                        apis,
+                        max_frame_bytes,
+                    } => {
                         put_string(&mut out, server);
                         out.put_u32(apis.len() as u32);
                         for (k, min, max) in apis {
@@ -426,6 +503,7 @@ impl Response {
                             out.put_u16(*min);
                             out.put_u16(*max);
                         }
+                        out.put_u32(*max_frame_bytes);
                     }
                     ResponseBody::Empty => {}
                     ResponseBody::Topics(names) => {
@@ -439,13 +517,10 @@ impl Response {
                         out.put_u64(d.log_end);
                         out.put_u64(d.size_bytes);
                         out.put_u32(d.segments);
-                        out.put_u32(d.settings.len() as u32);
-                        for (k, v) in &d.settings {
-                            put_string(&mut out, k);
-                            put_string(&mut out, v);
-                        }
+                        put_pairs(&mut out, &d.settings);
                         out.put_u32(d.torn_files);
                         out.put_u64(d.torn_bytes);
+                        put_pairs(&mut out, &d.sources);
                     }
                     ResponseBody::Produced {
                         base_offset,
@@ -535,9 +610,13 @@ impl Response {
                         r.u16("max_version")?,
                     ));
                 }
-                ResponseBody::ApiVersions { server, apis }
+                ResponseBody::ApiVersions {
+                    server,
+                    apis,
+                    max_frame_bytes: r.u32("max_frame_bytes")?,
+                }
             }
-            ApiKey::CreateTopic | ApiKey::DeleteTopic => ResponseBody::Empty,
+            ApiKey::CreateTopic | ApiKey::DeleteTopic | ApiKey::AlterTopic => ResponseBody::Empty,
             ApiKey::ListTopics => {
                 let count = r.count("topics", 2)?;
                 let mut names = Vec::with_capacity(count);
@@ -551,19 +630,18 @@ impl Response {
                 let log_end = r.u64("log_end")?;
                 let size_bytes = r.u64("size_bytes")?;
                 let segments = r.u32("segments")?;
-                let count = r.count("settings", MIN_PAIR_LEN)?;
-                let mut settings = Vec::with_capacity(count);
-                for _ in 0..count {
-                    settings.push((r.string("setting key")?, r.string("setting value")?));
-                }
+                let settings = parse_pairs(&mut r, "settings")?;
+                let torn_files = r.u32("torn_files")?;
+                let torn_bytes = r.u64("torn_bytes")?;
                 ResponseBody::Description(TopicDescription {
                     log_start,
                     log_end,
                     size_bytes,
                     segments,
                     settings,
-                    torn_files: r.u32("torn_files")?,
-                    torn_bytes: r.u64("torn_bytes")?,
+                    torn_files,
+                    torn_bytes,
+                    sources: parse_pairs(&mut r, "sources")?,
                 })
             }
             ApiKey::Produce => ResponseBody::Produced {
@@ -633,6 +711,11 @@ mod tests {
             ],
         });
         round_trip(Request::DeleteTopic { topic: "t".into() });
+        round_trip(Request::AlterTopic {
+            topic: "t".into(),
+            set: vec![("retention_ms".into(), "1h".into())],
+            reset: vec!["segment_bytes".into()],
+        });
         round_trip(Request::ListTopics);
         round_trip(Request::DescribeTopic { topic: "t".into() });
         round_trip(Request::Produce {
@@ -740,6 +823,7 @@ mod tests {
             Ok(ResponseBody::ApiVersions {
                 server: "spool 0.1".into(),
                 apis: vec![(0, 0, 0), (5, 0, 0)],
+                max_frame_bytes: 16 << 20,
             }),
         );
         response_round_trip(ApiKey::CreateTopic, Ok(ResponseBody::Empty));
@@ -757,6 +841,7 @@ mod tests {
                 settings: vec![("flush".into(), "always".into())],
                 torn_files: 1,
                 torn_bytes: 77,
+                sources: vec![("flush".into(), "file [topics.t]".into())],
             })),
         );
         response_round_trip(

@@ -48,7 +48,7 @@ mod wire;
 
 pub use message::{
     Acks, ApiKey, ErrorBody, OffsetSpec, Request, RequestHeader, Response, ResponseBody,
-    TopicDescription, API_VERSIONS, REQUEST_HEADER_LEN,
+    TopicDescription, API_VERSIONS, MAX_PRODUCE_OVERHEAD, REQUEST_HEADER_LEN,
 };
 pub use wire::{put_bytes, put_string, Reader};
 

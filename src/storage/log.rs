@@ -22,7 +22,7 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -142,7 +142,15 @@ struct SyncState {
 pub struct Log {
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
-    config: LogConfig,
+    /// `segment_bytes`, `segment_age`, `index_bytes` and `max_record_bytes`
+    /// may change while the log is open ([`Log::set_limits`]); each new
+    /// decision (a roll, the next segment's files) uses the current values.
+    config: RwLock<LogConfig>,
+    /// `config.max_record_bytes`, read without a lock on every append.
+    max_record_bytes: AtomicU32,
+    /// Fixed while open: `config.max_batch_bytes` and `config.sync`.
+    max_batch_bytes: u32,
+    sync_mode: SyncMode,
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     writer: Mutex<Writer>,
     next_offset: AtomicU64,
@@ -257,7 +265,10 @@ impl Log {
         let log = Log {
             vfs,
             dir,
-            config,
+            max_record_bytes: AtomicU32::new(config.max_record_bytes),
+            max_batch_bytes: config.max_batch_bytes,
+            sync_mode: config.sync,
+            config: RwLock::new(config),
             segments: RwLock::new(Arc::new(segments)),
             writer: Mutex::new(writer),
             next_offset: AtomicU64::new(next_offset),
@@ -314,7 +325,7 @@ impl Log {
         if ready || closed {
             return Ok(());
         }
-        let spare = Spare::create(&*self.vfs, &self.dir, self.config.index_entries(0))?;
+        let spare = Spare::create(&*self.vfs, &self.dir, self.config().index_entries(0))?;
         *lock(&self.spare) = Some(spare);
         Ok(())
     }
@@ -339,8 +350,34 @@ impl Log {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    /// The configuration in effect now.
+    pub fn config(&self) -> LogConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the limits that only steer future decisions: when the active
+    /// segment rolls (`segment_bytes`, `segment_age`), how large the next
+    /// segments' indexes may grow (`index_bytes`), the largest record the
+    /// next appends accept (`max_record_bytes`). The sync mode and the batch
+    /// limit stay as opened. A spare segment made before the change keeps
+    /// the index size it was made with (a full index just rolls earlier).
+    pub fn set_limits(&self, limits: &LogConfig) -> Result<()> {
+        let mut next = self.config();
+        next.segment_bytes = limits.segment_bytes;
+        next.segment_age = limits.segment_age;
+        next.index_bytes = limits.index_bytes;
+        next.max_record_bytes = limits.max_record_bytes;
+        next.validate().map_err(|reason| StorageError::BadLayout {
+            path: self.dir.clone(),
+            reason,
+        })?;
+        self.max_record_bytes
+            .store(next.max_record_bytes, Ordering::Relaxed);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
     }
 
     /// What recovery repaired at open, per segment base offset.
@@ -419,14 +456,15 @@ impl Log {
     /// reached the kernel and is visible to readers; call [`Log::commit`] to
     /// wait until it is as durable as the sync mode promises.
     pub fn append(&self, batch: &mut [u8]) -> Result<Appended> {
-        if batch.len() > self.config.max_batch_bytes as usize {
+        if batch.len() > self.max_batch_bytes as usize {
             return Err(StorageError::BatchTooLarge {
                 size: batch.len(),
-                max: self.config.max_batch_bytes,
+                max: self.max_batch_bytes,
             });
         }
         // Validation needs no lock: do it before taking one.
-        let header = batch::validate_limited(batch, self.config.max_record_bytes as usize)?;
+        let max_record = self.max_record_bytes.load(Ordering::Relaxed);
+        let header = batch::validate_limited(batch, max_record as usize)?;
         let mut w = lock(&self.writer);
         if let Some(reason) = &w.fenced {
             return Err(StorageError::Fenced {
@@ -481,14 +519,15 @@ impl Log {
         }
         let base = active.segment().base_offset();
         let next = self.next_offset.load(Ordering::Relaxed);
-        let aged = match (
-            self.config.segment_age,
-            active.segment().first_append_time(),
-        ) {
+        let (segment_age, segment_bytes) = {
+            let config = self.config.read().unwrap_or_else(|p| p.into_inner());
+            (config.segment_age, config.segment_bytes)
+        };
+        let aged = match (segment_age, active.segment().first_append_time()) {
             (Some(age), Some(first)) => now.saturating_sub(first) >= millis(age),
             _ => false,
         };
-        end + len > self.config.segment_bytes
+        end + len > segment_bytes
             || active.index_full()
             || next + count - base > u64::from(u32::MAX)
             || aged
@@ -522,7 +561,7 @@ impl Log {
                 Err(e) => return Err(fence(w, e)),
             },
             // A full disk fails here, leaving the log as it was.
-            None => Segment::create(&self.vfs, &self.dir, next, self.config.index_entries(0))?,
+            None => Segment::create(&self.vfs, &self.dir, next, self.config().index_entries(0))?,
         };
         let segment = Arc::new(segment);
         let writer = match segment.writer() {
@@ -554,7 +593,7 @@ impl Log {
             return Ok(false);
         }
         let due = match (
-            self.config.segment_age,
+            self.config().segment_age,
             w.active
                 .as_ref()
                 .and_then(|a| a.segment().first_append_time()),
@@ -582,7 +621,7 @@ impl Log {
                     reason: reason.clone(),
                 });
             }
-            match self.config.sync {
+            match self.sync_mode {
                 SyncMode::Always => true,
                 SyncMode::Never => false,
                 SyncMode::Interval(every) => {
@@ -964,7 +1003,7 @@ impl Log {
                 &self.vfs,
                 &self.dir,
                 0,
-                self.config.index_entries(0),
+                self.config().index_entries(0),
             )?);
             fs::sync_dir(&*self.vfs, &self.dir)?;
             let writer = segment.writer()?;

@@ -1,7 +1,8 @@
 //! `spool`: talk to a Spool broker from the shell.
 //!
 //! ```text
-//! spool topic create NAME [--retention-bytes N] [--retention-ms N] [--segment-bytes N] [--flush MODE]
+//! spool topic create NAME [--retention-bytes N] [--retention-ms N] [--segment-bytes N] [--flush MODE] [--config K=V]
+//! spool topic alter NAME [the same settings] [--reset KEY]
 //! spool topic list | describe NAME | delete NAME
 //! spool produce TOPIC [--file PATH] [--key KEY] [--batch-size BYTES] [--linger-ms MS]
 //! spool consume TOPIC [--offset N | --from-beginning | --from-end | --from-time T] [--follow] [--max N] [--format raw|json]
@@ -63,30 +64,77 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// Topic settings, for `create` and `alter`.
+#[derive(Debug, clap::Args)]
+struct SettingArgs {
+    /// Delete old segments while the topic is larger than this (bytes, or e.g. "10GiB", or "unlimited").
+    #[arg(long, value_name = "SIZE")]
+    retention_bytes: Option<String>,
+    /// Delete records older than this (ms, or e.g. "7d", or "unlimited").
+    #[arg(long, value_name = "DURATION")]
+    retention_ms: Option<String>,
+    /// Size at which a segment file rolls (bytes, or e.g. "1GiB").
+    #[arg(long, value_name = "SIZE")]
+    segment_bytes: Option<String>,
+    /// Age at which a segment rolls (ms, or e.g. "1d").
+    #[arg(long, value_name = "DURATION")]
+    segment_ms: Option<String>,
+    /// Largest record the topic takes (bytes, or e.g. "4MiB").
+    #[arg(long, value_name = "SIZE")]
+    max_record_bytes: Option<String>,
+    /// When produces are acknowledged: always, interval or never (fixed once the topic exists).
+    #[arg(long, value_name = "MODE")]
+    flush: Option<String>,
+    /// Any topic setting, as KEY=VALUE (repeatable; see docs/CLI.md).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    config: Vec<String>,
+}
+
+impl SettingArgs {
+    fn pairs(self) -> Result<Vec<(String, String)>, String> {
+        let mut settings: Vec<(String, String)> = [
+            ("retention_bytes", self.retention_bytes),
+            ("retention_ms", self.retention_ms),
+            ("segment_bytes", self.segment_bytes),
+            ("segment_ms", self.segment_ms),
+            ("max_record_bytes", self.max_record_bytes),
+            ("flush", self.flush),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+        .collect();
+        for pair in self.config {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("--config {pair}: expected KEY=VALUE"))?;
+            settings.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        Ok(settings)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum TopicCommand {
     /// Create a topic.
     Create {
         name: String,
-        /// Delete old segments while the topic is larger than this (bytes, or e.g. "10GiB").
-        #[arg(long)]
-        retention_bytes: Option<String>,
-        /// Delete segments older than this (ms, or e.g. "7d").
-        #[arg(long)]
-        retention_ms: Option<String>,
-        /// Size at which a segment file rolls (bytes, or e.g. "1GiB").
-        #[arg(long)]
-        segment_bytes: Option<String>,
-        /// When produces are acknowledged: always, interval or never.
-        #[arg(long)]
-        flush: Option<String>,
-        /// Any other topic setting, as KEY=VALUE (repeatable).
-        #[arg(long = "config", value_name = "KEY=VALUE")]
-        config: Vec<String>,
+        #[command(flatten)]
+        settings: SettingArgs,
+    },
+    /// Change a running topic's settings (kept across restarts; retention
+    /// applies the new values at once).
+    Alter {
+        name: String,
+        #[command(flatten)]
+        settings: SettingArgs,
+        /// Put a setting back to the broker's default (repeatable).
+        #[arg(long, value_name = "KEY")]
+        reset: Vec<String>,
     },
     /// List topic names.
     List,
-    /// Show a topic's offsets, size and settings.
+    /// Show a topic's offsets, size, and each setting with where its value
+    /// comes from (default, file [defaults], topic, file [topics.NAME]).
     Describe { name: String },
     /// Delete a topic and all its records.
     Delete { name: String },
@@ -182,40 +230,35 @@ fn check_address(addr: &str) -> Result<(), String> {
     }
 }
 
+fn as_strs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 async fn topic(client: Client, command: TopicCommand) -> Result<(), String> {
     match command {
-        TopicCommand::Create {
-            name,
-            retention_bytes,
-            retention_ms,
-            segment_bytes,
-            flush,
-            config,
-        } => {
-            let mut settings: Vec<(String, String)> = [
-                ("retention_bytes", retention_bytes),
-                ("retention_ms", retention_ms),
-                ("segment_bytes", segment_bytes),
-                ("flush", flush),
-            ]
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
-            .collect();
-            for pair in config {
-                let (k, v) = pair
-                    .split_once('=')
-                    .ok_or_else(|| format!("--config {pair}: expected KEY=VALUE"))?;
-                settings.push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-            let pairs: Vec<(&str, &str)> = settings
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
+        TopicCommand::Create { name, settings } => {
+            let settings = settings.pairs()?;
             client
-                .create_topic(&name, &pairs)
+                .create_topic(&name, &as_strs(&settings))
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!("created topic {name}");
+        }
+        TopicCommand::Alter {
+            name,
+            settings,
+            reset,
+        } => {
+            let settings = settings.pairs()?;
+            let reset: Vec<&str> = reset.iter().map(String::as_str).collect();
+            client
+                .alter_topic(&name, &as_strs(&settings), &reset)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("altered topic {name}");
         }
         TopicCommand::List => {
             for name in client.list_topics().await.map_err(|e| e.to_string())? {
@@ -248,7 +291,12 @@ async fn topic(client: Client, command: TopicCommand) -> Result<(), String> {
                 ))?;
             }
             for (k, v) in &d.settings {
-                print_line(format_args!("{:<20}{v}", format!("{k}:")))?;
+                let source = d
+                    .sources
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map_or("", |(_, s)| s.as_str());
+                print_line(format_args!("{:<20}{:<16}({source})", format!("{k}:"), v))?;
             }
         }
         TopicCommand::Delete { name } => {

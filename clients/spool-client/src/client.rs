@@ -170,6 +170,27 @@ impl Client {
         )
     }
 
+    /// Changes a topic's settings while it runs: `set` as in
+    /// [`Client::create_topic`], `reset` keys back to the broker's default.
+    pub async fn alter_topic(
+        &self,
+        topic: &str,
+        set: &[(&str, &str)],
+        reset: &[&str],
+    ) -> Result<()> {
+        expect_empty(
+            self.call(Request::AlterTopic {
+                topic: topic.to_owned(),
+                set: set
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                reset: reset.iter().map(|k| k.to_string()).collect(),
+            })
+            .await?,
+        )
+    }
+
     pub async fn delete_topic(&self, topic: &str) -> Result<()> {
         expect_empty(
             self.call(Request::DeleteTopic {
@@ -320,7 +341,12 @@ async fn dial(addr: &str, config: &ClientConfig) -> Result<Connection> {
             ))
         })?;
     match answer.and_then(|r| r.body.map_err(ClientError::from)) {
-        Ok(ResponseBody::ApiVersions { .. }) => Ok(conn),
+        Ok(ResponseBody::ApiVersions {
+            max_frame_bytes, ..
+        }) => {
+            conn.set_max_frame(max_frame_bytes);
+            Ok(conn)
+        }
         Ok(other) => Err(failed(format!("handshake answered with {other:?}"))),
         Err(e) => Err(failed(format!(
             "the answer to the opening handshake is not Spool's ({e}; is it a Spool broker?)"

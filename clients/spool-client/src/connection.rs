@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use spool::protocol::{Acks, ApiKey, Request, Response};
+use spool::protocol::{Acks, ApiKey, Request, Response, FRAME_PREFIX_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -41,6 +41,10 @@ pub(crate) struct Connection {
     next_id: AtomicU32,
     broken: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
+    /// The broker's `max_frame_bytes`, learnt from the handshake: a larger
+    /// frame is refused here, before a byte of it is sent (the broker would
+    /// close the connection on it).
+    max_frame: AtomicU32,
 }
 
 impl Drop for Connection {
@@ -83,7 +87,12 @@ impl Connection {
             next_id: AtomicU32::new(1),
             broken,
             reader,
+            max_frame: AtomicU32::new(u32::MAX),
         }
+    }
+
+    pub fn set_max_frame(&self, bytes: u32) {
+        self.max_frame.store(bytes, Ordering::Relaxed);
     }
 
     pub fn is_broken(&self) -> bool {
@@ -120,6 +129,15 @@ impl Connection {
         parts: &[&[u8]],
         answered: bool,
     ) -> Result<ResponseFuture> {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() - FRAME_PREFIX_LEN;
+        let max = self.max_frame.load(Ordering::Relaxed);
+        if len > max as usize {
+            return Err(ClientError::TooLarge {
+                what: api.name(),
+                size: len,
+                max,
+            });
+        }
         let (tx, rx) = oneshot::channel();
         let mut writer = self.writer.lock().await;
         if self.is_broken() {

@@ -35,6 +35,13 @@ pub enum ClientError {
     /// The response did not have the shape the request calls for.
     #[error("unexpected response: {0}")]
     Unexpected(String),
+    /// A request larger than the broker reads: refused before sending.
+    #[error("a {what} request of {size} bytes exceeds the broker's max_frame_bytes of {max}; it was not sent")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: u32,
+    },
     /// The call was given invalid arguments.
     #[error("{0}")]
     Invalid(String),

@@ -361,6 +361,7 @@ async fn handshaking_peer(
                     body: Ok(ResponseBody::ApiVersions {
                         server: "deaf".into(),
                         apis: vec![],
+                        max_frame_bytes: u32::MAX,
                     }),
                 };
                 socket.write_all(&handshake.encode_to_vec()).await.unwrap();
@@ -509,6 +510,7 @@ async fn holding_broker(
                     None => ResponseBody::ApiVersions {
                         server: "holding".into(),
                         apis: vec![],
+                        max_frame_bytes: u32::MAX,
                     },
                     Some(n) => {
                         if !released {
