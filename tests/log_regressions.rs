@@ -247,6 +247,9 @@ impl Vfs for GateFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.inner.rename(from, to)
     }
+    fn replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.replace(from, to)
+    }
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.inner.remove_dir_all(dir)
     }

@@ -131,6 +131,9 @@ impl Vfs for GateFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         OsVfs.rename(from, to)
     }
+    fn replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsVfs.replace(from, to)
+    }
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         OsVfs.remove_dir_all(dir)
     }

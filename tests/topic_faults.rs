@@ -192,3 +192,42 @@ async fn a_failed_operation_leaves_topic_creation_and_deletion_usable() {
         topics.close_all();
     }
 }
+
+/// Issue 10, item 3: a power cut during an alter leaves the old settings or
+/// the new ones, and an acknowledged alter's settings are there after it.
+#[tokio::test]
+async fn a_power_cut_during_an_alter_leaves_the_old_settings_or_the_new() {
+    let setup = |fs: &SimFs| {
+        let topics = Topics::load_with(config(), fs.shared()).unwrap();
+        topics.create("t", &settings()).unwrap();
+        topics.close_all();
+    };
+    let alter = |t: &Topics| {
+        t.alter("t", &[("retention_ms".into(), "1h".into())], &[])
+            .is_ok()
+    };
+    let ops = operations(&setup, &alter);
+    let (mut old, mut new) = (0, 0);
+    for n in 1..=ops + 1 {
+        for seed in 0..common::trials(8, 64) {
+            let (altered, topics) = crash_at(n, seed, &setup, &alter);
+            let topic = topics
+                .get("t")
+                .unwrap_or_else(|| panic!("op {n}, seed {seed}: the topic is gone"));
+            let hours = topic.settings().retention_ms.map(|d| d.as_secs() / 3600);
+            match hours {
+                Some(72) => {
+                    assert!(
+                        !altered,
+                        "op {n}, seed {seed}: an acknowledged alter was lost"
+                    );
+                    old += 1;
+                }
+                Some(1) => new += 1,
+                other => panic!("op {n}, seed {seed}: retention_ms came back as {other:?} hours"),
+            }
+            topics.close_all();
+        }
+    }
+    assert!(old > 0 && new > 0, "old {old}, new {new}");
+}

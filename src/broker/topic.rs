@@ -572,6 +572,18 @@ impl Topics {
                 name: name.to_owned(),
                 reason,
             })?;
+        // Check the settings before anything touches the disk.
+        self.config
+            .topic_settings(name, &created_with)
+            .map_err(|reason| TopicError::InvalidConfig {
+                name: name.to_owned(),
+                reason,
+            })?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if self.map.contains_key(name) {
+            return Err(TopicError::AlreadyExists(name.to_owned()));
+        }
+        self.refuse_broken(name)?;
         // A setting the file pins to another value would be silently lost.
         let overruled = self.config.overruled(name, &created_with);
         if !overruled.is_empty() {
@@ -588,18 +600,6 @@ impl Topics {
                 ),
             });
         }
-        // Check the settings before anything touches the disk.
-        self.config
-            .topic_settings(name, &created_with)
-            .map_err(|reason| TopicError::InvalidConfig {
-                name: name.to_owned(),
-                reason,
-            })?;
-        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        if self.map.contains_key(name) {
-            return Err(TopicError::AlreadyExists(name.to_owned()));
-        }
-        self.refuse_broken(name)?;
         let max = self.config.server.max_topics;
         if self.map.len() + self.broken.len() >= max {
             return Err(TopicError::TooMany {
@@ -868,7 +868,9 @@ fn write_settings(
         let file = vfs.open(&tmp, Open::CreateNew)?;
         file.write_at(0, text.as_bytes())?;
         file.sync_data()?;
-        vfs.rename(&tmp, &path)
+        // An alter replaces the file: a crash leaves the old settings or
+        // the new ones.
+        vfs.replace(&tmp, &path)
     };
     write().map_err(|e| io_error(name, "write", &path, e))?;
     sync_dir(vfs, name, dir)

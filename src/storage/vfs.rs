@@ -43,6 +43,10 @@ pub trait Vfs: Send + Sync + std::fmt::Debug + 'static {
     /// Renames a file or a directory, replacing nothing: atomic, and durable
     /// once the new name's directory is synced.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames a file over `to`, which may exist: after a crash `to` holds
+    /// the old file or the new one, whole (the new one for sure once `to`'s
+    /// directory is synced).
+    fn replace(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes the creation, renaming and removal of `dir`'s entries durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
@@ -146,6 +150,10 @@ impl Vfs for OsVfs {
                 format!("{} exists", to.display()),
             ));
         }
+        std::fs::rename(from, to)
+    }
+
+    fn replace(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
     }
 

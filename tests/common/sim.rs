@@ -127,6 +127,9 @@ struct State {
     /// Renames no directory sync covered yet, oldest first: a power cut
     /// keeps either the old name or the new one, never both or neither.
     renames: Vec<(PathBuf, PathBuf)>,
+    /// Targets of unsynced renames that replaced a file: after a crash they
+    /// hold the old file or the new one, never neither.
+    replaced: BTreeSet<PathBuf>,
     dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
     /// Operations counted so far, by kind and in all.
@@ -242,8 +245,10 @@ impl SimFs {
                         .durable_entries
                         .get(&old)
                         .is_some_and(|d| Arc::ptr_eq(d, file));
-                    // Created since the last sync: an unsynced creation.
-                    let kept = was_durable || rng.chance(50);
+                    // Created since the last sync: an unsynced creation
+                    // (unless it replaced a file: then the rename and the
+                    // creation are one).
+                    let kept = was_durable || s.replaced.contains(path) || rng.chance(50);
                     chosen.insert(path.clone(), kept.then_some(file));
                 }
                 for (path, _) in then_under_from {
@@ -308,6 +313,7 @@ impl SimFs {
         let mut next = State {
             dirs: s.dirs.clone(),
             renames: s.renames.clone(),
+            replaced: s.replaced.clone(),
             ..State::default()
         };
         for (name, file) in &s.entries {
@@ -509,6 +515,19 @@ impl Vfs for SimFs {
         Ok(())
     }
 
+    fn replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.op(Op::Rename)?;
+        let mut s = self.lock();
+        if s.dirs.contains(to) || s.dirs.contains(from) {
+            return Err(io::Error::other("replace renames files only"));
+        }
+        let file = s.entries.remove(from).ok_or_else(|| not_found(from))?;
+        s.entries.insert(to.to_owned(), file);
+        s.renames.push((from.to_owned(), to.to_owned()));
+        s.replaced.insert(to.to_owned());
+        Ok(())
+    }
+
     fn is_dir(&self, path: &Path) -> bool {
         self.lock().dirs.contains(path)
     }
@@ -553,6 +572,7 @@ impl Vfs for SimFs {
             }
         }
         s.renames.retain(|(_, to)| to.parent() != Some(dir));
+        s.replaced.retain(|to| to.parent() != Some(dir));
         Ok(())
     }
 

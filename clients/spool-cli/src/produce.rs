@@ -155,8 +155,11 @@ async fn record_limit(client: &Client, topic: &str) -> Result<Option<u64>, Strin
 /// Produces every line (without its `\n`, or `\r\n`) as one record, then
 /// says on stderr which lines went where.
 pub async fn run(client: &Client, args: Args) -> Result<(), String> {
+    // A batch must fit in one frame the broker reads.
+    let frame = client.max_frame_bytes().await.map_err(|e| e.to_string())? as usize;
+    let room = frame.saturating_sub(spool_client::MAX_PRODUCE_OVERHEAD);
     let config = ProducerConfig {
-        batch_bytes: args.batch_size.max(1),
+        batch_bytes: args.batch_size.clamp(1, room.max(1)),
         linger: Duration::from_millis(args.linger_ms),
         ..ProducerConfig::default()
     };

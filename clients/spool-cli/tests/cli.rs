@@ -14,6 +14,7 @@ struct Env {
     runtime: tokio::runtime::Runtime,
     broker: Option<RunningBroker>,
     addr: String,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -28,12 +29,13 @@ fn start(edit: impl FnOnce(&mut Config)) -> Env {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.data_dir = dir.path().to_owned();
     edit(&mut config);
-    let broker = runtime.block_on(Broker::start(config)).unwrap();
+    let broker = runtime.block_on(Broker::start(config.clone())).unwrap();
     let addr = broker.local_addr().to_string();
     Env {
         runtime,
         broker: Some(broker),
         addr,
+        config,
         _dir: dir,
     }
 }
@@ -63,6 +65,33 @@ fn wait_bounded(child: std::process::Child) -> Output {
 }
 
 impl Env {
+    /// Stops the broker and starts it again on the same data directory (on
+    /// a new port).
+    fn restart(&mut self) {
+        if let Some(b) = self.broker.take() {
+            self.runtime.block_on(b.shutdown());
+        }
+        let broker = self
+            .runtime
+            .block_on(Broker::start(self.config.clone()))
+            .unwrap();
+        self.addr = broker.local_addr().to_string();
+        self.broker = Some(broker);
+    }
+
+    /// `topic describe`'s line for `key`: its value and its source.
+    fn setting(&self, topic: &str, key: &str) -> String {
+        let out = self.ok(&["topic", "describe", topic], b"");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}:")))
+            .unwrap_or_else(|| panic!("no {key} in {out}"));
+        line[key.len() + 1..]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     fn spool(&self, args: &[&str]) -> Command {
         let mut c = Command::new(SPOOL);
         c.env("SPOOL_BROKER", &self.addr).args(args);
@@ -628,4 +657,137 @@ fn a_line_too_large_stops_the_produce_and_the_report_says_what_was_written() {
             && stderr.contains(": 4"),
         "{stderr}"
     );
+}
+
+/// Issue 10, items 2 and 3: a create or alter whose settings the broker's
+/// file would overrule is refused, naming the setting and the file's value;
+/// describe names each setting's source; alter changes settings while the
+/// topic runs, and the change survives a restart.
+#[test]
+fn settings_the_file_overrules_are_refused_and_alter_changes_a_running_topic() {
+    let mut env = start(|c| {
+        c.defaults.segment_bytes = Some(1 << 20);
+        c.topics.insert(
+            "aged".into(),
+            spool::broker::TopicOverrides {
+                flush: Some(spool::broker::Flush::Never),
+                ..Default::default()
+            },
+        );
+    });
+    assert_eq!(env.setting("aged", "flush"), "never (file [topics.aged])");
+    assert_eq!(
+        env.setting("aged", "segment_bytes"),
+        "1048576 (file [defaults])"
+    );
+    assert_eq!(env.setting("aged", "retention_ms"), "604800000 (default)");
+
+    env.ok(&["topic", "delete", "aged"], b"");
+    let e = env.fails(&[
+        "topic",
+        "create",
+        "aged",
+        "--retention-ms",
+        "1d",
+        "--flush",
+        "always",
+    ]);
+    assert!(
+        e.contains("flush = always is overruled") && e.contains("flush = never in [topics.aged]"),
+        "{e}"
+    );
+    assert!(
+        !env.ok(&["topic", "list"], b"").contains("aged"),
+        "nothing created"
+    );
+    // The file's own value is no conflict.
+    env.ok(
+        &[
+            "topic",
+            "create",
+            "aged",
+            "--retention-ms",
+            "1d",
+            "--flush",
+            "never",
+        ],
+        b"",
+    );
+    assert_eq!(env.setting("aged", "retention_ms"), "86400000 (topic)");
+
+    env.ok(&["topic", "alter", "aged", "--retention-ms", "1h"], b"");
+    assert_eq!(env.setting("aged", "retention_ms"), "3600000 (topic)");
+    let e = env.fails(&["topic", "alter", "aged", "--flush", "always"]);
+    assert!(e.contains("[topics.aged]"), "{e}");
+    env.ok(&["topic", "create", "plain"], b"");
+    let e = env.fails(&["topic", "alter", "plain", "--flush", "never"]);
+    assert!(
+        e.contains("flush cannot change while the topic runs"),
+        "{e}"
+    );
+    let e = env.fails(&["topic", "alter", "plain", "--reset", "colour"]);
+    assert!(e.contains("cannot reset `colour`"), "{e}");
+    let e = env.fails(&["topic", "alter", "nowhere", "--retention-ms", "1h"]);
+    assert!(e.contains("does not exist"), "{e}");
+    env.ok(
+        &["topic", "alter", "plain", "--max-record-bytes", "4KiB"],
+        b"",
+    );
+
+    env.restart();
+    assert_eq!(env.setting("aged", "retention_ms"), "3600000 (topic)");
+    assert_eq!(env.setting("plain", "max_record_bytes"), "4096 (topic)");
+    env.ok(&["topic", "alter", "aged", "--reset", "retention_ms"], b"");
+    assert_eq!(env.setting("aged", "retention_ms"), "604800000 (default)");
+    env.restart();
+    assert_eq!(env.setting("aged", "retention_ms"), "604800000 (default)");
+    // The new record limit holds for produces after the alter.
+    let out = env.run(&["produce", "plain"], &vec![b'x'; 5000]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_record_bytes of 4096"),
+        "{out:?}"
+    );
+}
+
+/// Issue 10, item 3: an alter of retention applies before it returns, not
+/// at the next retention check (an hour away here).
+#[test]
+fn alter_applies_retention_at_once() {
+    let env = start(|c| c.server.retention_check_interval = Duration::from_secs(3600));
+    env.ok(&["topic", "create", "old", "--segment-bytes", "4KiB"], b"");
+    let input: String = (0..2000).map(|i| format!("record {i}\n")).collect();
+    env.ok(&["produce", "old", "--batch-size", "512"], input.as_bytes());
+    let describe = env.ok(&["topic", "describe", "old"], b"");
+    assert!(describe.contains(" 0 .. 2000 (2000 records)"), "{describe}");
+    env.ok(&["topic", "alter", "old", "--retention-ms", "1"], b"");
+    let describe = env.ok(&["topic", "describe", "old"], b"");
+    assert!(
+        describe.contains(" 2000 .. 2000 (0 records)"),
+        "retention ran with the new value: {describe}"
+    );
+}
+
+/// Issue 10, item 7: the broker's frame limit bounds max_record_bytes, and
+/// a record the frame cannot carry is refused before it is sent, with the
+/// reason, on a connection that stays usable.
+#[test]
+fn the_frame_limit_bounds_records_and_is_checked_before_sending() {
+    let env = start(|c| c.server.max_frame_bytes = 64 * 1024);
+    env.ok(&["topic", "create", "small"], b"");
+    // The built-in 1 MiB is lowered to what a frame carries.
+    assert_eq!(env.setting("small", "max_record_bytes"), "65224 (default)");
+    let e = env.fails(&["topic", "create", "big", "--max-record-bytes", "1MiB"]);
+    assert!(
+        e.contains("max_frame_bytes = 65536") && e.contains("at most 65224 bytes"),
+        "{e}"
+    );
+    // Larger batches than a frame holds are cut to fit: every line arrives.
+    let input: String = (0..20_000).map(|i| format!("{i:08}\n")).collect();
+    let out = env.run(
+        &["produce", "small", "--batch-size", "1048576"],
+        input.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(env.ok(&["consume", "small"], b""), input);
 }

@@ -103,6 +103,13 @@ impl Client {
         }
     }
 
+    /// The largest frame the broker reads (its `max_frame_bytes`, from the
+    /// handshake); larger requests fail with [`ClientError::TooLarge`]
+    /// before they are sent.
+    pub async fn max_frame_bytes(&self) -> Result<u32> {
+        Ok(self.connection().await?.max_frame())
+    }
+
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
     }

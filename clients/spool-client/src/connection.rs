@@ -95,6 +95,10 @@ impl Connection {
         self.max_frame.store(bytes, Ordering::Relaxed);
     }
 
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame.load(Ordering::Relaxed)
+    }
+
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
     }

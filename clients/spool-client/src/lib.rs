@@ -40,4 +40,4 @@ pub use consumer::{decode, Consumer, ConsumerConfig, OffsetReset, RecordStream, 
 pub use error::{ClientError, Result};
 pub use producer::{Delivery, Producer, ProducerConfig};
 pub use spool::batch::{self, BatchBuilder, Record};
-pub use spool::protocol::{Acks, ErrorCode, TopicDescription};
+pub use spool::protocol::{Acks, ErrorCode, TopicDescription, MAX_PRODUCE_OVERHEAD};

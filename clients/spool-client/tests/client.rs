@@ -734,3 +734,33 @@ async fn a_producer_dropped_without_flush_still_sends_its_open_batches() {
     }
     assert_eq!(broker.batches("d"), 1);
 }
+
+/// Issue 10, item 7: a request larger than the broker's frame limit (learnt
+/// from the handshake) is refused before a byte is sent, saying why, and the
+/// connection stays usable. Before, the broker closed the connection on it
+/// and the caller saw a broken pipe.
+#[tokio::test]
+async fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
+    let broker = start(|c| c.server.max_frame_bytes = 64 * 1024).await;
+    let client = broker.client().await;
+    assert_eq!(client.max_frame_bytes().await.unwrap(), 64 * 1024);
+    client.create_topic("t", &[]).await.unwrap();
+    let mut b = batch::BatchBuilder::new();
+    for _ in 0..10 {
+        b.push(0, None, &[1u8; 10_000], &[]);
+    }
+    let big = bytes::Bytes::from(b.finish());
+    match client.produce("t", &big).await {
+        Err(e @ ClientError::TooLarge { max: 65536, .. }) => {
+            assert!(e.to_string().contains("max_frame_bytes of 65536"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut small = batch::BatchBuilder::new();
+    small.push(0, None, b"fits", &[]);
+    let produced = client
+        .produce("t", &bytes::Bytes::from(small.finish()))
+        .await
+        .unwrap();
+    assert_eq!(produced.base_offset, 0, "nothing of the big batch stored");
+}
