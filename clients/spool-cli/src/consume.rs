@@ -4,35 +4,58 @@ use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
-use spool_client::{Client, Consumer, ConsumerConfig, OffsetReset, Record, StartAt};
+use spool_client::{
+    Client, ClientError, Consumer, ConsumerConfig, ErrorCode, OffsetReset, Record, StartAt,
+};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("start").args(["offset", "from_beginning", "from_end", "from_time"])))]
 pub struct Args {
     pub topic: String,
-    /// Start at this offset.
-    #[arg(long)]
-    offset: Option<u64>,
+    /// Start at this offset; a negative one counts back from the end
+    /// (`--offset -10`: the last ten records).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    offset: Option<i64>,
     /// Start at the oldest record still stored (the default).
     #[arg(long)]
     from_beginning: bool,
     /// Start after the newest record: print only records produced from now on.
     #[arg(long)]
     from_end: bool,
-    /// Start at the first record appended at or after this time: RFC 3339 in
-    /// UTC (2026-11-24T09:30:00Z) or milliseconds since the epoch.
-    #[arg(long, value_name = "TIME")]
+    /// Start at the first record appended at or after this time: RFC 3339
+    /// (2026-11-24T09:30:00Z, or with an offset such as +01:00),
+    /// milliseconds since the epoch, or a time ago ("5m", "-5m", "1h 30m").
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     from_time: Option<String>,
-    /// Keep waiting for new records instead of stopping at the end.
+    /// Keep waiting for new records instead of stopping at the end. Waits
+    /// for a topic that does not exist yet, and rides out the broker going
+    /// away (saying so on stderr).
     #[arg(long)]
-    follow: bool,
+    pub follow: bool,
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     max: Option<u64>,
-    /// raw: each value on its own line. json: one object per line with
-    /// offset, timestamp, key and value.
+    /// raw: each value on its own line. json: one object per line, with
+    /// `offset`, `timestamp` (ms since the epoch), `key` (null if none),
+    /// `value` and, if the record has any, `headers` (a list of `{"name",
+    /// "value"}`); a key, value or header value that is not UTF-8 is given
+    /// as base64 under `key_base64`, `value_base64` or `value_base64`
+    /// instead. `spool produce --format json` reads these lines back.
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
+    /// Print each record with this template instead, as kcat's -f: %t
+    /// topic, %o offset, %k key, %s value, %T timestamp (ms), %h headers
+    /// (name=value,...), %K key and %S value size in bytes (-1 without a
+    /// key), %% a percent sign; \n, \t, \r and \\ are escapes. No newline is
+    /// added: end the template with \n.
+    #[arg(short = 'f', long, value_name = "TEMPLATE", conflicts_with = "format")]
+    template: Option<String>,
+    /// When the next offset is no longer stored (retention deleted it while
+    /// this consumer was behind, or --offset is below the log's start):
+    /// earliest jumps to the oldest record left, with a warning; latest to
+    /// the end; error stops.
+    #[arg(long, value_enum, default_value_t = OnOutOfRange::Earliest, value_name = "POLICY")]
+    on_out_of_range: OnOutOfRange,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,15 +64,105 @@ enum Format {
     Json,
 }
 
-fn parse_time(text: &str) -> Result<i64, String> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOutOfRange {
+    Error,
+    Earliest,
+    Latest,
+}
+
+/// How a record is printed.
+enum Output {
+    Raw,
+    Json,
+    Template(Vec<Piece>),
+}
+
+/// One part of a `-f` template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(Vec<u8>),
+    Topic,
+    Offset,
+    Key,
+    Value,
+    Timestamp,
+    Headers,
+    KeySize,
+    ValueSize,
+}
+
+fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut literal = Vec::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        let field = match c {
+            '%' => match chars.next() {
+                Some('t') => Piece::Topic,
+                Some('o') => Piece::Offset,
+                Some('k') => Piece::Key,
+                Some('s') => Piece::Value,
+                Some('T') => Piece::Timestamp,
+                Some('h') => Piece::Headers,
+                Some('K') => Piece::KeySize,
+                Some('S') => Piece::ValueSize,
+                Some('%') => {
+                    literal.push(b'%');
+                    continue;
+                }
+                other => return Err(format!(
+                    "-f {text:?}: unknown field %{}; the fields are %t %o %k %s %T %h %K %S and %%",
+                    other.map_or(String::new(), String::from)
+                )),
+            },
+            '\\' => {
+                let escaped = match chars.next() {
+                    Some('n') => '\n',
+                    Some('t') => '\t',
+                    Some('r') => '\r',
+                    Some('\\') => '\\',
+                    other => return Err(format!(
+                        "-f {text:?}: unknown escape \\{}; the escapes are \\n \\t \\r and \\\\",
+                        other.map_or(String::new(), String::from)
+                    )),
+                };
+                let mut buf = [0u8; 4];
+                literal.extend_from_slice(escaped.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                literal.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+        };
+        if !literal.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut literal)));
+        }
+        pieces.push(field);
+    }
+    if !literal.is_empty() {
+        pieces.push(Piece::Text(literal));
+    }
+    Ok(pieces)
+}
+
+/// A time to start from, in ms since the epoch: milliseconds since the
+/// epoch, a duration ago ("5m", "-5m", "1h 30m"), or RFC 3339.
+fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
+    }
+    let ago = text.strip_prefix('-').unwrap_or(text);
+    if let Ok(d) = humantime::parse_duration(ago) {
+        return Ok(now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     }
     // humantime reads UTC times only; an RFC 3339 offset (`+01:00`) is
     // split off here and applied to the result.
     let (local, offset_ms) = split_utc_offset(text);
     let time = humantime::parse_rfc3339_weak(local).map_err(|e| {
-        format!("--from-time {text:?}: expected RFC 3339 (e.g. 2026-11-24T09:00:00Z or +01:00) or milliseconds: {e}")
+        format!("--from-time {text:?}: expected RFC 3339 (e.g. 2026-11-24T09:00:00Z or +01:00), milliseconds, or a time ago such as 5m: {e}")
     })?;
     let since = time
         .duration_since(UNIX_EPOCH)
@@ -79,22 +192,88 @@ fn split_utc_offset(text: &str) -> (&str, i64) {
     (&text[..n - 6], sign * (h * 3600 + m * 60) * 1000)
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Errors a `--follow` rides out: the broker went away or the topic is not
+/// there (yet, or any more).
+fn transient(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. } | ClientError::Disconnected(_) | ClientError::Timeout(_)
+    ) || e.code() == Some(ErrorCode::UnknownTopic)
+}
+
+/// Says on stderr, once per outage, that a `--follow` is waiting, and when
+/// it is back.
+#[derive(Default)]
+struct Outage {
+    since: Option<String>,
+}
+
+impl Outage {
+    fn waiting(&mut self, topic: &str, e: &ClientError) {
+        if self.since.is_none() {
+            let what = if e.code() == Some(ErrorCode::UnknownTopic) {
+                format!("topic {topic} does not exist; waiting for it to be created")
+            } else {
+                format!("{e}; retrying until the broker is back")
+            };
+            eprintln!("spool: {what}");
+            self.since = Some(what);
+        }
+    }
+
+    fn over(&mut self, position: u64) {
+        if self.since.take().is_some() {
+            eprintln!("spool: reading again from offset {position}");
+        }
+    }
+}
+
+/// How long a `--follow` waits between tries while the broker or the topic
+/// is away.
+const RETRY: Duration = Duration::from_millis(500);
+
 pub async fn run(client: &Client, args: Args) -> Result<(), String> {
+    let output = match &args.template {
+        Some(t) => Output::Template(parse_template(t)?),
+        None if args.format == Format::Json => Output::Json,
+        None => Output::Raw,
+    };
+    let mut outage = Outage::default();
+    // The topic as it is now; with --follow, waiting for it to exist.
+    let described = loop {
+        match client.describe_topic(&args.topic).await {
+            Ok(d) => break d,
+            Err(e) if args.follow && transient(&e) => {
+                outage.waiting(&args.topic, &e);
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    outage.over(described.log_start);
     let start = match (&args.offset, args.from_end, &args.from_time) {
-        (Some(o), _, _) => StartAt::Offset(*o),
+        (Some(o), _, _) if *o < 0 => StartAt::Offset(
+            described
+                .log_end
+                .saturating_sub(o.unsigned_abs())
+                .max(described.log_start),
+        ),
+        (Some(o), _, _) => StartAt::Offset(*o as u64),
         (_, true, _) => StartAt::Latest,
-        (_, _, Some(t)) => StartAt::Timestamp(parse_time(t)?),
+        (_, _, Some(t)) => StartAt::Timestamp(parse_time(t, now_ms())?),
         _ => StartAt::Earliest,
     };
     // Without --follow, stop at the end the topic has now.
     let end = if args.follow {
         u64::MAX
     } else {
-        client
-            .describe_topic(&args.topic)
-            .await
-            .map_err(|e| e.to_string())?
-            .log_end
+        described.log_end
     };
     let config = ConsumerConfig {
         max_wait: if args.follow {
@@ -107,32 +286,75 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     };
     let mut consumer = Consumer::new(client.clone(), &args.topic, start, config);
     let first = consumer.position().await.map_err(|e| e.to_string())?;
-    if first > end {
-        let start = client
-            .describe_topic(&args.topic)
-            .await
-            .map_err(|e| e.to_string())?
-            .log_start;
+    if first > described.log_end && !args.follow {
         // Worded as the broker words it when it finds the same.
         return Err(format!(
-            "{}: offset {first} is out of range; the log holds [{start}, {end})",
-            spool_client::ErrorCode::OffsetOutOfRange
+            "{}: offset {first} is out of range; the log holds [{}, {})",
+            spool_client::ErrorCode::OffsetOutOfRange,
+            described.log_start,
+            described.log_end
         ));
     }
     let max = args.max.unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     let mut printed = 0u64;
     while printed < max {
-        if consumer.position().await.map_err(|e| e.to_string())? >= end {
-            break;
-        }
-        let records = consumer.poll().await.map_err(|e| e.to_string())?;
+        let (at, polled) = match consumer.position().await {
+            Ok(position) if position >= end => break,
+            Ok(position) => (position, consumer.poll().await),
+            Err(e) => (0, Err(e)),
+        };
+        let records = match polled {
+            Ok(records) => {
+                if !consumer.is_retrying() {
+                    outage.over(at);
+                }
+                records
+            }
+            Err(ClientError::Broker {
+                code: ErrorCode::OffsetOutOfRange,
+                range: Some((log_start, log_end)),
+                message,
+                ..
+            }) => {
+                let from = consumer.position().await.unwrap_or(0);
+                let to = match args.on_out_of_range {
+                    OnOutOfRange::Error => {
+                        return Err(format!("{}: {message}", ErrorCode::OffsetOutOfRange))
+                    }
+                    OnOutOfRange::Earliest => log_start,
+                    OnOutOfRange::Latest => log_end,
+                };
+                if from > log_end {
+                    // Ahead of the log: it was deleted and made again, or
+                    // --offset named a future one. Start over from its start.
+                    eprintln!(
+                        "spool: offset {from} is past the end of {} (the log holds [{log_start}, {log_end})); continuing at {to}",
+                        args.topic
+                    );
+                } else {
+                    eprintln!(
+                        "spool: offsets {from}..{log_start} of {} are no longer stored (retention); skipped {} records, continuing at {to}",
+                        args.topic,
+                        log_start.saturating_sub(from)
+                    );
+                }
+                consumer.seek(StartAt::Offset(to));
+                continue;
+            }
+            Err(e) if args.follow && transient(&e) => {
+                outage.waiting(&args.topic, &e);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         for record in records
             .iter()
             .take_while(|r| r.offset < end)
             .take((max - printed) as usize)
         {
-            print_record(&mut out, record, args.format).map_err(crate::stdout_error)?;
+            print_record(&mut out, &args.topic, record, &output).map_err(crate::stdout_error)?;
             printed += 1;
         }
         if args.follow {
@@ -142,13 +364,46 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     out.flush().map_err(crate::stdout_error)
 }
 
-fn print_record(out: &mut impl Write, record: &Record, format: Format) -> std::io::Result<()> {
-    match format {
-        Format::Raw => {
+fn print_record(
+    out: &mut impl Write,
+    topic: &str,
+    record: &Record,
+    output: &Output,
+) -> std::io::Result<()> {
+    match output {
+        Output::Raw => {
             out.write_all(&record.value)?;
             out.write_all(b"\n")
         }
-        Format::Json => {
+        Output::Template(pieces) => {
+            for piece in pieces {
+                match piece {
+                    Piece::Text(t) => out.write_all(t)?,
+                    Piece::Topic => out.write_all(topic.as_bytes())?,
+                    Piece::Offset => write!(out, "{}", record.offset)?,
+                    Piece::Key => out.write_all(record.key.as_deref().unwrap_or_default())?,
+                    Piece::Value => out.write_all(&record.value)?,
+                    Piece::Timestamp => write!(out, "{}", record.timestamp)?,
+                    Piece::Headers => {
+                        for (i, (name, value)) in record.headers.iter().enumerate() {
+                            if i > 0 {
+                                out.write_all(b",")?;
+                            }
+                            out.write_all(name.as_bytes())?;
+                            out.write_all(b"=")?;
+                            out.write_all(value)?;
+                        }
+                    }
+                    Piece::KeySize => match &record.key {
+                        Some(k) => write!(out, "{}", k.len())?,
+                        None => out.write_all(b"-1")?,
+                    },
+                    Piece::ValueSize => write!(out, "{}", record.value.len())?,
+                }
+            }
+            Ok(())
+        }
+        Output::Json => {
             let mut object = serde_json::Map::new();
             object.insert("offset".into(), record.offset.into());
             object.insert("timestamp".into(), record.timestamp.into());
@@ -198,17 +453,47 @@ fn put_bytes(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_time;
+    use super::{parse_template, parse_time, Piece};
 
     #[test]
     fn times_with_and_without_offsets() {
-        let utc = parse_time("2026-11-24T09:00:00Z").unwrap();
+        let parse = |t: &str| parse_time(t, 0);
+        let utc = parse("2026-11-24T09:00:00Z").unwrap();
         assert_eq!(utc, 1_795_510_800_000);
-        assert_eq!(parse_time("2026-11-24T10:00:00+01:00").unwrap(), utc);
-        assert_eq!(parse_time("2026-11-24T03:30:00-05:30").unwrap(), utc);
-        assert_eq!(parse_time("2026-11-24T09:00:00.250Z").unwrap(), utc + 250);
-        assert_eq!(parse_time("1795510800000").unwrap(), utc);
-        assert!(parse_time("2026-11-24T09:00:00+1:00").is_err());
-        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse("2026-11-24T10:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse("2026-11-24T03:30:00-05:30").unwrap(), utc);
+        assert_eq!(parse("2026-11-24T09:00:00.250Z").unwrap(), utc + 250);
+        assert_eq!(parse("1795510800000").unwrap(), utc);
+        assert!(parse("2026-11-24T09:00:00+1:00").is_err());
+        assert!(parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn relative_times_count_back_from_now() {
+        let now = 1_795_510_800_000;
+        assert_eq!(parse_time("5m", now).unwrap(), now - 300_000);
+        assert_eq!(parse_time("-5m", now).unwrap(), now - 300_000);
+        assert_eq!(parse_time("1h 30m", now).unwrap(), now - 5_400_000);
+    }
+
+    #[test]
+    fn templates_parse_fields_escapes_and_text() {
+        assert_eq!(
+            parse_template("%o %k=%s\\n%%").unwrap(),
+            vec![
+                Piece::Offset,
+                Piece::Text(b" ".to_vec()),
+                Piece::Key,
+                Piece::Text(b"=".to_vec()),
+                Piece::Value,
+                Piece::Text(b"\n%".to_vec()),
+            ]
+        );
+        assert!(parse_template("%x")
+            .unwrap_err()
+            .contains("unknown field %x"));
+        assert!(parse_template("\\q")
+            .unwrap_err()
+            .contains("unknown escape"));
     }
 }

@@ -185,11 +185,18 @@ pub fn print_line(text: impl std::fmt::Display) -> Result<(), String> {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let config = ClientConfig {
+    let mut config = ClientConfig {
         connect_timeout: cli.connect_timeout,
         request_timeout: cli.request_timeout,
         ..ClientConfig::default()
     };
+    if let Command::Consume(args) = &cli.command {
+        if args.follow {
+            // A follow rides out outages itself, and says so: the client
+            // should report a lost broker after seconds, not half a minute.
+            config.reconnect_for = std::time::Duration::from_secs(3);
+        }
+    }
     let connect = || connect_with(&cli.broker, config.clone());
     match cli.command {
         Command::Topic(command) => topic(connect().await?, command).await,

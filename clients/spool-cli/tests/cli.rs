@@ -79,6 +79,40 @@ impl Env {
         self.broker = Some(broker);
     }
 
+    /// Stops the broker (a `kill`, as far as clients can tell: connections
+    /// close) and starts it again on the same port and data directory.
+    fn restart_on_the_same_port(&mut self) {
+        self.config.server.listen = self.addr.parse().unwrap();
+        self.restart();
+    }
+
+    /// `spool args` running, with its stderr lines on a channel and its
+    /// stdout to collect when it ends.
+    fn spawn_watched(
+        &self,
+        args: &[&str],
+    ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+        let mut child = self
+            .spool(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+
     /// `topic describe`'s line for `key`: its value and its source.
     fn setting(&self, topic: &str, key: &str) -> String {
         let out = self.ok(&["topic", "describe", topic], b"");
@@ -369,7 +403,19 @@ fn error_exits() {
     assert!(above.contains("500") && above.contains(", 100)"), "{above}");
     let mut below = String::new();
     for _ in 0..200 {
-        let out = env.run(&["consume", "r", "--offset", "0", "--max", "1"], b"");
+        let out = env.run(
+            &[
+                "consume",
+                "r",
+                "--offset",
+                "0",
+                "--max",
+                "1",
+                "--on-out-of-range",
+                "error",
+            ],
+            b"",
+        );
         if !out.status.success() {
             below = String::from_utf8(out.stderr).unwrap();
             break;
@@ -379,6 +425,20 @@ fn error_exits() {
     assert!(
         below.contains("OFFSET_OUT_OF_RANGE") && below.contains(", 100)"),
         "{below}"
+    );
+    // Issue 10, item 11: by default a consumer behind retention goes on from
+    // the log's start, and says what it skipped.
+    let out = env.run(&["consume", "r", "--offset", "0"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("are no longer stored (retention); skipped"),
+        "{stderr}"
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !printed.is_empty() && lines.ends_with(&printed) && printed.len() < lines.len(),
+        "from the log's start to the end: {printed}"
     );
     // Issue 10, item 8: one wording, whether the CLI or the broker finds it.
     for line in [&above, &below] {
@@ -790,4 +850,113 @@ fn the_frame_limit_bounds_records_and_is_checked_before_sending() {
     );
     assert!(out.status.success(), "{out:?}");
     assert_eq!(env.ok(&["consume", "small"], b""), input);
+}
+
+/// Waits (bounded) for a stderr line containing `text`; returns it.
+fn await_line(lines: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return line,
+            Ok(line) => eprintln!("(stderr: {line})"),
+            Err(e) => panic!("no stderr line with {text:?}: {e}"),
+        }
+    }
+}
+
+/// Issue 10, item 10: the last N records, times ago, kcat's -f templates.
+#[test]
+fn consume_the_last_records_from_a_time_ago_and_with_a_template() {
+    let env = start(|_| {});
+    let input: String = (0..10).map(|i| format!("v{i}\n")).collect();
+    env.ok(&["produce", "t", "--key", "k"], input.as_bytes());
+    assert_eq!(
+        env.ok(&["consume", "t", "--offset", "-3"], b""),
+        "v7\nv8\nv9\n"
+    );
+    // More than there are: from the start.
+    assert_eq!(env.ok(&["consume", "t", "--offset", "-50"], b""), input);
+    for ago in ["1h", "-1h", "-2d 3h"] {
+        assert_eq!(
+            env.ok(&["consume", "t", "--from-time", ago], b""),
+            input,
+            "{ago}"
+        );
+    }
+    let templated = env.ok(
+        &[
+            "consume",
+            "t",
+            "--offset",
+            "8",
+            "-f",
+            "%t/%o %k=%s (%K,%S)\\n",
+        ],
+        b"",
+    );
+    assert_eq!(templated, "t/8 k=v8 (1,2)\nt/9 k=v9 (1,2)\n");
+    let timestamps = env.ok(&["consume", "t", "--max", "1", "-f", "%T|"], b"");
+    let ms: i64 = timestamps.trim_end_matches('|').parse().unwrap();
+    assert!(ms > 1_700_000_000_000, "{timestamps}");
+    let e = env.fails(&["consume", "t", "-f", "%q"]);
+    assert!(e.contains("unknown field %q"), "{e}");
+    // The JSON fields are documented where people look.
+    let help = env.ok(&["consume", "--help"], b"");
+    for field in [
+        "offset",
+        "timestamp",
+        "key",
+        "value",
+        "headers",
+        "value_base64",
+    ] {
+        assert!(help.contains(field), "--help names {field}");
+    }
+}
+
+/// Issue 10, item 11: --follow waits for a topic that does not exist yet,
+/// saying so, and prints its records once it does.
+#[test]
+fn follow_waits_for_a_topic_to_be_created() {
+    let env = start(|_| {});
+    let (child, stderr) = env.spawn_watched(&["consume", "later", "--follow", "--max", "2"]);
+    await_line(
+        &stderr,
+        "topic later does not exist; waiting for it to be created",
+    );
+    env.ok(&["produce", "later"], b"one\ntwo\n");
+    let out = wait_bounded(child);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "one\ntwo\n");
+}
+
+/// Issue 10, item 11: --follow rides out the broker going away: it says so
+/// within seconds, reconnects once the broker is back, and goes on where it
+/// was.
+#[test]
+fn follow_survives_the_broker_going_away() {
+    let mut env = start(|c| c.server.retention_check_interval = Duration::from_secs(3600));
+    env.ok(&["produce", "t"], b"before\n");
+    let (child, stderr) = env.spawn_watched(&["consume", "t", "--follow", "--max", "2"]);
+    let mut child = child;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert_eq!(first, "before\n");
+    env.restart_on_the_same_port();
+    // Restarted before it noticed, or after: either way it reads on. Make
+    // the outage long enough to be seen by stopping the broker again.
+    if let Some(b) = env.broker.take() {
+        env.runtime.block_on(b.shutdown());
+    }
+    await_line(&stderr, "retrying until the broker is back");
+    env.restart_on_the_same_port();
+    env.ok(&["produce", "t"], b"after\n");
+    await_line(&stderr, "reading again from offset 1");
+    let out = wait_bounded(child);
+    assert!(out.status.success(), "{out:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "after\n");
 }

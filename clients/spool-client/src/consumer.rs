@@ -156,6 +156,13 @@ impl Consumer {
         self.log_end
     }
 
+    /// Whether the last fetch lost its connection and the consumer is
+    /// retrying (with backoff, for up to `reconnect_for`): an empty
+    /// [`Consumer::poll`] then does not mean caught up.
+    pub fn is_retrying(&self) -> bool {
+        self.lost.is_some()
+    }
+
     /// Moves to another starting point; records buffered are dropped.
     pub fn seek(&mut self, to: StartAt) {
         self.start = Some(to);
