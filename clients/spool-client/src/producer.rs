@@ -1,10 +1,17 @@
 //! The batching producer: records accumulate per topic into a batch, which
 //! is sent when it reaches `batch_bytes` or has waited `linger` (Kafka's
-//! `batch.size` and `linger.ms`). Sends are pipelined on the connection; a
-//! topic's batches go out in the order their records were sent, so offsets
-//! follow send order. Each send resolves to its record's offset once the
-//! broker has acknowledged the batch (as durably as the topic's `flush` mode
-//! says).
+//! `batch.size` and `linger.ms`). Sends are pipelined on the connection.
+//! Each send resolves to its record's offset once the broker has
+//! acknowledged the batch (as durably as the topic's `flush` mode says).
+//!
+//! Ordering is per topic: a topic's batches go out in the order their
+//! records were sent, so its offsets follow send order (sends to one topic
+//! from several tasks count in the order they reach it). Topics do not wait
+//! for each other: while a topic's batch waits to be sent (for room in
+//! `max_in_flight_bytes`, for a reconnection, for the socket), later sends
+//! to that topic wait behind it, and sends to other topics go on. What the
+//! topics share still applies to all: when the window is full or the
+//! connection down, every topic's next batch waits for it.
 //!
 //! A batch whose connection breaks in flight fails with
 //! [`ClientError::Disconnected`]: it may or may not have been stored. The
@@ -18,7 +25,7 @@
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -60,12 +67,21 @@ struct Open {
     started: Instant,
 }
 
+/// A topic's open batch, if it has one, behind the topic's own lock. The
+/// lock is held across a send of the topic's batch (the waits for the
+/// window, the connection and the socket), so the topic's batches leave in
+/// order without holding back other topics.
+type Slot = Arc<tokio::sync::Mutex<Option<Open>>>;
+
 struct Shared {
     client: Client,
     config: ProducerConfig,
-    /// Open batches by topic. An async lock, held while a full batch is
-    /// written to the connection, so batches leave in order.
-    open: tokio::sync::Mutex<HashMap<String, Open>>,
+    /// Every topic sent to. The lock is held only to look a slot up, never
+    /// across a wait. Slots stay once made: one removed while a send waits
+    /// on its lock would give the topic a second lock, and batches under the
+    /// two could leave out of order. (Names are `Arc`s: the linger timer
+    /// lists every topic each tick.)
+    topics: std::sync::Mutex<HashMap<Arc<str>, Slot>>,
     in_flight: Arc<Semaphore>,
     /// Batches sent and not yet answered.
     outstanding: watch::Sender<usize>,
@@ -150,7 +166,7 @@ impl Producer {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_bytes.max(1))),
             client,
             config,
-            open: tokio::sync::Mutex::new(HashMap::new()),
+            topics: std::sync::Mutex::new(HashMap::new()),
             outstanding: watch::Sender::new(0),
         });
         tokio::spawn(linger(Arc::downgrade(&shared)));
@@ -158,7 +174,10 @@ impl Producer {
     }
 
     /// Adds a record to its topic's batch and returns its [`Delivery`].
-    /// Waits only when `max_in_flight_bytes` are already in flight.
+    /// Returns at once unless the record fills the batch, which is then sent:
+    /// that waits for room in `max_in_flight_bytes` (and for the connection).
+    /// A send also waits for an earlier send to the same topic that is still
+    /// sending, never for one to another topic.
     pub async fn send(&self, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<Delivery> {
         self.send_with_headers(topic, key, value, &[]).await
     }
@@ -171,8 +190,11 @@ impl Producer {
         headers: &[(&str, &[u8])],
     ) -> Result<Delivery> {
         let shared = &self.shared;
-        let mut open = shared.open.lock().await;
-        let batch = open.entry(topic.to_owned()).or_insert_with(|| Open {
+        let slot = shared.slot(topic);
+        // tokio's Mutex is fair: sends to the topic append in the order they
+        // asked for its lock.
+        let mut open = slot.lock().await;
+        let batch = open.get_or_insert_with(|| Open {
             builder: BatchBuilder::with_capacity(shared.config.batch_bytes),
             result: watch::Sender::new(None),
             started: Instant::now(),
@@ -183,7 +205,7 @@ impl Producer {
             index: batch.builder.len() as u64 - 1,
         };
         if batch.builder.size() >= shared.config.batch_bytes {
-            let full = open.remove(topic).expect("just used");
+            let full = open.take().expect("just used");
             shared.dispatch(topic, full).await;
         }
         Ok(delivery)
@@ -192,10 +214,13 @@ impl Producer {
     /// Sends every open batch and waits until all sent batches are answered.
     pub async fn flush(&self) -> Result<()> {
         let shared = &self.shared;
-        {
-            let mut open = shared.open.lock().await;
-            let batches: Vec<(String, Open)> = open.drain().collect();
-            for (topic, batch) in batches {
+        // Taking a topic's lock waits out its send in progress, whose batch
+        // may hold records sent before this flush: it is then counted in
+        // `outstanding`. One topic at a time, as a topic waits here only for
+        // what all share (the window, the connection).
+        for (topic, slot) in shared.slots() {
+            let mut open = slot.lock().await;
+            if let Some(batch) = open.take() {
                 shared.dispatch(&topic, batch).await;
             }
         }
@@ -209,8 +234,27 @@ impl Producer {
 }
 
 impl Shared {
-    /// Sends a finished batch (called with the `open` lock held, which keeps
-    /// batches in send order) and resolves its deliveries when answered.
+    /// The topic's slot, made on its first send.
+    fn slot(&self, topic: &str) -> Slot {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = topics.get(topic) {
+            return Arc::clone(slot);
+        }
+        Arc::clone(topics.entry(topic.into()).or_default())
+    }
+
+    /// Every topic's slot, at this moment.
+    fn slots(&self) -> Vec<(Arc<str>, Slot)> {
+        let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        topics
+            .iter()
+            .map(|(topic, slot)| (Arc::clone(topic), Arc::clone(slot)))
+            .collect()
+    }
+
+    /// Sends a finished batch (called with its topic's lock held, which
+    /// keeps the topic's batches in send order) and resolves its deliveries
+    /// when answered.
     async fn dispatch(self: &Arc<Self>, topic: &str, batch: Open) {
         let bytes = Bytes::from(batch.builder.finish());
         let permits = bytes.len().min(self.config.max_in_flight_bytes.max(1)) as u32;
@@ -262,7 +306,18 @@ impl Shared {
 /// Outside a runtime they cannot be sent; that loss is logged as an error.
 impl Drop for Shared {
     fn drop(&mut self) {
-        let open: Vec<(String, Open)> = self.open.get_mut().drain().collect();
+        let topics = self
+            .topics
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let open: Vec<(Arc<str>, Open)> = topics
+            .drain()
+            .filter_map(|(topic, slot)| {
+                // Whoever holds a topic's lock holds the producer too: all are free.
+                let batch = slot.try_lock().ok()?.take()?;
+                Some((topic, batch))
+            })
+            .collect();
         if open.is_empty() {
             return;
         }
@@ -281,7 +336,7 @@ impl Drop for Shared {
         let heir = Arc::new(Shared {
             client: self.client.clone(),
             config: self.config.clone(),
-            open: tokio::sync::Mutex::new(HashMap::new()),
+            topics: std::sync::Mutex::new(HashMap::new()),
             in_flight: Arc::clone(&self.in_flight),
             outstanding: watch::Sender::new(0),
         });
@@ -304,15 +359,23 @@ async fn linger(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut open = shared.open.lock().await;
-        let due: Vec<String> = open
-            .iter()
-            .filter(|(_, b)| b.started.elapsed() >= shared.config.linger)
-            .map(|(t, _)| t.clone())
-            .collect();
-        for topic in due {
-            let batch = open.remove(&topic).expect("listed above");
-            shared.dispatch(&topic, batch).await;
+        for (topic, slot) in shared.slots() {
+            // A topic whose lock is taken is skipped: its holder is sending
+            // (so there is no open batch) or appending, and the next tick
+            // looks again.
+            let Ok(mut open) = slot.try_lock_owned() else {
+                continue;
+            };
+            let Some(batch) = open.take_if(|b| b.started.elapsed() >= shared.config.linger) else {
+                continue;
+            };
+            // In a task of its own, with the topic's lock: a wait to send
+            // one topic's batch holds back no other topic's.
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                shared.dispatch(&topic, batch).await;
+                drop(open);
+            });
         }
     }
 }

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use spool::broker::{Broker, Config, RunningBroker};
 use spool_client::{
-    batch, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, ErrorCode, OffsetReset,
-    Producer, ProducerConfig, StartAt,
+    batch, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Delivery, ErrorCode,
+    OffsetReset, Producer, ProducerConfig, StartAt,
 };
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -486,12 +486,14 @@ async fn a_polling_client_gets_every_answer_and_notices_the_broker_leaving() {
 
 /// A broker stand-in that does the handshake, then holds every produce
 /// unanswered until `release` is notified; after that it answers each
-/// (offsets counted per record) at once. `received` counts produce requests.
+/// (offsets counted per record, per topic) at once. `received` counts
+/// produce requests.
 async fn holding_broker(
     received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     release: std::sync::Arc<tokio::sync::Notify>,
 ) -> String {
     use spool::protocol::{Request, Response, ResponseBody};
+    use std::collections::HashMap;
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -500,25 +502,27 @@ async fn holding_broker(
     tokio::spawn(async move {
         let (socket, _) = listener.accept().await.unwrap();
         let (mut rd, mut wr) = socket.into_split();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Option<u32>)>();
+        // (correlation id, the produce's topic and record count)
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Option<(String, u32)>)>();
         // Writer: answers in order; produces wait for the release.
         tokio::spawn(async move {
             let mut released = false;
-            let mut next_offset = 0u64;
-            while let Some((id, records)) = rx.recv().await {
-                let body = match records {
+            let mut next_offset: HashMap<String, u64> = HashMap::new();
+            while let Some((id, produce)) = rx.recv().await {
+                let body = match produce {
                     None => ResponseBody::ApiVersions {
                         server: "holding".into(),
                         apis: vec![],
                         max_frame_bytes: u32::MAX,
                     },
-                    Some(n) => {
+                    Some((topic, n)) => {
                         if !released {
                             release.notified().await;
                             released = true;
                         }
-                        let base_offset = next_offset;
-                        next_offset += u64::from(n);
+                        let next = next_offset.entry(topic).or_default();
+                        let base_offset = *next;
+                        *next += u64::from(n);
                         ResponseBody::Produced {
                             base_offset,
                             append_time: 0,
@@ -538,18 +542,15 @@ async fn holding_broker(
             let mut frame = bytes::BytesMut::zeroed(len as usize);
             rd.read_exact(&mut frame).await.unwrap();
             let (header, request) = Request::parse(frame).unwrap();
-            let records = match request {
-                Request::Produce { batch, .. } => {
+            let produce = match request {
+                Request::Produce { topic, batch, .. } => {
                     received.fetch_add(1, Ordering::SeqCst);
-                    Some(
-                        spool::batch::BatchHeader::parse(&batch)
-                            .unwrap()
-                            .record_count,
-                    )
+                    let header = spool::batch::BatchHeader::parse(&batch).unwrap();
+                    Some((topic, header.record_count))
                 }
                 _ => None,
             };
-            tx.send((header.correlation_id, records)).unwrap();
+            tx.send((header.correlation_id, produce)).unwrap();
         }
     });
     addr
@@ -625,6 +626,93 @@ async fn send_waits_while_max_in_flight_bytes_are_unanswered() {
         .unwrap();
     assert_eq!(offsets, (0..20).collect::<Vec<u64>>());
     assert_eq!(received.load(Ordering::SeqCst), 20);
+}
+
+// Issue 10, item 15: the producer held one lock over every topic's open
+// batch across the network waits of a send, so a send to one topic waited
+// for another topic's batch to find room in the in-flight window (or for a
+// reconnection, or a socket write). Ordering is per topic now: a send to
+// topic b does not wait for topic a's batch.
+#[tokio::test]
+async fn a_send_to_one_topic_does_not_wait_for_another_topics_full_batch() {
+    a_send_to_b_while_a_waits_for_the_window(ALeaves::Full).await;
+}
+
+#[tokio::test]
+async fn a_send_to_one_topic_does_not_wait_for_a_flush_of_another_topic() {
+    a_send_to_b_while_a_waits_for_the_window(ALeaves::Flush).await;
+}
+
+/// What sends topic a's second batch.
+enum ALeaves {
+    /// The send whose record fills it.
+    Full,
+    /// `flush()`.
+    Flush,
+}
+
+/// Topic a's first batch takes the whole in-flight window and the broker
+/// holds it unanswered; a's second batch then waits for room, mid-send.
+/// Meanwhile a send to topic b (which only appends to b's batch) returns.
+/// b's batch itself leaves only once the window has room (it is shared by
+/// all topics, and so is `flush`, which waits for every topic's answers).
+async fn a_send_to_b_while_a_waits_for_the_window(leaves: ALeaves) {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Poll;
+
+    let received = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let addr = holding_broker(Arc::clone(&received), Arc::clone(&release)).await;
+    let client = Client::connect(&addr).await.unwrap();
+    let window = 4096;
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            batch_bytes: window,
+            // Nothing leaves by time while the test runs.
+            linger: Duration::from_secs(3600),
+            max_in_flight_bytes: window,
+        },
+    );
+    let full = vec![b'a'; window];
+    let first = producer.send("a", None, &full).await.unwrap();
+    let mut second: std::pin::Pin<Box<dyn Future<Output = Delivery> + '_>> = match leaves {
+        ALeaves::Full => Box::pin(async { producer.send("a", None, &full).await.unwrap() }),
+        ALeaves::Flush => {
+            let delivery = producer.send("a", None, b"small").await.unwrap();
+            Box::pin(async {
+                producer.flush().await.unwrap();
+                delivery
+            })
+        }
+    };
+    // Polled once, the second batch's send gets as far as it can: to the
+    // wait for room in the window, which only an answer makes. (A
+    // current-thread runtime: no other task runs, or holds a lock, meanwhile.)
+    let polled = std::future::poll_fn(|cx| Poll::Ready(second.as_mut().poll(cx))).await;
+    assert!(polled.is_pending(), "a's second batch found room");
+
+    let to_b = tokio::time::timeout(PATIENCE, producer.send("b", None, b"b"))
+        .await
+        .expect("a send to b waited for a's batch to find room in the window")
+        .unwrap();
+
+    // The answers free the window: a's second batch leaves after its first,
+    // and b's with the flush.
+    release.notify_one();
+    let second = tokio::time::timeout(PATIENCE, second)
+        .await
+        .expect("a's second batch was sent");
+    tokio::time::timeout(PATIENCE, producer.flush())
+        .await
+        .expect("flush returns")
+        .unwrap();
+    assert_eq!(first.await.unwrap(), 0);
+    assert_eq!(second.await.unwrap(), 1);
+    assert_eq!(to_b.await.unwrap(), 0);
+    assert_eq!(received.load(Ordering::SeqCst), 3);
 }
 
 // Issue 10, item 14: a consumer and a producer built from one Client shared
