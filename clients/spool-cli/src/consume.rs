@@ -111,10 +111,12 @@ fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
                     literal.push(b'%');
                     continue;
                 }
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "-f {text:?}: unknown field %{}; the fields are %t %o %k %s %T %h %K %S and %%",
                     other.map_or(String::new(), String::from)
-                )),
+                ))
+                }
             },
             '\\' => {
                 let escaped = match chars.next() {
@@ -122,10 +124,12 @@ fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
                     Some('t') => '\t',
                     Some('r') => '\r',
                     Some('\\') => '\\',
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "-f {text:?}: unknown escape \\{}; the escapes are \\n \\t \\r and \\\\",
                         other.map_or(String::new(), String::from)
-                    )),
+                    ))
+                    }
                 };
                 let mut buf = [0u8; 4];
                 literal.extend_from_slice(escaped.encode_utf8(&mut buf).as_bytes());

@@ -14,10 +14,11 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine;
 use spool_client::{
     batch::BatchBuilder, Client, ClientError, Delivery, ErrorCode, Producer, ProducerConfig,
 };
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 /// Records sent and not yet confirmed, at most.
 const WINDOW: usize = 65_536;
@@ -28,19 +29,161 @@ pub struct Args {
     /// Read lines from this file instead of stdin.
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
+    /// The whole input (the --file, or stdin) is one record, bytes as they
+    /// are, newlines included.
+    #[arg(long, conflicts_with_all = ["key_delimiter", "format"])]
+    whole: bool,
     /// Key of every record.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "key_delimiter")]
     key: Option<String>,
+    /// Each line is KEY DELIM VALUE, split at the first DELIM (kcat's -K);
+    /// a line without it is a value with no key.
+    #[arg(short = 'K', long, value_name = "DELIM")]
+    key_delimiter: Option<String>,
+    /// A header on every record, as NAME=VALUE (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+    /// raw: each line is a value (without its \n; a \r before it is
+    /// kept). json: each line is an object with "value" and optionally
+    /// "key", "headers" (an object of name: value, or a list of {"name",
+    /// "value"}) and "timestamp" (ms since the epoch); "key_base64",
+    /// "value_base64" (and "value_base64" in a header) carry bytes that are
+    /// not UTF-8. Other fields, such as the "offset" of `spool consume
+    /// --format json` lines, are ignored.
+    #[arg(long, value_enum, default_value_t = Format::Raw)]
+    format: Format,
     /// Send a batch once it holds this many bytes.
     #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES")]
     batch_size: usize,
     /// Send a batch once its first record has waited this long.
     #[arg(long, default_value_t = 5, value_name = "MS")]
     linger_ms: u64,
-    /// Skip lines too large for the topic instead of stopping at the first;
-    /// the report lists the lines skipped.
+    /// Skip lines that are invalid (not JSON, for --format json) or too
+    /// large for the topic instead of stopping at the first; the report
+    /// lists the lines skipped.
     #[arg(long)]
     skip_invalid: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Raw,
+    Json,
+}
+
+/// One record to send, as read from the input.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Input {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp: Option<i64>,
+}
+
+/// Reads one line (without its `\n`) as a record, per the arguments.
+fn parse_line(args: &Args, fixed: &[(String, Vec<u8>)], line: &[u8]) -> Result<Input, String> {
+    let mut input = match args.format {
+        Format::Json => parse_json(line)?,
+        Format::Raw => match &args.key_delimiter {
+            Some(delim) => match find(line, delim.as_bytes()) {
+                Some(at) => Input {
+                    key: Some(line[..at].to_vec()),
+                    value: line[at + delim.len()..].to_vec(),
+                    ..Input::default()
+                },
+                None => Input {
+                    value: line.to_vec(),
+                    ..Input::default()
+                },
+            },
+            None => Input {
+                key: args.key.as_ref().map(|k| k.as_bytes().to_vec()),
+                value: line.to_vec(),
+                ..Input::default()
+            },
+        },
+    };
+    input.headers.extend(fixed.iter().cloned());
+    Ok(input)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A `--format json` line.
+fn parse_json(line: &[u8]) -> Result<Input, String> {
+    use serde_json::Value;
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    let Value::Object(object) = value else {
+        return Err("not a JSON object".into());
+    };
+    let bytes =
+        |o: &serde_json::Map<String, Value>, field: &str| -> Result<Option<Vec<u8>>, String> {
+            let b64 = format!("{field}_base64");
+            match (o.get(field), o.get(&b64)) {
+                (Some(_), Some(_)) => Err(format!("both \"{field}\" and \"{b64}\"")),
+                (Some(Value::String(s)), None) => Ok(Some(s.clone().into_bytes())),
+                (Some(Value::Null) | None, None) => Ok(None),
+                (Some(other), None) => {
+                    Err(format!("\"{field}\" must be a string or null, not {other}"))
+                }
+                (None, Some(Value::String(s))) => base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map(Some)
+                    .map_err(|e| format!("\"{b64}\" is not base64: {e}")),
+                (None, Some(other)) => Err(format!("\"{b64}\" must be a string, not {other}")),
+            }
+        };
+    let value = bytes(&object, "value")?.ok_or("no \"value\" (or \"value_base64\") field")?;
+    let key = bytes(&object, "key")?;
+    let mut headers = Vec::new();
+    match object.get("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (name, v) in map {
+                match v {
+                    Value::String(s) => headers.push((name.clone(), s.clone().into_bytes())),
+                    other => return Err(format!("header {name:?} must be a string, not {other}")),
+                }
+            }
+        }
+        Some(Value::Array(list)) => {
+            for h in list {
+                let Value::Object(h) = h else {
+                    return Err(format!(
+                        "a header must be an object with \"name\" and \"value\", not {h}"
+                    ));
+                };
+                let Some(Value::String(name)) = h.get("name") else {
+                    return Err("a header has no \"name\" string".into());
+                };
+                let v = bytes(h, "value")?.unwrap_or_default();
+                headers.push((name.clone(), v));
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "\"headers\" must be an object or a list, not {other}"
+            ))
+        }
+    }
+    let timestamp = match object.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(t.as_i64().ok_or_else(|| {
+            format!("\"timestamp\" must be an integer (ms since the epoch), not {t}")
+        })?),
+    };
+    Ok(Input {
+        key,
+        value,
+        headers,
+        timestamp,
+    })
 }
 
 /// What happened to the input, line by line.
@@ -125,7 +268,7 @@ impl Tally {
             let shown: Vec<String> = self.skipped.iter().take(10).map(u64::to_string).collect();
             let more = self.skipped.len().saturating_sub(10);
             text.push_str(&format!(
-                "; skipped {} line(s) too large for the topic: {}{}",
+                "; skipped {} invalid line(s): {}{}",
                 self.skipped.len(),
                 shown.join(", "),
                 if more > 0 {
@@ -152,7 +295,8 @@ async fn record_limit(client: &Client, topic: &str) -> Result<Option<u64>, Strin
     }
 }
 
-/// Produces every line (without its `\n`, or `\r\n`) as one record, then
+/// Produces every line (without its `\n`; a `\r` before it stays) as one
+/// record (or the whole input as one, with `--whole`), then
 /// says on stderr which lines went where.
 pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     // A batch must fit in one frame the broker reads.
@@ -173,7 +317,15 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         None => Box::new(tokio::io::stdin()),
     };
     let mut lines = BufReader::with_capacity(1 << 20, input);
-    let key = args.key.as_deref().map(str::as_bytes);
+    let fixed: Vec<(String, Vec<u8>)> = args
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once('=')
+                .map(|(n, v)| (n.to_owned(), v.as_bytes().to_vec()))
+                .ok_or_else(|| format!("--header {h:?}: expected NAME=VALUE"))
+        })
+        .collect::<Result<_, _>>()?;
     let mut limit = record_limit(client, &args.topic).await?;
     let mut tally = Tally::default();
     let mut pending: VecDeque<(u64, Delivery)> = VecDeque::new();
@@ -182,24 +334,52 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     let mut refusal = None;
     while tally.failed.is_none() {
         line.clear();
-        let n = lines
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(|e| format!("reading input: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        number += 1;
-        if line.last() == Some(&b'\n') {
-            line.pop();
-            if line.last() == Some(&b'\r') {
+        if args.whole {
+            if number > 0 {
+                break;
+            }
+            lines
+                .read_to_end(&mut line)
+                .await
+                .map_err(|e| format!("reading input: {e}"))?;
+        } else {
+            let n = lines
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|e| format!("reading input: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            // Only the newline goes: a \r before it is part of the value.
+            if line.last() == Some(&b'\n') {
                 line.pop();
             }
         }
+        number += 1;
+        let record = match parse_line(&args, &fixed, &line) {
+            Ok(record) => record,
+            Err(_) if args.skip_invalid => {
+                tally.skipped.push(number);
+                continue;
+            }
+            Err(reason) => {
+                refusal = Some((
+                    number,
+                    ClientError::Invalid(format!("{reason}; nothing after it was sent")),
+                ));
+                break;
+            }
+        };
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        let key = record.key.as_deref();
         if let Some(max) = limit {
             // The record's whole encoding, with room for any timestamp
             // delta the producer may give it.
-            let size = BatchBuilder::record_size(1 << 40, key, &line, &[]) as u64;
+            let size = BatchBuilder::record_size(i64::MAX, key, &record.value, &headers) as u64;
             if size > max {
                 if args.skip_invalid {
                     tally.skipped.push(number);
@@ -218,7 +398,10 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
                 break;
             }
         }
-        match producer.send(&args.topic, key, &line).await {
+        let sent = producer
+            .send_record(&args.topic, key, &record.value, &headers, record.timestamp)
+            .await;
+        match sent {
             Ok(delivery) => pending.push_back((number, delivery)),
             Err(e) => {
                 tally.settle(number, Err(e));

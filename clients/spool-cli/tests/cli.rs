@@ -960,3 +960,98 @@ fn follow_survives_the_broker_going_away() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert_eq!(rest, "after\n");
 }
+
+/// Issue 10, item 9: keys from each line, headers, JSON lines (consume's
+/// own JSON reads back in), one whole file as one record, CRLF kept.
+#[test]
+fn produce_keys_headers_json_whole_files_and_crlf() {
+    let env = start(|_| {});
+    env.ok(&["produce", "keyed", "-K", ":"], b"a:1\nb:2:x\nnokey\n");
+    assert_eq!(
+        env.ok(&["consume", "keyed", "-f", "%k|%s|%K\\n"], b""),
+        "a|1|1\nb|2:x|1\n|nokey|-1\n"
+    );
+
+    env.ok(
+        &["produce", "headed", "-H", "app=spool", "-H", "env=test=1"],
+        b"v\n",
+    );
+    assert_eq!(
+        env.ok(&["consume", "headed", "-f", "%h\\n"], b""),
+        "app=spool,env=test=1\n"
+    );
+
+    let json = concat!(
+        r#"{"key":"k","value":"v","headers":{"h":"1"},"timestamp":1700000000000}"#,
+        "\n",
+        r#"{"value_base64":"gICA","key":null,"headers":[{"name":"bin","value_base64":"/w=="}]}"#,
+        "\n"
+    );
+    env.ok(&["produce", "j", "--format", "json"], json.as_bytes());
+    let printed = env.ok(&["consume", "j", "--format", "json"], b"");
+    let objects: Vec<serde_json::Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objects[0]["timestamp"], 1_700_000_000_000i64);
+    assert_eq!(objects[0]["key"], "k");
+    assert_eq!(objects[0]["headers"][0]["name"], "h");
+    assert_eq!(objects[1]["value_base64"], "gICA");
+    assert_eq!(objects[1]["key"], serde_json::Value::Null);
+    assert_eq!(objects[1]["headers"][0]["value_base64"], "/w==");
+    // What consume prints, produce reads: a copy is the same records.
+    env.ok(&["produce", "copy", "--format", "json"], printed.as_bytes());
+    let copied = env.ok(&["consume", "copy", "--format", "json"], b"");
+    assert_eq!(copied, printed);
+
+    // A line that is not JSON stops the produce there.
+    let out = env.run(
+        &["produce", "bad", "--format", "json"],
+        b"{\"value\":\"1\"}\nnot json\n{\"value\":\"3\"}\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("wrote lines 1..1 to bad at offsets 0..0; line 2 failed: not a JSON object"),
+        "{stderr}"
+    );
+    assert_eq!(env.ok(&["consume", "bad"], b""), "1\n");
+    // --skip-invalid goes on, and says what it skipped.
+    let out = env.run(
+        &["produce", "skips", "--format", "json", "--skip-invalid"],
+        b"{\"value\":\"1\"}\nnot json\n{\"nothing\":0}\n{\"value\":\"4\"}\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped 2 invalid line(s): 2, 3"),
+        "{stderr}"
+    );
+    assert_eq!(env.ok(&["consume", "skips"], b""), "1\n4\n");
+
+    // CRLF bytes stay as they were sent.
+    env.ok(&["produce", "crlf"], b"x\r\ny\r\n");
+    assert_eq!(
+        env.ok(&["consume", "crlf", "-f", "[%s]"], b""),
+        "[x\r][y\r]"
+    );
+    // One file, one record, every byte of it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("doc.txt");
+    std::fs::write(&path, b"line one\r\nline two\n\n").unwrap();
+    env.ok(
+        &[
+            "produce",
+            "files",
+            "--file",
+            path.to_str().unwrap(),
+            "--whole",
+        ],
+        b"",
+    );
+    assert_eq!(
+        env.ok(&["consume", "files", "-f", "%S:%s"], b""),
+        "20:line one\r\nline two\n\n"
+    );
+}

@@ -189,6 +189,19 @@ impl Producer {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) -> Result<Delivery> {
+        self.send_record(topic, key, value, headers, None).await
+    }
+
+    /// [`Producer::send_with_headers`] with the record's timestamp (ms since
+    /// the epoch) given, instead of the time of the send.
+    pub async fn send_record(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+        timestamp: Option<i64>,
+    ) -> Result<Delivery> {
         let shared = &self.shared;
         let slot = shared.slot(topic);
         // tokio's Mutex is fair: sends to the topic append in the order they
@@ -199,7 +212,9 @@ impl Producer {
             result: watch::Sender::new(None),
             started: Instant::now(),
         });
-        batch.builder.push(now_ms(), key, value, headers);
+        batch
+            .builder
+            .push(timestamp.unwrap_or_else(now_ms), key, value, headers);
         let delivery = Delivery {
             result: batch.result.subscribe(),
             index: batch.builder.len() as u64 - 1,
