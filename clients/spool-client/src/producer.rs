@@ -283,8 +283,14 @@ impl Shared {
                 return;
             }
         };
+        let limit = self.client.config().request_timeout;
         let sent = match self.client.connection().await {
-            Ok(conn) => conn.send_produce(topic, Acks::Commit, &bytes).await,
+            // A broker that stops reading must not hold the topic (and the
+            // connection's writer) forever; a write cut off here marks the
+            // connection broken, so nothing follows half a frame.
+            Ok(conn) => tokio::time::timeout(limit, conn.send_produce(topic, Acks::Commit, &bytes))
+                .await
+                .unwrap_or(Err(ClientError::Timeout(limit))),
             Err(e) => Err(e),
         };
         let response = match sent {
@@ -296,7 +302,6 @@ impl Shared {
         };
         self.outstanding.send_modify(|n| *n += 1);
         let shared = Arc::clone(self);
-        let limit = self.client.config().request_timeout;
         tokio::spawn(async move {
             let outcome = match tokio::time::timeout(limit, response).await {
                 Err(_) => Err(ClientError::Timeout(limit)),

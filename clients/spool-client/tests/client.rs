@@ -852,3 +852,32 @@ async fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
         .unwrap();
     assert_eq!(produced.base_offset, 0, "nothing of the big batch stored");
 }
+
+/// A broker that stops reading mid-produce: the producer's write gives up at
+/// the request timeout (the delivery says so) instead of holding the topic,
+/// and the flush behind it, forever.
+#[tokio::test]
+async fn a_producer_write_to_a_broker_that_stops_reading_times_out() {
+    let (addr, _) = deaf_broker().await;
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&addr, config).await.unwrap();
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            batch_bytes: 1,
+            ..ProducerConfig::default()
+        },
+    );
+    // Far more than the socket buffers hold: the write stalls mid-frame.
+    let delivery = tokio::time::timeout(PATIENCE, producer.send("t", None, &vec![7u8; 32 << 20]))
+        .await
+        .expect("the send gives up")
+        .unwrap();
+    let outcome = tokio::time::timeout(PATIENCE, delivery).await.unwrap();
+    assert!(matches!(outcome, Err(ClientError::Timeout(_))), "{outcome:?}");
+    let flushed = tokio::time::timeout(PATIENCE, producer.flush()).await;
+    assert!(flushed.is_ok(), "the flush returns");
+}
