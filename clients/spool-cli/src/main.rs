@@ -190,12 +190,16 @@ async fn run(cli: Cli) -> Result<(), String> {
         request_timeout: cli.request_timeout,
         ..ClientConfig::default()
     };
-    if let Command::Consume(args) = &cli.command {
-        if args.follow {
-            // A follow rides out outages itself, and says so: the client
-            // should report a lost broker after seconds, not half a minute.
-            config.reconnect_for = std::time::Duration::from_secs(3);
+    match &cli.command {
+        // A follow rides out outages itself, and says so: the client should
+        // report a lost broker after seconds, not half a minute. A produce
+        // stops at its first failure: only the batch being sent waits on a
+        // reconnection.
+        Command::Consume(args) if args.follow => {
+            config.reconnect_for = std::time::Duration::from_secs(3)
         }
+        Command::Produce(_) => config.reconnect_for = std::time::Duration::from_secs(3),
+        _ => {}
     }
     let connect = || connect_with(&cli.broker, config.clone());
     match cli.command {

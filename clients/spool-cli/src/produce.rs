@@ -197,6 +197,8 @@ struct Tally {
     failed: Option<(u64, ClientError)>,
     /// Records sent whose fate is unknown (the connection was lost).
     unknown: u64,
+    /// Records never sent (no connection, or dropped after a failure).
+    unsent: u64,
     /// Records the broker refused (the first failure included).
     refused: u64,
     /// Records acknowledged although an earlier line had failed.
@@ -222,6 +224,9 @@ impl Tally {
                 match &e {
                     // Lost with the connection: stored or not, nobody knows.
                     ClientError::Disconnected(_) | ClientError::Timeout(_) => self.unknown += 1,
+                    ClientError::Unsent(_)
+                    | ClientError::Connect { .. }
+                    | ClientError::TooLarge { .. } => self.unsent += 1,
                     _ => self.refused += 1,
                 }
                 if self.failed.is_none() {
@@ -263,6 +268,9 @@ impl Tally {
                 "; {} record(s) may or may not be stored (the connection was lost before they were acknowledged)",
                 self.unknown
             ));
+        }
+        if self.unsent > 0 {
+            text.push_str(&format!("; {} record(s) read were not sent", self.unsent));
         }
         if !self.skipped.is_empty() {
             let shown: Vec<String> = self.skipped.iter().take(10).map(u64::to_string).collect();
@@ -421,8 +429,21 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             let (at, delivery) = pending.pop_front().expect("not empty");
             tally.settle(at, delivery.await);
         }
+        // Settle what is known already, so that a failure (a lost
+        // connection, a full disk) stops the reading at once.
+        while let Some(outcome) = pending.front().and_then(|(_, d)| d.outcome_now()) {
+            let (at, _) = pending.pop_front().expect("not empty");
+            tally.settle(at, outcome);
+        }
     }
-    let flushed = producer.flush().await;
+    let flushed = if tally.failed.is_some() {
+        // Batches not yet sent hold only lines after the failure: they must
+        // not be written.
+        producer.discard().await;
+        Ok(())
+    } else {
+        producer.flush().await
+    };
     while let Some((at, delivery)) = pending.pop_front() {
         tally.settle(at, delivery.await);
     }

@@ -1055,3 +1055,143 @@ fn produce_keys_headers_json_whole_files_and_crlf() {
         "20:line one\r\nline two\n\n"
     );
 }
+
+/// A broker that acknowledges the first `acked` produces, then dies as a
+/// `kill -9` leaves it: the connection drops mid-stream and nothing listens
+/// any more. Returns its address and the number of produces it read.
+fn dying_broker(acked: u64) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use spool::protocol::{Request, Response, ResponseBody, TopicDescription};
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let produces = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = std::sync::Arc::clone(&produces);
+    std::thread::spawn(move || {
+        // The CLI's one connection; then the listener goes with the thread.
+        let Ok((mut socket, _)) = listener.accept() else {
+            return;
+        };
+        let mut next_offset = 0u64;
+        loop {
+            let mut len = [0u8; 4];
+            if socket.read_exact(&mut len).is_err() {
+                return;
+            }
+            let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+            if socket.read_exact(&mut frame).is_err() {
+                return;
+            }
+            let (header, request) = Request::parse(bytes::BytesMut::from(&frame[..])).unwrap();
+            let body = match request {
+                Request::ApiVersions => ResponseBody::ApiVersions {
+                    server: "dying".into(),
+                    apis: vec![],
+                    max_frame_bytes: 16 << 20,
+                },
+                Request::DescribeTopic { .. } => ResponseBody::Description(TopicDescription {
+                    log_start: 0,
+                    log_end: 0,
+                    size_bytes: 0,
+                    segments: 1,
+                    settings: vec![("max_record_bytes".into(), "1048576".into())],
+                    torn_files: 0,
+                    torn_bytes: 0,
+                    sources: vec![],
+                }),
+                Request::Produce { batch, .. } => {
+                    if seen.fetch_add(1, Ordering::SeqCst) == acked {
+                        // Killed: the connection drops, answers owed.
+                        return;
+                    }
+                    let count = spool::batch::check(&batch).unwrap().record_count;
+                    let base = next_offset;
+                    next_offset += u64::from(count);
+                    ResponseBody::Produced {
+                        base_offset: base,
+                        append_time: 0,
+                        log_start: 0,
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            let response = Response {
+                correlation_id: header.correlation_id,
+                body: Ok(body),
+            };
+            if std::io::Write::write_all(&mut socket, &response.encode_to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, produces)
+}
+
+/// Issue 10, item 4: the broker dies mid-produce. The report gives the first
+/// error (the lost connection, not a later reconnection failure), the lines
+/// acknowledged, and how many records may or may not be stored; nothing
+/// after the failure is sent, and the command ends within seconds.
+#[test]
+fn a_broker_that_dies_mid_produce_is_reported_with_what_is_known() {
+    let env = start(|_| {});
+    let (addr, produces) = dying_broker(10);
+    let input: String = (1..=5000).map(|i| format!("{i}\n")).collect();
+    let started = std::time::Instant::now();
+    let mut child = Command::new(SPOOL)
+        .args(["--broker", &addr, "produce", "t", "--batch-size", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = wait_bounded(child);
+    writer.join().unwrap();
+    drop(env);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // Acknowledgements on their way when the connection dropped may be
+    // lost with it (a reset discards what the socket had not read).
+    let acked: u64 = match stderr.split_once("wrote lines 1..") {
+        Some((_, rest)) => rest.split(' ').next().unwrap().parse().unwrap(),
+        None => 0,
+    };
+    assert!(acked <= 10, "{stderr}");
+    let expected = if acked > 0 {
+        format!(
+            "wrote lines 1..{acked} to t at offsets 0..{}; line {} failed: connection to the broker was lost",
+            acked - 1,
+            acked + 1
+        )
+    } else {
+        "no records written to t; line 1 failed: connection to the broker was lost".to_owned()
+    };
+    assert!(stderr.contains(&expected), "{stderr}");
+    let unknown: u64 = stderr
+        .split("; ")
+        .find_map(|part| part.strip_suffix(" record(s) may or may not be stored (the connection was lost before they were acknowledged)"))
+        .unwrap_or_else(|| panic!("no unknown count: {stderr}"))
+        .parse()
+        .unwrap();
+    // Every record the broker stored is reported acknowledged or unknown,
+    // never as not written: a retry of the rest duplicates nothing.
+    let read = produces.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(read > 10, "the broker died on produce 11");
+    assert!(
+        acked + unknown >= 10,
+        "{acked} + {unknown} < 10 stored: {stderr}"
+    );
+    assert!(
+        acked + unknown < 5000,
+        "it stopped at the failure: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it took {:?}",
+        started.elapsed()
+    );
+}

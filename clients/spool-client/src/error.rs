@@ -45,6 +45,9 @@ pub enum ClientError {
     /// The call was given invalid arguments.
     #[error("{0}")]
     Invalid(String),
+    /// The record was never sent (the producer dropped it on request).
+    #[error("not sent: {0}")]
+    Unsent(String),
     /// The producer was closed.
     #[error("producer is closed")]
     Closed,

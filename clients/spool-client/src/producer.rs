@@ -134,6 +134,16 @@ pub struct Delivery {
     index: u64,
 }
 
+impl Delivery {
+    /// The outcome if it is known already, without waiting.
+    pub fn outcome_now(&self) -> Option<Result<u64>> {
+        match self.result.borrow().as_ref()? {
+            Ok(base) => Some(Ok(base + self.index)),
+            Err(e) => Some(Err(e.clone())),
+        }
+    }
+}
+
 impl IntoFuture for Delivery {
     type Output = Result<u64>;
     type IntoFuture = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
@@ -245,6 +255,22 @@ impl Producer {
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(())
+    }
+}
+
+impl Producer {
+    /// Drops every batch not yet sent: their deliveries fail with
+    /// [`ClientError::Unsent`], and nothing of them reaches the broker.
+    /// Batches already sent are not affected. For a caller that must not
+    /// write anything after a failure it has seen.
+    pub async fn discard(&self) {
+        for (_, slot) in self.shared.slots() {
+            if let Some(batch) = slot.lock().await.take() {
+                batch.result.send_replace(Some(Err(ClientError::Unsent(
+                    "discarded before it was sent".into(),
+                ))));
+            }
+        }
     }
 }
 

@@ -877,7 +877,10 @@ async fn a_producer_write_to_a_broker_that_stops_reading_times_out() {
         .expect("the send gives up")
         .unwrap();
     let outcome = tokio::time::timeout(PATIENCE, delivery).await.unwrap();
-    assert!(matches!(outcome, Err(ClientError::Timeout(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(ClientError::Timeout(_))),
+        "{outcome:?}"
+    );
     let flushed = tokio::time::timeout(PATIENCE, producer.flush()).await;
     assert!(flushed.is_ok(), "the flush returns");
 }
