@@ -210,6 +210,29 @@ pub async fn run(
             .await
             .map_err(|e| format!("creating {topic}: {e}"))?;
     }
+    // Whatever happens next, the topics go afterwards (unless --keep): a
+    // failed run must not leave its topics filling the broker's disk.
+    let measured = measure(broker, base, &args, &admin, &topics).await;
+    if !args.keep {
+        for topic in &topics {
+            if let Err(e) = admin.delete_topic(topic).await {
+                if measured.is_ok() {
+                    return Err(format!("deleting {topic} after the run: {e}"));
+                }
+            }
+        }
+    }
+    print_report(&measured?, args.json)
+}
+
+/// The run itself, once the topics exist.
+async fn measure(
+    broker: &str,
+    base: &spool_client::ClientConfig,
+    args: &Args,
+    admin: &Client,
+    topics: &[String],
+) -> Result<Report, String> {
     let total = args.messages.unwrap_or(if args.duration.is_some() {
         u64::MAX
     } else {
@@ -225,8 +248,8 @@ pub async fn run(
         let producers = spawn_producers(
             broker,
             base,
-            &args,
-            &topics,
+            args,
+            topics,
             total,
             args.duration,
             &fill,
@@ -234,14 +257,14 @@ pub async fn run(
         )
         .await?;
         join_producers(producers).await?;
-        backlog = Some(log_ends(&admin, &topics).await?);
+        backlog = Some(log_ends(admin, topics).await?);
     }
 
     let produced = Arc::new(Side::default());
     let consumed = Arc::new(Side::default());
     let progress = match &backlog {
-        Some(ends) => progress_bar(&args, ends.iter().sum(), false),
-        None => progress_bar(&args, total, args.duration.is_some()),
+        Some(ends) => progress_bar(args, ends.iter().sum(), false),
+        None => progress_bar(args, total, args.duration.is_some()),
     };
     let started = Instant::now();
     let producers = if args.mode == Mode::Consume {
@@ -250,8 +273,8 @@ pub async fn run(
         spawn_producers(
             broker,
             base,
-            &args,
-            &topics,
+            args,
+            topics,
             total,
             args.duration,
             &produced,
@@ -266,7 +289,7 @@ pub async fn run(
     let mut consumers = Vec::new();
     if args.mode != Mode::Produce {
         for j in 0..args.consumers {
-            let client = crate::connect_with(broker, client_config(base, &args)).await?;
+            let client = crate::connect_with(broker, client_config(base, args)).await?;
             let topic = topics[j % topics.len()].clone();
             let expected = if args.mode == Mode::Consume || args.duration.is_none() {
                 Some(per_topic[j % topics.len()])
@@ -294,17 +317,21 @@ pub async fn run(
             )));
         }
     }
-    let ticker = tokio::spawn(tick_progress(
-        progress.clone(),
-        Arc::clone(&produced),
-        Arc::clone(&consumed),
-        args.mode,
-    ));
+    // Stopped and cleared however the run ends.
+    let _ticker = Ticker {
+        task: tokio::spawn(tick_progress(
+            progress.clone(),
+            Arc::clone(&produced),
+            Arc::clone(&consumed),
+            args.mode,
+        )),
+        bar: progress,
+    };
     let produce_latency = join_producers(producers).await?;
     let produce_elapsed = started.elapsed();
     if args.mode == Mode::Both && args.duration.is_some() {
         // Consumers read up to each topic's end now.
-        let _ = done_tx.send(Some(log_ends(&admin, &topics).await?));
+        let _ = done_tx.send(Some(log_ends(admin, topics).await?));
     }
     let mut e2e = histogram();
     for c in consumers {
@@ -314,15 +341,7 @@ pub async fn run(
         e2e.add(h).map_err(|e| e.to_string())?;
     }
     let consume_elapsed = started.elapsed();
-    ticker.abort();
-    progress.finish_and_clear();
-    if !args.keep {
-        for topic in &topics {
-            let _ = admin.delete_topic(topic).await;
-        }
-    }
-
-    let report = Report {
+    Ok(Report {
         mode: args.mode,
         producers: if args.mode == Mode::Consume {
             0
@@ -345,8 +364,7 @@ pub async fn run(
         produce_latency_ms: Latency::of(&produce_latency),
         consume: (args.mode != Mode::Produce).then(|| Throughput::of(&consumed, consume_elapsed)),
         end_to_end_latency_ms: Latency::of(&e2e),
-    };
-    print_report(&report, args.json)
+    })
 }
 
 /// Splits `total` messages over producers, then sums per topic (an
@@ -448,6 +466,15 @@ fn template(count: usize, size: usize) -> (Vec<u8>, Vec<usize>) {
     (bytes, starts)
 }
 
+/// A produce request's acknowledgement (or failure), and how long after its
+/// send it came.
+type Acked = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (Result<spool_client::Produced, ClientError>, Duration)>
+            + Send,
+    >,
+>;
+
 async fn produce(
     client: Client,
     plan: Plan,
@@ -464,8 +491,8 @@ async fn produce(
         .rate
         .map(|r| Duration::from_secs_f64(per_batch as f64 / r.max(1) as f64));
     let mut next_send = Instant::now();
-    let record = |latency: &mut Histogram<u64>, at: Instant, side: &Side| {
-        latency.saturating_record(at.elapsed().as_micros().max(1) as u64);
+    let record = |latency: &mut Histogram<u64>, took: Duration, side: &Side| {
+        latency.saturating_record(took.as_micros().max(1) as u64);
         side.messages.fetch_add(per_batch, Ordering::Relaxed);
         side.bytes
             .fetch_add(per_batch * plan.message_size as u64, Ordering::Relaxed);
@@ -493,23 +520,42 @@ async fn produce(
             .try_into_mut()
             .map(Vec::from)
             .unwrap_or_else(|b| b.to_vec());
-        waiting.push_back((now, pending));
+        let acked = async move {
+            let outcome = pending.wait().await;
+            (outcome, now.elapsed())
+        };
+        let acked: Acked = if pace.is_some() {
+            // Under --rate the loop sleeps between sends, and would see an
+            // acknowledgement only at its next send: a task of its own
+            // takes the time as it arrives, so the latency is the
+            // request's, not the rate limiter's.
+            let task = tokio::spawn(acked);
+            Box::pin(async move {
+                task.await.unwrap_or_else(|e| {
+                    (
+                        Err(ClientError::Unexpected(format!("task failed: {e}"))),
+                        Duration::ZERO,
+                    )
+                })
+            })
+        } else {
+            // Acknowledgements come in send order: the wait for the oldest
+            // ends as its answer arrives.
+            Box::pin(acked)
+        };
+        waiting.push_back(acked);
         sent += per_batch;
         while waiting.len() >= plan.in_flight {
-            let (at, pending) = waiting.pop_front().expect("non-empty");
-            pending
-                .wait()
-                .await
-                .map_err(|e| format!("produce failed: {e}"))?;
-            record(&mut latency, at, &side);
+            let acked = waiting.pop_front().expect("non-empty");
+            let (outcome, took) = acked.await;
+            outcome.map_err(|e| format!("produce failed: {e}"))?;
+            record(&mut latency, took, &side);
         }
     }
-    for (at, pending) in waiting {
-        pending
-            .wait()
-            .await
-            .map_err(|e| format!("produce failed: {e}"))?;
-        record(&mut latency, at, &side);
+    for acked in waiting {
+        let (outcome, took) = acked.await;
+        outcome.map_err(|e| format!("produce failed: {e}"))?;
+        record(&mut latency, took, &side);
     }
     Ok(latency)
 }
@@ -580,6 +626,19 @@ fn progress_bar(args: &Args, total: u64, timed: bool) -> ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+/// The progress line's updater: on drop, stops and clears the line.
+struct Ticker {
+    task: tokio::task::JoinHandle<()>,
+    bar: ProgressBar,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.bar.finish_and_clear();
+    }
 }
 
 async fn tick_progress(bar: ProgressBar, produced: Arc<Side>, consumed: Arc<Side>, mode: Mode) {

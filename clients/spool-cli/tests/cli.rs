@@ -1195,3 +1195,83 @@ fn a_broker_that_dies_mid_produce_is_reported_with_what_is_known() {
         started.elapsed()
     );
 }
+
+/// Issue 10, item 12: on a terminal `spool bench` draws a progress line
+/// (stderr); piped, it prints only its report.
+#[test]
+fn bench_shows_progress_on_a_terminal_only() {
+    let env = start(|_| {});
+    let command = format!(
+        "{SPOOL} --broker {} bench --messages 2000000 --message-size 10",
+        env.addr
+    );
+    // `script` runs the command on a pseudo-terminal (util-linux).
+    let child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux runs the bench on a terminal");
+    let out = wait_bounded(child);
+    assert!(out.status.success(), "{out:?}");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("/2000000 msgs"),
+        "a progress line: {screen}"
+    );
+    assert!(screen.contains("spool bench: mode produce"), "{screen}");
+    let piped = env.run(
+        &["bench", "--messages", "2000000", "--message-size", "10"],
+        b"",
+    );
+    assert!(piped.status.success());
+    assert!(
+        piped.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+}
+
+/// Issue 10, item 12: a failed bench run deletes its topics all the same.
+#[test]
+fn a_failed_bench_run_leaves_no_topics() {
+    let env = start(|_| {});
+    let e = env.fails(&[
+        "bench",
+        "--messages",
+        "10",
+        "--batch-size",
+        "1",
+        "--message-size",
+        "2000000",
+    ]);
+    assert!(e.contains("RECORD_TOO_LARGE"), "{e}");
+    assert_eq!(env.ok(&["topic", "list"], b""), "");
+}
+
+/// Issue 10, item 12: under --rate, the ack latency is the request's, not
+/// the time an acknowledgement waited for the rate limiter's next send
+/// (here 50 ms apart, with 8 in flight: about 350 ms before).
+#[test]
+fn bench_ack_latency_under_a_rate_is_the_requests() {
+    let env = start(|_| {});
+    let out = env.ok(
+        &[
+            "bench",
+            "--messages",
+            "20",
+            "--batch-size",
+            "1",
+            "--rate",
+            "20",
+            "--in-flight",
+            "8",
+            "--json",
+        ],
+        b"",
+    );
+    let report = bench_report(&out);
+    let p50 = report["produce_latency_ms"]["p50"].as_f64().unwrap();
+    assert!(p50 < 50.0, "p50 {p50} ms includes the pacing: {report}");
+}
