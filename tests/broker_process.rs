@@ -147,6 +147,12 @@ async fn the_log_into_a_pipe_is_plain_and_says_each_event_once() {
         assert!(std::time::Instant::now() < deadline, "retention never ran");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    c.ok(Request::AlterTopic {
+        topic: "logged".into(),
+        set: vec![("retention_ms".into(), "1h".into())],
+        reset: vec![],
+    })
+    .await;
     c.ok(Request::DeleteTopic {
         topic: "logged".into(),
     })
@@ -165,6 +171,10 @@ async fn the_log_into_a_pipe_is_plain_and_says_each_event_once() {
         "{log}"
     );
     assert!(log.contains("deleted topic"), "{log}");
+    assert!(
+        log.contains("altered topic") && log.contains("retention_ms: 604800000 -> 3600000"),
+        "{log}"
+    );
     let retention = log
         .lines()
         .filter(|l| l.contains("retention deleted segments"))

@@ -509,6 +509,15 @@ impl LongPoll {
 /// The protocol error for a storage failure.
 pub fn storage_error(e: StorageError) -> ErrorBody {
     let message = e.to_string();
+    if matches!(
+        e,
+        StorageError::Io { .. }
+            | StorageError::BadLayout { .. }
+            | StorageError::DiskFull { .. }
+            | StorageError::Corrupt { .. }
+    ) {
+        warn_now_and_then(&message);
+    }
     match e {
         StorageError::OffsetOutOfRange { lowest, next, .. } => {
             let mut body = ErrorBody::new(ErrorCode::OffsetOutOfRange, message);
@@ -533,6 +542,26 @@ pub fn storage_error(e: StorageError) -> ErrorBody {
         | StorageError::BadLayout { .. }
         | StorageError::Reset
         | StorageError::WouldBlock => ErrorBody::new(ErrorCode::StorageError, message),
+    }
+}
+
+/// Logs a storage failure a client was told of, at most once every ten
+/// seconds (a full disk refuses every produce), counting the rest.
+fn warn_now_and_then(message: &str) {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    static QUIET: AtomicU64 = AtomicU64::new(0);
+    let now = super::topic::now_ms();
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let unlogged = QUIET.swap(0, Ordering::Relaxed);
+        tracing::warn!(error = %message, unlogged, "storage error answered to a client");
+    } else {
+        QUIET.fetch_add(1, Ordering::Relaxed);
     }
 }
 

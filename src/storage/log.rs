@@ -229,7 +229,9 @@ impl Log {
                 None => Segment::open_active(&vfs, &dir, base, &config)?,
             };
             if report != RecoveryReport::default() {
-                tracing::info!(dir = %dir.display(), segment = base, ?report, "recovered segment");
+                // The broker logs it, with the topic's name, from
+                // `Log::recovery`: said once.
+                tracing::debug!(dir = %dir.display(), segment = base, ?report, "recovered segment");
                 recovery.push((base, report));
             }
             segments.push(Arc::new(segment));
