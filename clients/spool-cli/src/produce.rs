@@ -10,6 +10,7 @@
 //! as they come (at most [`WINDOW`] pending), so memory does not grow with
 //! the input.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,39 +72,48 @@ enum Format {
     Json,
 }
 
-/// One record to send, as read from the input.
+/// One record to send, as read from the input: raw lines are borrowed, not
+/// copied.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Input {
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
+struct Input<'a> {
+    key: Option<Cow<'a, [u8]>>,
+    value: Cow<'a, [u8]>,
+    headers: Vec<(Cow<'a, str>, Cow<'a, [u8]>)>,
     timestamp: Option<i64>,
 }
 
 /// Reads one line (without its `\n`) as a record, per the arguments.
-fn parse_line(args: &Args, fixed: &[(String, Vec<u8>)], line: &[u8]) -> Result<Input, String> {
+fn parse_line<'a>(
+    args: &'a Args,
+    fixed: &'a [(String, Vec<u8>)],
+    line: &'a [u8],
+) -> Result<Input<'a>, String> {
     let mut input = match args.format {
         Format::Json => parse_json(line)?,
         Format::Raw => match &args.key_delimiter {
             Some(delim) => match find(line, delim.as_bytes()) {
                 Some(at) => Input {
-                    key: Some(line[..at].to_vec()),
-                    value: line[at + delim.len()..].to_vec(),
+                    key: Some(Cow::Borrowed(&line[..at])),
+                    value: Cow::Borrowed(&line[at + delim.len()..]),
                     ..Input::default()
                 },
                 None => Input {
-                    value: line.to_vec(),
+                    value: Cow::Borrowed(line),
                     ..Input::default()
                 },
             },
             None => Input {
-                key: args.key.as_ref().map(|k| k.as_bytes().to_vec()),
-                value: line.to_vec(),
+                key: args.key.as_ref().map(|k| Cow::Borrowed(k.as_bytes())),
+                value: Cow::Borrowed(line),
                 ..Input::default()
             },
         },
     };
-    input.headers.extend(fixed.iter().cloned());
+    input.headers.extend(
+        fixed
+            .iter()
+            .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_slice()))),
+    );
     Ok(input)
 }
 
@@ -115,7 +125,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A `--format json` line.
-fn parse_json(line: &[u8]) -> Result<Input, String> {
+fn parse_json(line: &[u8]) -> Result<Input<'static>, String> {
     use serde_json::Value;
     let value: Value =
         serde_json::from_slice(line).map_err(|e| format!("not a JSON object: {e}"))?;
@@ -147,7 +157,9 @@ fn parse_json(line: &[u8]) -> Result<Input, String> {
         Some(Value::Object(map)) => {
             for (name, v) in map {
                 match v {
-                    Value::String(s) => headers.push((name.clone(), s.clone().into_bytes())),
+                    Value::String(s) => {
+                        headers.push((Cow::Owned(name.clone()), Cow::Owned(s.clone().into_bytes())))
+                    }
                     other => return Err(format!("header {name:?} must be a string, not {other}")),
                 }
             }
@@ -163,7 +175,7 @@ fn parse_json(line: &[u8]) -> Result<Input, String> {
                     return Err("a header has no \"name\" string".into());
                 };
                 let v = bytes(h, "value")?.unwrap_or_default();
-                headers.push((name.clone(), v));
+                headers.push((Cow::Owned(name.clone()), Cow::Owned(v)));
             }
         }
         Some(other) => {
@@ -179,8 +191,8 @@ fn parse_json(line: &[u8]) -> Result<Input, String> {
         })?),
     };
     Ok(Input {
-        key,
-        value,
+        key: key.map(Cow::Owned),
+        value: Cow::Owned(value),
         headers,
         timestamp,
     })
@@ -381,7 +393,7 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         let headers: Vec<(&str, &[u8])> = record
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .map(|(n, v)| (n.as_ref(), v.as_ref()))
             .collect();
         let key = record.key.as_deref();
         if let Some(max) = limit {

@@ -1277,3 +1277,68 @@ fn bench_ack_latency_under_a_rate_is_the_requests() {
     let p50 = report["produce_latency_ms"]["p50"].as_f64().unwrap();
     assert!(p50 < 50.0, "p50 {p50} ms includes the pacing: {report}");
 }
+
+/// Peak resident memory, in KiB, of `spool produce TOPIC` fed `lines`
+/// short lines.
+fn produce_peak_kib(env: &Env, topic: &str, lines: usize) -> i64 {
+    let mut child = env
+        .spool(&["produce", topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk: String = (0..10_000).map(|i| format!("{i}\n")).collect();
+        for _ in 0..lines / 10_000 {
+            if stdin.write_all(chunk.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let pid = child.id() as libc::pid_t;
+    let watchdog = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + RUN_LIMIT;
+        // Bounded: polls until the child is gone or the limit passes.
+        while std::time::Instant::now() < deadline {
+            // SAFETY: signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: our own child, hung past the limit.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child and reaps it (std's handle is not used
+    // to wait after this).
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid);
+    writer.join().unwrap();
+    watchdog.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "spool produce failed: status {status}"
+    );
+    usage.ru_maxrss
+}
+
+/// Issue 10, item 18: `spool produce`'s memory does not grow with its
+/// input (it held one delivery handle per line: ten times the lines took
+/// several times the memory).
+#[test]
+fn produce_memory_does_not_grow_with_the_input() {
+    let env = start(|c| c.defaults.flush = Some(spool::broker::Flush::Never));
+    let small = produce_peak_kib(&env, "small", 200_000);
+    let large = produce_peak_kib(&env, "large", 2_000_000);
+    assert!(
+        (large as f64) < small as f64 * 1.5,
+        "peak {small} KiB for 200,000 lines, {large} KiB for 2,000,000"
+    );
+    let described = env.ok(&["topic", "describe", "large"], b"");
+    assert!(described.contains("0 .. 2000000"), "{described}");
+}
