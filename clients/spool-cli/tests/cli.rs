@@ -1280,6 +1280,8 @@ fn bench_ack_latency_under_a_rate_is_the_requests() {
 
 /// Peak resident memory, in KiB, of `spool produce TOPIC` fed `lines`
 /// short lines.
+// The child is reaped by wait4(2), which also gives its peak memory.
+#[allow(clippy::zombie_processes)]
 fn produce_peak_kib(env: &Env, topic: &str, lines: usize) -> i64 {
     let mut child = env
         .spool(&["produce", topic])
