@@ -444,12 +444,11 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         // Settle what is known already, so that a failure (a lost
         // connection, a full disk) stops the reading within a few hundred
         // lines (every line would cost a lock).
-        while number % 256 == 0 {
-            let Some(outcome) = pending.front().and_then(|(_, d)| d.outcome_now()) else {
-                break;
-            };
-            let (at, _) = pending.pop_front().expect("not empty");
-            tally.settle(at, outcome);
+        if number.is_multiple_of(256) {
+            while let Some(outcome) = pending.front().and_then(|(_, d)| d.outcome_now()) {
+                let (at, _) = pending.pop_front().expect("not empty");
+                tally.settle(at, outcome);
+            }
         }
     }
     let flushed = if tally.failed.is_some() {
