@@ -442,13 +442,11 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             tally.settle(at, delivery.await);
         }
         // Settle what is known already, so that a failure (a lost
-        // connection, a full disk) stops the reading within a few hundred
-        // lines (every line would cost a lock).
-        if number.is_multiple_of(256) {
-            while let Some(outcome) = pending.front().and_then(|(_, d)| d.outcome_now()) {
-                let (at, _) = pending.pop_front().expect("not empty");
-                tally.settle(at, outcome);
-            }
+        // connection, a full disk) stops the reading at once: after a lost
+        // connection every further send would wait out a reconnection.
+        while let Some(outcome) = pending.front().and_then(|(_, d)| d.outcome_now()) {
+            let (at, _) = pending.pop_front().expect("not empty");
+            tally.settle(at, outcome);
         }
     }
     let flushed = if tally.failed.is_some() {

@@ -135,8 +135,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The outcome if it is known already, without waiting.
+    /// The outcome if it is known already, without waiting. Cheap while it
+    /// is not: one atomic load, no lock.
     pub fn outcome_now(&self) -> Option<Result<u64>> {
+        if matches!(self.result.has_changed(), Ok(false)) {
+            return None;
+        }
         match self.result.borrow().as_ref()? {
             Ok(base) => Some(Ok(base + self.index)),
             Err(e) => Some(Err(e.clone())),
