@@ -446,7 +446,10 @@ impl Config {
                 s.worker_threads
             ));
         }
-        self.topic_defaults()
+        let defaults = self
+            .topic_defaults()
+            .map_err(|e| format!("[defaults] {e}"))?;
+        self.check_record_room(&defaults)
             .map_err(|e| format!("[defaults] {e}"))?;
         for name in self.topics.keys() {
             super::topic::check_name(name).map_err(|e| format!("[topics.{name}] {e}"))?;
@@ -462,9 +465,7 @@ impl Config {
     pub fn topic_defaults(&self) -> Result<TopicSettings, String> {
         let mut builtin = TopicSettings::default();
         builtin.max_record_bytes = builtin.max_record_bytes.min(self.record_room().max(1));
-        let settings = self.defaults.resolve(&builtin)?;
-        self.check_record_room(&settings)?;
-        Ok(settings)
+        self.defaults.resolve(&builtin)
     }
 
     /// The largest record one produce frame can carry.
@@ -487,17 +488,48 @@ impl Config {
         Ok(())
     }
 
-    /// The settings of `topic`, given the overrides it was created (or last
-    /// altered) with.
+    /// The settings a topic created (or altered) now with `created_with`
+    /// would get; a `max_record_bytes` no produce frame can carry is refused.
     pub fn topic_settings(
         &self,
         topic: &str,
         created_with: &TopicOverrides,
     ) -> Result<TopicSettings, String> {
-        let file = self.topics.get(topic).cloned().unwrap_or_default();
-        let settings = file.over(created_with).resolve(&self.topic_defaults()?)?;
+        let settings = self.resolve_topic(topic, created_with)?;
         self.check_record_room(&settings)?;
         Ok(settings)
+    }
+
+    /// The settings an existing topic opens with. A `max_record_bytes` that
+    /// was allowed when the topic was made (before it was bounded by the
+    /// frame, or under a larger `max_frame_bytes`) is lowered to what a
+    /// frame carries, with a warning, rather than leaving the topic unserved.
+    pub fn open_settings(
+        &self,
+        topic: &str,
+        created_with: &TopicOverrides,
+    ) -> Result<TopicSettings, String> {
+        let mut settings = self.resolve_topic(topic, created_with)?;
+        let room = self.record_room();
+        if settings.max_record_bytes > room {
+            tracing::warn!(
+                topic,
+                configured = settings.max_record_bytes,
+                used = room,
+                "max_record_bytes lowered to what one produce frame carries ([server] max_frame_bytes - 312)"
+            );
+            settings.max_record_bytes = room.max(1);
+        }
+        Ok(settings)
+    }
+
+    fn resolve_topic(
+        &self,
+        topic: &str,
+        created_with: &TopicOverrides,
+    ) -> Result<TopicSettings, String> {
+        let file = self.topics.get(topic).cloned().unwrap_or_default();
+        file.over(created_with).resolve(&self.topic_defaults()?)
     }
 
     /// Settings given for `topic` (at creation or by an alter) that its
@@ -778,6 +810,21 @@ mod tests {
                 "error for {text:?} does not name {key}: {err}"
             );
         }
+    }
+
+    /// A topic made when max_record_bytes could exceed the frame still
+    /// opens (with the limit lowered); a new one is refused.
+    #[test]
+    fn a_record_limit_beyond_the_frame_is_lowered_at_open_and_refused_at_create() {
+        let config = Config::default();
+        let big =
+            TopicOverrides::from_pairs(&[("max_record_bytes".into(), "16MiB".into())]).unwrap();
+        let err = config.topic_settings("t", &big).unwrap_err();
+        assert!(err.contains("at most 16776904 bytes"), "{err}");
+        let opened = config.open_settings("t", &big).unwrap();
+        assert_eq!(opened.max_record_bytes, (16 << 20) - 312);
+        let err = Config::parse("[defaults]\nmax_record_bytes = \"16MiB\"").unwrap_err();
+        assert!(err.contains("[defaults] max_record_bytes"), "{err}");
     }
 
     #[test]

@@ -466,7 +466,7 @@ impl Topics {
     fn open(&self, name: &str, created_with: TopicOverrides) -> Result<Arc<Topic>, TopicError> {
         let settings = self
             .config
-            .topic_settings(name, &created_with)
+            .open_settings(name, &created_with)
             .map_err(|reason| TopicError::InvalidConfig {
                 name: name.to_owned(),
                 reason,
@@ -656,7 +656,6 @@ impl Topics {
             name: name.to_owned(),
             reason,
         };
-        let topic = self.lookup(name)?;
         if set.is_empty() && reset.is_empty() {
             return Err(invalid(
                 "nothing to change: give settings to set or to reset".into(),
@@ -673,6 +672,9 @@ impl Topics {
                 keys.join(", ")
             )));
         }
+        if let Some((key, _)) = set.iter().find(|(k, _)| reset.contains(k)) {
+            return Err(invalid(format!("`{key}` is both set and reset")));
+        }
         let given = TopicOverrides::from_pairs(set).map_err(invalid)?;
         let mut overruled = self.config.overruled(name, &given);
         if let Some(file) = self.config.topics.get(name) {
@@ -688,7 +690,10 @@ impl Topics {
         if !overruled.is_empty() {
             return Err(invalid(overruled.join("; ")));
         }
+        // Looked up under the lock: a delete (and a new topic of the same
+        // name) cannot come between the lookup and the write.
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self.lookup(name)?;
         let current = topic.current();
         let mut pairs: Vec<(String, String)> = current
             .given
@@ -716,7 +721,22 @@ impl Topics {
                 )));
             }
         }
-        write_settings(&*self.vfs, name, &self.dir.join(name), &pairs)?;
+        let dir = self.dir.join(name);
+        if let Err(e) = write_settings(&*self.vfs, name, &dir, &pairs) {
+            // The new file may be in place already (the directory sync
+            // failed): put the settings in effect back, so that a restart
+            // does not bring in what the client was told failed.
+            let old: Vec<(String, String)> = current
+                .given
+                .to_pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            if let Err(restore) = write_settings(&*self.vfs, name, &dir, &old) {
+                tracing::error!(topic = %name, error = %restore, "an alter failed and its settings file could not be restored: a restart may load the altered settings");
+            }
+            return Err(e);
+        }
         topic
             .log
             .set_limits(&settings.log_config(self.config.server.max_frame_bytes))

@@ -199,30 +199,57 @@ pub async fn run(
     let topics: Vec<String> = (0..args.topics)
         .map(|i| format!("{}-{i}", args.topic_prefix))
         .collect();
-    for topic in &topics {
-        match admin.delete_topic(topic).await {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {}
-            Err(e) => return Err(format!("deleting {topic}: {e}")),
+    // Whatever happens from here, the topics go afterwards (unless --keep):
+    // a failed run must not leave its topics filling the broker's disk.
+    let measured = async {
+        for topic in &topics {
+            match admin.delete_topic(topic).await {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {}
+                Err(e) => return Err(format!("deleting {topic}: {e}")),
+            }
+            admin
+                .create_topic(topic, &[("flush", &args.flush)])
+                .await
+                .map_err(|e| format!("creating {topic}: {e}"))?;
         }
-        admin
-            .create_topic(topic, &[("flush", &args.flush)])
-            .await
-            .map_err(|e| format!("creating {topic}: {e}"))?;
+        // Every task it spawns is stopped when it returns, failed or not, so
+        // none can produce (and auto-create a topic) after the cleanup.
+        let mut tasks = Tasks::default();
+        measure(broker, base, &args, &admin, &topics, &mut tasks).await
     }
-    // Whatever happens next, the topics go afterwards (unless --keep): a
-    // failed run must not leave its topics filling the broker's disk.
-    let measured = measure(broker, base, &args, &admin, &topics).await;
+    .await;
     if !args.keep {
         for topic in &topics {
-            if let Err(e) = admin.delete_topic(topic).await {
-                if measured.is_ok() {
-                    return Err(format!("deleting {topic} after the run: {e}"));
+            match admin.delete_topic(topic).await {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {}
+                Err(e) if measured.is_ok() => {
+                    return Err(format!("deleting {topic} after the run: {e}"))
                 }
+                Err(_) => {}
             }
         }
     }
     print_report(&measured?, args.json)
+}
+
+/// The run's producer and consumer tasks, aborted when dropped.
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Tasks {
+    fn watch<T>(&mut self, task: &tokio::task::JoinHandle<T>) {
+        self.0.push(task.abort_handle());
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// The run itself, once the topics exist.
@@ -232,6 +259,7 @@ async fn measure(
     args: &Args,
     admin: &Client,
     topics: &[String],
+    tasks: &mut Tasks,
 ) -> Result<Report, String> {
     let total = args.messages.unwrap_or(if args.duration.is_some() {
         u64::MAX
@@ -254,6 +282,7 @@ async fn measure(
             args.duration,
             &fill,
             epoch,
+            tasks,
         )
         .await?;
         join_producers(producers).await?;
@@ -279,6 +308,7 @@ async fn measure(
             args.duration,
             &produced,
             epoch,
+            tasks,
         )
         .await?
     };
@@ -304,7 +334,7 @@ async fn measure(
                 ..ConsumerConfig::default()
             };
             let e2e = args.mode == Mode::Both;
-            consumers.push(tokio::spawn(consume(
+            let task = tokio::spawn(consume(
                 client,
                 topic,
                 j % topics.len(),
@@ -314,7 +344,9 @@ async fn measure(
                 side,
                 e2e,
                 epoch,
-            )));
+            ));
+            tasks.watch(&task);
+            consumers.push(task);
         }
     }
     // Stopped and cleared however the run ends.
@@ -410,6 +442,7 @@ async fn spawn_producers(
     duration: Option<Duration>,
     side: &Arc<Side>,
     epoch: Instant,
+    running: &mut Tasks,
 ) -> Result<Vec<ProducerTask>, String> {
     let mut tasks = Vec::new();
     for i in 0..args.producers {
@@ -423,7 +456,9 @@ async fn spawn_producers(
             in_flight: args.in_flight,
             rate: args.rate,
         };
-        tasks.push(tokio::spawn(produce(client, plan, Arc::clone(side), epoch)));
+        let task = tokio::spawn(produce(client, plan, Arc::clone(side), epoch));
+        running.watch(&task);
+        tasks.push(task);
     }
     Ok(tasks)
 }

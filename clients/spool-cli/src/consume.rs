@@ -290,7 +290,9 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     };
     let mut consumer = Consumer::new(client.clone(), &args.topic, start, config);
     let first = consumer.position().await.map_err(|e| e.to_string())?;
-    if first > described.log_end && !args.follow {
+    // An explicit offset past the end is a mistake, with --follow too (the
+    // out-of-range policy is for records retention took away).
+    if first > described.log_end {
         // Worded as the broker words it when it finds the same.
         return Err(format!(
             "{}: offset {first} is out of range; the log holds [{}, {})",
@@ -340,7 +342,7 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
                     eprintln!(
                         "spool: offsets {from}..{log_start} of {} are no longer stored (retention); skipped {} records, continuing at {to}",
                         args.topic,
-                        log_start.saturating_sub(from)
+                        to.saturating_sub(from)
                     );
                 }
                 consumer.seek(StartAt::Offset(to));

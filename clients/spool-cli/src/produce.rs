@@ -39,7 +39,7 @@ pub struct Args {
     key: Option<String>,
     /// Each line is KEY DELIM VALUE, split at the first DELIM (kcat's -K);
     /// a line without it is a value with no key.
-    #[arg(short = 'K', long, value_name = "DELIM")]
+    #[arg(short = 'K', long, value_name = "DELIM", value_parser = non_empty)]
     key_delimiter: Option<String>,
     /// A header on every record, as NAME=VALUE (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
@@ -64,6 +64,14 @@ pub struct Args {
     /// lists the lines skipped.
     #[arg(long)]
     skip_invalid: bool,
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("the delimiter must not be empty".into())
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -319,6 +327,12 @@ async fn record_limit(client: &Client, topic: &str) -> Result<Option<u64>, Strin
 /// record (or the whole input as one, with `--whole`), then
 /// says on stderr which lines went where.
 pub async fn run(client: &Client, args: Args) -> Result<(), String> {
+    if args.format == Format::Json && (args.key.is_some() || args.key_delimiter.is_some()) {
+        return Err(
+            "--key and -K apply to raw lines; with --format json each object gives its \"key\""
+                .into(),
+        );
+    }
     // A batch must fit in one frame the broker reads.
     let frame = client.max_frame_bytes().await.map_err(|e| e.to_string())? as usize;
     let room = frame.saturating_sub(spool_client::MAX_PRODUCE_OVERHEAD);

@@ -1300,18 +1300,14 @@ fn produce_peak_kib(env: &Env, topic: &str, lines: usize) -> i64 {
         }
     });
     let pid = child.id() as libc::pid_t;
+    let (reaped_tx, reaped_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + RUN_LIMIT;
-        // Bounded: polls until the child is gone or the limit passes.
-        while std::time::Instant::now() < deadline {
-            // SAFETY: signal 0 only checks that the process exists.
-            if unsafe { libc::kill(pid, 0) } != 0 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        // Until the child is reaped (a message comes) or the limit passes;
+        // only then can the pid not be someone else's.
+        if reaped_rx.recv_timeout(RUN_LIMIT).is_err() {
+            // SAFETY: our own child, not yet reaped, hung past the limit.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        // SAFETY: our own child, hung past the limit.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
     });
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
@@ -1319,6 +1315,7 @@ fn produce_peak_kib(env: &Env, topic: &str, lines: usize) -> i64 {
     // SAFETY: waits for our own child and reaps it (std's handle is not used
     // to wait after this).
     let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let _ = reaped_tx.send(());
     assert_eq!(reaped, pid);
     writer.join().unwrap();
     watchdog.join().unwrap();

@@ -25,12 +25,13 @@
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use spool::batch::BatchBuilder;
-use spool::protocol::{Acks, ResponseBody};
+use spool::protocol::{Acks, ResponseBody, REQUEST_HEADER_LEN};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -85,6 +86,12 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     /// Batches sent and not yet answered.
     outstanding: watch::Sender<usize>,
+    /// The broker's `max_frame_bytes`, learnt on the first send (0: not
+    /// yet): a batch is sent before a record would take it past a frame.
+    max_frame: AtomicU32,
+    /// Set by [`Producer::discard`]: batches not yet written are dropped,
+    /// even one a send or the linger timer is about to write.
+    discarded: AtomicBool,
 }
 
 /// A batching, pipelining producer. Cheap to clone.
@@ -182,6 +189,8 @@ impl Producer {
             config,
             topics: std::sync::Mutex::new(HashMap::new()),
             outstanding: watch::Sender::new(0),
+            max_frame: AtomicU32::new(0),
+            discarded: AtomicBool::new(false),
         });
         tokio::spawn(linger(Arc::downgrade(&shared)));
         Producer { shared }
@@ -218,9 +227,21 @@ impl Producer {
     ) -> Result<Delivery> {
         let shared = &self.shared;
         let slot = shared.slot(topic);
+        let room = shared.frame_room(topic).await;
         // tokio's Mutex is fair: sends to the topic append in the order they
         // asked for its lock.
         let mut open = slot.lock().await;
+        // A record that would take the open batch past what one frame holds
+        // starts a new batch (sending the open one), so that every batch can
+        // be sent; only a record too large on its own fails.
+        let size = BatchBuilder::record_size(i64::MAX, key, value, headers);
+        if open
+            .as_ref()
+            .is_some_and(|b| !b.builder.is_empty() && b.builder.size() + size > room)
+        {
+            let full = open.take().expect("checked");
+            shared.dispatch(topic, full).await;
+        }
         let batch = open.get_or_insert_with(|| Open {
             builder: BatchBuilder::with_capacity(shared.config.batch_bytes),
             result: watch::Sender::new(None),
@@ -268,6 +289,7 @@ impl Producer {
     /// Batches already sent are not affected. For a caller that must not
     /// write anything after a failure it has seen.
     pub async fn discard(&self) {
+        self.shared.discarded.store(true, Ordering::Release);
         for (_, slot) in self.shared.slots() {
             if let Some(batch) = slot.lock().await.take() {
                 batch.result.send_replace(Some(Err(ClientError::Unsent(
@@ -300,7 +322,25 @@ impl Shared {
     /// Sends a finished batch (called with its topic's lock held, which
     /// keeps the topic's batches in send order) and resolves its deliveries
     /// when answered.
+    /// Bytes a batch to `topic` may take: the broker's frame limit less the
+    /// produce request around the batch.
+    async fn frame_room(&self, topic: &str) -> usize {
+        let mut max = self.max_frame.load(Ordering::Relaxed);
+        if max == 0 {
+            // Unknown until connected; if that fails, the send fails anyway.
+            max = self.client.max_frame_bytes().await.unwrap_or(u32::MAX);
+            self.max_frame.store(max, Ordering::Relaxed);
+        }
+        (max as usize).saturating_sub(REQUEST_HEADER_LEN + 2 + topic.len() + 1 + 4)
+    }
+
     async fn dispatch(self: &Arc<Self>, topic: &str, batch: Open) {
+        if self.discarded.load(Ordering::Acquire) {
+            batch.result.send_replace(Some(Err(ClientError::Unsent(
+                "discarded before it was sent".into(),
+            ))));
+            return;
+        }
         let bytes = Bytes::from(batch.builder.finish());
         let permits = bytes.len().min(self.config.max_in_flight_bytes.max(1)) as u32;
         let permit: OwnedSemaphorePermit = match Arc::clone(&self.in_flight)
@@ -314,7 +354,15 @@ impl Shared {
             }
         };
         let limit = self.client.config().request_timeout;
-        let sent = match self.client.connection().await {
+        let connected = self.client.connection().await;
+        if self.discarded.load(Ordering::Acquire) {
+            // Discarded while this batch waited for room or a connection.
+            batch.result.send_replace(Some(Err(ClientError::Unsent(
+                "discarded before it was sent".into(),
+            ))));
+            return;
+        }
+        let sent = match connected {
             // A broker that stops reading must not hold the topic (and the
             // connection's writer) forever; a write cut off here marks the
             // connection broken, so nothing follows half a frame.
@@ -389,6 +437,9 @@ impl Drop for Shared {
             topics: std::sync::Mutex::new(HashMap::new()),
             in_flight: Arc::clone(&self.in_flight),
             outstanding: watch::Sender::new(0),
+            max_frame: AtomicU32::new(self.max_frame.load(Ordering::Relaxed)),
+            // A discarded producer has no open batches left to hand on.
+            discarded: AtomicBool::new(false),
         });
         runtime.spawn(async move {
             for (topic, batch) in open {

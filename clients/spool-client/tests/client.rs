@@ -884,3 +884,29 @@ async fn a_producer_write_to_a_broker_that_stops_reading_times_out() {
     let flushed = tokio::time::timeout(PATIENCE, producer.flush()).await;
     assert!(flushed.is_ok(), "the flush returns");
 }
+
+/// Review of issue 10, item 7: a batch is sent before a record would take
+/// it past the broker's frame, whatever `batch_bytes` says, so records that
+/// each fit are all stored.
+#[tokio::test]
+async fn batches_never_outgrow_the_frame() {
+    let broker = start(|c| c.server.max_frame_bytes = 64 * 1024).await;
+    let client = broker.client().await;
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 1 << 20,
+            linger: Duration::from_secs(60),
+            ..ProducerConfig::default()
+        },
+    );
+    let mut deliveries = Vec::new();
+    for i in 0..40u8 {
+        deliveries.push(producer.send("t", None, &[i; 10_000]).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        assert_eq!(d.await.unwrap(), i as u64);
+    }
+    assert!(broker.batches("t") >= 7, "{} batches", broker.batches("t"));
+}
