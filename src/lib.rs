@@ -1,6 +1,8 @@
 //! Spool: a single-node, Kafka-style log broker.
 //!
 //! - [`batch`]: the record batch format, shared by the wire and the disk.
+//! - [`record_batch`]: Kafka's RecordBatch v2, the format that replaces
+//!   [`batch`] (issue 11); a codec, not yet used by the log or the wire.
 //! - [`protocol`]: the wire protocol, shared by the broker and its clients.
 //! - [`storage`] (feature `storage`): the segmented commit log, usable on
 //!   its own, without any networking.
@@ -13,6 +15,7 @@
 
 pub mod batch;
 pub mod protocol;
+pub mod record_batch;
 
 #[cfg(feature = "broker")]
 pub mod broker;

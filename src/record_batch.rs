@@ -1,0 +1,964 @@
+//! Kafka's record batch, format v2 (magic 2): what the next storage format
+//! and both wire protocols carry (issue 11). It is not yet what the log
+//! stores: [`crate::batch`] is. This module is the codec, checked against
+//! the `kafka-protocol` crate in `tests/record_batch.rs`.
+//!
+//! # Layout
+//!
+//! All integers are big-endian. A batch is a 61-byte header and then its
+//! records. For compressed batches, the records are compressed as a whole.
+//!
+//! ```text
+//! offset size field
+//!  0     8    baseOffset            i64  offset of the first record; set by the broker
+//!  8     4    batchLength           i32  bytes after this field: the batch is 12 + batchLength
+//! 12     4    partitionLeaderEpoch  i32  set by the broker (Spool: always 0)
+//! 16     1    magic                 i8   2
+//! 17     4    crc                   u32  CRC-32C of bytes [21, end)
+//! 21     2    attributes            i16  bits 0-2 codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd),
+//!                                        bit 3 timestamp type (1: LogAppendTime),
+//!                                        bit 4 transactional, bit 5 control, bit 6 delete horizon
+//! 23     4    lastOffsetDelta       i32  offset delta of the last record: recordsCount - 1
+//! 27     8    baseTimestamp         i64  timestamp of the first record, ms
+//! 35     8    maxTimestamp          i64  largest timestamp in the batch (the broker's
+//!                                        append time for LogAppendTime), ms
+//! 43     8    producerId            i64  -1 without idempotence
+//! 51     2    producerEpoch         i16  -1 without idempotence
+//! 53     4    baseSequence          i32  -1 without idempotence
+//! 57     4    recordsCount          i32  at least 1
+//! 61     ...  records
+//! ```
+//!
+//! A record:
+//!
+//! ```text
+//! varint   length          bytes of the record after this varint
+//! i8       attributes      0
+//! varlong  timestampDelta  timestamp - baseTimestamp
+//! varint   offsetDelta     offset - baseOffset: the record's index in the batch
+//! varint   keyLength       -1 for no key
+//! bytes    key
+//! varint   valueLength     -1 for no value (a tombstone)
+//! bytes    value
+//! varint   headerCount
+//!   varint keyLength, bytes key (UTF-8); varint valueLength (-1: none), bytes value
+//! ```
+//!
+//! `varint` and `varlong` are zigzag-encoded LEB128 (7 bits a byte, low
+//! group first; `n` is stored as `(n << 1) ^ (n >> 63)`), at most 5 bytes
+//! for a varint (an i32) and 10 for a varlong.
+//!
+//! The CRC covers neither the first 21 bytes nor itself: the broker's
+//! fields (`baseOffset`, `partitionLeaderEpoch`) can be set without hashing
+//! the records again. The log guards those bytes another way (the index
+//! knows each batch's offset and position; see `docs/STORAGE.md`).
+//!
+//! Decoding never trusts a length: every count and length is checked
+//! against the bytes that remain before anything is read or reserved.
+
+use bytes::{BufMut, Bytes};
+use thiserror::Error;
+
+/// Bytes of the fixed header.
+pub const HEADER_LEN: usize = 61;
+/// Bytes before `batchLength`'s count starts: the batch is this plus it.
+pub const LOG_OVERHEAD: usize = 12;
+pub const MAGIC: i8 = 2;
+
+const BASE_OFFSET_AT: usize = 0;
+const LENGTH_AT: usize = 8;
+const EPOCH_AT: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+/// The CRC covers `[CRC_START, end)`.
+pub const CRC_START: usize = 21;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_DELTA_AT: usize = 23;
+const BASE_TS_AT: usize = 27;
+const MAX_TS_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
+const COUNT_AT: usize = 57;
+
+/// Attribute bits.
+pub const CODEC_MASK: i16 = 0b111;
+pub const LOG_APPEND_TIME: i16 = 1 << 3;
+pub const TRANSACTIONAL: i16 = 1 << 4;
+pub const CONTROL: i16 = 1 << 5;
+pub const DELETE_HORIZON: i16 = 1 << 6;
+/// Bits with no meaning in magic 2.
+const UNKNOWN_ATTRIBUTES: i16 = !0b111_1111;
+
+/// Smallest record: length, attributes, and five one-byte varints.
+const MIN_RECORD_LEN: usize = 7;
+
+/// How the records of a batch are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    fn from_attributes(attributes: i16) -> Result<Codec, BatchError> {
+        Ok(match attributes & CODEC_MASK {
+            0 => Codec::None,
+            1 => Codec::Gzip,
+            2 => Codec::Snappy,
+            3 => Codec::Lz4,
+            4 => Codec::Zstd,
+            other => return Err(BatchError::UnknownCodec(other as u8)),
+        })
+    }
+}
+
+/// Why a byte string is not a valid batch.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("batch truncated: need {needed} bytes, have {available}")]
+    Truncated { needed: usize, available: usize },
+    #[error("batchLength is {0}: a batch needs at least {min}", min = HEADER_LEN - LOG_OVERHEAD)]
+    LengthTooSmall(i32),
+    #[error("record batch magic {0} is not 2 (only RecordBatch v2 is supported)")]
+    BadMagic(i8),
+    #[error("CRC mismatch: the header says {expected:#010x}, the bytes hash to {actual:#010x}")]
+    CrcMismatch { expected: u32, actual: u32 },
+    #[error("unknown compression codec {0}")]
+    UnknownCodec(u8),
+    #[error("unknown batch attribute bits {0:#06x}")]
+    UnknownAttributes(i16),
+    #[error("control batches are written by the broker, not sent by clients")]
+    Control,
+    #[error("batch declares {0} records; a batch holds at least one")]
+    Empty(i32),
+    #[error("lastOffsetDelta is {last_offset_delta} but the batch holds {count} records")]
+    BadLastOffsetDelta { last_offset_delta: i32, count: i32 },
+    #[error("batch offsets overflow: base offset {base_offset} + {count} records")]
+    OffsetOverflow { base_offset: i64, count: i32 },
+    #[error("producer id {producer_id} with base sequence {base_sequence}: a producer's sequence starts at 0")]
+    BadSequence {
+        producer_id: i64,
+        base_sequence: i32,
+    },
+    #[error("batch declares {declared} records but {found} fit in its bytes")]
+    CountMismatch { declared: i32, found: i32 },
+    #[error("record {index}: {reason}")]
+    BadRecord { index: i32, reason: &'static str },
+    #[error("batch holds {0} bytes after its last record")]
+    TrailingBytes(usize),
+    #[error("record {index} is {size} bytes, more than the limit of {max}")]
+    RecordTooLarge { index: i32, size: usize, max: usize },
+    #[error("maxTimestamp is {declared} but the largest record timestamp is {actual}")]
+    BadMaxTimestamp { declared: i64, actual: i64 },
+}
+
+/// The fixed header of one batch, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+}
+
+impl BatchHeader {
+    /// Decodes the header at the start of `bytes`; checks only that it is
+    /// complete and that `batchLength` can hold a header.
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(BatchError::Truncated {
+                needed: HEADER_LEN,
+                available: bytes.len(),
+            });
+        }
+        let header = BatchHeader {
+            base_offset: be_i64(bytes, BASE_OFFSET_AT),
+            batch_length: be_i32(bytes, LENGTH_AT),
+            partition_leader_epoch: be_i32(bytes, EPOCH_AT),
+            magic: bytes[MAGIC_AT] as i8,
+            crc: be_i32(bytes, CRC_AT) as u32,
+            attributes: be_i16(bytes, ATTRIBUTES_AT),
+            last_offset_delta: be_i32(bytes, LAST_DELTA_AT),
+            base_timestamp: be_i64(bytes, BASE_TS_AT),
+            max_timestamp: be_i64(bytes, MAX_TS_AT),
+            producer_id: be_i64(bytes, PRODUCER_ID_AT),
+            producer_epoch: be_i16(bytes, PRODUCER_EPOCH_AT),
+            base_sequence: be_i32(bytes, BASE_SEQUENCE_AT),
+            records_count: be_i32(bytes, COUNT_AT),
+        };
+        if header.batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+            return Err(BatchError::LengthTooSmall(header.batch_length));
+        }
+        Ok(header)
+    }
+
+    /// Bytes of the whole batch, `baseOffset` and `batchLength` included.
+    pub fn size(&self) -> usize {
+        LOG_OVERHEAD + self.batch_length as usize
+    }
+
+    pub fn codec(&self) -> Result<Codec, BatchError> {
+        Codec::from_attributes(self.attributes)
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL != 0
+    }
+
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & LOG_APPEND_TIME != 0
+    }
+
+    /// The offset one past this batch's last record.
+    pub fn next_offset(&self) -> i64 {
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
+            .saturating_add(1)
+    }
+}
+
+fn be_i16(bytes: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn be_i32(bytes: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4-byte slice"))
+}
+
+fn be_i64(bytes: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(bytes[at..at + 8].try_into().expect("8-byte slice"))
+}
+
+/// The CRC a header should carry for `batch` (exactly one batch's bytes).
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32c::crc32c(&batch[CRC_START..])
+}
+
+/// Stores a freshly computed CRC, after bytes under it were changed.
+pub fn reseal(batch: &mut [u8]) {
+    let crc = compute_crc(batch);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Sets the fields outside the CRC that the broker owns: the base offset,
+/// and the leader epoch (0: one broker, never a new leader). The CRC stays
+/// valid.
+pub fn assign(batch: &mut [u8], base_offset: i64) {
+    batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&0i32.to_be_bytes());
+}
+
+/// Marks the batch as timestamped by the broker: sets the LogAppendTime bit
+/// and `maxTimestamp` to `time`, and recomputes the CRC (both lie under it).
+pub fn set_log_append_time(batch: &mut [u8], time: i64) {
+    let attributes = be_i16(batch, ATTRIBUTES_AT) | LOG_APPEND_TIME;
+    batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TS_AT..MAX_TS_AT + 8].copy_from_slice(&time.to_be_bytes());
+    reseal(batch);
+}
+
+/// Checks the header and the CRC of one complete batch (`bytes` holds
+/// exactly the batch) without walking its records: magic, length, CRC,
+/// known codec and attribute bits, at least one record, and offsets that do
+/// not overflow.
+pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    if header.size() != bytes.len() {
+        return Err(BatchError::Truncated {
+            needed: header.size(),
+            available: bytes.len(),
+        });
+    }
+    if header.magic != MAGIC {
+        return Err(BatchError::BadMagic(header.magic));
+    }
+    let actual = compute_crc(bytes);
+    if actual != header.crc {
+        return Err(BatchError::CrcMismatch {
+            expected: header.crc,
+            actual,
+        });
+    }
+    if header.attributes & UNKNOWN_ATTRIBUTES != 0 {
+        return Err(BatchError::UnknownAttributes(
+            header.attributes & UNKNOWN_ATTRIBUTES,
+        ));
+    }
+    header.codec()?;
+    if header.records_count < 1 {
+        return Err(BatchError::Empty(header.records_count));
+    }
+    if header.base_offset < 0
+        || header
+            .base_offset
+            .checked_add(i64::from(header.records_count))
+            .is_none()
+    {
+        return Err(BatchError::OffsetOverflow {
+            base_offset: header.base_offset,
+            count: header.records_count,
+        });
+    }
+    Ok(header)
+}
+
+/// Validates a batch from a producer, as Kafka's broker does before it
+/// appends one: [`check`], then no control batch, `lastOffsetDelta` equal
+/// to the count less one, a sequence from 0 when a producer id is set, and,
+/// for an uncompressed batch, every record's framing, offset delta, size
+/// (at most `max_record` bytes, its length varint included), header names
+/// (UTF-8) and `maxTimestamp` (the largest record timestamp, unless the
+/// batch says LogAppendTime). The records of a compressed batch are not
+/// read: it is stored as sent.
+pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchError> {
+    let header = check(bytes)?;
+    if header.is_control() {
+        return Err(BatchError::Control);
+    }
+    if header.last_offset_delta != header.records_count - 1 {
+        return Err(BatchError::BadLastOffsetDelta {
+            last_offset_delta: header.last_offset_delta,
+            count: header.records_count,
+        });
+    }
+    if header.producer_id >= 0 && header.base_sequence < 0 {
+        return Err(BatchError::BadSequence {
+            producer_id: header.producer_id,
+            base_sequence: header.base_sequence,
+        });
+    }
+    if header.codec()? != Codec::None {
+        return Ok(header);
+    }
+    let body = &bytes[HEADER_LEN..];
+    // A count that cannot fit is refused before any work proportional to it.
+    let fits = (body.len() / MIN_RECORD_LEN) as i32;
+    if header.records_count > fits {
+        return Err(BatchError::CountMismatch {
+            declared: header.records_count,
+            found: fits,
+        });
+    }
+    let mut records = RecordIter::over(body, &header);
+    let mut max_ts = i64::MIN;
+    for index in 0..header.records_count {
+        let before = records.cursor.len();
+        let record = records
+            .next()
+            .expect("count checked above")
+            .map_err(|reason| BatchError::BadRecord { index, reason })?;
+        let size = before - records.cursor.len();
+        if size > max_record {
+            return Err(BatchError::RecordTooLarge {
+                index,
+                size,
+                max: max_record,
+            });
+        }
+        if record.offset_delta != index {
+            return Err(BatchError::BadRecord {
+                index,
+                reason: "offsetDelta is not the record's index in the batch",
+            });
+        }
+        for h in record.headers {
+            let (name, _) = h.map_err(|reason| BatchError::BadRecord { index, reason })?;
+            if std::str::from_utf8(name).is_err() {
+                return Err(BatchError::BadRecord {
+                    index,
+                    reason: "header key is not UTF-8",
+                });
+            }
+        }
+        max_ts = max_ts.max(record.timestamp);
+    }
+    if !records.cursor.is_empty() {
+        return Err(BatchError::TrailingBytes(records.cursor.len()));
+    }
+    if !header.is_log_append_time() && max_ts != header.max_timestamp {
+        return Err(BatchError::BadMaxTimestamp {
+            declared: header.max_timestamp,
+            actual: max_ts,
+        });
+    }
+    Ok(header)
+}
+
+/// One record of an uncompressed batch, borrowing the batch's bytes.
+#[derive(Debug, Clone)]
+pub struct RecordView<'a> {
+    pub offset_delta: i32,
+    /// `baseTimestamp + timestampDelta` (for a LogAppendTime batch, a reader
+    /// should use the batch's `maxTimestamp` instead).
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: HeaderIter<'a>,
+}
+
+/// The headers of one record: `(key, value)`, a value of `None` for -1.
+#[derive(Debug, Clone)]
+pub struct HeaderIter<'a> {
+    bytes: &'a [u8],
+    remaining: i32,
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = Result<(&'a [u8], Option<&'a [u8]>), &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining <= 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let mut read = || -> Result<(&'a [u8], Option<&'a [u8]>), &'static str> {
+            let key = take_bytes(&mut self.bytes, "header key")?.ok_or("header key is null")?;
+            let value = take_bytes(&mut self.bytes, "header value")?;
+            Ok((key, value))
+        };
+        let item = read();
+        if item.is_err() {
+            self.remaining = 0;
+        }
+        Some(item)
+    }
+}
+
+/// The records of one uncompressed batch, in order.
+#[derive(Debug, Clone)]
+pub struct RecordIter<'a> {
+    cursor: &'a [u8],
+    base_timestamp: i64,
+    remaining: i32,
+}
+
+impl<'a> RecordIter<'a> {
+    /// The records of `batch` (exactly one batch's bytes, header included).
+    /// Refuses a compressed batch: its records must be decompressed first.
+    pub fn new(batch: &'a [u8]) -> Result<RecordIter<'a>, BatchError> {
+        let header = BatchHeader::parse(batch)?;
+        if header.codec()? != Codec::None {
+            return Err(BatchError::BadRecord {
+                index: 0,
+                reason: "the records are compressed",
+            });
+        }
+        let end = header.size().min(batch.len());
+        Ok(RecordIter::over(&batch[HEADER_LEN..end], &header))
+    }
+
+    /// Records in `body`, the bytes after a header (decompressed, for a
+    /// compressed batch).
+    pub fn over(body: &'a [u8], header: &BatchHeader) -> RecordIter<'a> {
+        RecordIter {
+            cursor: body,
+            base_timestamp: header.base_timestamp,
+            remaining: header.records_count.max(0),
+        }
+    }
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<RecordView<'a>, &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining <= 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let item = next_record(&mut self.cursor, self.base_timestamp);
+        if item.is_err() {
+            self.remaining = 0;
+        }
+        Some(item)
+    }
+}
+
+fn next_record<'a>(
+    cursor: &mut &'a [u8],
+    base_timestamp: i64,
+) -> Result<RecordView<'a>, &'static str> {
+    let length = varint(cursor, "record length")?;
+    let length = usize::try_from(length).map_err(|_| "record length is negative")?;
+    if length > cursor.len() {
+        return Err("record length runs past the batch");
+    }
+    let (mut body, rest) = cursor.split_at(length);
+    *cursor = rest;
+    let attributes = *body.first().ok_or("record cut short")?;
+    body = &body[1..];
+    if attributes != 0 {
+        return Err("record attributes are not 0");
+    }
+    let delta = varlong(&mut body, "timestampDelta")?;
+    let offset_delta = varint(&mut body, "offsetDelta")?;
+    let key = take_bytes(&mut body, "key")?;
+    let value = take_bytes(&mut body, "value")?;
+    let count = varint(&mut body, "header count")?;
+    if count < 0 {
+        return Err("header count is negative");
+    }
+    // Each header takes at least two bytes: a count beyond that is a lie.
+    if count as usize > body.len() / 2 {
+        return Err("header count runs past the record");
+    }
+    let headers = HeaderIter {
+        bytes: body,
+        remaining: count,
+    };
+    // The headers must end exactly at the record's end.
+    let mut walk = headers.clone();
+    for h in walk.by_ref() {
+        h?;
+    }
+    if !walk.bytes.is_empty() {
+        return Err("bytes after the record's last header");
+    }
+    Ok(RecordView {
+        offset_delta,
+        timestamp: base_timestamp.wrapping_add(delta),
+        key,
+        value,
+        headers,
+    })
+}
+
+/// A length-prefixed byte string: `None` for length -1.
+fn take_bytes<'a>(
+    cursor: &mut &'a [u8],
+    what: &'static str,
+) -> Result<Option<&'a [u8]>, &'static str> {
+    let len = varint(cursor, what)?;
+    if len == -1 {
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(|_| "a length below -1")?;
+    if len > cursor.len() {
+        return Err("a length runs past the record");
+    }
+    let (bytes, rest) = cursor.split_at(len);
+    *cursor = rest;
+    Ok(Some(bytes))
+}
+
+fn varint(cursor: &mut &[u8], what: &'static str) -> Result<i32, &'static str> {
+    let raw = leb128(cursor, 5, what)?;
+    let raw = u32::try_from(raw).map_err(|_| "a varint does not fit 32 bits")?;
+    Ok(((raw >> 1) as i32) ^ -((raw & 1) as i32))
+}
+
+fn varlong(cursor: &mut &[u8], what: &'static str) -> Result<i64, &'static str> {
+    let raw = leb128(cursor, 10, what)?;
+    Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+}
+
+fn leb128(cursor: &mut &[u8], max_len: usize, _what: &'static str) -> Result<u64, &'static str> {
+    let mut value = 0u64;
+    for i in 0..max_len {
+        let byte = *cursor.get(i).ok_or("a varint runs past the record")?;
+        if i == 9 && byte > 1 {
+            return Err("a varint does not fit 64 bits");
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *cursor = &cursor[i + 1..];
+            return Ok(value);
+        }
+    }
+    Err("a varint is too long")
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn put_uvarint(out: &mut impl BufMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn put_varlong(out: &mut impl BufMut, n: i64) {
+    put_uvarint(out, zigzag(n));
+}
+
+fn uvarint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn varlong_len(n: i64) -> usize {
+    uvarint_len(zigzag(n))
+}
+
+/// A record, decoded and owning its bytes (slices of the batch's buffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: i64,
+    /// The record's timestamp, ms: its producer's, or for a LogAppendTime
+    /// batch the broker's append time.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// Decodes every record of one uncompressed batch held in `batch`.
+pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
+    let header = check(batch)?;
+    let log_append = header.is_log_append_time();
+    let slice = |s: &[u8]| batch.slice_ref(s);
+    let mut out = Vec::with_capacity(header.records_count as usize);
+    for (index, record) in RecordIter::new(batch)?.enumerate() {
+        let index = index as i32;
+        let r = record.map_err(|reason| BatchError::BadRecord { index, reason })?;
+        let mut headers = Vec::new();
+        for h in r.headers {
+            let (name, value) = h.map_err(|reason| BatchError::BadRecord { index, reason })?;
+            let name = std::str::from_utf8(name).map_err(|_| BatchError::BadRecord {
+                index,
+                reason: "header key is not UTF-8",
+            })?;
+            headers.push((name.to_owned(), value.map(slice)));
+        }
+        out.push(Record {
+            offset: header.base_offset + i64::from(r.offset_delta),
+            timestamp: if log_append {
+                header.max_timestamp
+            } else {
+                r.timestamp
+            },
+            key: r.key.map(slice),
+            value: r.value.map(slice),
+            headers,
+        });
+    }
+    Ok(out)
+}
+
+/// Builds one uncompressed batch, without idempotence (producer id, epoch
+/// and base sequence -1) and with base offset 0, as a producer sends it.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    count: i32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::with_capacity(0)
+    }
+}
+
+impl BatchBuilder {
+    pub fn new() -> BatchBuilder {
+        BatchBuilder::default()
+    }
+
+    /// A builder whose buffer starts with room for `bytes` bytes of records.
+    pub fn with_capacity(bytes: usize) -> BatchBuilder {
+        let mut buf = Vec::with_capacity(HEADER_LEN + bytes);
+        buf.resize(HEADER_LEN, 0);
+        BatchBuilder {
+            buf,
+            count: 0,
+            base_timestamp: 0,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of the batch so far, header included.
+    pub fn size(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The bytes one more record of this shape would add, with a timestamp
+    /// delta of `timestamp_delta` and an offset delta of `offset_delta`.
+    pub fn record_size(
+        timestamp_delta: i64,
+        offset_delta: i32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> usize {
+        let body = body_size(timestamp_delta, offset_delta, key, value, headers);
+        varlong_len(body as i64) + body
+    }
+
+    /// Adds one record; its offset delta is its index in the batch.
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
+        if self.count == 0 {
+            self.base_timestamp = timestamp;
+        }
+        let delta = timestamp.wrapping_sub(self.base_timestamp);
+        let offset_delta = self.count;
+        let body = body_size(delta, offset_delta, key, value, headers);
+        self.buf.reserve(varlong_len(body as i64) + body);
+        put_varlong(&mut self.buf, body as i64);
+        self.buf.put_u8(0); // attributes
+        put_varlong(&mut self.buf, delta);
+        put_varlong(&mut self.buf, i64::from(offset_delta));
+        put_nullable(&mut self.buf, key);
+        put_nullable(&mut self.buf, value);
+        put_varlong(&mut self.buf, headers.len() as i64);
+        for (name, v) in headers {
+            put_nullable(&mut self.buf, Some(name.as_bytes()));
+            put_nullable(&mut self.buf, *v);
+        }
+        self.count += 1;
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+    }
+
+    /// Writes the header and CRC and returns the batch. Panics if no record
+    /// was pushed or the batch is 2 GiB or more, both programming errors.
+    pub fn finish(mut self) -> Vec<u8> {
+        assert!(self.count > 0, "a batch needs at least one record");
+        let length = i32::try_from(self.buf.len() - LOG_OVERHEAD).expect("batch under 2 GiB");
+        let b = &mut self.buf;
+        b[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&0i64.to_be_bytes());
+        b[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+        b[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        b[MAGIC_AT] = MAGIC as u8;
+        b[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&0i16.to_be_bytes());
+        b[LAST_DELTA_AT..LAST_DELTA_AT + 4].copy_from_slice(&(self.count - 1).to_be_bytes());
+        b[BASE_TS_AT..BASE_TS_AT + 8].copy_from_slice(&self.base_timestamp.to_be_bytes());
+        b[MAX_TS_AT..MAX_TS_AT + 8].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&(-1i64).to_be_bytes());
+        b[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&(-1i16).to_be_bytes());
+        b[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        b[COUNT_AT..COUNT_AT + 4].copy_from_slice(&self.count.to_be_bytes());
+        reseal(b);
+        self.buf
+    }
+}
+
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varlong_len(-1),
+        Some(b) => varlong_len(b.len() as i64) + b.len(),
+    }
+}
+
+fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varlong(out, -1),
+        Some(b) => {
+            put_varlong(out, b.len() as i64);
+            out.put_slice(b);
+        }
+    }
+}
+
+fn body_size(
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&str, Option<&[u8]>)],
+) -> usize {
+    1 + varlong_len(timestamp_delta)
+        + varlong_len(i64::from(offset_delta))
+        + nullable_len(key)
+        + nullable_len(value)
+        + varlong_len(headers.len() as i64)
+        + headers
+            .iter()
+            .map(|(n, v)| nullable_len(Some(n.as_bytes())) + nullable_len(*v))
+            .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut b = BatchBuilder::new();
+        b.push(
+            1_700_000_000_000,
+            Some(b"k"),
+            Some(b"hello"),
+            &[("h", Some(b"v"))],
+        );
+        b.push(1_700_000_000_005, None, None, &[]);
+        b.push(1_699_999_999_000, None, Some(b""), &[("n", None)]);
+        b.finish()
+    }
+
+    #[test]
+    fn a_built_batch_validates_and_decodes() {
+        let batch = sample();
+        let header = validate(&batch, usize::MAX).unwrap();
+        assert_eq!(header.records_count, 3);
+        assert_eq!(header.last_offset_delta, 2);
+        assert_eq!(header.max_timestamp, 1_700_000_000_005);
+        assert_eq!(header.size(), batch.len());
+        let records = decode_records(&Bytes::from(batch)).unwrap();
+        assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(
+            records[0].headers,
+            vec![("h".into(), Some(Bytes::from_static(b"v")))]
+        );
+        assert_eq!(records[1].value, None);
+        assert_eq!(records[1].timestamp, 1_700_000_000_005);
+        assert_eq!(records[2].offset, 2);
+        assert_eq!(records[2].value.as_deref(), Some(&b""[..]));
+        assert_eq!(records[2].headers, vec![("n".into(), None)]);
+    }
+
+    #[test]
+    fn record_size_is_what_push_adds() {
+        let mut b = BatchBuilder::new();
+        b.push(0, None, Some(b"x"), &[]);
+        let before = b.size();
+        let headers: [(&str, Option<&[u8]>); 1] = [("name", Some(b"value"))];
+        b.push(1_000_000, Some(b"key"), Some(&[7u8; 300]), &headers);
+        let expected =
+            BatchBuilder::record_size(1_000_000, 1, Some(b"key"), Some(&[7u8; 300]), &headers);
+        assert_eq!(b.size() - before, expected);
+    }
+
+    #[test]
+    fn assign_keeps_the_crc_and_log_append_time_reseals() {
+        let mut batch = sample();
+        assign(&mut batch, 42);
+        let header = validate(&batch, usize::MAX).unwrap();
+        assert_eq!((header.base_offset, header.partition_leader_epoch), (42, 0));
+        set_log_append_time(&mut batch, 1_800_000_000_000);
+        let header = validate(&batch, usize::MAX).unwrap();
+        assert!(header.is_log_append_time());
+        let records = decode_records(&Bytes::from(batch)).unwrap();
+        assert!(records.iter().all(|r| r.timestamp == 1_800_000_000_000));
+        assert_eq!(records[1].offset, 43);
+    }
+
+    #[test]
+    fn every_flipped_bit_under_the_crc_is_caught() {
+        let batch = sample();
+        for byte in CRC_START..batch.len() {
+            for bit in 0..8 {
+                let mut bad = batch.clone();
+                bad[byte] ^= 1 << bit;
+                assert!(check(&bad).is_err(), "byte {byte} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_producers_must_not_send_is_refused() {
+        let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut batch = sample();
+            f(&mut batch);
+            reseal(&mut batch);
+            validate(&batch, usize::MAX)
+        };
+        assert!(matches!(
+            edit(&|b| b[ATTRIBUTES_AT + 1] |= CONTROL as u8),
+            Err(BatchError::Control)
+        ));
+        assert!(matches!(
+            edit(&|b| b[LAST_DELTA_AT + 3] = 5),
+            Err(BatchError::BadLastOffsetDelta { .. })
+        ));
+        assert!(matches!(
+            edit(&|b| b[ATTRIBUTES_AT + 1] |= 7),
+            Err(BatchError::UnknownCodec(7))
+        ));
+        assert!(matches!(
+            edit(&|b| b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&5i64.to_be_bytes())),
+            Err(BatchError::BadSequence { .. })
+        ));
+        assert!(matches!(
+            edit(&|b| b[MAX_TS_AT + 7] ^= 1),
+            Err(BatchError::BadMaxTimestamp { .. })
+        ));
+        assert!(matches!(
+            edit(&|b| b[COUNT_AT + 3] = 0),
+            Err(BatchError::Empty(0))
+        ));
+        let mut magic = sample();
+        magic[MAGIC_AT] = 1;
+        assert!(matches!(
+            validate(&magic, usize::MAX),
+            Err(BatchError::BadMagic(1))
+        ));
+        assert!(matches!(
+            validate(&sample(), 10),
+            Err(BatchError::RecordTooLarge { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_compressed_batch_is_checked_but_not_read() {
+        let mut batch = sample();
+        batch[ATTRIBUTES_AT + 1] |= 4; // zstd
+        reseal(&mut batch);
+        let header = validate(&batch, 1).unwrap();
+        assert_eq!(header.codec().unwrap(), Codec::Zstd);
+        assert!(RecordIter::new(&batch).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = validate(&bytes, usize::MAX);
+            let _ = decode_records(&Bytes::from(bytes.clone()));
+            if let Ok(iter) = RecordIter::new(&bytes) {
+                for r in iter {
+                    if let Ok(r) = r {
+                        for h in r.headers {
+                            let _ = h;
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_valid_batch_with_one_byte_changed_under_its_crc_is_refused(
+            at in 0usize..1000, value in proptest::prelude::any::<u8>()
+        ) {
+            let batch = sample();
+            let at = CRC_START + at % (batch.len() - CRC_START);
+            let mut bad = batch.clone();
+            proptest::prop_assume!(bad[at] != value);
+            bad[at] = value;
+            proptest::prop_assert!(validate(&bad, usize::MAX).is_err());
+        }
+    }
+}
