@@ -939,11 +939,9 @@ mod tests {
             let _ = validate(&bytes, usize::MAX);
             let _ = decode_records(&Bytes::from(bytes.clone()));
             if let Ok(iter) = RecordIter::new(&bytes) {
-                for r in iter {
-                    if let Ok(r) = r {
-                        for h in r.headers {
-                            let _ = h;
-                        }
+                for r in iter.flatten() {
+                    for h in r.headers {
+                        let _ = h;
                     }
                 }
             }
