@@ -14,7 +14,12 @@ use proptest::prelude::*;
 use spool::record_batch::{self, BatchBuilder};
 
 /// One record as a test writes it: timestamp, key, value, headers.
-type Plain = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>);
+type Plain = (
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
 
 fn bytes_or_none() -> impl Strategy<Value = Option<Vec<u8>>> {
     proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))

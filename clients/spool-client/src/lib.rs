@@ -6,6 +6,8 @@
 //!   resolves each send to its record's offset.
 //! - [`Consumer`]: reads a topic from an offset, the earliest, the latest or
 //!   a timestamp, long-polling at the end, with an offset-reset policy.
+//! - [`partitioner`]: Kafka's default partitioner (murmur2 of the key, sticky
+//!   batches without one), for when topics have partitions.
 //!
 //! Produce, as the topic's `flush` mode promises, then consume:
 //!
@@ -33,6 +35,7 @@ mod client;
 mod connection;
 mod consumer;
 mod error;
+pub mod partitioner;
 mod producer;
 
 pub use client::{Client, ClientConfig, Offsets, PendingProduce, Produced};
