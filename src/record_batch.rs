@@ -1,7 +1,13 @@
 //! Kafka's record batch, format v2 (magic 2): what the next storage format
 //! and both wire protocols carry (issue 11). It is not yet what the log
-//! stores: [`crate::batch`] is. This module is the codec, checked against
-//! the `kafka-protocol` crate in `tests/record_batch.rs`.
+//! stores: [`crate::batch`] is. This module is the codec: [`check`] and
+//! [`validate`] (what the broker will check on append), [`check_stored`]
+//! (what a read from the log will check), [`assign`] and
+//! [`set_log_append_time`] (what the broker patches), [`BatchBuilder`] and
+//! the record decoders, and with feature `compression` the four codecs
+//! ([`codec`]). `tests/record_batch.rs` checks it against the
+//! `kafka-protocol` crate: the same bytes for the same records, and each
+//! side reads what the other writes, compressed or not.
 //!
 //! # Layout
 //!
@@ -653,6 +659,131 @@ fn varlong_len(n: i64) -> usize {
     uvarint_len(zigzag(n))
 }
 
+/// Compression of a batch's records (feature `compression`), as Kafka's
+/// clients write it: gzip; snappy in the xerial framing of Kafka's Java
+/// client (raw snappy is read too, as librdkafka writes it when asked to);
+/// LZ4 frames; zstd frames.
+#[cfg(feature = "compression")]
+pub mod codec {
+    use std::io::{Read, Write};
+
+    use super::Codec;
+
+    /// Why compressed records could not be read or written.
+    #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+    pub enum CodecError {
+        #[error("{codec:?} records do not decompress: {reason}")]
+        Corrupt { codec: Codec, reason: String },
+        #[error("{codec:?} records decompress to more than {limit} bytes")]
+        TooLarge { codec: Codec, limit: usize },
+    }
+
+    /// The xerial snappy header: magic, then version 1 and compatible 1.
+    const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
+    const XERIAL_BLOCK: usize = 32 * 1024;
+
+    /// Decompresses `data`, refusing output past `limit` bytes (a batch
+    /// from the network must not make the reader allocate without bound).
+    pub fn decompress(codec: Codec, data: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+        let corrupt = |reason: String| CodecError::Corrupt { codec, reason };
+        let bounded = |mut reader: Box<dyn Read + '_>| -> Result<Vec<u8>, CodecError> {
+            let mut out = Vec::new();
+            reader
+                .by_ref()
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| corrupt(e.to_string()))?;
+            if out.len() > limit {
+                return Err(CodecError::TooLarge { codec, limit });
+            }
+            Ok(out)
+        };
+        match codec {
+            Codec::None => Ok(data.to_vec()),
+            Codec::Gzip => bounded(Box::new(flate2::read::MultiGzDecoder::new(data))),
+            Codec::Lz4 => bounded(Box::new(lz4_flex::frame::FrameDecoder::new(data))),
+            Codec::Zstd => {
+                let decoder = ruzstd::decoding::StreamingDecoder::new(data)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                bounded(Box::new(decoder))
+            }
+            Codec::Snappy => {
+                let mut out = Vec::new();
+                let mut raw = snap::raw::Decoder::new();
+                let mut block = |bytes: &[u8], out: &mut Vec<u8>| -> Result<(), CodecError> {
+                    let len =
+                        snap::raw::decompress_len(bytes).map_err(|e| corrupt(e.to_string()))?;
+                    if out.len() + len > limit {
+                        return Err(CodecError::TooLarge { codec, limit });
+                    }
+                    let start = out.len();
+                    out.resize(start + len, 0);
+                    raw.decompress(bytes, &mut out[start..])
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    Ok(())
+                };
+                match data.strip_prefix(&XERIAL_MAGIC[..]) {
+                    Some(rest) => {
+                        // Version and compatible version, then blocks of
+                        // (i32 length, raw snappy).
+                        let mut rest = rest
+                            .get(8..)
+                            .ok_or_else(|| corrupt("xerial header cut short".into()))?;
+                        while !rest.is_empty() {
+                            let len = rest
+                                .get(..4)
+                                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                                .ok_or_else(|| corrupt("xerial block length cut short".into()))?;
+                            let bytes = rest
+                                .get(4..4 + len)
+                                .ok_or_else(|| corrupt("xerial block cut short".into()))?;
+                            block(bytes, &mut out)?;
+                            rest = &rest[4 + len..];
+                        }
+                    }
+                    None => block(data, &mut out)?,
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Compresses `data` as Kafka's Java client does for `codec`.
+    pub fn compress(codec: Codec, data: &[u8]) -> Vec<u8> {
+        match codec {
+            Codec::None => data.to_vec(),
+            Codec::Gzip => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).expect("writing to a Vec");
+                e.finish().expect("writing to a Vec")
+            }
+            Codec::Lz4 => {
+                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                e.write_all(data).expect("writing to a Vec");
+                e.finish().expect("writing to a Vec")
+            }
+            Codec::Zstd => {
+                ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+            }
+            Codec::Snappy => {
+                let mut out = XERIAL_MAGIC.to_vec();
+                out.extend_from_slice(&1i32.to_be_bytes());
+                out.extend_from_slice(&1i32.to_be_bytes());
+                let mut raw = snap::raw::Encoder::new();
+                for chunk in data.chunks(XERIAL_BLOCK) {
+                    let block = raw
+                        .compress_vec(chunk)
+                        .expect("a chunk under snappy's limit");
+                    out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&block);
+                }
+                out
+            }
+        }
+    }
+}
+
 /// A record, decoded and owning its bytes (slices of the batch's buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -668,10 +799,47 @@ pub struct Record {
 /// Decodes every record of one uncompressed batch held in `batch`.
 pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
     let header = check(batch)?;
+    if header.codec()? != Codec::None {
+        return Err(BatchError::BadRecord {
+            index: 0,
+            reason: "the records are compressed",
+        });
+    }
+    records_of(&header, &batch.slice(HEADER_LEN..))
+}
+
+/// Decodes every record of one batch, compressed or not (feature
+/// `compression`); compressed records may take at most `limit` bytes once
+/// decompressed.
+#[cfg(feature = "compression")]
+pub fn decode_any(batch: &Bytes, limit: usize) -> Result<Vec<Record>, DecodeError> {
+    let header = check(batch)?;
+    let body = match header.codec()? {
+        Codec::None => batch.slice(HEADER_LEN..),
+        codec => Bytes::from(codec::decompress(codec, &batch[HEADER_LEN..], limit)?),
+    };
+    Ok(records_of(&header, &body)?)
+}
+
+/// Why [`decode_any`] failed.
+#[cfg(feature = "compression")]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
+/// The records in `body` (the bytes after the header, decompressed).
+fn records_of(header: &BatchHeader, body: &Bytes) -> Result<Vec<Record>, BatchError> {
     let log_append = header.is_log_append_time();
-    let slice = |s: &[u8]| batch.slice_ref(s);
-    let mut out = Vec::with_capacity(header.records_count as usize);
-    for (index, record) in RecordIter::new(batch)?.enumerate() {
+    let slice = |s: &[u8]| body.slice_ref(s);
+    // Each record takes at least MIN_RECORD_LEN bytes: no count beyond
+    // what the body can hold is believed.
+    let fits = (body.len() / MIN_RECORD_LEN).min(header.records_count.max(0) as usize);
+    let mut out = Vec::with_capacity(fits);
+    for (index, record) in RecordIter::over(body, header).enumerate() {
         let index = index as i32;
         let r = record.map_err(|reason| BatchError::BadRecord { index, reason })?;
         let mut headers = Vec::new();
@@ -684,7 +852,7 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
             headers.push((name.to_owned(), value.map(slice)));
         }
         out.push(Record {
-            offset: header.base_offset + i64::from(r.offset_delta),
+            offset: header.base_offset.saturating_add(i64::from(r.offset_delta)),
             timestamp: if log_append {
                 header.max_timestamp
             } else {
@@ -786,6 +954,28 @@ impl BatchBuilder {
         }
         self.count += 1;
         self.max_timestamp = self.max_timestamp.max(timestamp);
+    }
+
+    /// Writes the header and CRC and returns the batch, its records
+    /// compressed with `codec` (feature `compression`).
+    #[cfg(feature = "compression")]
+    pub fn finish_compressed(mut self, codec: Codec) -> Vec<u8> {
+        if codec != Codec::None {
+            let records = codec::compress(codec, &self.buf[HEADER_LEN..]);
+            self.buf.truncate(HEADER_LEN);
+            self.buf.extend_from_slice(&records);
+        }
+        let bits: i16 = match codec {
+            Codec::None => 0,
+            Codec::Gzip => 1,
+            Codec::Snappy => 2,
+            Codec::Lz4 => 3,
+            Codec::Zstd => 4,
+        };
+        let mut batch = self.finish();
+        batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&bits.to_be_bytes());
+        reseal(&mut batch);
+        batch
     }
 
     /// Writes the header and CRC and returns the batch. Panics if no record
