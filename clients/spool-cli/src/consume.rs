@@ -291,8 +291,9 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
     let mut consumer = Consumer::new(client.clone(), &args.topic, start, config);
     let first = consumer.position().await.map_err(|e| e.to_string())?;
     // An explicit offset past the end is a mistake, with --follow too (the
-    // out-of-range policy is for records retention took away).
-    if first > described.log_end {
+    // out-of-range policy is for records retention took away). Only an
+    // explicit one: the end may have moved on since the describe.
+    if args.offset.is_some_and(|o| o >= 0) && first > described.log_end {
         // Worded as the broker words it when it finds the same.
         return Err(format!(
             "{}: offset {first} is out of range; the log holds [{}, {})",

@@ -402,6 +402,9 @@ fn error_exits() {
     env.ok(&["produce", "r", "--batch-size", "1"], lines.as_bytes());
     let above = env.fails(&["consume", "r", "--offset", "500"]);
     assert!(above.contains("500") && above.contains(", 100)"), "{above}");
+    // With --follow too: it would otherwise replay the topic from its start.
+    let following = env.fails(&["consume", "r", "--offset", "500", "--follow"]);
+    assert_eq!(following, above);
     let mut below = String::new();
     for _ in 0..200 {
         let out = env.run(
