@@ -784,6 +784,59 @@ pub mod codec {
     }
 }
 
+/// Splits back-to-back batches (a fetch response's records, a stretch of a
+/// store file), checking each one's header and CRC. A partial batch at the
+/// end, which a fetch may return when it hits its byte limit, is reported
+/// as [`BatchError::Truncated`] and ends the iteration.
+#[derive(Debug, Clone)]
+pub struct BatchIter<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> BatchIter<'a> {
+    pub fn new(bytes: &'a [u8]) -> BatchIter<'a> {
+        BatchIter { bytes }
+    }
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = Result<(BatchHeader, &'a [u8]), BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let item = BatchHeader::parse(self.bytes).and_then(|h| {
+            let len = h.size();
+            if len > self.bytes.len() {
+                return Err(BatchError::Truncated {
+                    needed: len,
+                    available: self.bytes.len(),
+                });
+            }
+            let (batch, rest) = self.bytes.split_at(len);
+            let header = check(batch)?;
+            self.bytes = rest;
+            Ok((header, batch))
+        });
+        if item.is_err() {
+            self.bytes = &[];
+        }
+        Some(item)
+    }
+}
+
+/// The record at `offset` in one uncompressed batch, if the batch holds it.
+pub fn find_record(batch: &Bytes, offset: i64) -> Result<Option<Record>, BatchError> {
+    let header = check(batch)?;
+    if offset < header.base_offset || offset >= header.next_offset() {
+        return Ok(None);
+    }
+    Ok(decode_records(batch)?
+        .into_iter()
+        .find(|r| r.offset == offset))
+}
+
 /// A record, decoded and owning its bytes (slices of the batch's buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -1072,6 +1125,29 @@ mod tests {
         assert_eq!(records[2].offset, 2);
         assert_eq!(records[2].value.as_deref(), Some(&b""[..]));
         assert_eq!(records[2].headers, vec![("n".into(), None)]);
+    }
+
+    #[test]
+    fn back_to_back_batches_split_and_a_cut_one_ends_them() {
+        let mut first = sample();
+        assign(&mut first, 0);
+        let mut second = sample();
+        assign(&mut second, 3);
+        let mut stream = first.clone();
+        stream.extend_from_slice(&second);
+        let offsets: Vec<i64> = BatchIter::new(&stream)
+            .map(|b| b.unwrap().0.base_offset)
+            .collect();
+        assert_eq!(offsets, vec![0, 3]);
+        let cut = &stream[..stream.len() - 1];
+        let items: Vec<_> = BatchIter::new(cut).collect();
+        assert_eq!(items.len(), 2);
+        assert!(matches!(items[1], Err(BatchError::Truncated { .. })));
+        let second = Bytes::from(second);
+        let found = find_record(&second, 4).unwrap().unwrap();
+        assert_eq!((found.offset, found.value), (4, None));
+        assert_eq!(find_record(&second, 6).unwrap(), None);
+        assert_eq!(find_record(&second, 2).unwrap(), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! repairs the length, magic and CRC fields, and may pick a codec, so that
 //! the decoders behind them are reached.
 //!
-//! Asserts: no panic; whatever `validate` accepts uncompressed decodes
+//! Asserts: no panic; what `BatchIter` yields passes `check`; whatever `validate` accepts uncompressed decodes
 //! fully to `recordsCount` records with consecutive offsets, each batch's
 //! records rebuilt with `BatchBuilder` decode to the same records; a
 //! decompression never returns more than its limit.
@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use spool::record_batch::{self, BatchBuilder, BatchHeader, Codec, RecordIter};
+use spool::record_batch::{self, BatchBuilder, BatchHeader, BatchIter, Codec, RecordIter};
 
 const LIMIT: usize = 1 << 20;
 
@@ -39,6 +39,16 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     let owned = Bytes::copy_from_slice(&data);
+    // As a fetch or a store read returns them: back-to-back batches.
+    let mut consumed = 0;
+    for item in BatchIter::new(&data) {
+        let Ok((header, raw)) = item else { break };
+        assert_eq!(raw.len(), header.size());
+        assert_eq!(record_batch::check(raw), Ok(header));
+        let _ = record_batch::find_record(&Bytes::copy_from_slice(raw), header.base_offset);
+        consumed += raw.len();
+    }
+    assert!(consumed <= data.len());
     let _ = BatchHeader::parse(&data);
     let _ = record_batch::check(&data);
     let _ = record_batch::check_stored(&data, 0, data.len());
