@@ -849,27 +849,44 @@ pub struct Record {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
-/// Decodes every record of one uncompressed batch held in `batch`.
+/// Decodes every record of one uncompressed batch held in `batch`. The CRC
+/// is not checked again: a batch from [`BatchIter`] or [`check`] has
+/// passed it (unchecked bytes decode to an error or to records, never a
+/// panic).
 pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
-    let header = check(batch)?;
+    let header = BatchHeader::parse(batch)?;
+    if header.size() > batch.len() {
+        return Err(BatchError::Truncated {
+            needed: header.size(),
+            available: batch.len(),
+        });
+    }
     if header.codec()? != Codec::None {
         return Err(BatchError::BadRecord {
             index: 0,
             reason: "the records are compressed",
         });
     }
-    records_of(&header, &batch.slice(HEADER_LEN..))
+    records_of(&header, &batch.slice(HEADER_LEN..header.size()))
 }
 
 /// Decodes every record of one batch, compressed or not (feature
 /// `compression`); compressed records may take at most `limit` bytes once
-/// decompressed.
+/// decompressed. As with [`decode_records`], the CRC is [`check`]'s job.
 #[cfg(feature = "compression")]
 pub fn decode_any(batch: &Bytes, limit: usize) -> Result<Vec<Record>, DecodeError> {
-    let header = check(batch)?;
+    let header = BatchHeader::parse(batch)?;
+    if header.size() > batch.len() {
+        return Err(BatchError::Truncated {
+            needed: header.size(),
+            available: batch.len(),
+        }
+        .into());
+    }
+    let body = batch.slice(HEADER_LEN..header.size());
     let body = match header.codec()? {
-        Codec::None => batch.slice(HEADER_LEN..),
-        codec => Bytes::from(codec::decompress(codec, &batch[HEADER_LEN..], limit)?),
+        Codec::None => body,
+        codec => Bytes::from(codec::decompress(codec, &body, limit)?),
     };
     Ok(records_of(&header, &body)?)
 }
