@@ -262,6 +262,9 @@ impl Tally {
             (Some((a, b)), Some((low, high))) if self.failed.is_some() => {
                 format!("wrote lines {a}..{b} to {topic} at offsets {low}..{high}")
             }
+            (Some(_), Some((low, _))) if self.acked == 1 => {
+                format!("wrote 1 record to {topic}, offset {low}")
+            }
             (Some(_), Some((low, high))) => {
                 format!(
                     "wrote {} records to {topic}, offsets {low}..{high}",

@@ -1044,7 +1044,7 @@ fn produce_keys_headers_json_whole_files_and_crlf() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("doc.txt");
     std::fs::write(&path, b"line one\r\nline two\n\n").unwrap();
-    env.ok(
+    let out = env.run(
         &[
             "produce",
             "files",
@@ -1053,6 +1053,11 @@ fn produce_keys_headers_json_whole_files_and_crlf() {
             "--whole",
         ],
         b"",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "wrote 1 record to files, offset 0\n"
     );
     assert_eq!(
         env.ok(&["consume", "files", "-f", "%S:%s"], b""),
