@@ -160,6 +160,10 @@ pub enum BatchError {
     RecordTooLarge { index: i32, size: usize, max: usize },
     #[error("maxTimestamp is {declared} but the largest record timestamp is {actual}")]
     BadMaxTimestamp { declared: i64, actual: i64 },
+    #[error("batch attribute refused: {0}")]
+    ReservedAttribute(&'static str),
+    #[error("compressed records: {0}")]
+    Compressed(String),
 }
 
 /// The fixed header of one batch, decoded.
@@ -261,7 +265,8 @@ pub fn reseal(batch: &mut [u8]) {
 
 /// Sets the fields outside the CRC that the broker owns: the base offset,
 /// and the leader epoch (0: one broker, never a new leader). The CRC stays
-/// valid.
+/// valid. Like [`set_log_append_time`] and [`reseal`], for a batch that
+/// passed [`check`] (it panics on fewer than [`HEADER_LEN`] bytes).
 pub fn assign(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&0i32.to_be_bytes());
@@ -365,13 +370,16 @@ pub enum StoredError {
 }
 
 /// Validates a batch from a producer, as Kafka's broker does before it
-/// appends one: [`check`], then no control batch, `lastOffsetDelta` equal
-/// to the count less one, a sequence from 0 when a producer id is set, and,
-/// for an uncompressed batch, every record's framing, offset delta, size
-/// (at most `max_record` bytes, its length varint included), header names
-/// (UTF-8) and `maxTimestamp` (the largest record timestamp, unless the
-/// batch says LogAppendTime). The records of a compressed batch are not
-/// read: it is stored as sent.
+/// appends one: [`check`], then no control batch, no bit only the broker
+/// sets (LogAppendTime, delete horizon) and none that needs transactions,
+/// `lastOffsetDelta` equal to the count less one, a sequence from 0 when a
+/// producer id is set, and every record's framing, offset delta, size (at
+/// most `max_record` bytes, its length varint included), header keys
+/// (UTF-8) and `maxTimestamp` (the largest record timestamp). A compressed
+/// batch's records are decompressed for this (feature `compression`; at
+/// most to its count times `max_record` bytes, and [`MAX_DECOMPRESSED`]),
+/// and the batch is stored as sent. The batch's own size limit is the
+/// caller's to check.
 pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchError> {
     let header = check(bytes)?;
     if header.is_control() {
@@ -389,10 +397,56 @@ pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchErr
             base_sequence: header.base_sequence,
         });
     }
-    if header.codec()? != Codec::None {
-        return Ok(header);
+    // Bits only the broker sets, or that need a transaction coordinator.
+    for (bit, what) in [
+        (
+            LOG_APPEND_TIME,
+            "the LogAppendTime timestamp type is the broker's to set",
+        ),
+        (
+            DELETE_HORIZON,
+            "the delete horizon is set by log compaction",
+        ),
+        (TRANSACTIONAL, "transactions are not supported"),
+    ] {
+        if header.attributes & bit != 0 {
+            return Err(BatchError::ReservedAttribute(what));
+        }
     }
-    let body = &bytes[HEADER_LEN..];
+    match header.codec()? {
+        Codec::None => validate_records(&header, &bytes[HEADER_LEN..], max_record)?,
+        #[cfg(feature = "compression")]
+        codec => {
+            // Kafka's broker reads a compressed batch's records too. No
+            // valid batch decompresses to more than its count of records of
+            // at most `max_record` bytes (nor to more than the cap).
+            let limit = (header.records_count.max(0) as usize)
+                .saturating_mul(max_record)
+                .min(MAX_DECOMPRESSED);
+            let body = codec::decompress(codec, &bytes[HEADER_LEN..], limit)
+                .map_err(|e| BatchError::Compressed(e.to_string()))?;
+            validate_records(&header, &body, max_record)?;
+        }
+        #[cfg(not(feature = "compression"))]
+        codec => {
+            return Err(BatchError::Compressed(format!(
+                "{codec:?} needs the `compression` feature"
+            )))
+        }
+    }
+    Ok(header)
+}
+
+/// Most bytes [`validate`] decompresses one batch's records to.
+pub const MAX_DECOMPRESSED: usize = 256 << 20;
+
+/// The per-record checks of [`validate`], on the records' bytes
+/// (decompressed, for a compressed batch).
+fn validate_records(
+    header: &BatchHeader,
+    body: &[u8],
+    max_record: usize,
+) -> Result<(), BatchError> {
     // A count that cannot fit is refused before any work proportional to it.
     let fits = (body.len() / MIN_RECORD_LEN) as i32;
     if header.records_count > fits {
@@ -401,7 +455,7 @@ pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchErr
             found: fits,
         });
     }
-    let mut records = RecordIter::over(body, &header);
+    let mut records = RecordIter::over(body, header);
     let mut max_ts = i64::MIN;
     for index in 0..header.records_count {
         let before = records.cursor.len();
@@ -437,13 +491,13 @@ pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchErr
     if !records.cursor.is_empty() {
         return Err(BatchError::TrailingBytes(records.cursor.len()));
     }
-    if !header.is_log_append_time() && max_ts != header.max_timestamp {
+    if max_ts != header.max_timestamp {
         return Err(BatchError::BadMaxTimestamp {
             declared: header.max_timestamp,
             actual: max_ts,
         });
     }
-    Ok(header)
+    Ok(())
 }
 
 /// One record of an uncompressed batch, borrowing the batch's bytes.
@@ -678,6 +732,36 @@ pub mod codec {
         TooLarge { codec: Codec, limit: usize },
     }
 
+    /// The largest zstd window accepted whatever the limit: what Kafka's
+    /// zstd-jni writes at most.
+    const ZSTD_MAX_WINDOW: usize = 8 << 20;
+
+    /// The window a zstd frame needs (its content size, for a
+    /// single-segment frame), from its header (RFC 8878, 3.1.1.1).
+    fn zstd_window(data: &[u8]) -> Result<u64, &'static str> {
+        if data.get(..4) != Some(&[0x28, 0xb5, 0x2f, 0xfd][..]) {
+            return Err("not a zstd frame");
+        }
+        let descriptor = *data.get(4).ok_or("zstd frame header cut short")?;
+        let single_segment = descriptor & 0x20 != 0;
+        if !single_segment {
+            let w = *data.get(5).ok_or("zstd frame header cut short")?;
+            let base = 1u64 << (10 + (w >> 3));
+            return Ok(base + base / 8 * u64::from(w & 7));
+        }
+        let dictionary = [0usize, 1, 2, 4][(descriptor & 3) as usize];
+        let size_len = [1usize, 2, 4, 8][(descriptor >> 6) as usize];
+        let at = 5 + dictionary;
+        let field = data
+            .get(at..at + size_len)
+            .ok_or("zstd frame header cut short")?;
+        let mut size = 0u64;
+        for (i, b) in field.iter().enumerate() {
+            size |= u64::from(*b) << (8 * i);
+        }
+        Ok(if size_len == 2 { size + 256 } else { size })
+    }
+
     /// The xerial snappy header: magic, then version 1 and compatible 1.
     const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
     const XERIAL_BLOCK: usize = 32 * 1024;
@@ -690,7 +774,7 @@ pub mod codec {
             let mut out = Vec::new();
             reader
                 .by_ref()
-                .take(limit as u64 + 1)
+                .take((limit as u64).saturating_add(1))
                 .read_to_end(&mut out)
                 .map_err(|e| corrupt(e.to_string()))?;
             if out.len() > limit {
@@ -701,11 +785,34 @@ pub mod codec {
         match codec {
             Codec::None => Ok(data.to_vec()),
             Codec::Gzip => bounded(Box::new(flate2::read::MultiGzDecoder::new(data))),
-            Codec::Lz4 => bounded(Box::new(lz4_flex::frame::FrameDecoder::new(data))),
+            Codec::Lz4 => {
+                // Kafka writes (and its Java client reads) only frames of
+                // independent blocks.
+                match data {
+                    [0x04, 0x22, 0x4d, 0x18, flags, ..] if flags & 0x20 != 0 => {}
+                    [0x04, 0x22, 0x4d, 0x18, ..] => {
+                        return Err(corrupt("an LZ4 frame of linked blocks".into()))
+                    }
+                    _ => return Err(corrupt("not an LZ4 frame".into())),
+                }
+                bounded(Box::new(lz4_flex::frame::FrameDecoder::new(data)))
+            }
             Codec::Zstd => {
-                let decoder = ruzstd::decoding::StreamingDecoder::new(data)
+                // The decoder buffers a whole window before it hands out a
+                // byte: a frame declaring a huge window would take that
+                // much memory whatever the limit. Refuse it up front.
+                let window = zstd_window(data).map_err(|e| corrupt(e.into()))?;
+                if window > limit.max(ZSTD_MAX_WINDOW) as u64 {
+                    return Err(CodecError::TooLarge { codec, limit });
+                }
+                let mut input = data;
+                let decoder = ruzstd::decoding::StreamingDecoder::new(&mut input)
                     .map_err(|e| corrupt(e.to_string()))?;
-                bounded(Box::new(decoder))
+                let out = bounded(Box::new(decoder))?;
+                if !input.is_empty() {
+                    return Err(corrupt("bytes after the zstd frame".into()));
+                }
+                Ok(out)
             }
             Codec::Snappy => {
                 let mut out = Vec::new();
@@ -713,7 +820,7 @@ pub mod codec {
                 let mut block = |bytes: &[u8], out: &mut Vec<u8>| -> Result<(), CodecError> {
                     let len =
                         snap::raw::decompress_len(bytes).map_err(|e| corrupt(e.to_string()))?;
-                    if out.len() + len > limit {
+                    if out.len().saturating_add(len) > limit {
                         return Err(CodecError::TooLarge { codec, limit });
                     }
                     let start = out.len();
@@ -734,11 +841,12 @@ pub mod codec {
                                 .get(..4)
                                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
                                 .ok_or_else(|| corrupt("xerial block length cut short".into()))?;
-                            let bytes = rest
-                                .get(4..4 + len)
+                            let end = len
+                                .checked_add(4)
+                                .filter(|&end| end <= rest.len())
                                 .ok_or_else(|| corrupt("xerial block cut short".into()))?;
-                            block(bytes, &mut out)?;
-                            rest = &rest[4 + len..];
+                            block(&rest[4..end], &mut out)?;
+                            rest = &rest[end..];
                         }
                     }
                     None => block(data, &mut out)?,
@@ -907,9 +1015,12 @@ fn records_of(header: &BatchHeader, body: &Bytes) -> Result<Vec<Record>, BatchEr
     let slice = |s: &[u8]| body.slice_ref(s);
     // Each record takes at least MIN_RECORD_LEN bytes: no count beyond
     // what the body can hold is believed.
-    let fits = (body.len() / MIN_RECORD_LEN).min(header.records_count.max(0) as usize);
+    let fits = (body.len() / MIN_RECORD_LEN)
+        .min(header.records_count.max(0) as usize)
+        .min(1024);
     let mut out = Vec::with_capacity(fits);
-    for (index, record) in RecordIter::over(body, header).enumerate() {
+    let mut records = RecordIter::over(body, header);
+    for (index, record) in records.by_ref().enumerate() {
         let index = index as i32;
         let r = record.map_err(|reason| BatchError::BadRecord { index, reason })?;
         let mut headers = Vec::new();
@@ -932,6 +1043,9 @@ fn records_of(header: &BatchHeader, body: &Bytes) -> Result<Vec<Record>, BatchEr
             value: r.value.map(slice),
             headers,
         });
+    }
+    if !records.cursor.is_empty() {
+        return Err(BatchError::TrailingBytes(records.cursor.len()));
     }
     Ok(out)
 }
@@ -1186,8 +1300,15 @@ mod tests {
         let header = validate(&batch, usize::MAX).unwrap();
         assert_eq!((header.base_offset, header.partition_leader_epoch), (42, 0));
         set_log_append_time(&mut batch, 1_800_000_000_000);
-        let header = validate(&batch, usize::MAX).unwrap();
+        // What the broker stores: a producer may not send it.
+        let header = check(&batch).unwrap();
         assert!(header.is_log_append_time());
+        assert_eq!(
+            validate(&batch, usize::MAX),
+            Err(BatchError::ReservedAttribute(
+                "the LogAppendTime timestamp type is the broker's to set"
+            ))
+        );
         let records = decode_records(&Bytes::from(batch)).unwrap();
         assert!(records.iter().all(|r| r.timestamp == 1_800_000_000_000));
         assert_eq!(records[1].offset, 43);
@@ -1279,13 +1400,124 @@ mod tests {
     }
 
     #[test]
-    fn a_compressed_batch_is_checked_but_not_read() {
+    fn a_compressed_batch_with_records_that_are_not_its_codec_is_refused() {
         let mut batch = sample();
-        batch[ATTRIBUTES_AT + 1] |= 4; // zstd
+        batch[ATTRIBUTES_AT + 1] |= 4; // says zstd; the records are plain
         reseal(&mut batch);
-        let header = validate(&batch, 1).unwrap();
-        assert_eq!(header.codec().unwrap(), Codec::Zstd);
+        assert!(matches!(
+            validate(&batch, usize::MAX),
+            Err(BatchError::Compressed(_))
+        ));
         assert!(RecordIter::new(&batch).is_err());
+        assert!(decode_records(&Bytes::from(batch)).is_err());
+    }
+
+    #[test]
+    fn producers_may_not_set_the_brokers_bits() {
+        for bit in [TRANSACTIONAL, DELETE_HORIZON, LOG_APPEND_TIME] {
+            let mut batch = sample();
+            let attributes = be_i16(&batch, ATTRIBUTES_AT) | bit;
+            batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+            reseal(&mut batch);
+            assert!(matches!(
+                validate(&batch, usize::MAX),
+                Err(BatchError::ReservedAttribute(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_last_record_are_refused_when_decoding() {
+        let mut batch = sample();
+        batch.extend_from_slice(&[0, 0, 0]);
+        let length = (batch.len() - LOG_OVERHEAD) as i32;
+        batch[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+        reseal(&mut batch);
+        assert_eq!(
+            validate(&batch, usize::MAX),
+            Err(BatchError::TrailingBytes(3))
+        );
+        assert_eq!(
+            decode_records(&Bytes::from(batch)),
+            Err(BatchError::TrailingBytes(3))
+        );
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn compressed_records_are_validated_like_plain_ones() {
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let mut b = BatchBuilder::new();
+            b.push(1, None, Some(&[9u8; 200]), &[]);
+            b.push(2, None, Some(b"two"), &[]);
+            let good = b.finish_compressed(codec);
+            assert_eq!(validate(&good, usize::MAX).unwrap().records_count, 2);
+            // Records over the limit: more than the count of them can take.
+            let e = validate(&good, 100).unwrap_err();
+            assert!(
+                e.to_string().contains("more than 200 bytes"),
+                "{codec:?}: {e}"
+            );
+            assert!(matches!(
+                validate(&good, 205),
+                Err(BatchError::RecordTooLarge { index: 0, .. })
+            ));
+            // A count the records do not bear out.
+            let mut lying = good.clone();
+            lying[COUNT_AT..COUNT_AT + 4].copy_from_slice(&3i32.to_be_bytes());
+            lying[LAST_DELTA_AT..LAST_DELTA_AT + 4].copy_from_slice(&2i32.to_be_bytes());
+            reseal(&mut lying);
+            assert!(validate(&lying, usize::MAX).is_err(), "{codec:?}");
+            // A wrong maxTimestamp.
+            let mut late = good.clone();
+            late[MAX_TS_AT..MAX_TS_AT + 8].copy_from_slice(&99i64.to_be_bytes());
+            reseal(&mut late);
+            assert!(matches!(
+                validate(&late, usize::MAX),
+                Err(BatchError::BadMaxTimestamp { .. })
+            ));
+        }
+    }
+
+    /// A zstd frame that declares a huge window would make the decoder
+    /// buffer that much before it returns a byte: refused from its header.
+    #[cfg(feature = "compression")]
+    #[test]
+    fn a_zstd_frame_with_a_huge_window_is_refused_up_front() {
+        // Magic, descriptor (not single segment), window 2^41 bytes.
+        let huge = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xf8, 0x00, 0x00, 0x00];
+        assert!(matches!(
+            codec::decompress(Codec::Zstd, &huge, 1 << 20),
+            Err(codec::CodecError::TooLarge { .. })
+        ));
+        // Single segment, content size 2^40 in the 8-byte field.
+        let mut declared = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        declared.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            codec::decompress(Codec::Zstd, &declared, 1 << 20),
+            Err(codec::CodecError::TooLarge { .. })
+        ));
+        // A real frame, followed by more bytes.
+        let mut framed = codec::compress(Codec::Zstd, b"hello");
+        assert_eq!(
+            codec::decompress(Codec::Zstd, &framed, 1 << 20).unwrap(),
+            b"hello"
+        );
+        framed.push(0);
+        assert!(codec::decompress(Codec::Zstd, &framed, 1 << 20).is_err());
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn an_lz4_frame_of_linked_blocks_is_refused() {
+        let mut frame = codec::compress(Codec::Lz4, b"hello hello hello");
+        assert_eq!(
+            codec::decompress(Codec::Lz4, &frame, 1 << 20).unwrap(),
+            b"hello hello hello"
+        );
+        frame[4] &= !0x20; // block independence off
+        assert!(codec::decompress(Codec::Lz4, &frame, 1 << 20).is_err());
+        assert!(codec::decompress(Codec::Lz4, b"nonsense", 1 << 20).is_err());
     }
 
     proptest::proptest! {
