@@ -95,6 +95,31 @@ mod tests {
         }
     }
 
+    /// Inputs Kafka's vectors leave out: bytes of 0x80 and above (whose sign
+    /// Java masks off), with tails of 1, 2 and 3 bytes. The values are
+    /// kafka-python 2.0.2's (`kafka.partitioner.default.murmur2`, a port of
+    /// the Java code that returns the hash as unsigned 32 bits).
+    #[test]
+    fn murmur2_matches_kafka_python_on_high_bytes() {
+        let cases: [(&[u8], u32); 7] = [
+            (&[128], 857_690_492),
+            (&[255, 128, 144], 2_291_026_116),
+            (&[129, 130, 131, 132, 133, 134], 778_216_058),
+            (&[255, 254, 253, 252, 251], 524_068_735),
+            (&[0, 1, 2, 3, 4, 5, 6, 7, 8], 1_671_170_726),
+            (
+                &[
+                    200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212,
+                ],
+                3_710_466_286,
+            ),
+            ("héllo wörld".as_bytes(), 439_213_890),
+        ];
+        for (key, hash) in cases {
+            assert_eq!(murmur2(key) as u32, hash, "{key:?}");
+        }
+    }
+
     #[test]
     fn a_key_always_maps_to_one_partition() {
         // murmur2("foobar") is -790332482: & 0x7fffffff is 1357151166.
