@@ -21,20 +21,36 @@ type Plain = (
     Vec<(String, Option<Vec<u8>>)>,
 );
 
+/// Bytes, or none: mostly short, sometimes past 127 and 16,383 bytes
+/// (length varints of two and three bytes).
 fn bytes_or_none() -> impl Strategy<Value = Option<Vec<u8>>> {
-    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))
+    proptest::option::of(prop_oneof![
+        16 => proptest::collection::vec(any::<u8>(), 0..40),
+        3 => proptest::collection::vec(any::<u8>(), 100..400),
+        1 => proptest::collection::vec(any::<u8>(), 16_384..16_500),
+    ])
 }
 
 /// Records with non-decreasing timestamps (so both encoders pick the first
-/// record's timestamp as the base) and unique header names (the crate keeps
-/// headers in a map).
+/// record's timestamp as the base, and build the same bytes) and unique
+/// header names of any Unicode (the crate keeps headers in a map).
 fn records() -> impl Strategy<Value = Vec<Plain>> {
+    records_stepping(0i64..100_000)
+}
+
+/// Records whose timestamps may also go back (negative deltas, which the
+/// crate encodes against the smallest timestamp instead of the first).
+fn records_any_order() -> impl Strategy<Value = Vec<Plain>> {
+    records_stepping(-10_000_000i64..10_000_000)
+}
+
+fn records_stepping(steps: std::ops::Range<i64>) -> impl Strategy<Value = Vec<Plain>> {
     proptest::collection::vec(
         (
-            0i64..100_000,
+            steps,
             bytes_or_none(),
             bytes_or_none(),
-            proptest::collection::btree_map("[a-z]{1,6}", bytes_or_none(), 0..3),
+            proptest::collection::btree_map("\\PC{1,6}", bytes_or_none(), 0..3),
         ),
         1..20,
     )
@@ -157,6 +173,12 @@ proptest! {
 
     #[test]
     fn spool_reads_what_the_crate_builds(rs in records()) {
+        prop_assert_eq!(read_ours(&theirs(&rs)), rs);
+    }
+
+    #[test]
+    fn records_out_of_time_order_read_back_both_ways(rs in records_any_order()) {
+        prop_assert_eq!(read_theirs(&ours(&rs)), rs.clone());
         prop_assert_eq!(read_ours(&theirs(&rs)), rs);
     }
 
