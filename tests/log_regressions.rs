@@ -6,18 +6,17 @@
 
 mod common;
 
-use std::any::Any;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::sim::{Fault, Op, Rng, SimFs};
+use common::wrap::WrapFs;
 use common::*;
 use spool::storage::{
-    batch, BatchBuilder, Log, LogConfig, Mapping, Open, StorageError, SyncMode, VFile, Vfs,
+    batch, BatchBuilder, Log, LogConfig, Mapping, Open, StorageError, SyncMode, VFile,
 };
 
 fn cfg(sync: SyncMode) -> LogConfig {
@@ -171,11 +170,6 @@ struct Gate {
     syncs: AtomicU64,
 }
 
-#[derive(Debug)]
-struct GateFs {
-    inner: SimFs,
-    gate: Arc<GateHolder>,
-}
 struct GateHolder(Gate);
 impl std::fmt::Debug for GateHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -222,53 +216,19 @@ impl VFile for GateFile {
     }
 }
 
-impl Vfs for GateFs {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        self.inner.exists(path)
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        self.inner.is_dir(path)
-    }
-    fn open(&self, path: &Path, how: Open) -> io::Result<Arc<dyn VFile>> {
-        Ok(Arc::new(GateFile {
-            inner: self.inner.open(path, how)?,
-            gate: Arc::clone(&self.gate),
-        }))
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn replace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.replace(from, to)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.remove_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        Vfs::lock(&self.inner, path)
-    }
-}
-
 #[test]
 fn a_sync_in_flight_across_a_reset_acknowledges_nothing_of_the_new_log() {
     let sim = SimFs::new();
     let gate = Arc::new(GateHolder(Gate::default()));
-    let vfs: Arc<dyn Vfs> = Arc::new(GateFs {
-        inner: sim.clone(),
-        gate: Arc::clone(&gate),
-    });
+    let vfs = {
+        let gate = Arc::clone(&gate);
+        WrapFs::shared(sim.shared(), move |_, inner| {
+            Arc::new(GateFile {
+                inner,
+                gate: Arc::clone(&gate),
+            })
+        })
+    };
     let log = Arc::new(Log::open_with(vfs, "/t", cfg(SyncMode::Always)).unwrap());
     let mut last = 0;
     for i in 0..10 {

@@ -5,17 +5,16 @@
 
 mod common;
 
-use std::any::Any;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::broker::{fetch_request, produce_request, Conn};
+use common::wrap::WrapFs;
 use spool::broker::{Broker, Config};
 use spool::protocol::{Request, ResponseBody};
-use spool::storage::{Mapping, Open, OsVfs, VFile, Vfs};
+use spool::storage::{Mapping, OsVfs, VFile};
 
 /// A gate that what it holds waits at until it opens.
 #[derive(Default)]
@@ -42,17 +41,6 @@ impl Gate {
     fn release(&self) {
         *self.open.lock().unwrap() = true;
         self.opened.notify_all();
-    }
-}
-
-#[derive(Clone)]
-struct GateFs {
-    gate: Arc<Gate>,
-}
-
-impl std::fmt::Debug for GateFs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GateFs")
     }
 }
 
@@ -105,46 +93,6 @@ impl VFile for GateFile {
     }
 }
 
-impl Vfs for GateFs {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        OsVfs.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        OsVfs.list(dir)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        OsVfs.exists(path)
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        OsVfs.is_dir(path)
-    }
-    fn open(&self, path: &Path, how: Open) -> io::Result<Arc<dyn VFile>> {
-        Ok(Arc::new(GateFile {
-            inner: OsVfs.open(path, how)?,
-            gate: Arc::clone(&self.gate),
-            store: path.to_string_lossy().ends_with("store"),
-        }))
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        OsVfs.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsVfs.rename(from, to)
-    }
-    fn replace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsVfs.replace(from, to)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        OsVfs.remove_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        OsVfs.sync_dir(dir)
-    }
-    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        Vfs::lock(&OsVfs, path)
-    }
-}
-
 /// A broker on its own single-worker runtime, on a gated file system.
 struct OneWorker {
     addr: std::net::SocketAddr,
@@ -160,8 +108,13 @@ impl OneWorker {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.server.data_dir = dir.path().to_owned();
         edit(&mut config);
-        let vfs: Arc<dyn Vfs> = Arc::new(GateFs {
-            gate: Arc::clone(gate),
+        let gate = Arc::clone(gate);
+        let vfs = WrapFs::shared(OsVfs::shared(), move |path, inner| {
+            Arc::new(GateFile {
+                inner,
+                gate: Arc::clone(&gate),
+                store: path.to_string_lossy().ends_with("store"),
+            })
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

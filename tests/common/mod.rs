@@ -107,3 +107,4 @@ pub mod broker;
 pub mod checker;
 pub mod process;
 pub mod sim;
+pub mod wrap;
