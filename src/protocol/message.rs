@@ -205,13 +205,8 @@ impl Request {
             ApiKey::AlterTopic => {
                 let topic = r.string("topic")?;
                 let set = parse_settings(&mut r)?;
-                let count = r.count("reset", 2)?;
-                if count > MAX_SETTINGS {
-                    return Err(ProtocolError::BadValue {
-                        field: "reset",
-                        reason: format!("{count} keys; at most {MAX_SETTINGS} are allowed"),
-                    });
-                }
+                // A key is at least its 2-byte length.
+                let count = capped_count(&mut r, "reset", 2, "keys")?;
                 let mut reset = Vec::with_capacity(count);
                 for _ in 0..count {
                     reset.push(r.string_at_most("setting key", MAX_SETTING_KEY)?);
@@ -346,13 +341,7 @@ impl Request {
 /// `[string key, string value]`, as CREATE_TOPIC and ALTER_TOPIC carry
 /// them: at most [`MAX_SETTINGS`], each key and value of bounded length.
 fn parse_settings(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, ProtocolError> {
-    let count = r.count("settings", MIN_PAIR_LEN)?;
-    if count > MAX_SETTINGS {
-        return Err(ProtocolError::BadValue {
-            field: "settings",
-            reason: format!("{count} settings; at most {MAX_SETTINGS} are allowed"),
-        });
-    }
+    let count = capped_count(r, "settings", MIN_PAIR_LEN, "settings")?;
     let mut settings = Vec::with_capacity(count);
     for _ in 0..count {
         let key = r.string_at_most("setting key", MAX_SETTING_KEY)?;
@@ -373,6 +362,24 @@ fn parse_pairs(
         pairs.push((r.string("key")?, r.string("value")?));
     }
     Ok(pairs)
+}
+
+/// A count of `field`'s elements (each at least `min_len` bytes), at most
+/// [`MAX_SETTINGS`]: what a frame makes the parser hold stays near its size.
+fn capped_count(
+    r: &mut Reader<'_>,
+    field: &'static str,
+    min_len: usize,
+    what: &str,
+) -> Result<usize, ProtocolError> {
+    let count = r.count(field, min_len)?;
+    if count > MAX_SETTINGS {
+        return Err(ProtocolError::BadValue {
+            field,
+            reason: format!("{count} {what}; at most {MAX_SETTINGS} are allowed"),
+        });
+    }
+    Ok(count)
 }
 
 fn put_pairs(out: &mut BytesMut, pairs: &[(String, String)]) {
