@@ -695,16 +695,12 @@ impl Topics {
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         let topic = self.lookup(name)?;
         let current = topic.current();
-        let mut pairs: Vec<(String, String)> = current
-            .given
-            .to_pairs()
+        // The given settings over those the topic has, less the reset ones
+        // (no key is both: checked above).
+        let pairs: Vec<(String, String)> = owned_pairs(&given.over(&current.given))
             .into_iter()
-            .filter(|(k, _)| {
-                !reset.iter().any(|r| r == k) && given.to_pairs().iter().all(|(g, _)| g != k)
-            })
-            .map(|(k, v)| (k.to_owned(), v))
+            .filter(|(k, _)| !reset.contains(k))
             .collect();
-        pairs.extend(given.to_pairs().into_iter().map(|(k, v)| (k.to_owned(), v)));
         let next = TopicOverrides::from_pairs(&pairs).map_err(invalid)?;
         let settings = self.config.topic_settings(name, &next).map_err(invalid)?;
         let old = &current.effective;
@@ -726,12 +722,7 @@ impl Topics {
             // The new file may be in place already (the directory sync
             // failed): put the settings in effect back, so that a restart
             // does not bring in what the client was told failed.
-            let old: Vec<(String, String)> = current
-                .given
-                .to_pairs()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
+            let old = owned_pairs(&current.given);
             if let Err(restore) = write_settings(&*self.vfs, name, &dir, &old) {
                 tracing::error!(topic = %name, error = %restore, "an alter failed and its settings file could not be restored: a restart may load the altered settings");
             }
@@ -862,6 +853,15 @@ fn io_error(name: &str, op: &'static str, path: &Path, source: std::io::Error) -
 fn sync_dir(vfs: &dyn Vfs, name: &str, dir: &Path) -> Result<(), TopicError> {
     vfs.sync_dir(dir)
         .map_err(|e| io_error(name, "fsync directory", dir, e))
+}
+
+/// Settings as the `key = value` strings `topic.toml` keeps.
+fn owned_pairs(settings: &TopicOverrides) -> Vec<(String, String)> {
+    settings
+        .to_pairs()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
 }
 
 /// Writes the creation settings: temp file, fsync, rename, directory fsync.
