@@ -121,6 +121,24 @@ fn theirs_compressed(records: &[Plain], compression: Compression) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// One decoded record as a plain one, checking it is the `index`th.
+fn plain(
+    index: usize,
+    offset: i64,
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    headers: impl Iterator<Item = (String, Option<Bytes>)>,
+) -> Plain {
+    assert_eq!(offset, index as i64);
+    (
+        timestamp,
+        key.map(|b| b.to_vec()),
+        value.map(|b| b.to_vec()),
+        headers.map(|(n, v)| (n, v.map(|b| b.to_vec()))).collect(),
+    )
+}
+
 /// What `spool::record_batch` reads from a batch, as plain records.
 fn read_ours(batch: &[u8]) -> Vec<Plain> {
     record_batch::validate(batch, usize::MAX).expect("a valid batch");
@@ -129,15 +147,13 @@ fn read_ours(batch: &[u8]) -> Vec<Plain> {
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
-            assert_eq!(r.offset, i as i64);
-            (
+            plain(
+                i,
+                r.offset,
                 r.timestamp,
-                r.key.map(|b| b.to_vec()),
-                r.value.map(|b| b.to_vec()),
-                r.headers
-                    .into_iter()
-                    .map(|(n, v)| (n, v.map(|b| b.to_vec())))
-                    .collect(),
+                r.key,
+                r.value,
+                r.headers.into_iter(),
             )
         })
         .collect()
@@ -151,16 +167,8 @@ fn read_theirs(batch: &[u8]) -> Vec<Plain> {
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
-            assert_eq!(r.offset, i as i64);
-            (
-                r.timestamp,
-                r.key.map(|b| b.to_vec()),
-                r.value.map(|b| b.to_vec()),
-                r.headers
-                    .into_iter()
-                    .map(|(n, v)| (n.to_string(), v.map(|b| b.to_vec())))
-                    .collect(),
-            )
+            let headers = r.headers.into_iter().map(|(n, v)| (n.to_string(), v));
+            plain(i, r.offset, r.timestamp, r.key, r.value, headers)
         })
         .collect()
 }
