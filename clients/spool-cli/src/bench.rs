@@ -273,18 +273,8 @@ async fn measure(
     let mut backlog = None;
     if args.mode == Mode::Consume {
         let fill = Arc::new(Side::default());
-        let producers = spawn_producers(
-            broker,
-            base,
-            args,
-            topics,
-            total,
-            args.duration,
-            &fill,
-            epoch,
-            tasks,
-        )
-        .await?;
+        let producers =
+            spawn_producers(broker, base, args, topics, total, &fill, epoch, tasks).await?;
         join_producers(producers).await?;
         backlog = Some(log_ends(admin, topics).await?);
     }
@@ -299,18 +289,7 @@ async fn measure(
     let producers = if args.mode == Mode::Consume {
         Vec::new()
     } else {
-        spawn_producers(
-            broker,
-            base,
-            args,
-            topics,
-            total,
-            args.duration,
-            &produced,
-            epoch,
-            tasks,
-        )
-        .await?
+        spawn_producers(broker, base, args, topics, total, &produced, epoch, tasks).await?
     };
     // Consumers stop at what the producers wrote to their topic: known up
     // front with a message count, told when the producers finish otherwise.
@@ -439,7 +418,6 @@ async fn spawn_producers(
     args: &Args,
     topics: &[String],
     total: u64,
-    duration: Option<Duration>,
     side: &Arc<Side>,
     epoch: Instant,
     running: &mut Tasks,
@@ -450,7 +428,7 @@ async fn spawn_producers(
         let plan = Plan {
             topic: topics[i % topics.len()].clone(),
             quota: quota(total, args.producers, i),
-            deadline: duration.map(|d| Instant::now() + d),
+            deadline: args.duration.map(|d| Instant::now() + d),
             batch_size: args.batch_size,
             message_size: args.message_size,
             in_flight: args.in_flight,
