@@ -22,7 +22,7 @@ fn batch(records: usize, size: usize) -> Vec<u8> {
     let mut b = BatchBuilder::with_capacity(records * (size + 8));
     let value = vec![0x5au8; size];
     for i in 0..records {
-        b.push(1_700_000_000_000 + i as i64, None, &value, &[]);
+        b.push(1_700_000_000_000 + i as i64, None, Some(&value), &[]);
     }
     b.finish()
 }

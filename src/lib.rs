@@ -1,8 +1,7 @@
 //! Spool: a single-node, Kafka-style log broker.
 //!
-//! - [`batch`]: the record batch format, shared by the wire and the disk.
-//! - [`record_batch`]: Kafka's RecordBatch v2, the format that replaces
-//!   [`batch`] (issue 11); a codec, not yet used by the log or the wire.
+//! - [`batch`]: Kafka's RecordBatch v2, the one batch format: on disk, on
+//!   Spool's wire and on Kafka's.
 //! - [`protocol`]: the wire protocol, shared by the broker and its clients.
 //! - [`storage`] (feature `storage`): the segmented commit log, usable on
 //!   its own, without any networking.
@@ -15,7 +14,6 @@
 
 pub mod batch;
 pub mod protocol;
-pub mod record_batch;
 
 #[cfg(feature = "broker")]
 pub mod broker;

@@ -41,7 +41,10 @@ async fn produce_then_fetch_round_trip() {
     assert_eq!(c.produce("t", &[b"a", b"b"]).await, 0);
     assert_eq!(c.produce("t", &[b"c"]).await, 2);
     let records = c.fetch("t", 0).await;
-    let values: Vec<&[u8]> = records.iter().map(|r| &r.value[..]).collect();
+    let values: Vec<&[u8]> = records
+        .iter()
+        .map(|r| r.value.as_deref().unwrap())
+        .collect();
     assert_eq!(values, vec![&b"a"[..], b"b", b"c"]);
     assert_eq!(
         records.iter().map(|r| r.offset).collect::<Vec<_>>(),
@@ -98,8 +101,8 @@ async fn many_topics_from_many_concurrent_connections() {
         }
         for (_, offset, value) in all.iter().filter(|(tp, _, _)| *tp == topic) {
             assert_eq!(
-                stored[*offset as usize].value,
-                value.as_bytes(),
+                stored[*offset as usize].value.as_deref(),
+                Some(value.as_bytes()),
                 "{topic}@{offset}"
             );
         }
@@ -145,7 +148,7 @@ async fn pipelined_requests_are_answered_in_order() {
             // The fetch was answered from what was synced when it ran: some
             // of the 200, at least the first.
             assert!((1..=200).contains(&log_end), "{log_end}");
-            assert_eq!(decode(&batches, 0)[0].value, &b"m0"[..]);
+            assert_eq!(decode(&batches, 0)[0].value.as_deref().unwrap(), &b"m0"[..]);
         }
         other => panic!("{other:?}"),
     }
@@ -290,7 +293,7 @@ async fn produce_errors() {
     c.produce("t", &[b"fine"]).await;
     // A batch whose CRC does not match.
     let mut b = BatchBuilder::new();
-    b.push(0, None, b"payload", &[]);
+    b.push(common::now_ms(), None, Some(b"payload"), &[]);
     let mut bytes = b.finish();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -321,7 +324,7 @@ async fn fire_and_forget_produces_get_no_response() {
     let broker = start(|_| {}).await;
     let mut c = broker.connect().await;
     let mut b = BatchBuilder::new();
-    b.push(0, None, b"quiet", &[]);
+    b.push(common::now_ms(), None, Some(b"quiet"), &[]);
     let quiet = Request::Produce {
         topic: "f".into(),
         acks: Acks::None,
@@ -488,7 +491,10 @@ async fn long_poll_returns_when_data_arrives() {
     let elapsed = started.elapsed();
     match response.body.unwrap() {
         ResponseBody::Fetched { batches, .. } => {
-            assert_eq!(decode(&batches, 1)[0].value, &b"second"[..])
+            assert_eq!(
+                decode(&batches, 1)[0].value.as_deref().unwrap(),
+                &b"second"[..]
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -587,11 +593,11 @@ async fn restart_keeps_records_offsets_and_settings() {
     assert_eq!(setting(&d, "flush_interval_ms"), "50");
     let records = c.fetch("kept", 0).await;
     assert_eq!(records.len(), 10);
-    assert_eq!(records[9].value, &b"v9"[..]);
+    assert_eq!(records[9].value.as_deref().unwrap(), &b"v9"[..]);
     assert_eq!(c.produce("kept", &[b"after"]).await, 10);
     assert_eq!(
-        c.fetch("auto", 0).await[0].value,
-        &b"created by produce"[..]
+        c.fetch("auto", 0).await[0].value.as_deref(),
+        Some(&b"created by produce"[..])
     );
     broker.stop().await;
 }
@@ -734,7 +740,7 @@ async fn fire_and_forget_records_become_visible_on_an_always_topic() {
     })
     .await;
     let mut b = BatchBuilder::new();
-    b.push(0, None, b"quiet", &[]);
+    b.push(common::now_ms(), None, Some(b"quiet"), &[]);
     c.send(&Request::Produce {
         topic: "a".into(),
         acks: Acks::None,
@@ -745,7 +751,10 @@ async fn fire_and_forget_records_become_visible_on_an_always_topic() {
         ResponseBody::Fetched {
             batches, log_end, ..
         } => {
-            assert_eq!(decode(&batches, 0)[0].value, &b"quiet"[..]);
+            assert_eq!(
+                decode(&batches, 0)[0].value.as_deref().unwrap(),
+                &b"quiet"[..]
+            );
             assert_eq!(log_end, 1);
         }
         other => panic!("{other:?}"),

@@ -29,7 +29,7 @@ async fn ready_line_then_sigterm_drains_and_restart_keeps_data() {
     let mut c = Conn::connect(broker.addr).await;
     let records = c.fetch("t", 0).await;
     assert_eq!(records.len(), 100);
-    assert_eq!(records[99].value, &b"v99"[..]);
+    assert_eq!(records[99].value.as_deref().unwrap(), &b"v99"[..]);
 }
 
 #[test]

@@ -49,7 +49,12 @@ fn batches_of(store: &[u8]) -> Vec<(u64, u64, usize, usize)> {
     let mut pos = 0;
     for item in BatchIter::new(store) {
         let (h, raw) = item.unwrap();
-        out.push((h.base_offset, h.next_offset(), pos, pos + raw.len()));
+        out.push((
+            h.base_offset as u64,
+            h.next_offset() as u64,
+            pos,
+            pos + raw.len(),
+        ));
         pos += raw.len();
     }
     out
@@ -68,7 +73,7 @@ fn trial(seed: u64, damage: Damage, sealed: bool, f: &mut Figures) {
             let mut b = BatchBuilder::new();
             for i in 0..1 + rng.below(5) {
                 let v = value_for(first + i, 20 + rng.below(1500) as usize);
-                b.push(0, None, &v, &[]);
+                b.push(0, None, Some(&v), &[]);
                 written.insert(first + i, v);
             }
             log.append(&mut b.finish()).unwrap();
@@ -150,7 +155,7 @@ fn trial(seed: u64, damage: Damage, sealed: bool, f: &mut Figures) {
         let hit = is_damaged(offset);
         f.damaged += u64::from(hit);
         match log.read(offset) {
-            Ok(r) if r.value == value[..] => {}
+            Ok(r) if r.value.clone().unwrap_or_default() == value[..] => {}
             Ok(_) => f.served_wrong += 1,
             Err(StorageError::Corrupt { .. }) | Err(StorageError::OffsetOutOfRange { .. })
                 if hit =>

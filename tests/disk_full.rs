@@ -85,7 +85,12 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
         );
         let mut b = BatchBuilder::new();
         for _ in 0..16 {
-            b.push(0, None, &checker::message(0, seq, 4000), &[]);
+            b.push(
+                common::now_ms(),
+                None,
+                Some(&checker::message(0, seq, 4000)),
+                &[],
+            );
             seq += 1;
         }
         let first = seq - 16;
@@ -149,7 +154,11 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
             Ok(ResponseBody::Fetched { batches, .. }) => {
                 let batch = decode(&batches, offset);
                 offset = batch.last().unwrap().offset + 1;
-                records.extend(batch.into_iter().map(|r| (r.offset, r.value.to_vec())));
+                records.extend(
+                    batch
+                        .into_iter()
+                        .map(|r| (r.offset, r.value.as_deref().unwrap_or_default().to_vec())),
+                );
             }
             Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
                 let (now_start, _) = e.range.unwrap();

@@ -123,7 +123,9 @@ impl Health {
                         ..
                     }) => {
                         for record in common::broker::decode(&batches, offset) {
-                            if record.value != format!("h{}", record.offset).as_bytes() {
+                            if record.value.clone().unwrap_or_default()
+                                != format!("h{}", record.offset).as_bytes()
+                            {
                                 log.failures
                                     .push(format!("wrong record at {}", record.offset));
                             }
@@ -571,7 +573,7 @@ async fn fill(addr: SocketAddr, topic: &str, batches: usize, batch_bytes: usize)
     for i in 0..batches {
         let mut b = BatchBuilder::with_capacity(batch_bytes);
         for _ in 0..per_batch {
-            b.push(i as i64, None, &value, &[]);
+            b.push(common::now_ms() + i as i64, None, Some(&value), &[]);
         }
         let request = Request::Produce {
             topic: topic.into(),

@@ -306,19 +306,27 @@ fn hostile_topic(rng: &mut Rng) -> &'static str {
 }
 
 /// A small valid batch of 1 to 4 records.
+/// One "now" for the whole run, so that a seed gives the same bytes each
+/// time it is generated (and the broker's retention, which goes by the
+/// batches' timestamps, keeps them).
+fn time_base() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(common::now_ms)
+}
+
 fn valid_batch(rng: &mut Rng) -> Vec<u8> {
     let mut b = BatchBuilder::new();
-    let base = 1_700_000_000_000 + rng.below(1 << 20) as i64;
+    let base = time_base() - rng.below(1 << 20) as i64;
     for i in 0..rng.range(1, 5) {
         let value = rng.some_bytes(0, 40);
         let key = (rng.below(2) == 0).then(|| rng.some_bytes(0, 8));
         let header_value = rng.bytes(3);
-        let headers: Vec<(&str, &[u8])> = if rng.below(3) == 0 {
-            vec![("trace", &header_value)]
+        let headers: Vec<(&str, Option<&[u8]>)> = if rng.below(3) == 0 {
+            vec![("trace", Some(&header_value))]
         } else {
             vec![]
         };
-        b.push(base + i as i64, key.as_deref(), &value, &headers);
+        b.push(base + i as i64, key.as_deref(), Some(&value), &headers);
     }
     b.finish()
 }
@@ -399,24 +407,41 @@ fn varint(mut n: u64) -> Vec<u8> {
     out
 }
 
+/// Where RecordBatch v2 keeps its batchLength and recordsCount.
+const LENGTH_AT: usize = 8;
+const COUNT_AT: usize = 57;
+
+/// `records` in place of a one-record batch's, with batchLength set to
+/// match and the CRC resealed: only what `records` says can be wrong.
+fn batch_around(records: &[u8]) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    b.push(time_base(), None, Some(b"v"), &[]);
+    let mut bytes = b.finish();
+    bytes.truncate(batch::HEADER_LEN);
+    bytes.extend_from_slice(records);
+    let len = (bytes.len() - batch::LOG_OVERHEAD) as u32;
+    bytes[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&len.to_be_bytes());
+    batch::reseal(&mut bytes);
+    bytes
+}
+
 /// A one-record batch with the record's fields written literally, so any of
-/// them can claim a hostile length. CRC resealed: only the lie is wrong.
+/// them can claim a hostile length (raw LEB128, so a huge value decodes to
+/// a huge positive or negative zigzag number). CRC resealed: only the lie
+/// is wrong.
 fn batch_with_record(body_len: Option<u64>, key_len: u64, value_len: u64, headers: u64) -> Vec<u8> {
-    let mut body = vec![0]; // timestamp delta 0
+    let mut body = vec![0, 0, 0]; // attributes, timestamp delta 0, offset delta 0
     body.extend(varint(key_len));
     body.extend(varint(value_len));
     body.extend_from_slice(b"v");
     body.extend(varint(headers));
-    let mut bytes = vec![0u8; batch::HEADER_LEN];
-    bytes.extend(varint(body_len.unwrap_or(body.len() as u64)));
-    bytes.extend_from_slice(&body);
-    let len = bytes.len() as u32;
-    bytes[16..20].copy_from_slice(&len.to_be_bytes());
-    bytes[24] = batch::MAGIC;
-    bytes[28..32].copy_from_slice(&1u32.to_be_bytes());
-    batch::reseal(&mut bytes);
-    bytes
+    let mut record = varint(body_len.unwrap_or(2 * body.len() as u64));
+    record.extend_from_slice(&body);
+    batch_around(&record)
 }
+
+/// Zigzag, as RecordBatch v2's varints are: a length of 1 is written 2.
+const ONE: u64 = 2;
 
 /// A PRODUCE (acks = 1, to the stable topic) whose batch lies about a
 /// count or length inside it: the broker must refuse it as INVALID_BATCH.
@@ -425,31 +450,24 @@ fn lying_batch(rng: &mut Rng) -> Vec<u8> {
     match rng.below(7) {
         0 => {
             let mut b = valid_batch(rng);
-            b[28..32].copy_from_slice(&rng.pick(&HUGE_U32).to_be_bytes());
+            b[COUNT_AT..COUNT_AT + 4].copy_from_slice(&rng.pick(&HUGE_U32).to_be_bytes());
             batch::reseal(&mut b);
             b
         }
         1 => {
             // Resealed, so that only the length lies.
             let mut b = valid_batch(rng);
-            b[16..20].copy_from_slice(&rng.pick(&HUGE_U32).to_be_bytes());
+            b[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&rng.pick(&HUGE_U32).to_be_bytes());
             batch::reseal(&mut b);
             b
         }
-        2 => batch_with_record(Some(*rng.pick(&[huge, 1 << 63, u64::MAX])), 0, 1, 0),
-        3 => batch_with_record(None, huge, 1, 0),
-        4 => batch_with_record(None, 0, *rng.pick(&[huge, 1 << 63, u64::MAX]), 0),
-        5 => batch_with_record(None, 0, 1, *rng.pick(&[huge, 1 << 40, u64::MAX])),
+        2 => batch_with_record(Some(*rng.pick(&[huge, 1 << 63, u64::MAX])), 1, ONE, 0),
+        3 => batch_with_record(None, huge, ONE, 0),
+        4 => batch_with_record(None, 1, *rng.pick(&[huge, 1 << 63, u64::MAX]), 0),
+        5 => batch_with_record(None, 1, ONE, *rng.pick(&[huge, 1 << 40, u64::MAX])),
         _ => {
             // A varint that never ends.
-            let mut b = batch_with_record(None, 0, 1, 0);
-            let at = batch::HEADER_LEN;
-            b.truncate(at);
-            b.extend_from_slice(&[0xff; 11]);
-            let len = b.len() as u32;
-            b[16..20].copy_from_slice(&len.to_be_bytes());
-            batch::reseal(&mut b);
-            b
+            batch_around(&[0xff; 11])
         }
     }
 }
@@ -1012,7 +1030,12 @@ async fn steady_client(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> (u6
             records.len()
         );
         for (r, v) in records.iter().zip(&values) {
-            assert_eq!(&r.value[..], &v[..], "steady record {}", r.offset);
+            assert_eq!(
+                r.value.as_deref().unwrap(),
+                &v[..],
+                "steady record {}",
+                r.offset
+            );
         }
         next += n as u64;
         requests += 2;
@@ -1095,7 +1118,7 @@ async fn attack(broker: &TestBroker, scripts: Vec<Script>) -> (Tally, u64, f64, 
         );
         for r in &records {
             assert_eq!(r.offset, offset);
-            assert_eq!(&r.value[..], &steady_value(offset)[..]);
+            assert_eq!(r.value.as_deref().unwrap(), &steady_value(offset)[..]);
             offset += 1;
         }
     }
@@ -1265,7 +1288,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         }
         frame(&m.bytes)
     };
-    let mut count_2pow31 = lying_batch_at(&mut rng, 28, 1 << 31);
+    let mut count_2pow31 = lying_batch_at(&mut rng, COUNT_AT, 1 << 31);
     batch::reseal(&mut count_2pow31);
     vec![
         ("len-0", 0u32.to_be_bytes().to_vec()),
@@ -1338,23 +1361,23 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("produce-record-count-2pow31-resealed", lying(count_2pow31)),
         (
             "produce-batch-length-field-ffffffff",
-            lying(lying_batch_at(&mut rng, 16, u32::MAX)),
+            lying(lying_batch_at(&mut rng, LENGTH_AT, u32::MAX)),
         ),
         (
             "produce-record-body-len-2pow63",
-            lying(batch_with_record(Some(1 << 63), 0, 1, 0)),
+            lying(batch_with_record(Some(1 << 63), 1, ONE, 0)),
         ),
         (
             "produce-record-value-len-u64-max",
-            lying(batch_with_record(None, 0, u64::MAX, 0)),
+            lying(batch_with_record(None, 1, u64::MAX, 0)),
         ),
         (
             "produce-record-header-count-2pow40",
-            lying(batch_with_record(None, 0, 1, 1 << 40)),
+            lying(batch_with_record(None, 1, ONE, 1 << 40)),
         ),
         (
             "produce-record-key-len-2pow31",
-            lying(batch_with_record(None, 1 << 31, 1, 0)),
+            lying(batch_with_record(None, 1 << 31, ONE, 0)),
         ),
         ("fetch-max-bytes-ffffffff", frame(&fetch.bytes)),
         (
@@ -1436,50 +1459,45 @@ fn batch_corpus_dir() -> PathBuf {
 fn batch_corpus() -> Vec<(&'static str, Vec<u8>)> {
     let mut rng = Rng(0xBA7C4);
     let mut fits = valid_batch(&mut rng);
-    let count = u32::from_be_bytes(fits[28..32].try_into().unwrap());
-    batch::assign(&mut fits, u64::MAX - u64::from(count), 0);
-    let mut never_ending = batch_with_record(None, 0, 1, 0);
-    never_ending.truncate(batch::HEADER_LEN);
-    never_ending.extend_from_slice(&[0xff; 11]);
-    let len = never_ending.len() as u32;
-    never_ending[16..20].copy_from_slice(&len.to_be_bytes());
-    batch::reseal(&mut never_ending);
-    let mut count_2pow31 = lying_batch_at(&mut rng, 28, 1 << 31);
+    let count = i32::from_be_bytes(fits[COUNT_AT..COUNT_AT + 4].try_into().unwrap());
+    batch::assign(&mut fits, i64::MAX - i64::from(count));
+    let never_ending = batch_around(&[0xff; 11]);
+    let mut count_2pow31 = lying_batch_at(&mut rng, COUNT_AT, 1 << 31);
     batch::reseal(&mut count_2pow31);
     let two = [valid_batch(&mut rng), valid_batch(&mut rng)].concat();
     vec![
-        ("valid-offsets-end-at-u64-max", fits),
+        ("valid-offsets-end-at-i64-max", fits),
         ("two-valid-batches-back-to-back", two.clone()),
         ("second-batch-cut-short", two[..two.len() - 3].to_vec()),
         ("record-count-2pow31-resealed", count_2pow31),
         (
             "batch-length-ffffffff",
-            lying_batch_at(&mut rng, 16, u32::MAX),
+            lying_batch_at(&mut rng, LENGTH_AT, u32::MAX),
         ),
-        ("batch-length-47", lying_batch_at(&mut rng, 16, 47)),
+        ("batch-length-48", lying_batch_at(&mut rng, LENGTH_AT, 48)),
         (
             "record-body-len-2pow63",
-            batch_with_record(Some(1 << 63), 0, 1, 0),
+            batch_with_record(Some(1 << 63), 1, ONE, 0),
         ),
         (
             "record-key-len-2pow31",
-            batch_with_record(None, 1 << 31, 1, 0),
+            batch_with_record(None, 1 << 31, ONE, 0),
         ),
         (
             "record-value-len-u64-max",
-            batch_with_record(None, 0, u64::MAX, 0),
+            batch_with_record(None, 1, u64::MAX, 0),
         ),
         (
             "record-header-count-2pow40",
-            batch_with_record(None, 0, 1, 1 << 40),
+            batch_with_record(None, 1, ONE, 1 << 40),
         ),
         ("record-varint-never-ends", never_ending),
-        ("header-only-47-bytes", vec![0; 47]),
+        ("header-only-60-bytes", vec![0; 60]),
     ]
 }
 
 /// Every decoder on `bytes` without a panic; whatever `validate` accepts
-/// decodes to `record_count` records at consecutive offsets, each of which
+/// decodes to `recordsCount` records at consecutive offsets, each of which
 /// `find_record` finds.
 fn check_stored_batch(bytes: &[u8]) -> Result<(), String> {
     for (header, raw) in batch::BatchIter::new(bytes).map_while(Result::ok) {
@@ -1489,20 +1507,20 @@ fn check_stored_batch(bytes: &[u8]) -> Result<(), String> {
         let _ = batch::decode_records(&Bytes::copy_from_slice(raw));
     }
     let owned = Bytes::copy_from_slice(bytes);
-    let Ok(header) = batch::validate(bytes) else {
+    let Ok(header) = batch::validate(bytes, usize::MAX) else {
         let _ = batch::decode_records(&owned);
         return Ok(());
     };
     let records = batch::decode_records(&owned).map_err(|e| format!("valid, yet {e}"))?;
-    if records.len() != header.record_count as usize {
+    if records.len() != header.records_count as usize {
         return Err(format!(
             "{} records of {}",
             records.len(),
-            header.record_count
+            header.records_count
         ));
     }
     for (i, r) in records.iter().enumerate() {
-        let expected = header.base_offset.checked_add(i as u64);
+        let expected = (header.base_offset as u64).checked_add(i as u64);
         if Some(r.offset) != expected {
             return Err(format!(
                 "record {i} has offset {}, expected {expected:?}",

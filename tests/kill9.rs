@@ -43,7 +43,12 @@ async fn produce(
     loop {
         while window.len() < IN_FLIGHT {
             let mut b = BatchBuilder::new();
-            b.push(0, None, &checker::message(producer, seq, 200), &[]);
+            b.push(
+                common::now_ms(),
+                None,
+                Some(&checker::message(producer, seq, 200)),
+                &[],
+            );
             let request = Request::Produce {
                 topic: "k".into(),
                 acks: Acks::Commit,
@@ -116,7 +121,7 @@ async fn read_all(c: &mut Conn) -> (u64, Vec<(u64, Vec<u8>)>) {
                 records.extend(
                     decode(&batches, offset)
                         .into_iter()
-                        .map(|r| (r.offset, r.value.to_vec())),
+                        .map(|r| (r.offset, r.value.as_deref().unwrap_or_default().to_vec())),
                 );
                 assert!(next_offset > offset, "no progress at {offset}");
                 offset = next_offset;

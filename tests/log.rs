@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use spool::storage::batch::{self, BatchIter};
-use spool::storage::{Log, LogConfig, Retention, StorageError, SyncMode};
+use spool::storage::{Log, LogConfig, Retention, StorageError, SyncMode, TimestampType};
 
 #[test]
 fn append_then_read_every_record() {
@@ -27,8 +27,8 @@ fn keys_headers_and_timestamps_survive() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     let mut b = spool::storage::BatchBuilder::new();
-    b.push(5, Some(b"k"), b"v1", &[("h", b"x")]);
-    b.push(3, None, b"v2", &[]);
+    b.push(5, Some(b"k"), Some(b"v1"), &[("h", Some(b"x"))]);
+    b.push(3, None, Some(b"v2"), &[]);
     let mut bytes = b.finish();
     let appended = log.append(&mut bytes).unwrap();
     assert_eq!((appended.base_offset, appended.next_offset), (0, 2));
@@ -37,18 +37,62 @@ fn keys_headers_and_timestamps_survive() {
     assert_eq!(first.timestamp, 5);
     assert_eq!(
         first.headers,
-        vec![("h".to_string(), bytes::Bytes::from_static(b"x"))]
+        vec![("h".to_string(), Some(bytes::Bytes::from_static(b"x")))]
     );
     let second = log.read(1).unwrap();
     assert_eq!((second.key, second.timestamp), (None, 3));
-    // The log stamped its own append time on the stored batch.
+    // By default the batch keeps its producer's times, byte for byte.
+    assert_eq!(appended.log_append_time, None);
     let read = log.read_batches(0, 1).unwrap();
+    assert_eq!(&read.bytes[batch::CRC_START..], &bytes[batch::CRC_START..]);
     let header = batch::BatchHeader::parse(&read.bytes).unwrap();
-    assert_eq!(header.append_time, appended.append_time);
-    assert!(
-        appended.append_time > 1_600_000_000_000,
-        "append time is wall-clock ms"
-    );
+    assert_eq!((header.base_timestamp, header.max_timestamp), (5, 5));
+}
+
+#[test]
+fn a_log_append_time_log_stamps_its_clock_on_each_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        timestamp_type: TimestampType::LogAppend,
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    let mut b = spool::storage::BatchBuilder::new();
+    b.push(5, None, Some(b"a"), &[]);
+    b.push(7, None, Some(b"b"), &[]);
+    let appended = log.append(&mut b.finish()).unwrap();
+    let stamped = appended.log_append_time.expect("a log append time");
+    assert!(stamped > 1_600_000_000_000, "wall-clock ms, got {stamped}");
+    for offset in 0..2 {
+        assert_eq!(log.read(offset).unwrap().timestamp, stamped);
+    }
+    let read = log.read_batches(0, 1).unwrap();
+    let header = batch::check(&read.bytes).expect("a valid CRC after the stamp");
+    assert!(header.is_log_append_time());
+    assert_eq!(header.max_timestamp, stamped);
+    // Seeks by time go by the stamp, not the producer's 5 and 7.
+    assert_eq!(log.offset_for_timestamp(1000).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(stamped + 1).unwrap(), None);
+}
+
+#[test]
+fn a_producer_clock_too_far_ahead_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        max_timestamp_ahead: Some(Duration::from_secs(60)),
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    let now = common::now_ms();
+    let mut b = spool::storage::BatchBuilder::new();
+    b.push(now + 3_600_000, None, Some(b"from the future"), &[]);
+    let e = log.append(&mut b.finish()).unwrap_err();
+    assert!(matches!(e, StorageError::TimestampAhead { .. }), "{e}");
+    assert!(e.to_string().contains("ahead of the broker's clock"), "{e}");
+    assert_eq!(log.next_offset(), 0, "nothing stored");
+    let mut b = spool::storage::BatchBuilder::new();
+    b.push(now + 30_000, None, Some(b"a little ahead"), &[]);
+    assert_eq!(log.append(&mut b.finish()).unwrap().base_offset, 0);
 }
 
 #[test]
@@ -221,7 +265,10 @@ fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
     fill(&log, 1, 1, 5000);
     fill(&log, 1, 1, 100);
     assert_eq!(log.segment_count(), 3);
-    assert_eq!(log.read(1).unwrap().value.len(), 5000);
+    assert_eq!(
+        log.read(1).unwrap().value.clone().unwrap_or_default().len(),
+        5000
+    );
 }
 
 #[test]
@@ -337,14 +384,14 @@ fn retention_by_bytes_keeps_the_log_within_the_limit() {
 }
 
 #[test]
-fn retention_by_age_uses_append_times() {
+fn retention_by_age_uses_batch_times() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config(2048)).unwrap();
     fill(&log, 30, 1, 300);
     let newest = log.read_batches(29, 1).unwrap();
     let newest_time = batch::BatchHeader::parse(&newest.bytes)
         .unwrap()
-        .append_time;
+        .max_timestamp;
     let policy = Retention {
         max_bytes: None,
         max_age: Some(Duration::from_secs(60)),
@@ -374,7 +421,7 @@ fn offset_for_timestamp_finds_the_first_batch_at_or_after() {
         times.push((
             before,
             log.read_batches(before, 1)
-                .map(|r| batch::BatchHeader::parse(&r.bytes).unwrap().append_time)
+                .map(|r| batch::BatchHeader::parse(&r.bytes).unwrap().max_timestamp)
                 .unwrap(),
         ));
         std::thread::sleep(Duration::from_millis(3));
@@ -512,7 +559,10 @@ fn concurrent_appenders_share_syncs_and_get_distinct_offsets() {
     assert_eq!(all.len(), 200);
     for (i, (offset, value)) in all.iter().enumerate() {
         assert_eq!(*offset, i as u64);
-        assert_eq!(log.read(*offset).unwrap().value, value[..]);
+        assert_eq!(
+            log.read(*offset).unwrap().value.as_deref().unwrap(),
+            &value[..]
+        );
     }
 }
 
@@ -541,7 +591,10 @@ fn readers_run_while_appends_roll_segments() {
                         let records = batch::decode_records(&r.bytes.slice_ref(bytes)).unwrap();
                         for rec in records {
                             if rec.offset >= offset {
-                                assert_eq!(rec.value, value_for(rec.offset, 200));
+                                assert_eq!(
+                                    rec.value.as_deref().unwrap(),
+                                    value_for(rec.offset, 200)
+                                );
                                 assert_eq!(
                                     rec.offset, offset,
                                     "records arrive in order without gaps"
@@ -599,4 +652,65 @@ fn read_batches_up_to_never_exceeds_max_bytes() {
         (two.first_offset, two.next_offset, two.bytes.len() as u64),
         (4, 12, batch_len * 2)
     );
+}
+
+/// A batch as Spool 0.1 stored it: a 48-byte header (magic 1 at byte 24,
+/// the check at 20..24 over everything else) and one record.
+fn old_format_batch() -> Vec<u8> {
+    let record = [6u8, 0, 0, 2, b'h', b'i', 0];
+    let mut b = vec![0u8; 48];
+    b.extend_from_slice(&record);
+    let len = b.len() as u32;
+    b[8..16].copy_from_slice(&1_700_000_000_000i64.to_be_bytes());
+    b[16..20].copy_from_slice(&len.to_be_bytes());
+    b[24] = 1;
+    b[28..32].copy_from_slice(&1u32.to_be_bytes());
+    b[32..40].copy_from_slice(&1_700_000_000_000i64.to_be_bytes());
+    b[40..48].copy_from_slice(&1_700_000_000_000i64.to_be_bytes());
+    let crc = crc32c::crc32c(&b[..20]) ^ crc32c::crc32c(&b[24..]);
+    b[20..24].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[test]
+fn a_store_in_the_old_format_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = segment_file(dir.path(), 0, "store");
+    let old = [old_format_batch(), old_format_batch()].concat();
+    std::fs::write(&store, &old).unwrap();
+    let e = Log::open(dir.path(), LogConfig::default()).unwrap_err();
+    assert!(matches!(e, StorageError::OldFormat { .. }), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("0.1"), "{message}");
+    // Nothing was written: not the store, not an index, not a lock file.
+    assert_eq!(std::fs::read(&store).unwrap(), old);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn a_damaged_store_that_looks_old_is_recovered_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+        fill(&log, 3, 2, 40);
+    }
+    // Garbage in the first batch that puts a 1 where 0.1 kept its magic:
+    // without 0.1's checksum it is damage, which recovery handles.
+    let store = segment_file(dir.path(), 0, "store");
+    let mut bytes = std::fs::read(&store).unwrap();
+    bytes[24] = 1;
+    bytes[16] = 7;
+    std::fs::write(&store, &bytes).unwrap();
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    assert_eq!(log.next_offset(), 6);
+    assert!(matches!(log.read(0), Err(StorageError::Corrupt { .. })));
+    assert_readable(&log, 2, 6, 40);
 }

@@ -69,8 +69,8 @@ fn assert_all_readable(log: &Log, to: u64) {
             .read(offset)
             .unwrap_or_else(|e| panic!("offset {offset}: {e}"));
         assert_eq!(
-            r.value,
-            value_for(offset, record_len(offset)),
+            r.value.as_deref(),
+            Some(&value_for(offset, record_len(offset))[..]),
             "offset {offset}"
         );
     }
@@ -152,7 +152,10 @@ fn check_cut(vfs: Arc<dyn Vfs>, dir: &Path, spans: &[(u64, u64, u64)], store: &[
     // Appending after recovery works and reads back, also after a reopen.
     let appended = fill(&log, 1, 1, 20)[0];
     assert_eq!(appended, expected_next);
-    assert_eq!(log.read(appended).unwrap().value, value_for(appended, 20));
+    assert_eq!(
+        log.read(appended).unwrap().value.as_deref().unwrap(),
+        value_for(appended, 20)
+    );
     drop(log);
     let log = Log::open_with(vfs, dir, config()).unwrap();
     assert!(
@@ -161,7 +164,10 @@ fn check_cut(vfs: Arc<dyn Vfs>, dir: &Path, spans: &[(u64, u64, u64)], store: &[
         log.recovery()
     );
     assert_eq!(log.next_offset(), expected_next + 1);
-    assert_eq!(log.read(appended).unwrap().value, value_for(appended, 20));
+    assert_eq!(
+        log.read(appended).unwrap().value.as_deref().unwrap(),
+        value_for(appended, 20)
+    );
 }
 
 #[test]
@@ -346,8 +352,8 @@ fn a_flipped_bit_in_a_sealed_segment_is_fenced_not_truncated() {
     }
     for offset in (0..6).chain(8..23) {
         assert_eq!(
-            log.read(offset).unwrap().value,
-            value_for(offset, record_len(offset))
+            log.read(offset).unwrap().value.as_deref(),
+            Some(&value_for(offset, record_len(offset))[..])
         );
     }
     // A read that starts before the damage stops before it.
@@ -383,8 +389,8 @@ fn a_flipped_bit_in_the_active_segment_is_fenced() {
     }
     for offset in (0..19).chain(21..23) {
         assert_eq!(
-            log.read(offset).unwrap().value,
-            value_for(offset, record_len(offset))
+            log.read(offset).unwrap().value.as_deref(),
+            Some(&value_for(offset, record_len(offset))[..])
         );
     }
 }
@@ -410,8 +416,8 @@ fn damage_found_by_a_scan_is_kept_and_fenced_not_cut() {
     ));
     for offset in (0..19).chain(21..23) {
         assert_eq!(
-            log.read(offset).unwrap().value,
-            value_for(offset, record_len(offset))
+            log.read(offset).unwrap().value.as_deref(),
+            Some(&value_for(offset, record_len(offset))[..])
         );
     }
     let torn = std::fs::read_dir(dir.path())
@@ -445,7 +451,10 @@ fn a_sealed_segment_missing_its_tail_is_reported_not_hidden() {
         .any(|(b, r)| *b == 0 && r.index_rebuilt && !r.damaged.is_empty()));
     assert_eq!(log.next_offset(), 23);
     for offset in 0..14 {
-        assert_eq!(log.read(offset).unwrap().value, value_for(offset, 40));
+        assert_eq!(
+            log.read(offset).unwrap().value.as_deref().unwrap(),
+            value_for(offset, 40)
+        );
     }
     assert!(matches!(
         log.read(14),
@@ -455,7 +464,10 @@ fn a_sealed_segment_missing_its_tail_is_reported_not_hidden() {
         log.read(15),
         Err(StorageError::Corrupt { segment: 0, .. })
     ));
-    assert_eq!(log.read(16).unwrap().value, value_for(16, 30));
+    assert_eq!(
+        log.read(16).unwrap().value.as_deref().unwrap(),
+        value_for(16, 30)
+    );
 }
 
 #[test]
@@ -489,7 +501,10 @@ fn opening_many_segments_does_not_read_their_data() {
         log.read(500),
         Err(StorageError::Corrupt { segment: 500, .. })
     ));
-    assert_eq!(log.read(999).unwrap().value, value_for(999, 550));
+    assert_eq!(
+        log.read(999).unwrap().value.as_deref().unwrap(),
+        value_for(999, 550)
+    );
 }
 
 #[test]

@@ -40,6 +40,7 @@ fn config(rng: &mut Rng, sync: SyncMode) -> LogConfig {
         sync,
         max_batch_bytes: 1 << 20,
         max_record_bytes: u32::MAX,
+        ..LogConfig::default()
     }
 }
 
@@ -70,7 +71,7 @@ fn trial(seed: u64, sync: SyncMode, figures: &mut Figures) {
         for i in 0..count {
             let mut value = format!("seed {seed} step {step} offset {}", first + i).into_bytes();
             value.resize(value.len() + rng.below(300) as usize, b'.');
-            batch.push(i as i64, None, &value, &[]);
+            batch.push(i as i64, None, Some(&value), &[]);
             written.insert(first + i, value);
         }
         let mut bytes = batch.finish();
@@ -96,7 +97,7 @@ fn trial(seed: u64, sync: SyncMode, figures: &mut Figures) {
     for offset in start_before..committed {
         figures.committed += 1;
         match log.read(offset) {
-            Ok(r) if r.value == written[&offset][..] => {}
+            Ok(r) if r.value.clone().unwrap_or_default() == written[&offset][..] => {}
             Ok(_) => {
                 figures.lost += 1;
                 figures.garbage += 1;
@@ -127,7 +128,10 @@ fn trial(seed: u64, sync: SyncMode, figures: &mut Figures) {
     for offset in start..end {
         match log.read(offset) {
             Ok(r) => {
-                if written.get(&offset).is_none_or(|v| r.value != v[..]) {
+                if written
+                    .get(&offset)
+                    .is_none_or(|v| r.value.clone().unwrap_or_default() != v[..])
+                {
                     figures.garbage += 1;
                 }
             }
@@ -140,11 +144,15 @@ fn trial(seed: u64, sync: SyncMode, figures: &mut Figures) {
     }
     // The log takes appends again, and they read back.
     let mut batch = BatchBuilder::new();
-    batch.push(0, None, b"after the power cut", &[]);
+    batch.push(0, None, Some(b"after the power cut"), &[]);
     let appended = log.append(&mut batch.finish()).unwrap();
     log.commit(appended.next_offset).unwrap();
     assert_eq!(
-        &log.read(appended.base_offset).unwrap().value[..],
+        log.read(appended.base_offset)
+            .unwrap()
+            .value
+            .as_deref()
+            .unwrap(),
         b"after the power cut"
     );
 }

@@ -17,8 +17,6 @@ const DOC: &str = include_str!("../docs/PROTOCOL.md");
 
 /// The producer timestamp of the record in the dumps.
 const TIMESTAMP: i64 = 1_700_000_000_000;
-/// The append time the broker stamped on it.
-const APPEND_TIME: i64 = 1_700_000_000_007;
 /// The offset it got.
 const OFFSET: u64 = 42;
 
@@ -127,7 +125,7 @@ fn parse_response(name: &str, api: ApiKey) -> Response {
 /// The batch of the dumps, as the reference builder makes it.
 fn built_batch() -> Vec<u8> {
     let mut builder = BatchBuilder::new();
-    builder.push(TIMESTAMP, None, b"hi", &[]);
+    builder.push(TIMESTAMP, None, Some(b"hi"), &[]);
     builder.finish()
 }
 
@@ -202,19 +200,31 @@ fn produce_request_carries_a_valid_batch_with_value_hi() {
     assert_eq!(topic, "t");
     assert_eq!(acks, Acks::Commit);
 
-    let header = validate(&batch).expect("the produced batch validates");
+    let header = validate(&batch, usize::MAX).expect("the produced batch validates");
     assert_eq!(header.base_offset, 0, "the client sends base_offset 0");
-    assert_eq!(header.append_time, 0, "the client sends append_time 0");
-    assert_eq!(header.batch_length as usize, batch.len());
-    assert_eq!(header.magic, 1);
+    assert_eq!(header.size(), batch.len());
+    assert_eq!(header.magic, 2);
     assert_eq!(header.attributes, 0);
-    assert_eq!(header.record_count, 1);
-    assert_eq!(header.first_timestamp, TIMESTAMP);
+    assert_eq!(header.records_count, 1);
+    assert_eq!(header.last_offset_delta, 0);
+    assert_eq!(header.base_timestamp, TIMESTAMP);
+    assert_eq!(
+        (
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence
+        ),
+        (-1, -1, -1),
+        "no idempotence"
+    );
     assert_eq!(header.max_timestamp, TIMESTAMP);
 
     let records = decode_records(&Bytes::from(batch.to_vec())).unwrap();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].value, Bytes::from_static(b"hi"));
+    assert_eq!(
+        records[0].value.as_deref().unwrap(),
+        Bytes::from_static(b"hi")
+    );
     assert_eq!(records[0].key, None);
     assert_eq!(records[0].timestamp, TIMESTAMP);
     assert!(records[0].headers.is_empty());
@@ -223,10 +233,7 @@ fn produce_request_carries_a_valid_batch_with_value_hi() {
     assert_eq!(&batch[..], &built_batch()[..]);
     // ...and its CRC is what the page's algorithm computes.
     assert_eq!(doc_crc32c(b"123456789"), 0xE306_9283);
-    assert_eq!(
-        doc_crc32c(&batch[..20]) ^ doc_crc32c(&batch[24..]),
-        header.crc
-    );
+    assert_eq!(doc_crc32c(&batch[21..]), header.crc);
 }
 
 #[test]
@@ -237,7 +244,7 @@ fn produce_response() {
         response.body,
         Ok(ResponseBody::Produced {
             base_offset: OFFSET,
-            append_time: APPEND_TIME,
+            log_append_time: -1,
             log_start: 0,
         })
     );
@@ -284,26 +291,26 @@ fn fetch_response_returns_the_produced_batch_with_its_offset() {
     assert_eq!(split.len(), 1, "one batch");
     let (_, batch) = split[0];
 
-    let header = validate(batch).expect("the fetched batch validates");
-    assert_eq!(header.base_offset, OFFSET);
-    assert_eq!(header.append_time, APPEND_TIME);
-    assert_eq!(header.next_offset(), next_offset);
+    let header = validate(batch, usize::MAX).expect("the fetched batch validates");
+    assert_eq!(header.base_offset as u64, OFFSET);
+    assert_eq!(header.partition_leader_epoch, 0);
+    assert_eq!(header.next_offset() as u64, next_offset);
 
     let records = decode_records(&Bytes::copy_from_slice(batch)).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].offset, OFFSET);
-    assert_eq!(records[0].value, Bytes::from_static(b"hi"));
+    assert_eq!(
+        records[0].value.as_deref().unwrap(),
+        Bytes::from_static(b"hi")
+    );
     assert_eq!(records[0].key, None);
 
-    // The produced batch with the broker's two fields filled in, and its
-    // CRC updated as the page's algorithm says.
+    // The produced batch with the broker's two fields, which lie outside
+    // the CRC, filled in: the CRC is the producer's.
     let mut expected = built_batch();
-    assign(&mut expected, OFFSET, APPEND_TIME);
+    assign(&mut expected, OFFSET as i64);
     assert_eq!(batch, &expected[..]);
-    assert_eq!(
-        doc_crc32c(&batch[..20]) ^ doc_crc32c(&batch[24..]),
-        header.crc
-    );
+    assert_eq!(doc_crc32c(&batch[21..]), header.crc);
 }
 
 #[test]

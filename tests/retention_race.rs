@@ -140,7 +140,12 @@ async fn produce(addr: SocketAddr, seed: u64, shared: Arc<Shared>) -> (Vec<Sent>
             let mut b = BatchBuilder::new();
             for i in 0..count {
                 let size = 100 + rng.below(1100) as usize;
-                b.push(0, None, &checker::message(0, seq + i, size), &[]);
+                b.push(
+                    common::now_ms(),
+                    None,
+                    Some(&checker::message(0, seq + i, size)),
+                    &[],
+                );
             }
             let request = Request::Produce {
                 topic: TOPIC.into(),
@@ -265,7 +270,7 @@ impl Seen {
                     }
                     expected = r.offset + 1;
                     self.records += 1;
-                    match checker::parse(&r.value) {
+                    match checker::parse(r.value.as_deref().unwrap_or_default()) {
                         Some((0, seq)) => match shared.acks.lock().unwrap().get(&r.offset) {
                             Some(&acked) if acked == seq => {}
                             Some(_) => self.misplaced += 1,
@@ -832,7 +837,9 @@ async fn read_all(addr: SocketAddr) -> (u64, Vec<(u64, Vec<u8>)>) {
                             batch_records
                                 .into_iter()
                                 .filter(|r| r.offset >= offset)
-                                .map(|r| (r.offset, r.value.to_vec())),
+                                .map(|r| {
+                                    (r.offset, r.value.as_deref().unwrap_or_default().to_vec())
+                                }),
                         );
                     }
                 }

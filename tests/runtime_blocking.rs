@@ -198,7 +198,7 @@ async fn a_fetch_of_data_not_in_the_page_cache_does_not_hold_up_the_worker() {
     match c.recv().await.body {
         Ok(ResponseBody::Fetched { batches, .. }) => {
             let records = common::broker::decode(&batches, 0);
-            assert_eq!(&records[0].value[..], b"cold");
+            assert_eq!(records[0].value.as_deref().unwrap(), b"cold");
         }
         other => panic!("{other:?}"),
     }

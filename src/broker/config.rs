@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::storage::{LogConfig, SyncMode};
+use crate::storage::{LogConfig, SyncMode, TimestampType};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -135,6 +135,25 @@ impl Flush {
     }
 }
 
+/// Which time a topic's batches carry (Kafka's `message.timestamp.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampKind {
+    /// The producer's timestamps, as sent.
+    Create,
+    /// The broker's clock when the batch is appended.
+    LogAppend,
+}
+
+impl TimestampKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimestampKind::Create => "create",
+            TimestampKind::LogAppend => "log_append",
+        }
+    }
+}
+
 /// Settings of one topic, any of which may be absent (then the layer below
 /// decides: `[topics.NAME]` over creation settings over `[defaults]` over
 /// the built-in defaults).
@@ -156,6 +175,9 @@ pub struct TopicOverrides {
     pub max_record_bytes: Option<u64>,
     #[serde(deserialize_with = "some_size")]
     pub index_bytes: Option<u64>,
+    pub timestamp_type: Option<TimestampKind>,
+    #[serde(deserialize_with = "some_limit_duration")]
+    pub max_timestamp_ahead_ms: Option<Limit<Duration>>,
 }
 
 /// A limit that may be switched off.
@@ -185,6 +207,8 @@ pub struct TopicSettings {
     pub flush_interval: Duration,
     pub max_record_bytes: u64,
     pub index_bytes: u64,
+    pub timestamp_type: TimestampKind,
+    pub max_timestamp_ahead: Option<Duration>,
 }
 
 impl Default for TopicSettings {
@@ -198,6 +222,9 @@ impl Default for TopicSettings {
             flush_interval: Duration::from_secs(1),
             max_record_bytes: 1 << 20,
             index_bytes: 10 << 20,
+            timestamp_type: TimestampKind::Create,
+            // Kafka 4's message.timestamp.after.max.ms.
+            max_timestamp_ahead: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -248,6 +275,14 @@ impl TopicOverrides {
                 self.max_record_bytes.map(|b| b.to_string()),
             ),
             ("index_bytes", self.index_bytes.map(|b| b.to_string())),
+            (
+                "timestamp_type",
+                self.timestamp_type.map(|t| t.as_str().to_owned()),
+            ),
+            (
+                "max_timestamp_ahead_ms",
+                self.max_timestamp_ahead_ms.map(limit_ms),
+            ),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -265,6 +300,8 @@ impl TopicOverrides {
             flush_interval_ms: self.flush_interval_ms.or(below.flush_interval_ms),
             max_record_bytes: self.max_record_bytes.or(below.max_record_bytes),
             index_bytes: self.index_bytes.or(below.index_bytes),
+            timestamp_type: self.timestamp_type.or(below.timestamp_type),
+            max_timestamp_ahead_ms: self.max_timestamp_ahead_ms.or(below.max_timestamp_ahead_ms),
         }
     }
 
@@ -282,6 +319,8 @@ impl TopicOverrides {
             flush_interval: self.flush_interval_ms.unwrap_or(base.flush_interval),
             max_record_bytes: self.max_record_bytes.unwrap_or(base.max_record_bytes),
             index_bytes: self.index_bytes.unwrap_or(base.index_bytes),
+            timestamp_type: self.timestamp_type.unwrap_or(base.timestamp_type),
+            max_timestamp_ahead: pick(self.max_timestamp_ahead_ms, base.max_timestamp_ahead),
         };
         settings.check()?;
         Ok(settings)
@@ -344,6 +383,11 @@ impl TopicSettings {
             },
             max_batch_bytes: max_frame_bytes.min(u64::from(u32::MAX)) as u32,
             max_record_bytes: self.max_record_bytes.min(u64::from(u32::MAX)) as u32,
+            timestamp_type: match self.timestamp_type {
+                TimestampKind::Create => TimestampType::Create,
+                TimestampKind::LogAppend => TimestampType::LogAppend,
+            },
+            max_timestamp_ahead: self.max_timestamp_ahead,
         }
     }
 
@@ -368,6 +412,11 @@ impl TopicSettings {
             ),
             ("max_record_bytes".into(), self.max_record_bytes.to_string()),
             ("index_bytes".into(), self.index_bytes.to_string()),
+            ("timestamp_type".into(), self.timestamp_type.as_str().into()),
+            (
+                "max_timestamp_ahead_ms".into(),
+                ms(self.max_timestamp_ahead),
+            ),
         ]
     }
 }
@@ -516,7 +565,7 @@ impl Config {
                 topic,
                 configured = settings.max_record_bytes,
                 used = room,
-                "max_record_bytes lowered to what one produce frame carries ([server] max_frame_bytes - 312)"
+                "max_record_bytes lowered to what one produce frame carries ([server] max_frame_bytes - 325)"
             );
             settings.max_record_bytes = room.max(1);
         }
@@ -820,9 +869,9 @@ mod tests {
         let big =
             TopicOverrides::from_pairs(&[("max_record_bytes".into(), "16MiB".into())]).unwrap();
         let err = config.topic_settings("t", &big).unwrap_err();
-        assert!(err.contains("at most 16776904 bytes"), "{err}");
+        assert!(err.contains("at most 16776891 bytes"), "{err}");
         let opened = config.open_settings("t", &big).unwrap();
-        assert_eq!(opened.max_record_bytes, (16 << 20) - 312);
+        assert_eq!(opened.max_record_bytes, (16 << 20) - 325);
         let err = Config::parse("[defaults]\nmax_record_bytes = \"16MiB\"").unwrap_err();
         assert!(err.contains("[defaults] max_record_bytes"), "{err}");
     }

@@ -130,7 +130,7 @@ pub async fn dispatch(
             }
             let body = ResponseBody::Produced {
                 base_offset: appended.base_offset,
-                append_time: appended.append_time,
+                log_append_time: appended.log_append_time.unwrap_or(-1),
                 log_start: topic.log().lowest_offset(),
             };
             if topic.flush() != super::config::Flush::Always {
@@ -527,6 +527,7 @@ pub fn storage_error(e: StorageError) -> ErrorBody {
         StorageError::InvalidBatch(BatchError::RecordTooLarge { .. })
         | StorageError::BatchTooLarge { .. } => ErrorBody::new(ErrorCode::RecordTooLarge, message),
         StorageError::InvalidBatch(_) => ErrorBody::new(ErrorCode::InvalidBatch, message),
+        StorageError::TimestampAhead { .. } => ErrorBody::new(ErrorCode::InvalidTimestamp, message),
         StorageError::DiskFull { .. } => ErrorBody::new(ErrorCode::DiskFull, message),
         StorageError::Corrupt { resume_at, .. } => {
             let mut body = ErrorBody::new(ErrorCode::CorruptData, message);
@@ -540,6 +541,7 @@ pub fn storage_error(e: StorageError) -> ErrorBody {
         StorageError::Fenced { .. }
         | StorageError::Io { .. }
         | StorageError::BadLayout { .. }
+        | StorageError::OldFormat { .. }
         | StorageError::Reset
         | StorageError::WouldBlock => ErrorBody::new(ErrorCode::StorageError, message),
     }

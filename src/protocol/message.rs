@@ -424,7 +424,9 @@ pub enum ResponseBody {
     Description(TopicDescription),
     Produced {
         base_offset: u64,
-        append_time: i64,
+        /// The time the broker stamped on the batch for a topic with
+        /// `timestamp_type = "log_append"`; -1 when it keeps the producer's.
+        log_append_time: i64,
         log_start: u64,
     },
     /// `batches` are stored batches, back to back, sent as they are.
@@ -531,11 +533,11 @@ impl Response {
                     }
                     ResponseBody::Produced {
                         base_offset,
-                        append_time,
+                        log_append_time,
                         log_start,
                     } => {
                         out.put_u64(*base_offset);
-                        out.put_i64(*append_time);
+                        out.put_i64(*log_append_time);
                         out.put_u64(*log_start);
                     }
                     ResponseBody::Fetched {
@@ -653,7 +655,7 @@ impl Response {
             }
             ApiKey::Produce => ResponseBody::Produced {
                 base_offset: r.u64("base_offset")?,
-                append_time: r.i64("append_time")?,
+                log_append_time: r.i64("log_append_time")?,
                 log_start: r.u64("log_start")?,
             },
             ApiKey::Fetch => {
@@ -855,7 +857,7 @@ mod tests {
             ApiKey::Produce,
             Ok(ResponseBody::Produced {
                 base_offset: 4,
-                append_time: 1_700_000_000_000,
+                log_append_time: 1_700_000_000_000,
                 log_start: 0,
             }),
         );

@@ -97,10 +97,13 @@ pub enum ErrorCode {
     /// Creating the topic (explicitly or by producing to it) would exceed
     /// the broker's `max_topics`.
     TooManyTopics = 15,
+    /// A batch's producer timestamp is further in the future than the
+    /// topic's `max_timestamp_ahead_ms` allows (check the producer's clock).
+    InvalidTimestamp = 16,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::None,
         ErrorCode::UnknownServerError,
         ErrorCode::InvalidRequest,
@@ -117,6 +120,7 @@ impl ErrorCode {
         ErrorCode::DiskFull,
         ErrorCode::CorruptData,
         ErrorCode::TooManyTopics,
+        ErrorCode::InvalidTimestamp,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -142,6 +146,7 @@ impl ErrorCode {
             ErrorCode::DiskFull => "DISK_FULL",
             ErrorCode::CorruptData => "CORRUPT_DATA",
             ErrorCode::TooManyTopics => "TOO_MANY_TOPICS",
+            ErrorCode::InvalidTimestamp => "INVALID_TIMESTAMP",
         }
     }
 }

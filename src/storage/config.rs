@@ -19,6 +19,19 @@ pub enum SyncMode {
     Never,
 }
 
+/// Which time a stored batch carries, and the time index, retention by age
+/// and seek by time go by (Kafka's `message.timestamp.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimestampType {
+    /// The producer's: each batch's `maxTimestamp`, as sent.
+    #[default]
+    Create,
+    /// The log's clock at append: the batch gets the LogAppendTime bit and
+    /// `maxTimestamp` (and a new CRC, the only bytes under it the log
+    /// rewrites).
+    LogAppend,
+}
+
 /// Limits and policies of one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -35,6 +48,10 @@ pub struct LogConfig {
     pub max_batch_bytes: u32,
     /// Largest record (its whole encoding) `append` accepts.
     pub max_record_bytes: u32,
+    pub timestamp_type: TimestampType,
+    /// With [`TimestampType::Create`], a batch whose `maxTimestamp` is more
+    /// than this ahead of the log's clock is refused; `None` accepts any.
+    pub max_timestamp_ahead: Option<Duration>,
 }
 
 impl Default for LogConfig {
@@ -46,6 +63,8 @@ impl Default for LogConfig {
             sync: SyncMode::Always,
             max_batch_bytes: 64 << 20,
             max_record_bytes: u32::MAX,
+            timestamp_type: TimestampType::Create,
+            max_timestamp_ahead: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -95,8 +114,9 @@ impl LogConfig {
     }
 }
 
-/// Smallest stored batch: the header and one empty record.
-pub(crate) const MIN_BATCH_LEN: usize = crate::batch::HEADER_LEN + 5;
+/// Smallest stored batch: the header and one record of null key and value
+/// (length, attributes, timestamp and offset deltas, key, value, headers).
+pub(crate) const MIN_BATCH_LEN: usize = crate::batch::HEADER_LEN + 7;
 
 /// How many entries a segment's index and time index may grow to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

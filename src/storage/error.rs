@@ -34,6 +34,18 @@ pub enum StorageError {
     /// A batch offered for appending is malformed.
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] BatchError),
+    /// A batch's producer timestamp is further ahead of the log's clock
+    /// than the log accepts.
+    #[error("batch timestamp {timestamp} is more than {max_ahead_ms} ms ahead of the broker's clock ({now}); check the producer's clock")]
+    TimestampAhead {
+        timestamp: i64,
+        now: i64,
+        max_ahead_ms: i64,
+    },
+    /// The directory holds segments in a batch format this version does
+    /// not read. Nothing was changed.
+    #[error("{path} holds {format}, which this version of Spool cannot read; nothing was changed. Move the directory aside (or delete it) to start afresh")]
+    OldFormat { path: PathBuf, format: &'static str },
     /// A batch offered for appending exceeds the configured maximum.
     #[error("batch of {size} bytes exceeds the limit of {max} bytes")]
     BatchTooLarge { size: usize, max: u32 },

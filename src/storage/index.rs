@@ -6,15 +6,20 @@
 //!
 //! ```text
 //! index      (8 bytes per batch)     time index  (12 bytes per entry)
-//! 0  u32 relative offset             0  i64 append time, ms since the epoch
+//! 0  u32 relative offset             0  i64 batch time, ms since the epoch
 //! 4  u32 store position              8  u32 relative offset
 //! ```
 //!
 //! An index entry maps the first offset of a batch (relative to the segment's
 //! base offset) to the byte position of that batch in the store. Entries are
-//! strictly increasing in both fields. The time index holds an entry for the
-//! first batch of each new append time (strictly increasing times,
-//! non-decreasing offsets), so it can be sparse but is never out of order.
+//! strictly increasing in both fields. A batch's time is its `maxTimestamp`
+//! (the producer's, or the log's append time for a `LogAppend` log). The
+//! time index holds an entry for the first batch of the segment and for
+//! each batch whose time is above every earlier one's (strictly increasing
+//! times, non-decreasing offsets), so it can be sparse but is never out of
+//! order, and its last entry is the segment's largest time. A seek by time
+//! starts at the last entry before the time asked for and reads batch
+//! headers from there, as Kafka's does.
 //!
 //! The file of the active segment grows with `fallocate` (real blocks, never
 //! a sparse file: a mapped hole would SIGBUS on a full disk) in doubling

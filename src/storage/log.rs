@@ -28,16 +28,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::config::{LogConfig, SyncMode};
+use super::config::{LogConfig, SyncMode, TimestampType};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::segment::{RecoveryReport, Segment, SegmentWriter, Spare};
-use super::vfs::{OsVfs, Vfs};
+use super::vfs::{Open, OsVfs, Vfs};
 use crate::batch::{self, Record};
 
 /// The largest offset a log hands out: half of u64, so that no sum of an
 /// offset and a count read from disk can overflow.
 pub const MAX_OFFSET: u64 = u64::MAX / 2;
+
+/// Most bytes [`Log::read`] decompresses one stored batch's records to.
+const MAX_DECOMPRESSED_RECORDS: usize = batch::MAX_DECOMPRESSED;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +49,10 @@ pub struct Appended {
     pub base_offset: u64,
     /// Offset after its last record.
     pub next_offset: u64,
-    /// The append time the log stamped on it, ms since the epoch.
-    pub append_time: i64,
+    /// The time the log stamped on it (ms since the epoch) when the log
+    /// keeps append times ([`TimestampType::LogAppend`]); `None` when the
+    /// batch keeps its producer's.
+    pub log_append_time: Option<i64>,
     /// Whether the append rolled to a new segment first (a moment to apply
     /// retention: the log just grew by a sealed segment).
     pub rolled: bool,
@@ -112,7 +117,6 @@ struct Writer {
     active_sealed: bool,
     /// Set by a failed write, flush, seal or sync; appends fail until reopen.
     fenced: Option<String>,
-    last_append_time: i64,
 }
 
 /// Work a roll leaves for later, so that the roll itself is a swap: the
@@ -213,6 +217,7 @@ impl Log {
                 path: dir.clone(),
                 reason,
             })?;
+        refuse_old_format(&*vfs, &dir)?;
         vfs.create_dir_all(&dir)
             .map_err(|e| StorageError::io("create directory", &dir, e))?;
         let lock = take_dir_lock(&*vfs, &dir)?;
@@ -252,17 +257,10 @@ impl Log {
         if let Some(previous) = segments.len().checked_sub(2).map(|i| &segments[i]) {
             previous.sync()?;
         }
-        // Append times only move forward, across segments too.
-        let last_append_time = segments
-            .iter()
-            .rev()
-            .find_map(|s| s.last_append_time())
-            .unwrap_or(i64::MIN);
         let writer = Writer {
             active: Some(active.writer()?),
             active_sealed: false,
             fenced: None,
-            last_append_time,
         };
         let log = Log {
             vfs,
@@ -372,6 +370,8 @@ impl Log {
         next.segment_age = limits.segment_age;
         next.index_bytes = limits.index_bytes;
         next.max_record_bytes = limits.max_record_bytes;
+        next.timestamp_type = limits.timestamp_type;
+        next.max_timestamp_ahead = limits.max_timestamp_ahead;
         next.validate().map_err(|reason| StorageError::BadLayout {
             path: self.dir.clone(),
             reason,
@@ -453,10 +453,12 @@ impl Log {
         self.snapshot().len()
     }
 
-    /// Appends one batch (in the [`batch`](crate::batch) format), assigning
-    /// its offsets and append time in place. When this returns the batch has
-    /// reached the kernel and is visible to readers; call [`Log::commit`] to
-    /// wait until it is as durable as the sync mode promises.
+    /// Appends one batch (Kafka's RecordBatch v2, [`batch`](crate::batch)),
+    /// assigning its offsets in place (bytes outside the CRC) and, for a
+    /// [`TimestampType::LogAppend`] log, its timestamp (with a new CRC).
+    /// When this returns the batch has reached the kernel and is visible to
+    /// readers; call [`Log::commit`] to wait until it is as durable as the
+    /// sync mode promises.
     pub fn append(&self, batch: &mut [u8]) -> Result<Appended> {
         if batch.len() > self.max_batch_bytes as usize {
             return Err(StorageError::BatchTooLarge {
@@ -466,15 +468,42 @@ impl Log {
         }
         // Validation needs no lock: do it before taking one.
         let max_record = self.max_record_bytes.load(Ordering::Relaxed);
-        let header = batch::validate_limited(batch, max_record as usize)?;
+        let header = batch::validate(batch, max_record as usize)?;
+        let now = now_ms();
+        let (timestamp_type, ahead) = {
+            let config = self.config.read().unwrap_or_else(|p| p.into_inner());
+            (config.timestamp_type, config.max_timestamp_ahead)
+        };
+        // The batch's time is what the time index, retention by age and
+        // seek by time go by.
+        let time = match timestamp_type {
+            TimestampType::LogAppend => {
+                batch::set_log_append_time(batch, now);
+                now
+            }
+            TimestampType::Create => {
+                // A producer clock far ahead would keep its data from
+                // retention and hide later data from seeks (Kafka's
+                // message.timestamp.after.max.ms).
+                if let Some(ahead) = ahead {
+                    if header.max_timestamp > now.saturating_add(millis(ahead)) {
+                        return Err(StorageError::TimestampAhead {
+                            timestamp: header.max_timestamp,
+                            now,
+                            max_ahead_ms: millis(ahead),
+                        });
+                    }
+                }
+                header.max_timestamp
+            }
+        };
         let mut w = lock(&self.writer);
         if let Some(reason) = &w.fenced {
             return Err(StorageError::Fenced {
                 reason: reason.clone(),
             });
         }
-        let now = now_ms();
-        let count = u64::from(header.record_count);
+        let count = header.records_count as u64;
         if w.active.is_none() {
             return Err(StorageError::Closed);
         }
@@ -489,8 +518,7 @@ impl Log {
                 reason: "the log has used up its offsets".into(),
             });
         }
-        let time = now.max(w.last_append_time);
-        batch::assign(batch, base, time);
+        batch::assign(batch, base as i64);
         let active = w.active.as_mut().expect("checked above");
         let written = active
             .write(batch)
@@ -504,11 +532,10 @@ impl Log {
             return Err(fence(&mut w, e));
         }
         self.next_offset.store(next, Ordering::Release);
-        w.last_append_time = time;
         Ok(Appended {
             base_offset: base,
             next_offset: next,
-            append_time: time,
+            log_append_time: (timestamp_type == TimestampType::LogAppend).then_some(time),
             rolled,
         })
     }
@@ -525,7 +552,7 @@ impl Log {
             let config = self.config.read().unwrap_or_else(|p| p.into_inner());
             (config.segment_age, config.segment_bytes)
         };
-        let aged = match (segment_age, active.segment().first_append_time()) {
+        let aged = match (segment_age, active.segment().first_time()) {
             (Some(age), Some(first)) => now.saturating_sub(first) >= millis(age),
             _ => false,
         };
@@ -596,9 +623,7 @@ impl Log {
         }
         let due = match (
             self.config().segment_age,
-            w.active
-                .as_ref()
-                .and_then(|a| a.segment().first_append_time()),
+            w.active.as_ref().and_then(|a| a.segment().first_time()),
         ) {
             (Some(age), Some(first)) => now_ms.saturating_sub(first) >= millis(age),
             _ => false,
@@ -837,15 +862,18 @@ impl Log {
             return Err(out_of_range());
         }
         let header = batch::BatchHeader::parse(&read.bytes).map_err(StorageError::InvalidBatch)?;
-        let first = read.bytes.slice(..header.batch_length as usize);
-        match batch::find_record(&first, offset) {
+        let first = read.bytes.slice(..header.size().min(read.bytes.len()));
+        match batch::decode_any(&first, MAX_DECOMPRESSED_RECORDS)
+            .map_err(|e| e.to_string())
+            .map(|records| records.into_iter().find(|r| r.offset == offset))
+        {
             Ok(Some(record)) => Ok(record),
             Ok(None) => Err(out_of_range()),
             Err(e) => Err(StorageError::Corrupt {
                 segment: self.segment_of(offset),
                 position: 0,
-                reason: e.to_string(),
-                resume_at: Some(header.next_offset()),
+                reason: e,
+                resume_at: Some(header.next_offset() as u64),
             }),
         }
     }
@@ -858,11 +886,11 @@ impl Log {
             .map_or(0, |s| s.base_offset())
     }
 
-    /// The first offset whose batch was appended at or after `time_ms`, or
-    /// `None` if every batch is older.
+    /// The base offset of the first batch whose time (its `maxTimestamp`)
+    /// is `time_ms` or later, or `None` if every batch is older.
     pub fn offset_for_timestamp(&self, time_ms: i64) -> Result<Option<u64>> {
         for segment in self.snapshot().iter() {
-            if segment.last_append_time().is_some_and(|t| t >= time_ms) {
+            if segment.last_time().is_some_and(|t| t >= time_ms) {
                 if let Some(offset) = segment.offset_for_time(time_ms)? {
                     return Ok(Some(offset));
                 }
@@ -883,7 +911,7 @@ impl Log {
     pub fn apply_retention(&self, policy: Retention, now_ms: i64) -> Result<Removed> {
         self.remove_oldest(|segment, total| {
             let too_big = policy.max_bytes.is_some_and(|max| total > max);
-            let too_old = match (policy.max_age, segment.last_append_time()) {
+            let too_old = match (policy.max_age, segment.last_time()) {
                 (Some(age), Some(t)) => now_ms.saturating_sub(t) > millis(age),
                 _ => false,
             };
@@ -1028,7 +1056,6 @@ impl Log {
         w.active = Some(writer);
         w.active_sealed = false;
         w.fenced = None;
-        w.last_append_time = i64::MIN;
         Ok(())
     }
 }
@@ -1074,6 +1101,63 @@ fn take_dir_lock(vfs: &dyn Vfs, dir: &Path) -> Result<Box<dyn std::any::Any + Se
 
 /// Base offsets of the segments in `dir`, ascending. Index files without a
 /// store (a crash while creating a segment) are removed.
+/// Refuses a directory whose stores hold Spool 0.1's batches, before
+/// anything in it is changed (not even a lock file). That format's 48-byte
+/// header has magic 1 at byte 24; a v2 batch has magic 2 at byte 16.
+fn refuse_old_format(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+    if !vfs.is_dir(dir) {
+        return Ok(());
+    }
+    let names = vfs
+        .list(dir)
+        .map_err(|e| StorageError::io("list", dir, e))?;
+    for name in names {
+        if !matches!(fs::parse_segment_name(&name), Some((_, STORE_EXT))) {
+            continue;
+        }
+        let path = dir.join(&name);
+        let file = vfs
+            .open(&path, Open::ReadOnly)
+            .map_err(|e| StorageError::io("open", &path, e))?;
+        let size = file
+            .size()
+            .map_err(|e| StorageError::io("stat", &path, e))?;
+        let read = |pos: u64, len: usize| {
+            file.read_at(pos, len)
+                .map_err(|e| StorageError::io("read", &path, e))
+        };
+        if size < OLD_HEADER_LEN as u64 {
+            continue;
+        }
+        let head = read(0, OLD_HEADER_LEN)?;
+        if head[OLD_MAGIC_AT] != 1 || head[NEW_MAGIC_AT] == batch::MAGIC as u8 {
+            continue;
+        }
+        // Only a whole first batch with a good 0.1 checksum counts: a
+        // damaged v2 store must open (and recover), not be refused.
+        let len = u32::from_be_bytes(head[16..20].try_into().expect("4 bytes"));
+        if (len as usize) < OLD_HEADER_LEN || u64::from(len) > size {
+            continue;
+        }
+        let old = read(0, len as usize)?;
+        let crc = crc32c::crc32c(&old[..20]) ^ crc32c::crc32c(&old[24..]);
+        if crc.to_be_bytes() == old[20..24] {
+            return Err(StorageError::OldFormat {
+                path: dir.to_owned(),
+                format: "Spool 0.1's batch format (magic 1)",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Spool 0.1's batch header: its size and where its magic byte sat (its
+/// length was at bytes 16..20 and its check at 20..24: crc32c of [0, 20)
+/// XOR crc32c of [24, end)).
+const OLD_HEADER_LEN: usize = 48;
+const OLD_MAGIC_AT: usize = 24;
+const NEW_MAGIC_AT: usize = 16;
+
 fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
     let mut stores = Vec::new();
     let mut tables = Vec::new();

@@ -3,7 +3,7 @@
 //!
 //! A [`Log`] is a directory of segments. Each segment is a store file (whole
 //! [`batch`]es back to back), an index file (batch start offset to store
-//! position) and a time index file (append time to offset). See
+//! position) and a time index file (batch time to offset). See
 //! `docs/STORAGE.md` for the formats, recovery and durability in one place;
 //! each module documents its own format byte by byte.
 //!
@@ -13,11 +13,12 @@
 //! let dir = tempfile::tempdir()?;
 //! let log = Log::open(dir.path(), LogConfig::default())?;
 //! let mut batch = BatchBuilder::new();
-//! batch.push(1_700_000_000_000, Some(b"key"), b"hello", &[]);
+//! let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+//! batch.push(now.as_millis() as i64, Some(b"key"), Some(b"hello"), &[]);
 //! let mut bytes = batch.finish();
 //! let appended = log.append(&mut bytes)?;
 //! log.commit(appended.next_offset)?; // durable, as the sync mode promises
-//! assert_eq!(log.read(appended.base_offset)?.value, &b"hello"[..]);
+//! assert_eq!(log.read(appended.base_offset)?.value.as_deref(), Some(&b"hello"[..]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -35,7 +36,7 @@ pub mod vfs;
 /// re-exported here because the store is made of batches.
 pub use crate::batch;
 pub use crate::batch::{BatchBuilder, BatchError, BatchHeader, Record};
-pub use config::{LogConfig, SyncMode};
+pub use config::{LogConfig, SyncMode, TimestampType};
 pub use error::StorageError;
 pub use log::{Appended, BatchRead, Log, LogReader, Removed, Retention, Sidecar, Wait};
 pub use segment::RecoveryReport;

@@ -12,13 +12,17 @@ use super::index::IndexEntry;
 use super::store::Store;
 use crate::batch::{self, BatchHeader, HEADER_LEN, MAGIC};
 
+/// Where a stored batch's magic byte and leader epoch sit.
+const MAGIC_AT: usize = 16;
+const EPOCH_AT: usize = 12;
+
 /// Bytes read at a time; a batch larger than this is read whole.
 const WINDOW: usize = 8 << 20;
 
 /// What a scan of a store found.
 pub(crate) struct Scan {
-    /// An index entry per batch or damaged range, with the batch's append
-    /// time (`None` for damage).
+    /// An index entry per batch or damaged range, with the batch's time
+    /// (`None` for damage).
     pub batches: Vec<(IndexEntry, Option<i64>)>,
     /// Damaged ranges that valid batches follow: (position, length).
     pub damaged: Vec<(u64, u64)>,
@@ -104,17 +108,17 @@ pub(crate) fn scan_store(
     let mut pos = from;
     while pos < size {
         if let Some(h) = batch_at(&mut window, pos, base, scan.next_offset, true)? {
-            let rel = (h.base_offset - base) as u32;
+            let rel = (h.base_offset as u64 - base) as u32;
             scan.batches.push((
                 IndexEntry {
                     rel,
                     pos: pos as u32,
                 },
-                Some(h.append_time),
+                Some(h.max_timestamp),
             ));
-            pos += u64::from(h.batch_length);
+            pos += h.size() as u64;
             scan.good_end = pos;
-            scan.next_offset = h.next_offset();
+            scan.next_offset = h.next_offset() as u64;
             continue;
         }
         // Not a good batch: look for the next one further on.
@@ -144,7 +148,7 @@ pub(crate) fn scan_store(
                     offsets = %format!("{}..{}", scan.next_offset, h.base_offset),
                     "damaged range in segment; its records will not be served"
                 );
-                scan.damage(base, pos, q - pos, h.base_offset);
+                scan.damage(base, pos, q - pos, h.base_offset as u64);
                 pos = q;
             }
             (None, Some(limit)) => {
@@ -175,13 +179,13 @@ fn chains_to_end(
     first: &BatchHeader,
     limit: Option<u64>,
 ) -> Result<bool> {
-    let mut pos = pos + u64::from(first.batch_length);
-    let mut next = first.next_offset();
+    let mut pos = pos + first.size() as u64;
+    let mut next = first.next_offset() as u64;
     while pos < window.size {
         match batch_at(window, pos, base, next, true)? {
             Some(h) => {
-                pos += u64::from(h.batch_length);
-                next = h.next_offset();
+                pos += h.size() as u64;
+                next = h.next_offset() as u64;
             }
             None => return Ok(false),
         }
@@ -191,7 +195,8 @@ fn chains_to_end(
 
 /// The header of a valid batch starting at `pos` whose offsets fit the
 /// segment: exactly `expected` when `exact`, otherwise at or after it (a
-/// resynchronisation after damage).
+/// resynchronisation after damage). With the offset chain, leader epoch 0
+/// (all this broker writes) and magic 2 cover what Kafka's CRC leaves out.
 fn batch_at(
     window: &mut Window<'_>,
     pos: u64,
@@ -203,21 +208,23 @@ fn batch_at(
         return Ok(None);
     };
     // Cheap filters first: a resync tries every byte position.
-    if head[24] != MAGIC || head[25] != 0 || head[26] != 0 || head[27] != 0 {
+    if head[MAGIC_AT] != MAGIC as u8 || head[EPOCH_AT..EPOCH_AT + 4] != [0; 4] {
         return Ok(None);
     }
     let Ok(h) = BatchHeader::parse(head) else {
         return Ok(None);
     };
+    // A negative offset turns into one above MAX_OFFSET: never expected.
+    let first = h.base_offset as u64;
     let offset_fits = if exact {
-        h.base_offset == expected
+        first == expected
     } else {
-        h.base_offset >= expected
+        first >= expected
     };
-    if !offset_fits || h.next_offset() - base > u64::from(u32::MAX) {
+    if !offset_fits || (h.next_offset() as u64).wrapping_sub(base) > u64::from(u32::MAX) {
         return Ok(None);
     }
-    let Some(bytes) = window.get(pos, h.batch_length as usize)? else {
+    let Some(bytes) = window.get(pos, h.size())? else {
         return Ok(None);
     };
     Ok(batch::check(bytes).ok())

@@ -194,7 +194,7 @@ impl Conn {
 pub fn produce_request(topic: &str, values: &[&[u8]]) -> Request {
     let mut b = BatchBuilder::new();
     for (i, v) in values.iter().enumerate() {
-        b.push(1_700_000_000_000 + i as i64, None, v, &[]);
+        b.push(super::now_ms() + i as i64, None, Some(v), &[]);
     }
     Request::Produce {
         topic: topic.into(),

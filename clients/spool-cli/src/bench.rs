@@ -467,14 +467,22 @@ struct Plan {
 fn template(count: usize, size: usize) -> (Vec<u8>, Vec<usize>) {
     let mut b = BatchBuilder::with_capacity(count * (size + 8));
     let value: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    // Now, not a fixed time: the topic's retention and roll age go by the
+    // batches' timestamps.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     for _ in 0..count {
-        b.push(1_700_000_000_000, None, &value, &[]);
+        b.push(now, None, Some(&value), &[]);
     }
     let bytes = b.finish();
     let base = bytes.as_ptr() as usize;
     let starts = batch::RecordIter::new(&bytes)
         .expect("a batch we just built")
-        .map(|r| r.expect("a batch we just built").value.as_ptr() as usize - base)
+        .map(|r| {
+            let value = r.expect("a batch we just built").value.unwrap_or_default();
+            value.as_ptr() as usize - base
+        })
         .collect();
     (bytes, starts)
 }
@@ -609,9 +617,10 @@ async fn consume(
         let now_ns = (Instant::now() - epoch).as_nanos() as u64;
         let mut bytes = 0u64;
         for r in &records {
-            bytes += r.value.len() as u64;
-            if e2e && r.value.len() >= 8 {
-                let sent = u64::from_be_bytes(r.value[..8].try_into().expect("8 bytes"));
+            let value = r.value.as_deref().unwrap_or_default();
+            bytes += value.len() as u64;
+            if e2e && value.len() >= 8 {
+                let sent = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
                 latency.saturating_record((now_ns.saturating_sub(sent) / 1000).max(1));
             }
         }

@@ -379,7 +379,7 @@ fn print_record(
 ) -> std::io::Result<()> {
     match output {
         Output::Raw => {
-            out.write_all(&record.value)?;
+            out.write_all(record.value.as_deref().unwrap_or_default())?;
             out.write_all(b"\n")
         }
         Output::Template(pieces) => {
@@ -389,7 +389,7 @@ fn print_record(
                     Piece::Topic => out.write_all(topic.as_bytes())?,
                     Piece::Offset => write!(out, "{}", record.offset)?,
                     Piece::Key => out.write_all(record.key.as_deref().unwrap_or_default())?,
-                    Piece::Value => out.write_all(&record.value)?,
+                    Piece::Value => out.write_all(record.value.as_deref().unwrap_or_default())?,
                     Piece::Timestamp => write!(out, "{}", record.timestamp)?,
                     Piece::Headers => {
                         for (i, (name, value)) in record.headers.iter().enumerate() {
@@ -398,14 +398,17 @@ fn print_record(
                             }
                             out.write_all(name.as_bytes())?;
                             out.write_all(b"=")?;
-                            out.write_all(value)?;
+                            out.write_all(value.as_deref().unwrap_or_default())?;
                         }
                     }
                     Piece::KeySize => match &record.key {
                         Some(k) => write!(out, "{}", k.len())?,
                         None => out.write_all(b"-1")?,
                     },
-                    Piece::ValueSize => write!(out, "{}", record.value.len())?,
+                    Piece::ValueSize => match &record.value {
+                        Some(v) => write!(out, "{}", v.len())?,
+                        None => out.write_all(b"-1")?,
+                    },
                 }
             }
             Ok(())
@@ -415,7 +418,7 @@ fn print_record(
             object.insert("offset".into(), record.offset.into());
             object.insert("timestamp".into(), record.timestamp.into());
             put_bytes(&mut object, "key", record.key.as_deref());
-            put_bytes(&mut object, "value", Some(&record.value));
+            put_bytes(&mut object, "value", record.value.as_deref());
             if !record.headers.is_empty() {
                 let headers: Vec<serde_json::Value> = record
                     .headers
@@ -423,7 +426,7 @@ fn print_record(
                     .map(|(name, value)| {
                         let mut h = serde_json::Map::new();
                         h.insert("name".into(), name.clone().into());
-                        put_bytes(&mut h, "value", Some(value));
+                        put_bytes(&mut h, "value", value.as_deref());
                         h.into()
                     })
                     .collect();

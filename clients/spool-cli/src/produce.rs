@@ -416,7 +416,11 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         if let Some(max) = limit {
             // The record's whole encoding, with room for any timestamp
             // delta the producer may give it.
-            let size = BatchBuilder::record_size(i64::MAX, key, &record.value, &headers) as u64;
+            let with_some: Vec<(&str, Option<&[u8]>)> =
+                headers.iter().map(|&(n, v)| (n, Some(v))).collect();
+            let size =
+                BatchBuilder::record_size(i64::MAX, i32::MAX, key, Some(&record.value), &with_some)
+                    as u64;
             if size > max {
                 if args.skip_invalid {
                     tally.skipped.push(number);

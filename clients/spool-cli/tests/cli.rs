@@ -840,10 +840,10 @@ fn the_frame_limit_bounds_records_and_is_checked_before_sending() {
     let env = start(|c| c.server.max_frame_bytes = 64 * 1024);
     env.ok(&["topic", "create", "small"], b"");
     // The built-in 1 MiB is lowered to what a frame carries.
-    assert_eq!(env.setting("small", "max_record_bytes"), "65224 (default)");
+    assert_eq!(env.setting("small", "max_record_bytes"), "65211 (default)");
     let e = env.fails(&["topic", "create", "big", "--max-record-bytes", "1MiB"]);
     assert!(
-        e.contains("max_frame_bytes = 65536") && e.contains("at most 65224 bytes"),
+        e.contains("max_frame_bytes = 65536") && e.contains("at most 65211 bytes"),
         "{e}"
     );
     // Larger batches than a frame holds are cut to fit: every line arrives.
@@ -985,11 +985,17 @@ fn produce_keys_headers_json_whole_files_and_crlf() {
         "app=spool,env=test=1\n"
     );
 
-    let json = concat!(
-        r#"{"key":"k","value":"v","headers":{"h":"1"},"timestamp":1700000000000}"#,
-        "\n",
+    // An hour ago: within the topic's retention, which goes by the
+    // records' timestamps.
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    let json = format!(
+        "{}\n{}\n",
+        format_args!(r#"{{"key":"k","value":"v","headers":{{"h":"1"}},"timestamp":{hour_ago}}}"#),
         r#"{"value_base64":"gICA","key":null,"headers":[{"name":"bin","value_base64":"/w=="}]}"#,
-        "\n"
     );
     env.ok(&["produce", "j", "--format", "json"], json.as_bytes());
     let printed = env.ok(&["consume", "j", "--format", "json"], b"");
@@ -997,7 +1003,7 @@ fn produce_keys_headers_json_whole_files_and_crlf() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(objects[0]["timestamp"], 1_700_000_000_000i64);
+    assert_eq!(objects[0]["timestamp"], hour_ago);
     assert_eq!(objects[0]["key"], "k");
     assert_eq!(objects[0]["headers"][0]["name"], "h");
     assert_eq!(objects[1]["value_base64"], "gICA");
@@ -1113,12 +1119,12 @@ fn dying_broker(acked: u64) -> (String, std::sync::Arc<std::sync::atomic::Atomic
                         // Killed: the connection drops, answers owed.
                         return;
                     }
-                    let count = spool::batch::check(&batch).unwrap().record_count;
+                    let count = spool::batch::check(&batch).unwrap().records_count;
                     let base = next_offset;
-                    next_offset += u64::from(count);
+                    next_offset += count as u64;
                     ResponseBody::Produced {
                         base_offset: base,
-                        append_time: 0,
+                        log_append_time: -1,
                         log_start: 0,
                     }
                 }

@@ -284,8 +284,10 @@ impl Client {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Produced {
     pub base_offset: u64,
-    /// The broker's append time, ms since the epoch.
-    pub append_time: i64,
+    /// The time the broker stamped on the batch (ms since the epoch) for a
+    /// topic with `timestamp_type = "log_append"`; `None` when the records
+    /// keep their producer timestamps.
+    pub log_append_time: Option<i64>,
 }
 
 /// The acknowledgement of a batch sent with [`Client::send_batch`].
@@ -305,11 +307,11 @@ impl PendingProduce {
         match response.body? {
             ResponseBody::Produced {
                 base_offset,
-                append_time,
+                log_append_time,
                 ..
             } => Ok(Produced {
                 base_offset,
-                append_time,
+                log_append_time: (log_append_time >= 0).then_some(log_append_time),
             }),
             other => Err(unexpected(other)),
         }

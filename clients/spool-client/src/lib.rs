@@ -26,7 +26,7 @@
 //! let mut consumer = Consumer::new(client, "orders", StartAt::Earliest, ConsumerConfig::default());
 //! let record = consumer.next().await?; // waits for a record if there is none yet
 //! assert_eq!(record.offset, offset);
-//! assert_eq!(&record.value[..], b"one pizza");
+//! assert_eq!(record.value.as_deref(), Some(&b"one pizza"[..]));
 //! # Ok(())
 //! # }
 //! ```
@@ -42,5 +42,5 @@ pub use client::{Client, ClientConfig, Offsets, PendingProduce, Produced};
 pub use consumer::{decode, Consumer, ConsumerConfig, OffsetReset, RecordStream, StartAt};
 pub use error::{ClientError, Result};
 pub use producer::{Delivery, Producer, ProducerConfig};
-pub use spool::batch::{self, BatchBuilder, Record};
+pub use spool::batch::{self, BatchBuilder, Codec, Record};
 pub use spool::protocol::{Acks, ErrorCode, TopicDescription, MAX_PRODUCE_OVERHEAD};

@@ -30,7 +30,7 @@ use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use spool::batch::BatchBuilder;
+use spool::batch::{BatchBuilder, Codec};
 use spool::protocol::{Acks, ResponseBody, REQUEST_HEADER_LEN};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -47,6 +47,10 @@ pub struct ProducerConfig {
     pub linger: Duration,
     /// Bytes of batches sent and not yet acknowledged; `send` waits beyond it.
     pub max_in_flight_bytes: usize,
+    /// How each batch's records are compressed (Kafka's
+    /// `compression.type`); the broker stores them as sent. A batch that
+    /// would not shrink is sent uncompressed.
+    pub compression: Codec,
 }
 
 impl Default for ProducerConfig {
@@ -55,6 +59,7 @@ impl Default for ProducerConfig {
             batch_bytes: 256 * 1024,
             linger: Duration::from_millis(5),
             max_in_flight_bytes: 64 << 20,
+            compression: Codec::None,
         }
     }
 }
@@ -234,7 +239,10 @@ impl Producer {
         // A record that would take the open batch past what one frame holds
         // starts a new batch (sending the open one), so that every batch can
         // be sent; only a record too large on its own fails.
-        let size = BatchBuilder::record_size(i64::MAX, key, value, headers);
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            headers.iter().map(|&(name, v)| (name, Some(v))).collect();
+        // The largest the record can encode to, whatever its deltas.
+        let size = BatchBuilder::record_size(i64::MAX, i32::MAX, key, Some(value), &headers);
         if open
             .as_ref()
             .is_some_and(|b| !b.builder.is_empty() && b.builder.size() + size > room)
@@ -249,7 +257,7 @@ impl Producer {
         });
         batch
             .builder
-            .push(timestamp.unwrap_or_else(now_ms), key, value, headers);
+            .push(timestamp.unwrap_or_else(now_ms), key, Some(value), &headers);
         let delivery = Delivery {
             result: batch.result.subscribe(),
             index: batch.builder.len() as u64 - 1,
@@ -341,7 +349,7 @@ impl Shared {
             ))));
             return;
         }
-        let bytes = Bytes::from(batch.builder.finish());
+        let bytes = Bytes::from(finish(batch.builder, self.config.compression));
         let permits = bytes.len().min(self.config.max_in_flight_bytes.max(1)) as u32;
         let permit: OwnedSemaphorePermit = match Arc::clone(&self.in_flight)
             .acquire_many_owned(permits)
@@ -478,5 +486,20 @@ async fn linger(shared: Weak<Shared>) {
                 drop(open);
             });
         }
+    }
+}
+
+/// The finished batch, compressed with `codec` when that makes it smaller
+/// (so a batch sized to fit a frame uncompressed still fits).
+fn finish(builder: BatchBuilder, codec: Codec) -> Vec<u8> {
+    if codec == Codec::None {
+        return builder.finish();
+    }
+    let plain = builder.clone().finish();
+    let packed = builder.finish_compressed(codec);
+    if packed.len() < plain.len() {
+        packed
+    } else {
+        plain
     }
 }

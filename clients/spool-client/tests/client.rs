@@ -144,6 +144,7 @@ async fn producer_applies_back_pressure_without_losing_records() {
         batch_bytes: 1024,
         linger: Duration::from_millis(1),
         max_in_flight_bytes: 4096,
+        ..ProducerConfig::default()
     };
     let producer = Producer::new(client.clone(), config);
     let mut last = None;
@@ -195,10 +196,16 @@ async fn consumer_reads_from_every_kind_of_start() {
         assert_eq!(from_start.next().await.unwrap().offset, i);
     }
     let mut at = Consumer::new(client.clone(), "c", StartAt::Offset(7), config.clone());
-    assert_eq!(&at.next().await.unwrap().value[..], b"early-7");
+    assert_eq!(
+        at.next().await.unwrap().value.as_deref().unwrap(),
+        b"early-7"
+    );
     let mut by_time = Consumer::new(client.clone(), "c", StartAt::Timestamp(cut), config.clone());
     let r = by_time.next().await.unwrap();
-    assert_eq!((r.offset, &r.value[..]), (10, &b"late-0"[..]));
+    assert_eq!(
+        (r.offset, r.value.as_deref().unwrap()),
+        (10, &b"late-0"[..])
+    );
 
     // From the end: nothing until something new arrives, then exactly that.
     let mut tail = Consumer::new(client.clone(), "c", StartAt::Latest, config.clone());
@@ -213,7 +220,7 @@ async fn consumer_reads_from_every_kind_of_start() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (got.offset, &got.value[..]),
+        (got.offset, got.value.as_deref().unwrap()),
         (d.await.unwrap(), &b"new"[..])
     );
 }
@@ -325,8 +332,14 @@ async fn the_client_reconnects_after_the_broker_restarts() {
     producer.flush().await.unwrap();
     assert_eq!(d.await.unwrap(), 1);
     let mut consumer = Consumer::new(client, "rc", StartAt::Earliest, ConsumerConfig::default());
-    assert_eq!(&consumer.next().await.unwrap().value[..], b"before");
-    assert_eq!(&consumer.next().await.unwrap().value[..], b"after");
+    assert_eq!(
+        consumer.next().await.unwrap().value.as_deref().unwrap(),
+        b"before"
+    );
+    assert_eq!(
+        consumer.next().await.unwrap().value.as_deref().unwrap(),
+        b"after"
+    );
 }
 
 /// A peer that answers the handshake on every connection and then never
@@ -389,7 +402,7 @@ async fn a_request_cut_off_mid_frame_is_never_followed_on_that_connection() {
     // Far more than the socket buffers hold: the write stalls mid-frame
     // and the timeout abandons it there.
     let mut b = batch::BatchBuilder::new();
-    b.push(0, None, &vec![7u8; 32 << 20], &[]);
+    b.push(now_ms(), None, Some(&vec![7u8; 32 << 20]), &[]);
     let big = bytes::Bytes::from(b.finish());
     let r = tokio::time::timeout(PATIENCE, client.produce("t", &big)).await;
     assert!(matches!(r, Ok(Err(ClientError::Timeout(_)))), "{r:?}");
@@ -441,7 +454,10 @@ async fn a_consumer_is_also_a_stream() {
             .expect("a record in time")
             .expect("the stream never ends")
             .unwrap();
-        seen.push((record.offset, record.value.to_vec()));
+        seen.push((
+            record.offset,
+            record.value.as_deref().unwrap_or_default().to_vec(),
+        ));
     }
     let want: Vec<(u64, Vec<u8>)> = (0..10).map(|i| (i, format!("v{i}").into_bytes())).collect();
     assert_eq!(seen, want);
@@ -475,7 +491,7 @@ async fn a_polling_client_gets_every_answer_and_notices_the_broker_leaving() {
     for i in 0..200u64 {
         let record = consumer.next().await.unwrap();
         assert_eq!(record.offset, i);
-        assert_eq!(record.value, i.to_string().as_bytes());
+        assert_eq!(record.value.as_deref(), Some(i.to_string().as_bytes()));
     }
     // The broker goes away while the client's connection polls: the next
     // call fails (after its bounded reconnection attempts) instead of hanging.
@@ -525,7 +541,7 @@ async fn holding_broker(
                         *next += u64::from(n);
                         ResponseBody::Produced {
                             base_offset,
-                            append_time: 0,
+                            log_append_time: -1,
                             log_start: 0,
                         }
                     }
@@ -546,7 +562,7 @@ async fn holding_broker(
                 Request::Produce { topic, batch, .. } => {
                     received.fetch_add(1, Ordering::SeqCst);
                     let header = spool::batch::BatchHeader::parse(&batch).unwrap();
-                    Some((topic, header.record_count))
+                    Some((topic, header.records_count as u32))
                 }
                 _ => None,
             };
@@ -573,6 +589,7 @@ async fn send_waits_while_max_in_flight_bytes_are_unanswered() {
             batch_bytes: 1,
             linger: Duration::from_millis(1),
             max_in_flight_bytes: 4096,
+            ..ProducerConfig::default()
         },
     );
     let window = 4096 / 1000;
@@ -674,6 +691,7 @@ async fn a_send_to_b_while_a_waits_for_the_window(leaves: ALeaves) {
             // Nothing leaves by time while the test runs.
             linger: Duration::from_secs(3600),
             max_in_flight_bytes: window,
+            ..ProducerConfig::default()
         },
     );
     let full = vec![b'a'; window];
@@ -756,7 +774,10 @@ async fn a_parked_long_poll_does_not_hold_back_a_producer_on_the_same_client() {
         ..config
     };
     let mut consumer = Consumer::new(client.clone(), "busy", StartAt::Earliest, shared);
-    assert_eq!(&consumer.next().await.unwrap().value[..], b"now");
+    assert_eq!(
+        consumer.next().await.unwrap().value.as_deref().unwrap(),
+        b"now"
+    );
 }
 
 // Issue 10, item 17: the consumer took a lost connection for "no records,
@@ -835,7 +856,7 @@ async fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
     client.create_topic("t", &[]).await.unwrap();
     let mut b = batch::BatchBuilder::new();
     for _ in 0..10 {
-        b.push(0, None, &[1u8; 10_000], &[]);
+        b.push(now_ms(), None, Some(&[1u8; 10_000]), &[]);
     }
     let big = bytes::Bytes::from(b.finish());
     match client.produce("t", &big).await {
@@ -845,7 +866,7 @@ async fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
         other => panic!("{other:?}"),
     }
     let mut small = batch::BatchBuilder::new();
-    small.push(0, None, b"fits", &[]);
+    small.push(now_ms(), None, Some(b"fits"), &[]);
     let produced = client
         .produce("t", &bytes::Bytes::from(small.finish()))
         .await
@@ -909,4 +930,12 @@ async fn batches_never_outgrow_the_frame() {
         assert_eq!(d.await.unwrap(), i as u64);
     }
     assert!(broker.batches("t") >= 7, "{} batches", broker.batches("t"));
+}
+
+/// Now, in ms: the broker keeps records by their timestamps.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as i64
 }

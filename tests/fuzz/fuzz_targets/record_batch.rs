@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use spool::record_batch::{self, BatchBuilder, BatchHeader, BatchIter, Codec, RecordIter};
+use spool::batch::{self, BatchBuilder, BatchHeader, BatchIter, Codec, RecordIter};
 
 const LIMIT: usize = 1 << 20;
 
@@ -22,9 +22,9 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let mut data = rest.to_vec();
-    if data.len() >= record_batch::HEADER_LEN {
+    if data.len() >= batch::HEADER_LEN {
         if mode & 1 != 0 {
-            let len = (data.len() - record_batch::LOG_OVERHEAD) as i32;
+            let len = (data.len() - batch::LOG_OVERHEAD) as i32;
             data[8..12].copy_from_slice(&len.to_be_bytes());
         }
         if mode & 2 != 0 {
@@ -35,7 +35,7 @@ fuzz_target!(|input: &[u8]| {
             data[22] = (data[22] & !7) | codec;
         }
         if mode & 4 != 0 {
-            record_batch::reseal(&mut data);
+            batch::reseal(&mut data);
         }
     }
     let owned = Bytes::copy_from_slice(&data);
@@ -44,14 +44,14 @@ fuzz_target!(|input: &[u8]| {
     for item in BatchIter::new(&data) {
         let Ok((header, raw)) = item else { break };
         assert_eq!(raw.len(), header.size());
-        assert_eq!(record_batch::check(raw), Ok(header));
-        let _ = record_batch::find_record(&Bytes::copy_from_slice(raw), header.base_offset);
+        assert_eq!(batch::check(raw), Ok(header));
+        let _ = batch::find_record(&Bytes::copy_from_slice(raw), header.base_offset);
         consumed += raw.len();
     }
     assert!(consumed <= data.len());
     let _ = BatchHeader::parse(&data);
-    let _ = record_batch::check(&data);
-    let _ = record_batch::check_stored(&data, 0, data.len());
+    let _ = batch::check(&data);
+    let _ = batch::check_stored(&data, 0, data.len());
     if let Ok(iter) = RecordIter::new(&data) {
         for record in iter.flatten() {
             for header in record.headers {
@@ -59,23 +59,23 @@ fuzz_target!(|input: &[u8]| {
             }
         }
     }
-    if let Ok(records) = record_batch::decode_any(&owned, LIMIT) {
+    if let Ok(records) = batch::decode_any(&owned, LIMIT) {
         assert!(records.len() <= LIMIT);
     }
     for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
-        if let Ok(out) = record_batch::codec::decompress(codec, rest, LIMIT) {
+        if let Ok(out) = batch::codec::decompress(codec, rest, LIMIT) {
             assert!(out.len() <= LIMIT);
         }
     }
 
-    let Ok(header) = record_batch::validate(&data, usize::MAX) else {
-        let _ = record_batch::decode_records(&owned);
+    let Ok(header) = batch::validate(&data, usize::MAX) else {
+        let _ = batch::decode_records(&owned);
         return;
     };
     if header.codec() != Ok(Codec::None) {
         return;
     }
-    let records = record_batch::decode_records(&owned).expect("a valid batch decodes");
+    let records = batch::decode_records(&owned).expect("a valid batch decodes");
     assert_eq!(records.len(), header.records_count as usize);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.offset, header.base_offset + i as i64);
@@ -91,10 +91,10 @@ fuzz_target!(|input: &[u8]| {
         builder.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);
     }
     let mut rebuilt = builder.finish();
-    record_batch::assign(&mut rebuilt, header.base_offset);
+    batch::assign(&mut rebuilt, header.base_offset);
     if header.is_log_append_time() {
-        record_batch::set_log_append_time(&mut rebuilt, header.max_timestamp);
+        batch::set_log_append_time(&mut rebuilt, header.max_timestamp);
     }
-    let again = record_batch::decode_records(&Bytes::from(rebuilt)).expect("rebuilt decodes");
+    let again = batch::decode_records(&Bytes::from(rebuilt)).expect("rebuilt decodes");
     assert_eq!(again, records);
 });

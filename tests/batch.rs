@@ -11,7 +11,7 @@ use kafka_protocol::records::{
     TimestampType,
 };
 use proptest::prelude::*;
-use spool::record_batch::{self, BatchBuilder};
+use spool::batch::{self, BatchBuilder};
 
 /// One record as a test writes it: timestamp, key, value, headers.
 type Plain = (
@@ -141,15 +141,15 @@ fn plain(
 
 /// What `spool::record_batch` reads from a batch, as plain records.
 fn read_ours(batch: &[u8]) -> Vec<Plain> {
-    record_batch::validate(batch, usize::MAX).expect("a valid batch");
-    record_batch::decode_any(&Bytes::copy_from_slice(batch), 1 << 20)
+    batch::validate(batch, usize::MAX).expect("a valid batch");
+    batch::decode_any(&Bytes::copy_from_slice(batch), 1 << 20)
         .unwrap()
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
             plain(
                 i,
-                r.offset,
+                r.offset as i64,
                 r.timestamp,
                 r.key,
                 r.value,
@@ -204,19 +204,19 @@ proptest! {
     #[test]
     fn edited_batches_never_panic(rs in records(), at in any::<usize>(), value in any::<u8>()) {
         let mut batch = theirs(&rs);
-        let at = record_batch::CRC_START + at % (batch.len() - record_batch::CRC_START);
+        let at = batch::CRC_START + at % (batch.len() - batch::CRC_START);
         batch[at] = value;
-        record_batch::reseal(&mut batch);
-        let _ = record_batch::validate(&batch, usize::MAX);
-        let _ = record_batch::decode_records(&Bytes::from(batch));
+        batch::reseal(&mut batch);
+        let _ = batch::validate(&batch, usize::MAX);
+        let _ = batch::decode_records(&Bytes::from(batch));
     }
 }
 
-const CODECS: [(record_batch::Codec, Compression); 4] = [
-    (record_batch::Codec::Gzip, Compression::Gzip),
-    (record_batch::Codec::Snappy, Compression::Snappy),
-    (record_batch::Codec::Lz4, Compression::Lz4),
-    (record_batch::Codec::Zstd, Compression::Zstd),
+const CODECS: [(batch::Codec, Compression); 4] = [
+    (batch::Codec::Gzip, Compression::Gzip),
+    (batch::Codec::Snappy, Compression::Snappy),
+    (batch::Codec::Lz4, Compression::Lz4),
+    (batch::Codec::Zstd, Compression::Zstd),
 ];
 
 proptest! {
@@ -226,12 +226,12 @@ proptest! {
     fn compressed_batches_read_back_both_ways(rs in records(), which in 0usize..4) {
         let (ours_codec, theirs_codec) = CODECS[which];
         let built = builder(&rs).finish_compressed(ours_codec);
-        let header = record_batch::validate(&built, usize::MAX).unwrap();
+        let header = batch::validate(&built, usize::MAX).unwrap();
         prop_assert_eq!(header.codec().unwrap(), ours_codec);
         prop_assert_eq!(read_theirs(&built), rs.clone());
         let theirs = theirs_compressed(&rs, theirs_codec);
         prop_assert_eq!(
-            record_batch::BatchHeader::parse(&theirs).unwrap().codec().unwrap(),
+            batch::BatchHeader::parse(&theirs).unwrap().codec().unwrap(),
             ours_codec
         );
         prop_assert_eq!(read_ours(&theirs), rs);
@@ -246,7 +246,7 @@ fn a_decompression_bomb_is_refused() {
     for (codec, _) in CODECS {
         let batch = builder(&rs).finish_compressed(codec);
         assert!(batch.len() < 1 << 20, "{codec:?} compresses zeros");
-        let e = record_batch::decode_any(&Bytes::from(batch), 1 << 20).unwrap_err();
+        let e = batch::decode_any(&Bytes::from(batch), 1 << 20).unwrap_err();
         assert!(
             e.to_string().contains("more than 1048576 bytes"),
             "{codec:?}: {e}"
@@ -262,10 +262,10 @@ proptest! {
         rs in records(), which in 0usize..4, at in any::<usize>(), value in any::<u8>()
     ) {
         let mut batch = builder(&rs).finish_compressed(CODECS[which].0);
-        let at = record_batch::CRC_START + at % (batch.len() - record_batch::CRC_START);
+        let at = batch::CRC_START + at % (batch.len() - batch::CRC_START);
         batch[at] = value;
-        record_batch::reseal(&mut batch);
-        if let Ok(records) = record_batch::decode_any(&Bytes::from(batch), 1 << 16) {
+        batch::reseal(&mut batch);
+        if let Ok(records) = batch::decode_any(&Bytes::from(batch), 1 << 16) {
             prop_assert!(records.len() <= 1 << 16);
         }
     }
