@@ -59,12 +59,8 @@ fn produce(c: &mut Criterion) {
             let addr = broker.local_addr();
             let mut frame = BytesMut::new();
             let b = batch(records, size);
-            Request::Produce {
-                topic: "bench".into(),
-                acks: Acks::Commit,
-                batch: BytesMut::from(&b[..]),
-            }
-            .encode(1, &mut frame);
+            Request::produce("bench", 0, Acks::Commit, BytesMut::from(&b[..]))
+                .encode(1, &mut frame);
             group.throughput(Throughput::Bytes(b.len() as u64));
             group.bench_function(
                 BenchmarkId::new(format!("{size}B"), format!("x{records}")),
@@ -109,12 +105,7 @@ fn fetch(c: &mut Criterion) {
     let end = rt.block_on(async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut frame = BytesMut::new();
-        Request::Produce {
-            topic: "bench".into(),
-            acks: Acks::Commit,
-            batch: BytesMut::from(&b[..]),
-        }
-        .encode(1, &mut frame);
+        Request::produce("bench", 0, Acks::Commit, BytesMut::from(&b[..])).encode(1, &mut frame);
         let mut buf = Vec::new();
         let n = backlog / b.len() as u64;
         for _ in 0..n {
@@ -140,14 +131,8 @@ fn fetch(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..iters {
                     let mut frame = BytesMut::new();
-                    Request::Fetch {
-                        topic: "bench".into(),
-                        offset,
-                        max_bytes,
-                        max_wait_ms: 0,
-                        min_bytes: 1,
-                    }
-                    .encode(i as u32, &mut frame);
+                    Request::fetch("bench", 0, offset, max_bytes, 0, 1)
+                        .encode(i as u32, &mut frame);
                     stream.write_all(&frame).await.unwrap();
                     read_frame(&mut stream, &mut buf).await;
                     bytes += buf.len() as u64;

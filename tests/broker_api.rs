@@ -254,10 +254,7 @@ async fn admin_apis_and_their_errors() {
     c.err(fetch_request("nope", 0, 0), ErrorCode::UnknownTopic)
         .await;
     c.err(
-        Request::ListOffsets {
-            topic: "nope".into(),
-            spec: OffsetSpec::Latest,
-        },
+        Request::list_offsets("nope", 0, OffsetSpec::Latest),
         ErrorCode::UnknownTopic,
     )
     .await;
@@ -297,18 +294,10 @@ async fn produce_errors() {
     let mut bytes = b.finish();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
-    let bad = Request::Produce {
-        topic: "t".into(),
-        acks: Acks::Commit,
-        batch: BytesMut::from(&bytes[..]),
-    };
+    let bad = Request::produce("t", 0, Acks::Commit, BytesMut::from(&bytes[..]));
     c.err(bad, ErrorCode::InvalidBatch).await;
     // Not a batch at all.
-    let junk = Request::Produce {
-        topic: "t".into(),
-        acks: Acks::Commit,
-        batch: BytesMut::from(&b"junk"[..]),
-    };
+    let junk = Request::produce("t", 0, Acks::Commit, BytesMut::from(&b"junk"[..]));
     c.err(junk, ErrorCode::InvalidBatch).await;
     // A record over max_record_bytes.
     let big = vec![7u8; 2000];
@@ -325,20 +314,12 @@ async fn fire_and_forget_produces_get_no_response() {
     let mut c = broker.connect().await;
     let mut b = BatchBuilder::new();
     b.push(common::now_ms(), None, Some(b"quiet"), &[]);
-    let quiet = Request::Produce {
-        topic: "f".into(),
-        acks: Acks::None,
-        batch: BytesMut::from(&b.finish()[..]),
-    };
+    let quiet = Request::produce("f", 0, Acks::None, BytesMut::from(&b.finish()[..]));
     for _ in 0..10 {
         c.send(&quiet).await;
     }
     // Even a bad one is silent.
-    let bad = Request::Produce {
-        topic: "f".into(),
-        acks: Acks::None,
-        batch: BytesMut::from(&b"junk"[..]),
-    };
+    let bad = Request::produce("f", 0, Acks::None, BytesMut::from(&b"junk"[..]));
     c.send(&bad).await;
     // The next answered request's response is the next frame on the wire.
     assert_eq!(c.produce("f", &[b"loud"]).await, 10);
@@ -380,13 +361,7 @@ async fn fetch_max_bytes_spans_segments_and_keeps_whole_batches() {
     }
     let d = describe(&mut c, "t").await;
     assert!(d.segments >= 5);
-    let fetch = |max_bytes| Request::Fetch {
-        topic: "t".into(),
-        offset: 0,
-        max_bytes,
-        max_wait_ms: 0,
-        min_bytes: 1,
-    };
+    let fetch = |max_bytes| Request::fetch("t", 0, 0, max_bytes, 0, 1);
     // Tiny max_bytes: still one whole batch.
     match c.ok(fetch(1)).await {
         ResponseBody::Fetched {
@@ -421,10 +396,7 @@ async fn fetch_max_bytes_spans_segments_and_keeps_whole_batches() {
 async fn list_offsets() {
     let broker = start(|_| {}).await;
     let mut c = broker.connect().await;
-    let offsets = |spec| Request::ListOffsets {
-        topic: "t".into(),
-        spec,
-    };
+    let offsets = |spec| Request::list_offsets("t", 0, spec);
     c.produce("t", &[b"a"]).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -541,13 +513,7 @@ async fn min_bytes_waits_for_enough_data() {
     let mut consumer = broker.connect().await;
     let mut producer = broker.connect().await;
     producer.produce("t", &[b"x"]).await;
-    let wait_for_more = Request::Fetch {
-        topic: "t".into(),
-        offset: 0,
-        max_bytes: 1 << 20,
-        max_wait_ms: 30_000,
-        min_bytes: 2000,
-    };
+    let wait_for_more = Request::fetch("t", 0, 0, 1 << 20, 30_000, 2000);
     consumer.send(&wait_for_more).await;
     producer.produce("t", &[&[0u8; 1000]]).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -741,11 +707,12 @@ async fn fire_and_forget_records_become_visible_on_an_always_topic() {
     .await;
     let mut b = BatchBuilder::new();
     b.push(common::now_ms(), None, Some(b"quiet"), &[]);
-    c.send(&Request::Produce {
-        topic: "a".into(),
-        acks: Acks::None,
-        batch: BytesMut::from(&b.finish()[..]),
-    })
+    c.send(&Request::produce(
+        "a",
+        0,
+        Acks::None,
+        BytesMut::from(&b.finish()[..]),
+    ))
     .await;
     match c.ok(fetch_request("a", 0, 10_000)).await {
         ResponseBody::Fetched {

@@ -253,14 +253,7 @@ async fn a_client_that_never_reads_is_cut_off_at_the_write_deadline() {
     std_stream.set_nonblocking(false).unwrap();
     let mut request = BytesMut::new();
     for i in 0..200 {
-        Request::Fetch {
-            topic: "big".into(),
-            offset: 0,
-            max_bytes: 1 << 20,
-            max_wait_ms: 0,
-            min_bytes: 1,
-        }
-        .encode(i, &mut request);
+        Request::fetch("big", 0, 0, 1 << 20, 0, 1).encode(i, &mut request);
     }
     let started = Instant::now();
     // Send the requests, read nothing for well past the write deadline, then

@@ -94,11 +94,7 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
             seq += 1;
         }
         let first = seq - 16;
-        let request = Request::Produce {
-            topic: "k".into(),
-            acks: Acks::Commit,
-            batch: BytesMut::from(&b.finish()[..]),
-        };
+        let request = Request::produce("k", 0, Acks::Commit, BytesMut::from(&b.finish()[..]));
         let outcomes: Vec<Outcome> = match producer.call(request).await.body {
             Ok(ResponseBody::Produced { base_offset, .. }) => {
                 if full > 0 {
@@ -131,10 +127,11 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
     assert!(full > 0, "the disk never filled up");
     // Read everything back and check.
     let (start, end) = match producer
-        .ok(Request::ListOffsets {
-            topic: "k".into(),
-            spec: spool::protocol::OffsetSpec::Earliest,
-        })
+        .ok(Request::list_offsets(
+            "k",
+            0,
+            spool::protocol::OffsetSpec::Earliest,
+        ))
         .await
     {
         ResponseBody::Offsets {

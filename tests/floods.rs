@@ -103,13 +103,7 @@ impl Health {
             let mut log = HealthLog::default();
             let mut offset = 0u64;
             while !consuming.load(Ordering::Acquire) {
-                let request = Request::Fetch {
-                    topic: "health".into(),
-                    offset,
-                    max_bytes: 64 * 1024,
-                    max_wait_ms: HEALTH_POLL_MS,
-                    min_bytes: 1,
-                };
+                let request = Request::fetch("health", 0, offset, 64 * 1024, HEALTH_POLL_MS, 1);
                 let started = Instant::now();
                 let deadline = HEALTH_DEADLINE + Duration::from_millis(HEALTH_POLL_MS.into());
                 match consumer.call(&request, deadline).await {
@@ -575,11 +569,12 @@ async fn fill(addr: SocketAddr, topic: &str, batches: usize, batch_bytes: usize)
         for _ in 0..per_batch {
             b.push(common::now_ms() + i as i64, None, Some(&value), &[]);
         }
-        let request = Request::Produce {
-            topic: topic.into(),
-            acks: spool::protocol::Acks::Commit,
-            batch: BytesMut::from(&b.finish()[..]),
-        };
+        let request = Request::produce(
+            &topic,
+            0,
+            spool::protocol::Acks::Commit,
+            BytesMut::from(&b.finish()[..]),
+        );
         let response = c.call(&request, PATIENCE).await.expect("fill");
         assert!(response.body.is_ok(), "fill: {:?}", response.body);
     }
@@ -648,14 +643,8 @@ async fn unread_fetches(
         for j in 0..pipelined {
             // Spread over the topic, so that the broker reads many batches.
             let batch = (c * 7 + j * 3) % batches;
-            Request::Fetch {
-                topic: "big".into(),
-                offset: batch as u64 * per_batch,
-                max_bytes,
-                max_wait_ms: 0,
-                min_bytes: 1,
-            }
-            .encode(j as u32, &mut requests);
+            Request::fetch("big", 0, batch as u64 * per_batch, max_bytes, 0, 1)
+                .encode(j as u32, &mut requests);
         }
         plans.push(requests.to_vec());
     }

@@ -194,13 +194,7 @@ use std::time::{Duration, Instant};
 use spool::protocol::{Request, ResponseBody};
 
 fn fetch(topic: &str, offset: u64, max_bytes: u32, max_wait_ms: u32) -> Request {
-    Request::Fetch {
-        topic: topic.into(),
-        offset,
-        max_bytes,
-        max_wait_ms,
-        min_bytes: 1,
-    }
+    Request::fetch(&topic, 0, offset, max_bytes, max_wait_ms, 1)
 }
 
 fn create(topic: &str) -> Request {

@@ -1123,10 +1123,11 @@ async fn attack(broker: &TestBroker, scripts: Vec<Script>) -> (Tally, u64, f64, 
         }
     }
     let end = match fresh
-        .ok(Request::ListOffsets {
-            topic: STEADY.into(),
-            spec: spool::protocol::OffsetSpec::Latest,
-        })
+        .ok(Request::list_offsets(
+            &STEADY,
+            0,
+            spool::protocol::OffsetSpec::Latest,
+        ))
         .await
     {
         ResponseBody::Offsets { offset, .. } => offset,

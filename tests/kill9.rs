@@ -49,11 +49,7 @@ async fn produce(
                 Some(&checker::message(producer, seq, 200)),
                 &[],
             );
-            let request = Request::Produce {
-                topic: "k".into(),
-                acks: Acks::Commit,
-                batch: BytesMut::from(&b.finish()[..]),
-            };
+            let request = Request::produce("k", 0, Acks::Commit, BytesMut::from(&b.finish()[..]));
             let mut frame = BytesMut::new();
             request.encode(seq as u32, &mut frame);
             use tokio::io::AsyncWriteExt;
@@ -98,10 +94,7 @@ async fn produce(
 /// Reads every record of topic `k` from its start.
 async fn read_all(c: &mut Conn) -> (u64, Vec<(u64, Vec<u8>)>) {
     let (start, end) = match c
-        .ok(Request::ListOffsets {
-            topic: "k".into(),
-            spec: OffsetSpec::Earliest,
-        })
+        .ok(Request::list_offsets("k", 0, OffsetSpec::Earliest))
         .await
     {
         ResponseBody::Offsets {

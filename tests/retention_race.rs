@@ -147,11 +147,8 @@ async fn produce(addr: SocketAddr, seed: u64, shared: Arc<Shared>) -> (Vec<Sent>
                     &[],
                 );
             }
-            let request = Request::Produce {
-                topic: TOPIC.into(),
-                acks: Acks::Commit,
-                batch: BytesMut::from(&b.finish()[..]),
-            };
+            let request =
+                Request::produce(&TOPIC, 0, Acks::Commit, BytesMut::from(&b.finish()[..]));
             let mut frame = BytesMut::new();
             request.encode(seq as u32, &mut frame);
             if stream.write_all(&frame).await.is_err() {
@@ -314,13 +311,7 @@ async fn fetch_once(
         1 => 4096,
         _ => 1 + rng.below(160 * 1024) as u32,
     };
-    let request = Request::Fetch {
-        topic: TOPIC.into(),
-        offset,
-        max_bytes,
-        max_wait_ms: wait_ms,
-        min_bytes: 1,
-    };
+    let request = Request::fetch(&TOPIC, 0, offset, max_bytes, wait_ms, 1);
     let known_start = seen.starts.seen;
     let response = c.call(&request).await?;
     match response.body {
@@ -451,10 +442,7 @@ async fn consume_random(addr: SocketAddr, seed: u64, shared: Arc<Shared>) -> See
 /// The log start by LIST_OFFSETS (earliest).
 async fn list_start(c: &mut Client, seen: &mut Seen, shared: &Shared) -> Option<u64> {
     let response = c
-        .call(&Request::ListOffsets {
-            topic: TOPIC.into(),
-            spec: OffsetSpec::Earliest,
-        })
+        .call(&Request::list_offsets(&TOPIC, 0, OffsetSpec::Earliest))
         .await?;
     match response.body {
         Ok(ResponseBody::Offsets { log_start, .. }) => {
@@ -799,10 +787,7 @@ fn orphan_tables(data: &Path) -> u64 {
 async fn read_all(addr: SocketAddr) -> (u64, Vec<(u64, Vec<u8>)>) {
     let mut c = Client::connect(addr).await;
     let response = c
-        .call(&Request::ListOffsets {
-            topic: TOPIC.into(),
-            spec: OffsetSpec::Earliest,
-        })
+        .call(&Request::list_offsets(&TOPIC, 0, OffsetSpec::Earliest))
         .await
         .expect("restarted broker answers");
     let (start, end) = match response.body {
@@ -814,13 +799,7 @@ async fn read_all(addr: SocketAddr) -> (u64, Vec<(u64, Vec<u8>)>) {
     let mut records = Vec::new();
     let mut offset = start;
     while offset < end {
-        let request = Request::Fetch {
-            topic: TOPIC.into(),
-            offset,
-            max_bytes: 1 << 20,
-            max_wait_ms: 0,
-            min_bytes: 1,
-        };
+        let request = Request::fetch(&TOPIC, 0, offset, 1 << 20, 0, 1);
         let response = c.call(&request).await.expect("restarted broker answers");
         match response.body {
             Ok(ResponseBody::Fetched {

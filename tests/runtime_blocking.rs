@@ -247,13 +247,7 @@ async fn a_waiting_fetch_reads_once_however_many_appends_wake_it() {
     // Wants 50 KiB: 500 appends of 100 bytes wake it before it has them.
     let mut waiting = Conn::connect(broker.addr).await;
     waiting
-        .send(&Request::Fetch {
-            topic: "t".into(),
-            offset: 0,
-            max_bytes: 1 << 20,
-            max_wait_ms: 60_000,
-            min_bytes: 50 * 1024,
-        })
+        .send(&Request::fetch("t", 0, 0, 1 << 20, 60_000, 50 * 1024))
         .await;
     // Whenever the broker parks it, it reads nothing until the bytes are
     // there.

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// Most topics the broker holds: bounds what auto-creation lets any
     /// client claim (directories, open files, an empty topic's 16 KiB).
     pub max_topics: usize,
+    /// Most partitions over all topics: each is a log (a directory, open
+    /// files, a sync task and a spare segment).
+    pub max_partitions: usize,
     /// How long shutdown waits for in-flight requests.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -106,6 +109,7 @@ impl Default for ServerConfig {
             retention_check_interval: Duration::from_secs(30),
             auto_create_topics: true,
             max_topics: 1000,
+            max_partitions: 10_000,
             shutdown_timeout: Duration::from_secs(30),
             busy_poll: Duration::ZERO,
             worker_threads: 0,
@@ -134,6 +138,10 @@ impl Flush {
         }
     }
 }
+
+/// Most partitions one topic may have (the broker's `max_partitions`
+/// bounds them all together).
+pub const MAX_TOPIC_PARTITIONS: u32 = 10_000;
 
 /// Which time a topic's batches carry (Kafka's `message.timestamp.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -178,6 +186,8 @@ pub struct TopicOverrides {
     pub timestamp_type: Option<TimestampKind>,
     #[serde(deserialize_with = "some_limit_duration")]
     pub max_timestamp_ahead_ms: Option<Limit<Duration>>,
+    #[serde(deserialize_with = "some_count")]
+    pub partitions: Option<u32>,
 }
 
 /// A limit that may be switched off.
@@ -209,6 +219,8 @@ pub struct TopicSettings {
     pub index_bytes: u64,
     pub timestamp_type: TimestampKind,
     pub max_timestamp_ahead: Option<Duration>,
+    /// Each its own log; raised by an alter, never lowered.
+    pub partitions: u32,
 }
 
 impl Default for TopicSettings {
@@ -225,6 +237,7 @@ impl Default for TopicSettings {
             timestamp_type: TimestampKind::Create,
             // Kafka 4's message.timestamp.after.max.ms.
             max_timestamp_ahead: Some(Duration::from_secs(3600)),
+            partitions: 1,
         }
     }
 }
@@ -283,6 +296,7 @@ impl TopicOverrides {
                 "max_timestamp_ahead_ms",
                 self.max_timestamp_ahead_ms.map(limit_ms),
             ),
+            ("partitions", self.partitions.map(|n| n.to_string())),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -302,6 +316,7 @@ impl TopicOverrides {
             index_bytes: self.index_bytes.or(below.index_bytes),
             timestamp_type: self.timestamp_type.or(below.timestamp_type),
             max_timestamp_ahead_ms: self.max_timestamp_ahead_ms.or(below.max_timestamp_ahead_ms),
+            partitions: self.partitions.or(below.partitions),
         }
     }
 
@@ -321,6 +336,7 @@ impl TopicOverrides {
             index_bytes: self.index_bytes.unwrap_or(base.index_bytes),
             timestamp_type: self.timestamp_type.unwrap_or(base.timestamp_type),
             max_timestamp_ahead: pick(self.max_timestamp_ahead_ms, base.max_timestamp_ahead),
+            partitions: self.partitions.unwrap_or(base.partitions),
         };
         settings.check()?;
         Ok(settings)
@@ -349,6 +365,12 @@ impl TopicSettings {
         }
         if self.flush_interval.is_zero() {
             return Err("flush_interval_ms must be more than 0".into());
+        }
+        if !(1..=MAX_TOPIC_PARTITIONS).contains(&self.partitions) {
+            return Err(format!(
+                "partitions must be between 1 and {MAX_TOPIC_PARTITIONS}, got {}",
+                self.partitions
+            ));
         }
         Ok(())
     }
@@ -417,6 +439,7 @@ impl TopicSettings {
                 "max_timestamp_ahead_ms".into(),
                 ms(self.max_timestamp_ahead),
             ),
+            ("partitions".into(), self.partitions.to_string()),
         ]
     }
 }
@@ -469,6 +492,9 @@ impl Config {
         }
         if s.max_topics == 0 {
             return Err("[server] max_topics must be at least 1".into());
+        }
+        if s.max_partitions == 0 {
+            return Err("[server] max_partitions must be at least 1".into());
         }
         for (name, d) in [
             ("frame_timeout", s.frame_timeout),
@@ -565,7 +591,7 @@ impl Config {
                 topic,
                 configured = settings.max_record_bytes,
                 used = room,
-                "max_record_bytes lowered to what one produce frame carries ([server] max_frame_bytes - 325)"
+                "max_record_bytes lowered to what one produce frame carries ([server] max_frame_bytes - 337)"
             );
             settings.max_record_bytes = room.max(1);
         }
@@ -735,6 +761,20 @@ fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D:
     duration(d).map(Some)
 }
 
+/// A whole number, given as a TOML integer or a string of digits (as
+/// CREATE_TOPIC sends every value).
+fn some_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => u32::try_from(n).map_err(|_| format!("{n} is not a count")),
+        Raw::Text(t) => t
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{t:?} is not a whole number")),
+    }
+    .map(Some)
+    .map_err(de::Error::custom)
+}
+
 fn some_limit_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Limit<u64>>, D::Error> {
     parse_size(Raw::deserialize(d)?)
         .map(Some)
@@ -869,9 +909,9 @@ mod tests {
         let big =
             TopicOverrides::from_pairs(&[("max_record_bytes".into(), "16MiB".into())]).unwrap();
         let err = config.topic_settings("t", &big).unwrap_err();
-        assert!(err.contains("at most 16776891 bytes"), "{err}");
+        assert!(err.contains("at most 16776879 bytes"), "{err}");
         let opened = config.open_settings("t", &big).unwrap();
-        assert_eq!(opened.max_record_bytes, (16 << 20) - 325);
+        assert_eq!(opened.max_record_bytes, (16 << 20) - 337);
         let err = Config::parse("[defaults]\nmax_record_bytes = \"16MiB\"").unwrap_err();
         assert!(err.contains("[defaults] max_record_bytes"), "{err}");
     }

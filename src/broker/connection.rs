@@ -305,11 +305,10 @@ async fn write_responses(
             }
         };
         if let Some(Answer { response, memory }) = answer {
-            let (head, chunks) = response.encode();
+            let parts = response.encode();
             let written = timeout(write_timeout, async {
-                out.write_all(&head).await?;
-                for chunk in &chunks {
-                    out.write_all(chunk).await?;
+                for part in &parts {
+                    out.write_all(part).await?;
                 }
                 std::io::Result::Ok(())
             })
@@ -319,7 +318,7 @@ async fn write_responses(
             }
             // Written (into the buffer or the socket): the batches it held
             // are the kernel's now.
-            drop((chunks, memory));
+            drop((parts, memory));
         }
         drop(item.queued);
         if rx.is_empty()

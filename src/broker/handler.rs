@@ -9,12 +9,14 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::topic::{Topic, TopicError, Topics};
+use super::config::Flush;
+use super::topic::{Partition, Topic, TopicError, Topics};
 use super::Broker;
 use crate::batch::BatchError;
 use crate::protocol::{
-    Acks, ErrorBody, ErrorCode, OffsetSpec, Request, Response, ResponseBody, TopicDescription,
-    API_VERSIONS,
+    Acks, ErrorBody, ErrorCode, FetchTopic, FetchedPartition, OffsetSpec, OffsetsTopic,
+    PartitionDescription, PartitionOffsets, PartitionResult, ProduceTopic, ProducedPartition,
+    Request, Response, ResponseBody, TopicDescription, TopicResults, API_VERSIONS,
 };
 use crate::storage::{StorageError, Wait};
 
@@ -107,113 +109,113 @@ pub async fn dispatch(
         Request::DescribeTopic { topic } => {
             now(known(&broker.topics, &topic).map(|t| describe(&t)))
         }
-        Request::Produce {
-            topic,
-            acks,
-            mut batch,
-        } => {
-            let topic = match produce_target(broker, topic).await {
-                Ok(t) => t,
-                Err(e) if acks == Acks::None => return nothing(e),
-                Err(e) => return now(Err(e)),
-            };
-            let appended = match append(&topic, &mut batch) {
-                Ok(a) => a,
-                Err(e) if acks == Acks::None => return nothing(storage_error(e)),
-                Err(e) => return now(Err(storage_error(e))),
-            };
-            if acks == Acks::None {
-                // Nobody waits for it, but consumers of a flush = "always"
-                // topic see it only once it is synced: ask for the sync.
-                topic.request_sync();
-                return Reply::Nothing;
-            }
-            let body = ResponseBody::Produced {
-                base_offset: appended.base_offset,
-                log_append_time: appended.log_append_time.unwrap_or(-1),
-                log_start: topic.log().lowest_offset(),
-            };
-            if topic.flush() != super::config::Flush::Always {
-                return now(Ok(body));
-            }
-            Reply::Later(tokio::spawn(async move {
-                let result = topic.committed(appended.next_offset).await;
-                Response {
-                    correlation_id,
-                    body: result.map(|()| body).map_err(storage_error),
-                }
-                .into()
-            }))
-        }
+        Request::Produce { acks, topics } => produce(broker, correlation_id, acks, topics).await,
         Request::Fetch {
-            topic,
-            offset,
-            max_bytes,
             max_wait_ms,
             min_bytes,
+            max_bytes,
+            topics,
         } => {
-            let topic = match known(&broker.topics, &topic) {
-                Ok(t) => t,
-                Err(e) => return now(Err(e)),
-            };
-            let server = &broker.config.server;
-            // A response never holds more than a connection may queue.
-            let max_bytes = u64::from(max_bytes).min(server.max_queued_bytes);
-            let wanted = u64::from(min_bytes);
-            let end = topic.visible_end();
-            let available = topic.log().available_bytes(offset, end);
-            // Serve at once when the data is there (or the offset is out of
-            // range: the read reports it); long-poll in a task otherwise.
-            if available.is_none_or(|a| a >= wanted) || max_wait_ms == 0 {
-                let memory = reserve(broker, need(server, max_bytes, available)).await;
-                let (body, memory) = read_within(&topic, offset, max_bytes, end, memory).await;
-                return Reply::Now(Answer {
-                    response: Response {
-                        correlation_id,
-                        body,
-                    },
-                    memory,
-                });
-            }
-            let wait = Duration::from_millis(u64::from(max_wait_ms)).min(server.max_fetch_wait);
-            let poll = LongPoll {
-                broker: Arc::clone(broker),
-                topic,
-                offset,
+            let fetch = Fetch {
+                max_wait_ms,
+                min_bytes,
                 max_bytes,
-                wanted,
-                deadline: Instant::now() + wait,
-                gone: peer.gone.clone(),
             };
-            Reply::Later(tokio::spawn(async move {
-                let (body, memory) = poll.run().await;
-                Answer {
-                    response: Response {
-                        correlation_id,
-                        body,
-                    },
-                    memory,
-                }
-            }))
+            fetch.dispatch(broker, peer, correlation_id, topics).await
         }
-        Request::ListOffsets { topic, spec } => {
-            let topic = match known(&broker.topics, &topic) {
-                Ok(t) => t,
-                Err(e) => return now(Err(e)),
-            };
-            if !matches!(spec, OffsetSpec::Timestamp(_)) {
-                return now(list_offsets(&topic, spec));
-            }
-            // A search by time reads batch headers, perhaps from the device.
-            let found = tokio::task::spawn_blocking(move || list_offsets(&topic, spec)).await;
-            now(found.unwrap_or_else(|e| {
-                Err(ErrorBody::new(
-                    ErrorCode::UnknownServerError,
-                    format!("task failed: {e}"),
-                ))
-            }))
-        }
+        Request::ListOffsets { topics } => now(Ok(ResponseBody::Offsets(
+            list_offsets(broker, topics).await,
+        ))),
     }
+}
+
+/// The partition `id` of `topic`, or UNKNOWN_PARTITION.
+fn partition_of(topic: &Topic, id: u32) -> Result<Arc<Partition>, ErrorBody> {
+    topic.partition(id).ok_or_else(|| {
+        ErrorBody::new(
+            ErrorCode::UnknownPartition,
+            format!(
+                "topic {:?} has no partition {id}: it has {} (numbered from 0)",
+                topic.name(),
+                topic.partition_count()
+            ),
+        )
+    })
+}
+
+/// Appends each batch in request order; every partition answers on its
+/// own. The answer waits until each appended batch is as durable as its
+/// topic's flush mode promises.
+async fn produce(
+    broker: &Arc<Broker>,
+    correlation_id: u32,
+    acks: Acks,
+    topics: Vec<ProduceTopic>,
+) -> Reply {
+    let mut results = Vec::with_capacity(topics.len());
+    // (topic index, partition index, partition, offset to be durable below)
+    let mut waits = Vec::new();
+    for (ti, ProduceTopic { topic, partitions }) in topics.into_iter().enumerate() {
+        let target = produce_target(broker, topic.clone()).await;
+        let mut out = Vec::with_capacity(partitions.len());
+        for (pi, (id, mut batch)) in partitions.into_iter().enumerate() {
+            let appended = target
+                .clone()
+                .and_then(|t| partition_of(&t, id))
+                .and_then(|p| {
+                    append(&p, &mut batch)
+                        .map(|a| (p, a))
+                        .map_err(storage_error)
+                });
+            let result = appended.map(|(p, a)| {
+                if acks == Acks::None {
+                    // Nobody waits for it, but consumers of a flush =
+                    // "always" topic see it only once it is synced.
+                    p.request_sync();
+                } else if p.flush() == Flush::Always {
+                    waits.push((ti, pi, Arc::clone(&p), a.next_offset));
+                }
+                ProducedPartition {
+                    base_offset: a.base_offset,
+                    log_append_time: a.log_append_time.unwrap_or(-1),
+                    log_start: p.log().lowest_offset(),
+                }
+            });
+            if let (Err(e), Acks::None) = (&result, acks) {
+                tracing::debug!(code = %e.code, message = %e.message, "fire-and-forget produce failed");
+            }
+            out.push(PartitionResult {
+                partition: id,
+                result,
+            });
+        }
+        results.push(TopicResults {
+            topic,
+            partitions: out,
+        });
+    }
+    if acks == Acks::None {
+        return Reply::Nothing;
+    }
+    let answer = move |results| {
+        Answer::from(Response {
+            correlation_id,
+            body: Ok(ResponseBody::Produced(results)),
+        })
+    };
+    if waits.is_empty() {
+        return Reply::Now(answer(results));
+    }
+    Reply::Later(tokio::spawn(async move {
+        // Each partition's sync task runs on its own: waiting for them one
+        // after another takes as long as the slowest.
+        for (ti, pi, partition, next_offset) in waits {
+            if let Err(e) = partition.committed(next_offset).await {
+                results[ti].partitions[pi].result = Err(storage_error(e));
+            }
+        }
+        answer(results)
+    }))
 }
 
 /// Appends a batch without stalling the other tasks of this worker thread
@@ -224,21 +226,18 @@ pub async fn dispatch(
 /// that work undone (the background task has not caught up) does the
 /// append run with the worker's other tasks moved to another thread
 /// (`block_in_place`, multi-threaded runtime only).
-fn append(topic: &Topic, batch: &mut [u8]) -> Result<crate::storage::Appended, StorageError> {
+fn append(
+    partition: &Partition,
+    batch: &mut [u8],
+) -> Result<crate::storage::Appended, StorageError> {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    if topic.log().append_may_block()
+    if partition.log().append_may_block()
         && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread
     {
-        tokio::task::block_in_place(|| topic.append(batch))
+        tokio::task::block_in_place(|| partition.append(batch))
     } else {
-        topic.append(batch)
+        partition.append(batch)
     }
-}
-
-/// A produce with `acks = 0` that failed: nobody hears of it but the log.
-fn nothing(e: ErrorBody) -> Reply {
-    tracing::debug!(code = %e.code, message = %e.message, "fire-and-forget produce failed");
-    Reply::Nothing
 }
 
 /// Runs blocking topic administration off the async threads.
@@ -276,24 +275,82 @@ async fn produce_target(broker: &Arc<Broker>, name: String) -> Result<Arc<Topic>
 }
 
 fn describe(topic: &Topic) -> ResponseBody {
-    let log = topic.log();
-    let sidecars = log.sidecars();
     let current = topic.current();
+    let partitions = topic
+        .partitions()
+        .iter()
+        .map(|p| {
+            let log = p.log();
+            let sidecars = log.sidecars();
+            let end = p.visible_end();
+            PartitionDescription {
+                partition: p.id(),
+                log_start: log.lowest_offset().min(end),
+                log_end: end,
+                size_bytes: log.size_bytes(),
+                segments: log.segment_count() as u32,
+                torn_files: sidecars.len() as u32,
+                torn_bytes: sidecars.iter().map(|s| s.bytes).sum(),
+            }
+        })
+        .collect();
     ResponseBody::Description(TopicDescription {
-        log_start: log.lowest_offset(),
-        log_end: topic.visible_end(),
-        size_bytes: log.size_bytes(),
-        segments: log.segment_count() as u32,
+        partitions,
         settings: current.effective.to_pairs(),
-        torn_files: sidecars.len() as u32,
-        torn_bytes: sidecars.iter().map(|s| s.bytes).sum(),
         sources: current.sources,
     })
 }
 
-fn list_offsets(topic: &Topic, spec: OffsetSpec) -> Outcome {
-    let log = topic.log();
-    let end = topic.visible_end();
+/// LIST_OFFSETS for every partition asked; a search by time reads batch
+/// headers, perhaps from the device, so a request with one runs off the
+/// async threads.
+async fn list_offsets(
+    broker: &Arc<Broker>,
+    topics: Vec<OffsetsTopic>,
+) -> Vec<TopicResults<PartitionOffsets>> {
+    let registry = Arc::clone(&broker.topics);
+    let by_time = topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .any(|(_, spec)| matches!(spec, OffsetSpec::Timestamp(_)));
+    let work = move || {
+        topics
+            .into_iter()
+            .map(|t| {
+                let topic = known(&registry, &t.topic);
+                let partitions = t
+                    .partitions
+                    .into_iter()
+                    .map(|(id, spec)| PartitionResult {
+                        partition: id,
+                        result: topic
+                            .clone()
+                            .and_then(|topic| partition_of(&topic, id))
+                            .and_then(|p| offsets_of(&p, spec)),
+                    })
+                    .collect();
+                TopicResults {
+                    topic: t.topic,
+                    partitions,
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    if !by_time {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(results) => results,
+        Err(e) => {
+            tracing::error!(error = %e, "list offsets task failed");
+            Vec::new()
+        }
+    }
+}
+
+fn offsets_of(partition: &Partition, spec: OffsetSpec) -> Result<PartitionOffsets, ErrorBody> {
+    let log = partition.log();
+    let end = partition.visible_end();
     let start = log.lowest_offset().min(end);
     let offset = match spec {
         OffsetSpec::Earliest => start,
@@ -304,14 +361,14 @@ fn list_offsets(topic: &Topic, spec: OffsetSpec) -> Outcome {
             .unwrap_or(end)
             .min(end),
     };
-    Ok(ResponseBody::Offsets {
+    Ok(PartitionOffsets {
         offset,
         log_start: start,
         log_end: end,
     })
 }
 
-/// Batches read for one fetch.
+/// Batches read from one partition for a fetch.
 struct Found {
     chunks: Vec<Bytes>,
     next_offset: u64,
@@ -320,29 +377,35 @@ struct Found {
 }
 
 impl Found {
-    fn into_body(self) -> ResponseBody {
-        ResponseBody::Fetched {
+    fn into_fetched(self) -> FetchedPartition {
+        FetchedPartition {
             log_start: self.log_start,
             log_end: self.log_end,
             next_offset: self.next_offset,
             batches: self.chunks,
         }
     }
+
+    fn bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum()
+    }
 }
 
-/// Reads whole batches from `offset` up to `max_bytes` (at least one batch),
-/// crossing segments. With [`Wait::No`] it never waits for the device: a
-/// first batch not in the page cache is [`StorageError::WouldBlock`], and
-/// the response ends before a later one that is not.
+/// Reads whole batches from `offset` up to `max_bytes` (with
+/// `at_least_one`, at least one batch), crossing segments. With
+/// [`Wait::No`] it never waits for the device: a first batch not in the
+/// page cache is [`StorageError::WouldBlock`], and the response ends before
+/// a later one that is not.
 fn read(
-    topic: &Topic,
+    partition: &Partition,
     offset: u64,
     max_bytes: u64,
     end: u64,
     wait: Wait,
+    at_least_one: bool,
 ) -> Result<Found, StorageError> {
-    let log = topic.log();
-    let first = log.read_batches_with(offset, max_bytes, end, true, wait)?;
+    let log = partition.log();
+    let first = log.read_batches_with(offset, max_bytes, end, at_least_one, wait)?;
     let mut found = Found {
         next_offset: first.next_offset,
         log_start: first.log_start,
@@ -350,9 +413,12 @@ fn read(
         chunks: Vec::new(),
     };
     let mut total = first.bytes.len() as u64;
-    if !first.bytes.is_empty() {
-        found.chunks.push(first.bytes);
+    if first.bytes.is_empty() {
+        // Nothing is there, or (after an earlier partition filled the
+        // response) nothing fitted: the next fetch starts here.
+        return Ok(found);
     }
+    found.chunks.push(first.bytes);
     // A read stops at a segment's end; go on while there is room. Errors
     // here end the response early: the next fetch starts at them and
     // reports them.
@@ -393,44 +459,6 @@ async fn reserve(broker: &Broker, bytes: u64) -> Option<OwnedSemaphorePermit> {
         .ok()
 }
 
-/// Reads for a fetch under the memory it reserved, then gives back what the
-/// batches read did not need (the reservation assumed the largest answer).
-/// Cached data is read here; a read that would wait for the device goes to
-/// the blocking pool, so that it never holds up this worker's other tasks.
-async fn read_within(
-    topic: &Arc<Topic>,
-    offset: u64,
-    max_bytes: u64,
-    end: u64,
-    mut memory: Option<OwnedSemaphorePermit>,
-) -> (Outcome, Option<OwnedSemaphorePermit>) {
-    // Up to the end the reservation was counted against, not beyond: what
-    // arrived since would not fit in it.
-    let found = match read(topic, offset, max_bytes, end, Wait::No) {
-        Err(StorageError::WouldBlock) => {
-            let topic = Arc::clone(topic);
-            tokio::task::spawn_blocking(move || read(&topic, offset, max_bytes, end, Wait::Yes))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(StorageError::Fenced {
-                        reason: format!("read task failed: {e}"),
-                    })
-                })
-        }
-        other => other,
-    };
-    let found = match found {
-        Ok(found) => found,
-        Err(e) => return (Err(storage_error(e)), None),
-    };
-    let used: usize = found.chunks.iter().map(|c| c.len()).sum();
-    if let Some(permit) = memory.as_mut() {
-        let spare = permit.num_permits().saturating_sub(used);
-        drop(permit.split(spare));
-    }
-    (Ok(found.into_body()), memory)
-}
-
 /// [`reserve`] without waiting: `None` when there is no room now.
 fn try_reserve(broker: &Broker, bytes: u64) -> Option<Option<OwnedSemaphorePermit>> {
     if bytes == 0 {
@@ -442,45 +470,224 @@ fn try_reserve(broker: &Broker, bytes: u64) -> Option<Option<OwnedSemaphorePermi
         .map(Some)
 }
 
+/// A FETCH's limits.
+#[derive(Clone, Copy)]
+struct Fetch {
+    max_wait_ms: u32,
+    min_bytes: u32,
+    max_bytes: u32,
+}
+
+/// One partition a fetch reads, and where its answer goes.
+struct Wanted {
+    topic: usize,
+    slot: usize,
+    partition: Arc<Partition>,
+    offset: u64,
+    max_bytes: u64,
+}
+
+impl Fetch {
+    /// Answers at once when enough is there (or an offset is out of range:
+    /// the read reports it); long-polls in a task otherwise.
+    async fn dispatch(
+        self,
+        broker: &Arc<Broker>,
+        peer: &Peer,
+        correlation_id: u32,
+        topics: Vec<FetchTopic>,
+    ) -> Reply {
+        let server = &broker.config.server;
+        // A response never holds more than a connection may queue.
+        let max_bytes = u64::from(self.max_bytes).min(server.max_queued_bytes);
+        let mut results = Vec::with_capacity(topics.len());
+        let mut wanted = Vec::new();
+        for (ti, t) in topics.into_iter().enumerate() {
+            let topic = known(&broker.topics, &t.topic);
+            let mut partitions = Vec::with_capacity(t.partitions.len());
+            for (slot, p) in t.partitions.into_iter().enumerate() {
+                let result = match topic
+                    .clone()
+                    .and_then(|topic| partition_of(&topic, p.partition))
+                {
+                    Ok(partition) => {
+                        wanted.push(Wanted {
+                            topic: ti,
+                            slot,
+                            partition,
+                            offset: p.offset,
+                            max_bytes: u64::from(p.max_bytes),
+                        });
+                        // Filled in by the read.
+                        Err(ErrorBody::new(ErrorCode::UnknownServerError, "not read"))
+                    }
+                    Err(e) => Err(e),
+                };
+                partitions.push(PartitionResult {
+                    partition: p.partition,
+                    result,
+                });
+            }
+            results.push(TopicResults {
+                topic: t.topic,
+                partitions,
+            });
+        }
+        let ends: Vec<u64> = wanted.iter().map(|w| w.partition.visible_end()).collect();
+        let available = available(&wanted, &ends);
+        if available.is_none_or(|a| a >= u64::from(self.min_bytes))
+            || self.max_wait_ms == 0
+            || wanted.is_empty()
+        {
+            let memory = reserve(broker, need(server, max_bytes, available)).await;
+            let memory = read_all(&wanted, &ends, max_bytes, &mut results, memory).await;
+            return Reply::Now(Answer {
+                response: Response {
+                    correlation_id,
+                    body: Ok(ResponseBody::Fetched(results)),
+                },
+                memory,
+            });
+        }
+        let wait = Duration::from_millis(u64::from(self.max_wait_ms)).min(server.max_fetch_wait);
+        let poll = LongPoll {
+            broker: Arc::clone(broker),
+            wanted,
+            max_bytes,
+            min_bytes: u64::from(self.min_bytes),
+            deadline: Instant::now() + wait,
+            gone: peer.gone.clone(),
+        };
+        Reply::Later(tokio::spawn(async move {
+            let memory = poll.run(&mut results).await;
+            Answer {
+                response: Response {
+                    correlation_id,
+                    body: Ok(ResponseBody::Fetched(results)),
+                },
+                memory,
+            }
+        }))
+    }
+}
+
+/// Bytes the wanted partitions could return up to `ends`, counted from
+/// index positions; `None` when an offset is out of range (the read says
+/// so at once).
+fn available(wanted: &[Wanted], ends: &[u64]) -> Option<u64> {
+    let mut total = 0u64;
+    for (w, &end) in wanted.iter().zip(ends) {
+        total += w.partition.log().available_bytes(w.offset, end)?;
+    }
+    Some(total)
+}
+
+/// Reads each wanted partition in order under the memory reserved, at most
+/// `max_bytes` in all (but the first batch found comes whole), and gives
+/// back what the batches read did not need (the reservation assumed the
+/// largest answer). Up to `ends`, not beyond: what arrived since would not
+/// fit in the reservation. Cached data is read here; a read that would wait
+/// for the device goes to the blocking pool, so that it never holds up this
+/// worker's other tasks.
+async fn read_all(
+    wanted: &[Wanted],
+    ends: &[u64],
+    max_bytes: u64,
+    results: &mut [TopicResults<FetchedPartition>],
+    mut memory: Option<OwnedSemaphorePermit>,
+) -> Option<OwnedSemaphorePermit> {
+    let mut used = 0u64;
+    for (w, &end) in wanted.iter().zip(ends) {
+        let room = w.max_bytes.min(max_bytes.saturating_sub(used));
+        let first = used == 0;
+        let (offset, partition) = (w.offset, Arc::clone(&w.partition));
+        let found = match read(&partition, offset, room, end, Wait::No, first) {
+            Err(StorageError::WouldBlock) => tokio::task::spawn_blocking(move || {
+                read(&partition, offset, room, end, Wait::Yes, first)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(StorageError::Fenced {
+                    reason: format!("read task failed: {e}"),
+                })
+            }),
+            other => other,
+        };
+        results[w.topic].partitions[w.slot].result = match found {
+            Ok(found) => {
+                used += found.bytes() as u64;
+                Ok(found.into_fetched())
+            }
+            Err(e) => Err(storage_error(e)),
+        };
+    }
+    if let Some(permit) = memory.as_mut() {
+        let spare = permit.num_permits().saturating_sub(used as usize);
+        drop(permit.split(spare));
+    }
+    memory
+}
+
 /// A fetch waiting for data.
 struct LongPoll {
     broker: Arc<Broker>,
-    topic: Arc<Topic>,
-    offset: u64,
+    wanted: Vec<Wanted>,
     max_bytes: u64,
-    wanted: u64,
+    min_bytes: u64,
     deadline: Instant,
     gone: watch::Receiver<bool>,
 }
 
 impl LongPoll {
-    /// Waits for at least `wanted` bytes past `offset`, the deadline,
-    /// shutdown, the topic closing or the client leaving; then reads once.
-    /// Each append only wakes it to count the bytes now available from
-    /// index positions; nothing is read or checked until they suffice.
-    async fn run(mut self) -> (Outcome, Option<OwnedSemaphorePermit>) {
+    /// Waits for at least `min_bytes` over the partitions, the deadline,
+    /// shutdown, a partition closing or the client leaving; then reads
+    /// once. Each append only wakes it to count the bytes now available
+    /// from index positions; nothing is read or checked until they suffice.
+    async fn run(
+        mut self,
+        results: &mut [TopicResults<FetchedPartition>],
+    ) -> Option<OwnedSemaphorePermit> {
         let mut shutdown = self.broker.shutdown.clone();
-        let mut appended = self.topic.subscribe();
-        let (available, end) = loop {
-            // Mark the current end seen before counting, so an append after
-            // the count wakes the wait below.
-            let end = *appended.borrow_and_update();
-            let available = self.topic.log().available_bytes(self.offset, end);
-            if available.is_none_or(|a| a >= self.wanted)
+        let mut appended: Vec<watch::Receiver<u64>> = self
+            .wanted
+            .iter()
+            .map(|w| w.partition.subscribe())
+            .collect();
+        let (available, ends) = loop {
+            // Mark the current ends seen before counting, so an append
+            // after the count wakes the wait below.
+            let ends: Vec<u64> = appended
+                .iter_mut()
+                .map(|r| *r.borrow_and_update())
+                .collect();
+            let available = available(&self.wanted, &ends);
+            if available.is_none_or(|a| a >= self.min_bytes)
                 || Instant::now() >= self.deadline
                 || *shutdown.borrow()
                 || *self.gone.borrow()
-                || self.topic.is_closed()
+                || self.wanted.iter().any(|w| w.partition.is_closed())
             {
-                break (available, end);
+                break (available, ends);
             }
+            let wanted = &self.wanted;
+            let any_change = any_of(
+                appended
+                    .iter_mut()
+                    .map(|r| Box::pin(async move { r.changed().await.is_ok() }) as Waiting<'_>)
+                    .chain(wanted.iter().map(|w| {
+                        Box::pin(async move {
+                            w.partition.closing().await;
+                            true
+                        }) as Waiting<'_>
+                    }))
+                    .collect(),
+            );
             tokio::select! {
-                changed = appended.changed() => if changed.is_err() { break (available, end) },
+                open = any_change => if !open { break (available, ends) },
                 _ = tokio::time::sleep_until(self.deadline) => {}
                 // A dropped sender counts as the event it would have sent.
-                r = shutdown.changed() => if r.is_err() { break (available, end) },
-                r = self.gone.changed() => if r.is_err() { break (available, end) },
-                _ = self.topic.closing() => {}
+                r = shutdown.changed() => if r.is_err() { break (available, ends) },
+                r = self.gone.changed() => if r.is_err() { break (available, ends) },
             }
         };
         let server = &self.broker.config.server;
@@ -489,21 +696,40 @@ impl LongPoll {
         // connection may hold that room, and they are written only after
         // this one. Without room (or for a client that left), answer with
         // nothing; the consumer fetches again.
-        let memory = match try_reserve(&self.broker, bytes) {
-            Some(memory) if !*self.gone.borrow() => memory,
-            _ => {
-                let log = self.topic.log();
-                let body = ResponseBody::Fetched {
-                    log_start: log.lowest_offset().min(end),
-                    log_end: end,
-                    next_offset: self.offset,
-                    batches: Vec::new(),
-                };
-                return (Ok(body), None);
+        match try_reserve(&self.broker, bytes) {
+            Some(memory) if !*self.gone.borrow() => {
+                read_all(&self.wanted, &ends, self.max_bytes, results, memory).await
             }
-        };
-        read_within(&self.topic, self.offset, self.max_bytes, end, memory).await
+            _ => {
+                for (w, &end) in self.wanted.iter().zip(&ends) {
+                    let log = w.partition.log();
+                    results[w.topic].partitions[w.slot].result = Ok(FetchedPartition {
+                        log_start: log.lowest_offset().min(end),
+                        log_end: end,
+                        next_offset: w.offset,
+                        batches: Vec::new(),
+                    });
+                }
+                None
+            }
+        }
     }
+}
+
+/// A wait the long poll can be woken by; `false` when its source is gone.
+type Waiting<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+
+/// Resolves when the first of `waits` does, with its output.
+async fn any_of(mut waits: Vec<Waiting<'_>>) -> bool {
+    std::future::poll_fn(|cx| {
+        for w in waits.iter_mut() {
+            if let std::task::Poll::Ready(open) = w.as_mut().poll(cx) {
+                return std::task::Poll::Ready(open);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The protocol error for a storage failure.
@@ -575,6 +801,9 @@ pub fn topic_error(e: TopicError) -> ErrorBody {
         TopicError::Unknown(_) => ErrorBody::new(ErrorCode::UnknownTopic, message),
         TopicError::AlreadyExists(_) => ErrorBody::new(ErrorCode::TopicAlreadyExists, message),
         TopicError::TooMany { .. } => ErrorBody::new(ErrorCode::TooManyTopics, message),
+        TopicError::TooManyPartitions { .. } => {
+            ErrorBody::new(ErrorCode::TooManyPartitions, message)
+        }
         TopicError::InvalidConfig { .. } => ErrorBody::new(ErrorCode::InvalidConfig, message),
         TopicError::Storage { source, .. } => {
             let mut body = storage_error(source);

@@ -1,13 +1,13 @@
-//! Topics: a log plus what the broker needs around it (settings, long-poll
-//! and durability notifications, a background sync task), and the registry
-//! of all topics.
+//! Topics: settings and partitions, each partition a log plus what the
+//! broker needs around it (long-poll and durability notifications, a
+//! background sync task); and the registry of all topics.
 //!
 //! # Directory
 //!
 //! ```text
-//! <data_dir>/topics/<name>/topic.toml       settings given at creation (key = "value")
-//! <data_dir>/topics/<name>/0000….store      the log's segments (see docs/STORAGE.md)
-//! <data_dir>/deleted/<unix ms>.<n>/         a deleted topic on its way out
+//! <data_dir>/topics/<name>/topic.toml         settings given at creation (key = "value")
+//! <data_dir>/topics/<name>/<p>/0000….store    partition p's log (p = 0, 1, ...; docs/STORAGE.md)
+//! <data_dir>/deleted/<unix ms>.<n>/           a deleted topic on its way out
 //! ```
 //!
 //! A topic name is 1 to 249 characters of `[A-Za-z0-9._-]` and not `.` or
@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -47,6 +47,13 @@ pub enum TopicError {
         "cannot create topic {name:?}: the broker holds its maximum of {max} topics (max_topics)"
     )]
     TooMany { name: String, max: usize },
+    #[error("topic {name:?} needs {asked} more partitions, but the broker holds {held} of its maximum {max} (max_partitions)")]
+    TooManyPartitions {
+        name: String,
+        asked: usize,
+        held: usize,
+        max: usize,
+    },
     #[error("invalid settings for topic {name:?}: {reason}")]
     InvalidConfig { name: String, reason: String },
     #[error("topic {name:?}: {source}")]
@@ -85,12 +92,12 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Where the durable prefix of a `flush = "always"` topic stands.
+/// Where the durable prefix of a `flush = "always"` partition stands.
 #[derive(Debug, Clone, Default)]
 pub struct Durable {
     /// Every offset below this is synced.
     pub synced: u64,
-    /// Set once a sync failed; the topic acknowledges nothing after that.
+    /// Set once a sync failed; the partition acknowledges nothing after that.
     pub failed: Option<Arc<str>>,
 }
 
@@ -104,16 +111,16 @@ pub struct Settings {
     pub sources: Vec<(String, String)>,
 }
 
-/// One topic.
-pub struct Topic {
-    name: String,
+/// One partition of a topic: a log of its own, with its own offsets,
+/// retention, recovery and sync, and what the broker needs around it.
+pub struct Partition {
+    topic: Arc<str>,
+    id: u32,
     log: Log,
     /// Fixed while the topic is open (the sync task and the acknowledgement
     /// path are built around them), read on every produce without a lock.
     flush: Flush,
     flush_interval: Duration,
-    /// The settings in effect, which ALTER_TOPIC may change.
-    state: Mutex<Settings>,
     /// The end of what consumers may read: the log's end, or for
     /// `flush = "always"` the end of what is synced, so that nobody reads a
     /// record a power cut could take back. Long-polling fetches wait on it.
@@ -125,39 +132,33 @@ pub struct Topic {
     closed: AtomicBool,
     /// Wakes the sync task to exit, and long-polls to return.
     closing: Notify,
-    /// Set after a roll: the background task has work for this topic.
+    /// Set after a roll: the background task has work for this partition.
     needs_care: AtomicBool,
-    /// Wakes the background task (shared by every topic).
+    /// Wakes the background task (shared by every partition).
     care: Arc<Notify>,
 }
 
-impl std::fmt::Debug for Topic {
+impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Topic")
-            .field("name", &self.name)
+        f.debug_struct("Partition")
+            .field("topic", &self.topic)
+            .field("id", &self.id)
             .field("log", &self.log)
             .finish()
     }
 }
 
-impl Topic {
-    pub fn name(&self) -> &str {
-        &self.name
+impl Partition {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     pub fn log(&self) -> &Log {
         &self.log
-    }
-
-    /// The settings in effect now.
-    pub fn settings(&self) -> TopicSettings {
-        self.current().effective
-    }
-
-    /// The settings in effect, those given at creation or by an alter, and
-    /// where each comes from.
-    pub fn current(&self) -> Settings {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn flush(&self) -> Flush {
@@ -175,7 +176,7 @@ impl Topic {
         if appended.rolled {
             // The roll was a swap; the background task seals the segment it
             // rolled away from, makes the next one ready, and applies
-            // retention at once (so that the topic never overshoots
+            // retention at once (so that the partition never overshoots
             // retention_bytes by more than about a segment, whatever
             // retention_check_interval is).
             self.needs_care.store(true, Ordering::Release);
@@ -234,7 +235,8 @@ impl Topic {
         self.visible.subscribe()
     }
 
-    /// Resolves once the topic is closing (deleted or broker shutdown).
+    /// Resolves once the partition is closing (topic deleted or broker
+    /// shutdown).
     pub async fn closing(&self) {
         let notified = self.closing.notified();
         if self.is_closed() {
@@ -265,12 +267,13 @@ impl Topic {
                 self.publish_synced(target);
                 continue;
             }
-            let topic = Arc::clone(&self);
-            let result = tokio::task::spawn_blocking(move || topic.log.sync_through(target)).await;
+            let partition = Arc::clone(&self);
+            let result =
+                tokio::task::spawn_blocking(move || partition.log.sync_through(target)).await;
             match result {
                 Ok(Ok(())) => self.publish_synced(self.log.synced_offset()),
                 Ok(Err(e)) => {
-                    tracing::error!(topic = %self.name, error = %e, "sync failed; the topic acknowledges no more produces");
+                    tracing::error!(topic = %self.topic, partition = self.id, error = %e, "sync failed; the partition acknowledges no more produces");
                     self.durable
                         .send_modify(|d| d.failed = Some(e.to_string().into()));
                     return;
@@ -297,15 +300,14 @@ impl Topic {
     }
 
     /// Applies retention and age-based rolls, and does what a roll left
-    /// (blocking; the background task calls it every
-    /// `retention_check_interval`).
-    pub fn maintain(&self, now_ms: i64) -> Result<(), StorageError> {
-        let first = self.after_roll(now_ms);
+    /// (blocking).
+    fn maintain(&self, settings: &TopicSettings, now_ms: i64) -> Result<(), StorageError> {
+        let first = self.after_roll(settings, now_ms);
         if self.log.roll_if_due(now_ms)? {
-            tracing::debug!(topic = %self.name, "rolled segment by age");
+            tracing::debug!(topic = %self.topic, partition = self.id, "rolled segment by age");
             // The segment that just rolled away may already be past
             // retention_ms.
-            self.after_roll(now_ms)?;
+            self.after_roll(settings, now_ms)?;
         }
         first
     }
@@ -313,18 +315,17 @@ impl Topic {
     /// What follows a roll, off the append path (blocking): the segment
     /// rolled away from is sealed, the next one made ready, retention
     /// applied.
-    pub fn after_roll(&self, now_ms: i64) -> Result<(), StorageError> {
+    fn after_roll(&self, settings: &TopicSettings, now_ms: i64) -> Result<(), StorageError> {
         // Retention first, whatever else fails: on a full disk the next
         // segment cannot be made, and retention is what frees the space.
-        let retained = self.apply_retention(now_ms);
+        let retained = self.apply_retention(settings, now_ms);
         let prepared = self.log.prepare();
         retained.and(prepared)
     }
 
-    /// Deletes the oldest segments while the topic is over retention_bytes
-    /// or they are past retention_ms (blocking).
-    fn apply_retention(&self, now_ms: i64) -> Result<(), StorageError> {
-        let settings = self.settings();
+    /// Deletes the oldest segments while the partition is over
+    /// retention_bytes or they are past retention_ms (blocking).
+    fn apply_retention(&self, settings: &TopicSettings, now_ms: i64) -> Result<(), StorageError> {
         if settings.retention_bytes.is_none() && settings.retention_ms.is_none() {
             return Ok(());
         }
@@ -335,7 +336,8 @@ impl Topic {
         let removed = self.log.apply_retention(policy, now_ms)?;
         if removed.segments > 0 {
             tracing::info!(
-                topic = %self.name,
+                topic = %self.topic,
+                partition = self.id,
                 segments = removed.segments,
                 bytes = removed.bytes,
                 log_start = self.log.lowest_offset(),
@@ -347,7 +349,7 @@ impl Topic {
 
     /// Stops the sync task and wakes long polls; then closes the log
     /// (blocking: flush, sync, trim the index).
-    pub fn close(&self) -> Result<(), StorageError> {
+    fn close(&self) -> Result<(), StorageError> {
         self.closed.store(true, Ordering::Release);
         self.closing.notify_waiters();
         let result = self.log.close();
@@ -360,6 +362,96 @@ impl Topic {
         } else if let Err(e) = &result {
             self.durable
                 .send_modify(|d| d.failed = Some(e.to_string().into()));
+        }
+        result
+    }
+}
+
+/// One topic: its settings and its partitions.
+pub struct Topic {
+    name: Arc<str>,
+    /// The settings in effect, which ALTER_TOPIC may change.
+    state: Mutex<Settings>,
+    /// Partitions 0, 1, ...; ALTER_TOPIC may add some (never remove one).
+    partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topic")
+            .field("name", &self.name)
+            .field("partitions", &self.partition_count())
+            .finish()
+    }
+}
+
+impl Topic {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The settings in effect now.
+    pub fn settings(&self) -> TopicSettings {
+        self.current().effective
+    }
+
+    /// The settings in effect, those given at creation or by an alter, and
+    /// where each comes from.
+    pub fn current(&self) -> Settings {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every partition, in order.
+    pub fn partitions(&self) -> Arc<Vec<Arc<Partition>>> {
+        Arc::clone(&self.partitions.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn partition(&self, id: u32) -> Option<Arc<Partition>> {
+        self.partitions().get(id as usize).cloned()
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.partitions().len() as u32
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Applies retention and age-based rolls to every partition, and does
+    /// what their rolls left (blocking; the background task calls it every
+    /// `retention_check_interval`).
+    pub fn maintain(&self, now_ms: i64) -> Result<(), StorageError> {
+        let settings = self.settings();
+        let mut result = Ok(());
+        for p in self.partitions().iter() {
+            p.needs_care.store(false, Ordering::Release);
+            result = result.and(p.maintain(&settings, now_ms));
+        }
+        result
+    }
+
+    /// What follows a roll, for each partition that rolled since the last
+    /// call (blocking).
+    pub fn after_roll(&self, now_ms: i64) -> Result<(), StorageError> {
+        let settings = self.settings();
+        let mut result = Ok(());
+        for p in self.partitions().iter() {
+            if p.needs_care.swap(false, Ordering::AcqRel) {
+                result = result.and(p.after_roll(&settings, now_ms));
+            }
+        }
+        result
+    }
+
+    /// Closes every partition (blocking); the first failure is returned,
+    /// after all were tried.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.closed.store(true, Ordering::Release);
+        let mut result = Ok(());
+        for p in self.partitions().iter() {
+            result = result.and(p.close());
         }
         result
     }
@@ -440,7 +532,12 @@ impl Topics {
                 .and_then(|created_with| topics.open(&name, created_with));
             match opened {
                 Ok(topic) => {
-                    tracing::info!(topic = %name, log_start = topic.log.lowest_offset(), log_end = topic.log.next_offset(), "loaded topic");
+                    let records: u64 = topic
+                        .partitions()
+                        .iter()
+                        .map(|p| p.log.next_offset() - p.log.lowest_offset())
+                        .sum();
+                    tracing::info!(topic = %name, partitions = topic.partition_count(), records, "loaded topic");
                     topics.map.insert(name, topic);
                 }
                 Err(e) => {
@@ -471,28 +568,65 @@ impl Topics {
                 name: name.to_owned(),
                 reason,
             })?;
-        let log_config = settings.log_config(self.config.server.max_frame_bytes);
-        let log = Log::open_with(Arc::clone(&self.vfs), self.dir.join(name), log_config).map_err(
-            |source| TopicError::Storage {
-                name: name.to_owned(),
-                source,
-            },
-        )?;
-        for (base, report) in log.recovery() {
-            tracing::warn!(topic = %name, segment = base, ?report, "recovery repaired the log");
+        let dir = self.dir.join(name);
+        refuse_old_layout(&*self.vfs, name, &dir)?;
+        // A partition directory beyond the settings' count (an alter that
+        // made it, then failed to record the count) is opened too: its
+        // partition number may have been used.
+        let on_disk = self
+            .vfs
+            .list(&dir)
+            .map_err(|e| io_error(name, "list", &dir, e))?
+            .iter()
+            .filter_map(|n| n.parse::<u32>().ok())
+            .map(|p| p + 1)
+            .max()
+            .unwrap_or(0);
+        let count = settings.partitions.max(on_disk);
+        let topic_name: Arc<str> = Arc::from(name);
+        let mut partitions = Vec::with_capacity(count as usize);
+        for id in 0..count {
+            partitions.push(self.open_partition(&topic_name, id, &settings)?);
         }
-        let next = log.next_offset();
         let sources = self.config.setting_sources(name, &created_with);
-        let topic = Arc::new(Topic {
-            name: name.to_owned(),
-            log,
-            flush: settings.flush,
-            flush_interval: settings.flush_interval,
+        Ok(Arc::new(Topic {
+            name: topic_name,
             state: Mutex::new(Settings {
                 effective: settings,
                 given: created_with,
                 sources,
             }),
+            partitions: RwLock::new(Arc::new(partitions)),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Opens (or creates) partition `id` of a topic, and starts its sync
+    /// task.
+    fn open_partition(
+        &self,
+        name: &Arc<str>,
+        id: u32,
+        settings: &TopicSettings,
+    ) -> Result<Arc<Partition>, TopicError> {
+        let log_config = settings.log_config(self.config.server.max_frame_bytes);
+        let dir = self.dir.join(&**name).join(id.to_string());
+        let log = Log::open_with(Arc::clone(&self.vfs), dir, log_config).map_err(|source| {
+            TopicError::Storage {
+                name: name.to_string(),
+                source,
+            }
+        })?;
+        for (base, report) in log.recovery() {
+            tracing::warn!(topic = %name, partition = id, segment = base, ?report, "recovery repaired the log");
+        }
+        let next = log.next_offset();
+        let partition = Arc::new(Partition {
+            topic: Arc::clone(name),
+            id,
+            log,
+            flush: settings.flush,
+            flush_interval: settings.flush_interval,
             visible: watch::Sender::new(next),
             durable: watch::Sender::new(Durable {
                 synced: next,
@@ -504,10 +638,35 @@ impl Topics {
             needs_care: AtomicBool::new(false),
             care: Arc::clone(&self.care),
         });
-        if topic.flush != Flush::Never {
-            tokio::spawn(Arc::clone(&topic).run_sync_task());
+        if partition.flush != Flush::Never {
+            tokio::spawn(Arc::clone(&partition).run_sync_task());
         }
-        Ok(topic)
+        Ok(partition)
+    }
+
+    /// Partitions over all topics, those that failed to open counting one.
+    fn partitions_held(&self) -> usize {
+        self.map
+            .iter()
+            .map(|t| t.partition_count() as usize)
+            .sum::<usize>()
+            + self.broken.len()
+    }
+
+    /// Refuses `more` partitions beyond what the broker holds when that
+    /// passes `max_partitions`.
+    fn check_partition_room(&self, name: &str, more: usize) -> Result<(), TopicError> {
+        let max = self.config.server.max_partitions;
+        let held = self.partitions_held();
+        if held + more > max {
+            return Err(TopicError::TooManyPartitions {
+                name: name.to_owned(),
+                asked: more,
+                held,
+                max,
+            });
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -607,6 +766,11 @@ impl Topics {
                 max,
             });
         }
+        let partitions = self
+            .config
+            .topic_settings(name, &created_with)
+            .map_or(1, |s| s.partitions);
+        self.check_partition_room(name, partitions as usize)?;
         // Made in the trash and renamed into place, so that a crash leaves
         // the topic whole with its settings or not there at all (the trash
         // is emptied at start).
@@ -717,6 +881,17 @@ impl Topics {
                 )));
             }
         }
+        let count = topic.partition_count();
+        if settings.partitions < count {
+            return Err(invalid(format!(
+                "partitions cannot be lowered (the topic has {count}, {} asked): as in Kafka, records never move between partitions; create a new topic with fewer instead",
+                settings.partitions
+            )));
+        }
+        let added = settings.partitions - count;
+        if added > 0 {
+            self.check_partition_room(name, added as usize)?;
+        }
         let dir = self.dir.join(name);
         if let Err(e) = write_settings(&*self.vfs, name, &dir, &pairs) {
             // The new file may be in place already (the directory sync
@@ -728,13 +903,26 @@ impl Topics {
             }
             return Err(e);
         }
-        topic
-            .log
-            .set_limits(&settings.log_config(self.config.server.max_frame_bytes))
-            .map_err(|source| TopicError::Storage {
-                name: name.to_owned(),
-                source,
-            })?;
+        let limits = settings.log_config(self.config.server.max_frame_bytes);
+        for p in topic.partitions().iter() {
+            p.log
+                .set_limits(&limits)
+                .map_err(|source| TopicError::Storage {
+                    name: name.to_owned(),
+                    source,
+                })?;
+        }
+        if added > 0 {
+            // New partitions start empty; producers see them once they are
+            // all open (the count is in topic.toml already, so a restart
+            // opens any this fails to).
+            let mut all = topic.partitions().as_ref().clone();
+            for id in count..settings.partitions {
+                all.push(self.open_partition(&topic.name, id, &settings)?);
+            }
+            *topic.partitions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
+            tracing::info!(topic = %name, from = count, to = settings.partitions, "added partitions");
+        }
         let sources = self.config.setting_sources(name, &next);
         let changes: Vec<String> = settings
             .to_pairs()
@@ -855,6 +1043,22 @@ fn sync_dir(vfs: &dyn Vfs, name: &str, dir: &Path) -> Result<(), TopicError> {
         .map_err(|e| io_error(name, "fsync directory", dir, e))
 }
 
+/// Refuses a topic directory laid out as Spool 0.1 kept it (segments beside
+/// `topic.toml`, no partition directories), before anything in it changes.
+fn refuse_old_layout(vfs: &dyn Vfs, name: &str, dir: &Path) -> Result<(), TopicError> {
+    let names = vfs.list(dir).map_err(|e| io_error(name, "list", dir, e))?;
+    if names.iter().any(|n| n.ends_with(".store")) {
+        return Err(TopicError::Storage {
+            name: name.to_owned(),
+            source: StorageError::OldFormat {
+                path: dir.to_owned(),
+                format: "Spool 0.1's layout and batch format (segments directly in the topic's directory)",
+            },
+        });
+    }
+    Ok(())
+}
+
 /// Settings as the `key = value` strings `topic.toml` keeps.
 fn owned_pairs(settings: &TopicOverrides) -> Vec<(String, String)> {
     settings
@@ -968,13 +1172,11 @@ pub async fn run_retention(
                 if topic.is_closed() {
                     continue;
                 }
-                let rolled = topic.needs_care.swap(false, Ordering::AcqRel);
+                // After a roll, only the partitions that rolled.
                 let result = if every_topic {
                     topic.maintain(now)
-                } else if rolled {
-                    topic.after_roll(now)
                 } else {
-                    continue;
+                    topic.after_roll(now)
                 };
                 match result {
                     // Deleted meanwhile: its directory went with it.

@@ -1,6 +1,6 @@
 //! Request and response messages: parse and encode, side by side.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::wire::{put_string, string_len, Reader};
 use super::{ErrorCode, ProtocolError, FRAME_PREFIX_LEN};
@@ -24,21 +24,28 @@ pub enum ApiKey {
 }
 
 /// Every API with the versions the broker supports: `(key, min, max)`.
+/// Version 1 of DESCRIBE_TOPIC, PRODUCE, FETCH and LIST_OFFSETS names
+/// partitions (and carries RecordBatch v2); their version 0 is gone.
 pub const API_VERSIONS: [(ApiKey, u16, u16); 9] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::CreateTopic, 0, 0),
     (ApiKey::DeleteTopic, 0, 0),
     (ApiKey::ListTopics, 0, 0),
-    (ApiKey::DescribeTopic, 0, 0),
-    (ApiKey::Produce, 0, 0),
-    (ApiKey::Fetch, 0, 0),
-    (ApiKey::ListOffsets, 0, 0),
+    (ApiKey::DescribeTopic, 1, 1),
+    (ApiKey::Produce, 1, 1),
+    (ApiKey::Fetch, 1, 1),
+    (ApiKey::ListOffsets, 1, 1),
     (ApiKey::AlterTopic, 0, 0),
 ];
 
 impl ApiKey {
     pub fn from_u16(key: u16) -> Option<ApiKey> {
         API_VERSIONS.get(key as usize).map(|(k, _, _)| *k)
+    }
+
+    /// The one version of this API the broker speaks (and clients send).
+    pub fn version(self) -> u16 {
+        API_VERSIONS[self as usize].2
     }
 
     pub fn name(self) -> &'static str {
@@ -122,22 +129,24 @@ pub enum Request {
     DescribeTopic {
         topic: String,
     },
-    /// `batch` is one batch in the stored format, still in the frame's buffer.
+    /// Batches for one or more partitions of one or more topics, appended
+    /// in request order; answered once every one is as durable as its
+    /// topic's flush mode promises.
     Produce {
-        topic: String,
         acks: Acks,
-        batch: BytesMut,
+        topics: Vec<ProduceTopic>,
     },
+    /// Waits up to `max_wait_ms` until `min_bytes` are available over all
+    /// the partitions named; returns at most `max_bytes` in all (but always
+    /// the whole batch holding the first partition's offset).
     Fetch {
-        topic: String,
-        offset: u64,
-        max_bytes: u32,
         max_wait_ms: u32,
         min_bytes: u32,
+        max_bytes: u32,
+        topics: Vec<FetchTopic>,
     },
     ListOffsets {
-        topic: String,
-        spec: OffsetSpec,
+        topics: Vec<OffsetsTopic>,
     },
     /// Changes a running topic's settings: `set` are `key = value` pairs as
     /// in CREATE_TOPIC, `reset` keys go back to the value below the topic's
@@ -149,12 +158,51 @@ pub enum Request {
     },
 }
 
-/// Most bytes a produce frame holds besides its batch's records: the
-/// request header, the longest topic name (249 bytes and its length), acks,
-/// the batch length and the batch header. A record of `max_frame_bytes`
-/// minus this always fits in one frame.
+/// One topic's part of a PRODUCE: `(partition, batch)` pairs, each batch a
+/// RecordBatch v2 still in the frame's buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceTopic {
+    pub topic: String,
+    pub partitions: Vec<(u32, BytesMut)>,
+}
+
+/// Where a FETCH reads one partition from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchPartition {
+    pub partition: u32,
+    pub offset: u64,
+    /// At most this many bytes from this partition (a first batch larger
+    /// than that still comes whole, if nothing came before it).
+    pub max_bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchTopic {
+    pub topic: String,
+    pub partitions: Vec<FetchPartition>,
+}
+
+/// One topic's part of a LIST_OFFSETS: `(partition, what to look up)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetsTopic {
+    pub topic: String,
+    pub partitions: Vec<(u32, OffsetSpec)>,
+}
+
+/// Most bytes a produce frame of one batch holds besides its records: the
+/// request header, acks, the topic count, the longest topic name (249
+/// bytes and its length), the partition count, the partition, the batch
+/// length and the batch header. A record of `max_frame_bytes` minus this
+/// always fits in one frame.
 pub const MAX_PRODUCE_OVERHEAD: usize =
-    REQUEST_HEADER_LEN + 2 + 249 + 1 + 4 + crate::batch::HEADER_LEN;
+    REQUEST_HEADER_LEN + 1 + 4 + 2 + 249 + 4 + 4 + 4 + crate::batch::HEADER_LEN;
+
+/// Smallest encodings of the repeated parts of PRODUCE, FETCH and
+/// LIST_OFFSETS, which bound what a count can claim.
+const MIN_TOPIC_LEN: usize = 2 + 4;
+const MIN_PRODUCE_PARTITION_LEN: usize = 4 + 4;
+const MIN_FETCH_PARTITION_LEN: usize = 4 + 8 + 4;
+const MIN_OFFSETS_PARTITION_LEN: usize = 4 + 8;
 
 /// Smallest encoding of a `(string, string)` pair: two empty strings.
 const MIN_PAIR_LEN: usize = 4;
@@ -181,13 +229,59 @@ impl Request {
         }
     }
 
-    /// Parses a whole frame (without the length prefix). A produce's batch
-    /// stays in `frame`'s buffer: no copy.
+    /// A PRODUCE of one batch to one partition.
+    pub fn produce(topic: &str, partition: u32, acks: Acks, batch: BytesMut) -> Request {
+        Request::Produce {
+            acks,
+            topics: vec![ProduceTopic {
+                topic: topic.to_owned(),
+                partitions: vec![(partition, batch)],
+            }],
+        }
+    }
+
+    /// A FETCH of one partition; `max_bytes` bounds both the partition and
+    /// the response.
+    pub fn fetch(
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        min_bytes: u32,
+    ) -> Request {
+        Request::Fetch {
+            max_wait_ms,
+            min_bytes,
+            max_bytes,
+            topics: vec![FetchTopic {
+                topic: topic.to_owned(),
+                partitions: vec![FetchPartition {
+                    partition,
+                    offset,
+                    max_bytes,
+                }],
+            }],
+        }
+    }
+
+    /// A LIST_OFFSETS of one partition.
+    pub fn list_offsets(topic: &str, partition: u32, spec: OffsetSpec) -> Request {
+        Request::ListOffsets {
+            topics: vec![OffsetsTopic {
+                topic: topic.to_owned(),
+                partitions: vec![(partition, spec)],
+            }],
+        }
+    }
+
+    /// Parses a whole frame (without the length prefix). A produce's
+    /// batches stay in `frame`'s buffer: no copy.
     pub fn parse(mut frame: BytesMut) -> Result<(RequestHeader, Request), ProtocolError> {
         let header = RequestHeader::parse(&frame)?;
         let api =
             ApiKey::from_u16(header.api_key).ok_or(ProtocolError::UnknownApi(header.api_key))?;
-        if header.api_version != 0 {
+        if header.api_version != api.version() {
             return Err(ProtocolError::UnsupportedVersion {
                 api: api.name(),
                 version: header.api_version,
@@ -221,7 +315,6 @@ impl Request {
                 topic: r.string("topic")?,
             },
             ApiKey::Produce => {
-                let topic = r.string("topic")?;
                 let acks = match r.u8("acks")? {
                     0 => Acks::None,
                     1 => Acks::Commit,
@@ -232,33 +325,81 @@ impl Request {
                         })
                     }
                 };
-                let range = r.bytes_range("batch")?;
-                r.finish()?;
-                let mut batch = frame.split_off(range.start);
-                batch.truncate(range.len());
-                return Ok((header, Request::Produce { topic, acks, batch }));
-            }
-            ApiKey::Fetch => Request::Fetch {
-                topic: r.string("topic")?,
-                offset: r.u64("offset")?,
-                max_bytes: r.u32("max_bytes")?,
-                max_wait_ms: r.u32("max_wait_ms")?,
-                min_bytes: r.u32("min_bytes")?,
-            },
-            ApiKey::ListOffsets => {
-                let topic = r.string("topic")?;
-                let spec = match r.i64("timestamp")? {
-                    -2 => OffsetSpec::Earliest,
-                    -1 => OffsetSpec::Latest,
-                    t if t >= 0 => OffsetSpec::Timestamp(t),
-                    t => {
-                        return Err(ProtocolError::BadValue {
-                            field: "timestamp",
-                            reason: format!("{t}: use -1 (latest), -2 (earliest) or a time in ms"),
-                        })
+                // Names and batch positions first; then the batches are cut
+                // out of the frame in order, without a copy.
+                let mut shaped = Vec::new();
+                for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
+                    let topic = r.string("topic")?;
+                    let mut partitions = Vec::new();
+                    for _ in 0..r.count("partitions", MIN_PRODUCE_PARTITION_LEN)? {
+                        let partition = r.u32("partition")?;
+                        partitions.push((partition, r.bytes_range("batch")?));
                     }
-                };
-                Request::ListOffsets { topic, spec }
+                    shaped.push((topic, partitions));
+                }
+                r.finish()?;
+                let mut at = 0;
+                let mut topics = Vec::with_capacity(shaped.len());
+                for (topic, ranges) in shaped {
+                    let mut partitions = Vec::with_capacity(ranges.len());
+                    for (partition, range) in ranges {
+                        frame.advance(range.start - at);
+                        at = range.end;
+                        partitions.push((partition, frame.split_to(range.len())));
+                    }
+                    topics.push(ProduceTopic { topic, partitions });
+                }
+                return Ok((header, Request::Produce { acks, topics }));
+            }
+            ApiKey::Fetch => {
+                let max_wait_ms = r.u32("max_wait_ms")?;
+                let min_bytes = r.u32("min_bytes")?;
+                let max_bytes = r.u32("max_bytes")?;
+                let mut topics = Vec::new();
+                for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
+                    let topic = r.string("topic")?;
+                    let mut partitions = Vec::new();
+                    for _ in 0..r.count("partitions", MIN_FETCH_PARTITION_LEN)? {
+                        partitions.push(FetchPartition {
+                            partition: r.u32("partition")?,
+                            offset: r.u64("offset")?,
+                            max_bytes: r.u32("partition_max_bytes")?,
+                        });
+                    }
+                    topics.push(FetchTopic { topic, partitions });
+                }
+                Request::Fetch {
+                    max_wait_ms,
+                    min_bytes,
+                    max_bytes,
+                    topics,
+                }
+            }
+            ApiKey::ListOffsets => {
+                let mut topics = Vec::new();
+                for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
+                    let topic = r.string("topic")?;
+                    let mut partitions = Vec::new();
+                    for _ in 0..r.count("partitions", MIN_OFFSETS_PARTITION_LEN)? {
+                        let partition = r.u32("partition")?;
+                        let spec = match r.i64("timestamp")? {
+                            -2 => OffsetSpec::Earliest,
+                            -1 => OffsetSpec::Latest,
+                            t if t >= 0 => OffsetSpec::Timestamp(t),
+                            t => {
+                                return Err(ProtocolError::BadValue {
+                                    field: "timestamp",
+                                    reason: format!(
+                                        "{t}: use -1 (latest), -2 (earliest) or a time in ms"
+                                    ),
+                                })
+                            }
+                        };
+                        partitions.push((partition, spec));
+                    }
+                    topics.push(OffsetsTopic { topic, partitions });
+                }
+                Request::ListOffsets { topics }
             }
         };
         r.finish()?;
@@ -270,7 +411,7 @@ impl Request {
         let start = out.len();
         out.put_u32(0); // patched below
         out.put_u16(self.api_key() as u16);
-        out.put_u16(0);
+        out.put_u16(self.api_key().version());
         out.put_u32(correlation_id);
         match self {
             Request::ApiVersions | Request::ListTopics => {}
@@ -289,50 +430,76 @@ impl Request {
             Request::DeleteTopic { topic } | Request::DescribeTopic { topic } => {
                 put_string(out, topic)
             }
-            Request::Produce { topic, acks, batch } => {
-                put_string(out, topic);
+            Request::Produce { acks, topics } => {
                 out.put_u8(*acks as u8);
-                out.put_u32(batch.len() as u32);
-                out.put_slice(batch);
+                out.put_u32(topics.len() as u32);
+                for t in topics {
+                    put_string(out, &t.topic);
+                    out.put_u32(t.partitions.len() as u32);
+                    for (partition, batch) in &t.partitions {
+                        out.put_u32(*partition);
+                        out.put_u32(batch.len() as u32);
+                        out.put_slice(batch);
+                    }
+                }
             }
             Request::Fetch {
-                topic,
-                offset,
-                max_bytes,
                 max_wait_ms,
                 min_bytes,
+                max_bytes,
+                topics,
             } => {
-                put_string(out, topic);
-                out.put_u64(*offset);
-                out.put_u32(*max_bytes);
                 out.put_u32(*max_wait_ms);
                 out.put_u32(*min_bytes);
+                out.put_u32(*max_bytes);
+                out.put_u32(topics.len() as u32);
+                for t in topics {
+                    put_string(out, &t.topic);
+                    out.put_u32(t.partitions.len() as u32);
+                    for p in &t.partitions {
+                        out.put_u32(p.partition);
+                        out.put_u64(p.offset);
+                        out.put_u32(p.max_bytes);
+                    }
+                }
             }
-            Request::ListOffsets { topic, spec } => {
-                put_string(out, topic);
-                out.put_i64(spec.to_wire());
+            Request::ListOffsets { topics } => {
+                out.put_u32(topics.len() as u32);
+                for t in topics {
+                    put_string(out, &t.topic);
+                    out.put_u32(t.partitions.len() as u32);
+                    for (partition, spec) in &t.partitions {
+                        out.put_u32(*partition);
+                        out.put_i64(spec.to_wire());
+                    }
+                }
             }
         }
         let len = (out.len() - start - FRAME_PREFIX_LEN) as u32;
         out[start..start + FRAME_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
     }
 
-    /// The frame of a produce request up to (not including) the batch bytes,
-    /// so a client can send a batch it built elsewhere without copying it.
+    /// The frame of a one-batch produce request up to (not including) the
+    /// batch bytes, so a client can send a batch it built elsewhere without
+    /// copying it.
     pub fn produce_head(
         topic: &str,
+        partition: u32,
         acks: Acks,
         batch_len: usize,
         correlation_id: u32,
     ) -> BytesMut {
-        let len = REQUEST_HEADER_LEN + string_len(topic) + 1 + 4 + batch_len;
+        let len = REQUEST_HEADER_LEN + 1 + 4 + string_len(topic) + 4 + 4 + 4 + batch_len;
         let mut out = BytesMut::with_capacity(FRAME_PREFIX_LEN + len - batch_len);
         out.put_u32(len as u32);
         out.put_u16(ApiKey::Produce as u16);
-        out.put_u16(0);
+        out.put_u16(ApiKey::Produce.version());
         out.put_u32(correlation_id);
-        put_string(&mut out, topic);
         out.put_u8(acks as u8);
+        out.put_u32(1);
+        put_string(&mut out, topic);
+        out.put_u32(1);
+        out.put_u32(partition);
         out.put_u32(batch_len as u32);
         out
     }
@@ -390,23 +557,90 @@ fn put_pairs(out: &mut BytesMut, pairs: &[(String, String)]) {
     }
 }
 
-/// A topic as DESCRIBE_TOPIC reports it.
+/// One partition of a topic, as DESCRIBE_TOPIC reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicDescription {
+pub struct PartitionDescription {
+    pub partition: u32,
     pub log_start: u64,
     pub log_end: u64,
     pub size_bytes: u64,
     pub segments: u32,
-    /// Effective settings, as `key = value` strings.
-    pub settings: Vec<(String, String)>,
     /// Sidecar files holding bytes recovery cut off torn tails, and their
     /// bytes (counted in `size_bytes` too).
     pub torn_files: u32,
     pub torn_bytes: u64,
+}
+
+/// A topic as DESCRIBE_TOPIC reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// Every partition, in order from 0.
+    pub partitions: Vec<PartitionDescription>,
+    /// Effective settings, as `key = value` strings.
+    pub settings: Vec<(String, String)>,
     /// Where each setting's value comes from, `(key, source)`: `default`,
     /// `file [defaults]`, `topic` (given at creation or by ALTER_TOPIC) or
     /// `file [topics.NAME]`.
     pub sources: Vec<(String, String)>,
+}
+
+impl TopicDescription {
+    /// Records stored over all partitions.
+    pub fn records(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| p.log_end - p.log_start)
+            .sum()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.partitions.iter().map(|p| p.size_bytes).sum()
+    }
+}
+
+/// What a PRODUCE did for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducedPartition {
+    /// Offset of the batch's first record; record *i* got `base_offset + i`.
+    pub base_offset: u64,
+    /// The time the broker stamped on the batch for a topic with
+    /// `timestamp_type = "log_append"`; -1 when it keeps the producer's.
+    pub log_append_time: i64,
+    pub log_start: u64,
+}
+
+/// What a FETCH read from one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedPartition {
+    pub log_start: u64,
+    pub log_end: u64,
+    /// Where to fetch from next.
+    pub next_offset: u64,
+    /// Stored batches, back to back, sent as they are.
+    pub batches: Vec<Bytes>,
+}
+
+/// What LIST_OFFSETS found in one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub offset: u64,
+    pub log_start: u64,
+    pub log_end: u64,
+}
+
+/// One partition's outcome in a PRODUCE, FETCH or LIST_OFFSETS response:
+/// each partition succeeds or fails on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionResult<T> {
+    pub partition: u32,
+    pub result: Result<T, ErrorBody>,
+}
+
+/// One topic's partitions in a response, in request order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicResults<T> {
+    pub topic: String,
+    pub partitions: Vec<PartitionResult<T>>,
 }
 
 /// The body of a successful response.
@@ -422,25 +656,61 @@ pub enum ResponseBody {
     Empty,
     Topics(Vec<String>),
     Description(TopicDescription),
-    Produced {
-        base_offset: u64,
-        /// The time the broker stamped on the batch for a topic with
-        /// `timestamp_type = "log_append"`; -1 when it keeps the producer's.
-        log_append_time: i64,
-        log_start: u64,
-    },
-    /// `batches` are stored batches, back to back, sent as they are.
-    Fetched {
-        log_start: u64,
-        log_end: u64,
-        next_offset: u64,
-        batches: Vec<Bytes>,
-    },
-    Offsets {
-        offset: u64,
-        log_start: u64,
-        log_end: u64,
-    },
+    Produced(Vec<TopicResults<ProducedPartition>>),
+    Fetched(Vec<TopicResults<FetchedPartition>>),
+    Offsets(Vec<TopicResults<PartitionOffsets>>),
+}
+
+/// The first partition's result of a response's topics: for requests that
+/// name one partition.
+fn first<T>(topics: Vec<TopicResults<T>>) -> Result<T, ErrorBody> {
+    topics
+        .into_iter()
+        .next()
+        .and_then(|t| t.partitions.into_iter().next())
+        .map_or_else(
+            || {
+                Err(ErrorBody::new(
+                    ErrorCode::UnknownServerError,
+                    "the response holds no partition",
+                ))
+            },
+            |p| p.result,
+        )
+}
+
+fn unexpected(body: &ResponseBody) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::UnknownServerError,
+        format!("unexpected response body {body:?}"),
+    )
+}
+
+impl Response {
+    /// The outcome of a PRODUCE of one partition (a request-level error, or
+    /// the partition's own).
+    pub fn produced(self) -> Result<ProducedPartition, ErrorBody> {
+        match self.body? {
+            ResponseBody::Produced(topics) => first(topics),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The outcome of a FETCH of one partition.
+    pub fn fetched(self) -> Result<FetchedPartition, ErrorBody> {
+        match self.body? {
+            ResponseBody::Fetched(topics) => first(topics),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The outcome of a LIST_OFFSETS of one partition.
+    pub fn offsets(self) -> Result<PartitionOffsets, ErrorBody> {
+        match self.body? {
+            ResponseBody::Offsets(topics) => first(topics),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 /// A failed response.
@@ -473,15 +743,88 @@ pub struct Response {
     pub body: Result<ResponseBody, ErrorBody>,
 }
 
+/// `u16 error_code, string error_message` of a partition (0 and empty for
+/// a success).
+fn put_partition_code<T>(out: &mut BytesMut, result: &Result<T, ErrorBody>) {
+    match result {
+        Ok(_) => {
+            out.put_u16(ErrorCode::None as u16);
+            out.put_u16(0);
+        }
+        Err(e) => {
+            out.put_u16(e.code as u16);
+            put_string(out, &e.message);
+        }
+    }
+}
+
+/// A partition's error code and message: `Ok(())` for none.
+fn parse_partition_code(r: &mut Reader<'_>) -> Result<Result<(), ErrorBody>, ProtocolError> {
+    let raw = r.u16("error_code")?;
+    let code = ErrorCode::from_u16(raw).ok_or(ProtocolError::UnknownErrorCode(raw))?;
+    let message = r.string("error_message")?;
+    Ok(if code == ErrorCode::None {
+        Ok(())
+    } else {
+        Err(ErrorBody::new(code, message))
+    })
+}
+
+/// `[string topic, [u32 partition, ...]]` in a response, each partition's
+/// fields read by `partition`.
+fn parse_results<T>(
+    r: &mut Reader<'_>,
+    min_partition_len: usize,
+    mut partition: impl FnMut(&mut Reader<'_>) -> Result<Result<T, ErrorBody>, ProtocolError>,
+) -> Result<Vec<TopicResults<T>>, ProtocolError> {
+    let mut topics = Vec::new();
+    for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
+        let topic = r.string("topic")?;
+        let mut partitions = Vec::new();
+        for _ in 0..r.count("partitions", min_partition_len)? {
+            let id = r.u32("partition")?;
+            partitions.push(PartitionResult {
+                partition: id,
+                result: partition(r)?,
+            });
+        }
+        topics.push(TopicResults { topic, partitions });
+    }
+    Ok(topics)
+}
+
+/// `[string topic, [u32 partition, ...]]`, each partition's fields written
+/// by `partition`.
+fn put_results<T>(
+    out: &mut BytesMut,
+    topics: &[TopicResults<T>],
+    mut partition: impl FnMut(&mut BytesMut, &PartitionResult<T>),
+) {
+    out.put_u32(topics.len() as u32);
+    for t in topics {
+        put_string(out, &t.topic);
+        out.put_u32(t.partitions.len() as u32);
+        for p in &t.partitions {
+            out.put_u32(p.partition);
+            put_partition_code(out, &p.result);
+            partition(out, p);
+        }
+    }
+}
+
+/// The fixed part of a partition in a response: u32 partition, u16 code,
+/// u16 empty message, then three u64 fields.
+const MIN_RESULT_LEN: usize = 4 + 2 + 2 + 24;
+
 impl Response {
-    /// Encodes the frame as a head (length prefix and every field) plus
-    /// payload chunks to send right after it (only a fetch has any), so
-    /// stored batches go out without being copied into the head.
-    pub fn encode(&self) -> (BytesMut, Vec<Bytes>) {
+    /// Encodes the frame as parts to send back to back: the first holds
+    /// the length prefix. A fetch's stored batches are parts of their own,
+    /// so they go out without being copied.
+    pub fn encode(&self) -> Vec<Bytes> {
+        let mut parts = Vec::new();
         let mut out = BytesMut::with_capacity(64);
         out.put_u32(0); // patched below
         out.put_u32(self.correlation_id);
-        let mut chunks = Vec::new();
         match &self.body {
             Err(e) => {
                 out.put_u16(e.code as u16);
@@ -522,63 +865,73 @@ impl Response {
                         }
                     }
                     ResponseBody::Description(d) => {
-                        out.put_u64(d.log_start);
-                        out.put_u64(d.log_end);
-                        out.put_u64(d.size_bytes);
-                        out.put_u32(d.segments);
+                        out.put_u32(d.partitions.len() as u32);
+                        for p in &d.partitions {
+                            out.put_u32(p.partition);
+                            out.put_u64(p.log_start);
+                            out.put_u64(p.log_end);
+                            out.put_u64(p.size_bytes);
+                            out.put_u32(p.segments);
+                            out.put_u32(p.torn_files);
+                            out.put_u64(p.torn_bytes);
+                        }
                         put_pairs(&mut out, &d.settings);
-                        out.put_u32(d.torn_files);
-                        out.put_u64(d.torn_bytes);
                         put_pairs(&mut out, &d.sources);
                     }
-                    ResponseBody::Produced {
-                        base_offset,
-                        log_append_time,
-                        log_start,
-                    } => {
-                        out.put_u64(*base_offset);
-                        out.put_i64(*log_append_time);
-                        out.put_u64(*log_start);
+                    ResponseBody::Produced(topics) => put_results(&mut out, topics, |out, p| {
+                        let d = p.result.as_ref().ok();
+                        out.put_u64(d.map_or(0, |d| d.base_offset));
+                        out.put_i64(d.map_or(-1, |d| d.log_append_time));
+                        out.put_u64(d.map_or(0, |d| d.log_start));
+                    }),
+                    ResponseBody::Fetched(topics) => {
+                        put_results(&mut out, topics, |out, p| match &p.result {
+                            Ok(f) => {
+                                out.put_u64(f.log_start);
+                                out.put_u64(f.log_end);
+                                out.put_u64(f.next_offset);
+                                out.put_u32(f.batches.iter().map(|b| b.len()).sum::<usize>() as u32);
+                                if !f.batches.is_empty() {
+                                    // The head so far, then the batches as
+                                    // they are; the next fields start anew.
+                                    parts.push(out.split().freeze());
+                                    parts.extend(f.batches.iter().cloned());
+                                }
+                            }
+                            Err(e) => {
+                                let (start, end) = e.range.unwrap_or((0, 0));
+                                out.put_u64(start);
+                                out.put_u64(end);
+                                out.put_u64(e.resume_at.unwrap_or(u64::MAX));
+                                out.put_u32(0);
+                            }
+                        })
                     }
-                    ResponseBody::Fetched {
-                        log_start,
-                        log_end,
-                        next_offset,
-                        batches,
-                    } => {
-                        out.put_u64(*log_start);
-                        out.put_u64(*log_end);
-                        out.put_u64(*next_offset);
-                        out.put_u32(batches.iter().map(|b| b.len()).sum::<usize>() as u32);
-                        chunks = batches.clone();
-                    }
-                    ResponseBody::Offsets {
-                        offset,
-                        log_start,
-                        log_end,
-                    } => {
-                        out.put_u64(*offset);
-                        out.put_u64(*log_start);
-                        out.put_u64(*log_end);
-                    }
+                    ResponseBody::Offsets(topics) => put_results(&mut out, topics, |out, p| {
+                        let d = p.result.as_ref().ok();
+                        out.put_u64(d.map_or(0, |d| d.offset));
+                        out.put_u64(d.map_or(0, |d| d.log_start));
+                        out.put_u64(d.map_or(0, |d| d.log_end));
+                    }),
                 }
             }
         }
-        let len = out.len() - FRAME_PREFIX_LEN + chunks.iter().map(|c| c.len()).sum::<usize>();
-        out[..FRAME_PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-        (out, chunks)
+        if !out.is_empty() {
+            parts.push(out.freeze());
+        }
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() - FRAME_PREFIX_LEN;
+        // The first part always holds the prefix (it is at least 12 bytes).
+        let mut first = BytesMut::from(&parts[0][..]);
+        first[..FRAME_PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        parts[0] = first.freeze();
+        parts
     }
 
     /// The whole frame, length prefix included, in one buffer: for tests
     /// and tools. The broker sends [`Response::encode`]'s parts instead, so
     /// that fetched batches are not copied.
     pub fn encode_to_vec(&self) -> Vec<u8> {
-        let (head, chunks) = self.encode();
-        let mut frame = head.to_vec();
-        for chunk in &chunks {
-            frame.extend_from_slice(chunk);
-        }
-        frame
+        self.encode().concat()
     }
 
     /// Parses a response frame (without the length prefix) to a request of
@@ -635,55 +988,79 @@ impl Response {
                 ResponseBody::Topics(names)
             }
             ApiKey::DescribeTopic => {
-                let log_start = r.u64("log_start")?;
-                let log_end = r.u64("log_end")?;
-                let size_bytes = r.u64("size_bytes")?;
-                let segments = r.u32("segments")?;
+                let count = r.count("partitions", 4 + 8 * 3 + 4 + 4 + 8)?;
+                let mut partitions = Vec::with_capacity(count);
+                for _ in 0..count {
+                    partitions.push(PartitionDescription {
+                        partition: r.u32("partition")?,
+                        log_start: r.u64("log_start")?,
+                        log_end: r.u64("log_end")?,
+                        size_bytes: r.u64("size_bytes")?,
+                        segments: r.u32("segments")?,
+                        torn_files: r.u32("torn_files")?,
+                        torn_bytes: r.u64("torn_bytes")?,
+                    });
+                }
                 let settings = parse_pairs(&mut r, "settings")?;
-                let torn_files = r.u32("torn_files")?;
-                let torn_bytes = r.u64("torn_bytes")?;
                 ResponseBody::Description(TopicDescription {
-                    log_start,
-                    log_end,
-                    size_bytes,
-                    segments,
+                    partitions,
                     settings,
-                    torn_files,
-                    torn_bytes,
                     sources: parse_pairs(&mut r, "sources")?,
                 })
             }
-            ApiKey::Produce => ResponseBody::Produced {
-                base_offset: r.u64("base_offset")?,
-                log_append_time: r.i64("log_append_time")?,
-                log_start: r.u64("log_start")?,
-            },
-            ApiKey::Fetch => {
-                let log_start = r.u64("log_start")?;
-                let log_end = r.u64("log_end")?;
-                let next_offset = r.u64("next_offset")?;
-                let range = r.bytes_range("batches")?;
-                r.finish()?;
-                let batches = if range.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![frame.slice(range)]
-                };
-                return Ok(Response {
-                    correlation_id,
-                    body: Ok(ResponseBody::Fetched {
-                        log_start,
-                        log_end,
-                        next_offset,
-                        batches,
-                    }),
-                });
+            ApiKey::Produce => {
+                ResponseBody::Produced(parse_results(&mut r, MIN_RESULT_LEN, |r| {
+                    let code = parse_partition_code(r)?;
+                    let produced = ProducedPartition {
+                        base_offset: r.u64("base_offset")?,
+                        log_append_time: r.i64("log_append_time")?,
+                        log_start: r.u64("log_start")?,
+                    };
+                    Ok(code.map(|()| produced))
+                })?)
             }
-            ApiKey::ListOffsets => ResponseBody::Offsets {
-                offset: r.u64("offset")?,
-                log_start: r.u64("log_start")?,
-                log_end: r.u64("log_end")?,
-            },
+            ApiKey::Fetch => {
+                ResponseBody::Fetched(parse_results(&mut r, MIN_RESULT_LEN + 4, |r| {
+                    let code = parse_partition_code(r)?;
+                    let log_start = r.u64("log_start")?;
+                    let log_end = r.u64("log_end")?;
+                    let next_offset = r.u64("next_offset")?;
+                    let range = r.bytes_range("batches")?;
+                    Ok(match code {
+                        Ok(()) => Ok(FetchedPartition {
+                            log_start,
+                            log_end,
+                            next_offset,
+                            batches: if range.is_empty() {
+                                Vec::new()
+                            } else {
+                                vec![frame.slice(range)]
+                            },
+                        }),
+                        Err(mut e) => {
+                            match e.code {
+                                ErrorCode::OffsetOutOfRange => e.range = Some((log_start, log_end)),
+                                ErrorCode::CorruptData => {
+                                    e.resume_at = Some(next_offset).filter(|&o| o != u64::MAX)
+                                }
+                                _ => {}
+                            }
+                            Err(e)
+                        }
+                    })
+                })?)
+            }
+            ApiKey::ListOffsets => {
+                ResponseBody::Offsets(parse_results(&mut r, MIN_RESULT_LEN, |r| {
+                    let code = parse_partition_code(r)?;
+                    let offsets = PartitionOffsets {
+                        offset: r.u64("offset")?,
+                        log_start: r.u64("log_start")?,
+                        log_end: r.u64("log_end")?,
+                    };
+                    Ok(code.map(|()| offsets))
+                })?)
+            }
         };
         r.finish()?;
         Ok(Response {
@@ -727,32 +1104,60 @@ mod tests {
         });
         round_trip(Request::ListTopics);
         round_trip(Request::DescribeTopic { topic: "t".into() });
+        round_trip(Request::produce(
+            "t",
+            0,
+            Acks::Commit,
+            BytesMut::from(&b"batch"[..]),
+        ));
+        round_trip(Request::produce("t", 3, Acks::None, BytesMut::new()));
         round_trip(Request::Produce {
-            topic: "t".into(),
             acks: Acks::Commit,
-            batch: BytesMut::from(&b"batch"[..]),
+            topics: vec![
+                ProduceTopic {
+                    topic: "a".into(),
+                    partitions: vec![
+                        (0, BytesMut::from(&b"one"[..])),
+                        (2, BytesMut::from(&b"two"[..])),
+                    ],
+                },
+                ProduceTopic {
+                    topic: "b".into(),
+                    partitions: vec![(1, BytesMut::from(&b"three"[..]))],
+                },
+            ],
         });
         round_trip(Request::Produce {
-            topic: "t".into(),
-            acks: Acks::None,
-            batch: BytesMut::new(),
+            acks: Acks::Commit,
+            topics: vec![],
         });
+        round_trip(Request::fetch("t", 0, 5, 1 << 20, 500, 1));
         round_trip(Request::Fetch {
-            topic: "t".into(),
-            offset: 5,
-            max_bytes: 1 << 20,
-            max_wait_ms: 500,
-            min_bytes: 1,
+            max_wait_ms: 100,
+            min_bytes: 10,
+            max_bytes: 1000,
+            topics: vec![FetchTopic {
+                topic: "t".into(),
+                partitions: vec![
+                    FetchPartition {
+                        partition: 0,
+                        offset: 1,
+                        max_bytes: 10,
+                    },
+                    FetchPartition {
+                        partition: 7,
+                        offset: 9,
+                        max_bytes: 20,
+                    },
+                ],
+            }],
         });
         for spec in [
             OffsetSpec::Earliest,
             OffsetSpec::Latest,
             OffsetSpec::Timestamp(1_700_000_000_000),
         ] {
-            round_trip(Request::ListOffsets {
-                topic: "t".into(),
-                spec,
-            });
+            round_trip(Request::list_offsets("t", 1, spec));
         }
     }
 
@@ -802,13 +1207,8 @@ mod tests {
     fn produce_head_matches_encode() {
         let batch = BytesMut::from(&b"0123456789"[..]);
         let mut full = BytesMut::new();
-        Request::Produce {
-            topic: "topic".into(),
-            acks: Acks::Commit,
-            batch: batch.clone(),
-        }
-        .encode(9, &mut full);
-        let mut head = Request::produce_head("topic", Acks::Commit, batch.len(), 9);
+        Request::produce("topic", 4, Acks::Commit, batch.clone()).encode(9, &mut full);
+        let mut head = Request::produce_head("topic", 4, Acks::Commit, batch.len(), 9);
         head.extend_from_slice(&batch);
         assert_eq!(head, full);
     }
@@ -843,55 +1243,111 @@ mod tests {
         response_round_trip(
             ApiKey::DescribeTopic,
             Ok(ResponseBody::Description(TopicDescription {
-                log_start: 1,
-                log_end: 9,
-                size_bytes: 100,
-                segments: 2,
+                partitions: vec![
+                    PartitionDescription {
+                        partition: 0,
+                        log_start: 1,
+                        log_end: 9,
+                        size_bytes: 100,
+                        segments: 2,
+                        torn_files: 1,
+                        torn_bytes: 77,
+                    },
+                    PartitionDescription {
+                        partition: 1,
+                        log_start: 0,
+                        log_end: 0,
+                        size_bytes: 0,
+                        segments: 1,
+                        torn_files: 0,
+                        torn_bytes: 0,
+                    },
+                ],
                 settings: vec![("flush".into(), "always".into())],
-                torn_files: 1,
-                torn_bytes: 77,
                 sources: vec![("flush".into(), "file [topics.t]".into())],
             })),
         );
+        fn one<T>(topic: &str, partitions: Vec<PartitionResult<T>>) -> Vec<TopicResults<T>> {
+            vec![TopicResults {
+                topic: topic.to_owned(),
+                partitions,
+            }]
+        }
+        let mut too_large = ErrorBody::new(ErrorCode::RecordTooLarge, "too large");
+        too_large.range = None;
         response_round_trip(
             ApiKey::Produce,
-            Ok(ResponseBody::Produced {
-                base_offset: 4,
-                log_append_time: 1_700_000_000_000,
-                log_start: 0,
-            }),
-        );
-        response_round_trip(
-            ApiKey::Fetch,
-            Ok(ResponseBody::Fetched {
-                log_start: 0,
-                log_end: 10,
-                next_offset: 10,
-                batches: vec![Bytes::from_static(b"stored-batches")],
-            }),
-        );
-        response_round_trip(
-            ApiKey::Fetch,
-            Ok(ResponseBody::Fetched {
-                log_start: 0,
-                log_end: 10,
-                next_offset: 10,
-                batches: vec![],
-            }),
-        );
-        response_round_trip(
-            ApiKey::ListOffsets,
-            Ok(ResponseBody::Offsets {
-                offset: 3,
-                log_start: 0,
-                log_end: 4,
-            }),
+            Ok(ResponseBody::Produced(one(
+                "t",
+                vec![
+                    PartitionResult {
+                        partition: 0,
+                        result: Ok(ProducedPartition {
+                            base_offset: 4,
+                            log_append_time: 1_700_000_000_000,
+                            log_start: 0,
+                        }),
+                    },
+                    PartitionResult {
+                        partition: 1,
+                        result: Err(too_large),
+                    },
+                ],
+            ))),
         );
         let mut out_of_range = ErrorBody::new(ErrorCode::OffsetOutOfRange, "offset 1 is below 5");
         out_of_range.range = Some((5, 9));
-        response_round_trip(ApiKey::Fetch, Err(out_of_range));
         let mut corrupt = ErrorBody::new(ErrorCode::CorruptData, "bad crc");
         corrupt.resume_at = Some(12);
+        let fetched = |batches: Vec<Bytes>| FetchedPartition {
+            log_start: 0,
+            log_end: 10,
+            next_offset: 10,
+            batches,
+        };
+        response_round_trip(
+            ApiKey::Fetch,
+            Ok(ResponseBody::Fetched(one(
+                "t",
+                vec![
+                    PartitionResult {
+                        partition: 0,
+                        result: Ok(fetched(vec![Bytes::from_static(b"stored-batches")])),
+                    },
+                    PartitionResult {
+                        partition: 1,
+                        result: Ok(fetched(vec![])),
+                    },
+                    PartitionResult {
+                        partition: 2,
+                        result: Err(out_of_range.clone()),
+                    },
+                    PartitionResult {
+                        partition: 3,
+                        result: Err(corrupt.clone()),
+                    },
+                    PartitionResult {
+                        partition: 4,
+                        result: Ok(fetched(vec![Bytes::from_static(b"more")])),
+                    },
+                ],
+            ))),
+        );
+        response_round_trip(
+            ApiKey::ListOffsets,
+            Ok(ResponseBody::Offsets(one(
+                "t",
+                vec![PartitionResult {
+                    partition: 2,
+                    result: Ok(PartitionOffsets {
+                        offset: 3,
+                        log_start: 0,
+                        log_end: 4,
+                    }),
+                }],
+            ))),
+        );
+        response_round_trip(ApiKey::Fetch, Err(out_of_range));
         response_round_trip(ApiKey::Fetch, Err(corrupt));
         response_round_trip(
             ApiKey::Produce,
@@ -925,20 +1381,40 @@ mod tests {
             parse(&frame),
             Err(ProtocolError::CountTooLarge { .. })
         ));
+        // PRODUCE v0 is gone.
+        assert!(matches!(
+            parse(&[0, 5, 0, 0, 0, 0, 0, 1]),
+            Err(ProtocolError::UnsupportedVersion { .. })
+        ));
         // PRODUCE whose batch length claims 4 GiB.
         let frame = [
-            0, 5, 0, 0, 0, 0, 0, 1, 0, 1, b't', 1, 0xff, 0xff, 0xff, 0xff, 1, 2, 3,
+            0, 5, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0xff, 0xff,
+            0xff, 0xff, 1, 2, 3,
         ];
         assert!(matches!(
             parse(&frame),
             Err(ProtocolError::Truncated { field: "batch", .. })
         ));
-        let frame = [0, 5, 0, 0, 0, 0, 0, 1, 0, 1, b't', 7, 0, 0, 0, 0];
+        let frame = [0, 5, 0, 1, 0, 0, 0, 1, 7, 0, 0, 0, 0];
         assert!(matches!(
             parse(&frame),
             Err(ProtocolError::BadValue { field: "acks", .. })
         ));
-        let mut frame = vec![0, 7, 0, 0, 0, 0, 0, 1, 0, 1, b't'];
+        // A partition count no frame could hold.
+        let frame = [
+            0, 6, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, b't',
+            0xff, 0xff, 0xff, 0xff,
+        ];
+        assert!(matches!(
+            parse(&frame),
+            Err(ProtocolError::CountTooLarge {
+                field: "partitions",
+                ..
+            })
+        ));
+        let mut frame = vec![
+            0, 7, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0,
+        ];
         frame.extend_from_slice(&(-5i64).to_be_bytes());
         assert!(matches!(
             parse(&frame),
@@ -959,7 +1435,8 @@ mod tests {
             let mut frame = bytes.clone();
             if frame.len() >= 4 {
                 frame[..2].copy_from_slice(&key.to_be_bytes());
-                frame[2..4].copy_from_slice(&[0, 0]);
+                let version = ApiKey::from_u16(key).map_or(0, ApiKey::version);
+                frame[2..4].copy_from_slice(&version.to_be_bytes());
             }
             let _ = Request::parse(BytesMut::from(&frame[..]));
             for api in API_VERSIONS.iter().map(|a| a.0) {

@@ -28,27 +28,33 @@
 //! responses come back in request order. A produce with `acks = 0` gets no
 //! response at all.
 //!
-//! # APIs (all at version 0)
+//! # APIs
 //!
-//! | key | API | request body | response body |
-//! | --- | --- | --- | --- |
-//! | 0 | API_VERSIONS | — | `string server, [u16 key, u16 min, u16 max]` |
-//! | 1 | CREATE_TOPIC | `string topic, [string key, string value]` | — |
-//! | 2 | DELETE_TOPIC | `string topic` | — |
-//! | 3 | LIST_TOPICS | — | `[string topic]` |
-//! | 4 | DESCRIBE_TOPIC | `string topic` | `u64 log_start, u64 log_end, u64 size_bytes, u32 segments, [string key, string value], u32 torn_files, u64 torn_bytes` |
-//! | 5 | PRODUCE | `string topic, u8 acks, bytes batch` | `u64 base_offset, i64 append_time, u64 log_start` |
-//! | 6 | FETCH | `string topic, u64 offset, u32 max_bytes, u32 max_wait_ms, u32 min_bytes` | `u64 log_start, u64 log_end, u64 next_offset, bytes batches` |
-//! | 7 | LIST_OFFSETS | `string topic, i64 timestamp (-1 latest, -2 earliest)` | `u64 offset, u64 log_start, u64 log_end` |
+//! | key | v | API | request body | response body |
+//! | --- | --- | --- | --- | --- |
+//! | 0 | 0 | API_VERSIONS | — | `string server, [u16 key, u16 min, u16 max], u32 max_frame_bytes` |
+//! | 1 | 0 | CREATE_TOPIC | `string topic, [string key, string value]` | — |
+//! | 2 | 0 | DELETE_TOPIC | `string topic` | — |
+//! | 3 | 0 | LIST_TOPICS | — | `[string topic]` |
+//! | 4 | 1 | DESCRIBE_TOPIC | `string topic` | `[u32 partition, u64 log_start, u64 log_end, u64 size_bytes, u32 segments, u32 torn_files, u64 torn_bytes], [string key, string value] settings, [string key, string source]` |
+//! | 5 | 1 | PRODUCE | `u8 acks, [string topic, [u32 partition, bytes batch]]` | `[string topic, [u32 partition, u16 error_code, string error_message, u64 base_offset, i64 log_append_time, u64 log_start]]` |
+//! | 6 | 1 | FETCH | `u32 max_wait_ms, u32 min_bytes, u32 max_bytes, [string topic, [u32 partition, u64 offset, u32 partition_max_bytes]]` | `[string topic, [u32 partition, u16 error_code, string error_message, u64 log_start, u64 log_end, u64 next_offset, bytes batches]]` |
+//! | 7 | 1 | LIST_OFFSETS | `[string topic, [u32 partition, i64 timestamp (-1 latest, -2 earliest)]]` | `[string topic, [u32 partition, u16 error_code, string error_message, u64 offset, u64 log_start, u64 log_end]]` |
+//! | 8 | 0 | ALTER_TOPIC | `string topic, [string key, string value] set, [string key] reset` | — |
 //!
-//! A batch is in the stored format of [`crate::batch`].
+//! PRODUCE, FETCH and LIST_OFFSETS answer each partition on its own: the
+//! response's own error code is for the request as a whole (it could not
+//! be parsed), a partition's for that partition. A batch is Kafka's
+//! RecordBatch v2 ([`crate::batch`]).
 
 mod message;
 mod wire;
 
 pub use message::{
-    Acks, ApiKey, ErrorBody, OffsetSpec, Request, RequestHeader, Response, ResponseBody,
-    TopicDescription, API_VERSIONS, MAX_PRODUCE_OVERHEAD, REQUEST_HEADER_LEN,
+    Acks, ApiKey, ErrorBody, FetchPartition, FetchTopic, FetchedPartition, OffsetSpec,
+    OffsetsTopic, PartitionDescription, PartitionOffsets, PartitionResult, ProduceTopic,
+    ProducedPartition, Request, RequestHeader, Response, ResponseBody, TopicDescription,
+    TopicResults, API_VERSIONS, MAX_PRODUCE_OVERHEAD, REQUEST_HEADER_LEN,
 };
 pub use wire::{put_bytes, put_string, Reader};
 
@@ -100,10 +106,16 @@ pub enum ErrorCode {
     /// A batch's producer timestamp is further in the future than the
     /// topic's `max_timestamp_ahead_ms` allows (check the producer's clock).
     InvalidTimestamp = 16,
+    /// The topic has no partition by that number (partitions are numbered
+    /// from 0; DESCRIBE_TOPIC lists them).
+    UnknownPartition = 17,
+    /// Creating the topic, or raising its partitions, would exceed the
+    /// broker's `max_partitions`.
+    TooManyPartitions = 18,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::None,
         ErrorCode::UnknownServerError,
         ErrorCode::InvalidRequest,
@@ -121,6 +133,8 @@ impl ErrorCode {
         ErrorCode::CorruptData,
         ErrorCode::TooManyTopics,
         ErrorCode::InvalidTimestamp,
+        ErrorCode::UnknownPartition,
+        ErrorCode::TooManyPartitions,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -147,6 +161,8 @@ impl ErrorCode {
             ErrorCode::CorruptData => "CORRUPT_DATA",
             ErrorCode::TooManyTopics => "TOO_MANY_TOPICS",
             ErrorCode::InvalidTimestamp => "INVALID_TIMESTAMP",
+            ErrorCode::UnknownPartition => "UNKNOWN_PARTITION",
+            ErrorCode::TooManyPartitions => "TOO_MANY_PARTITIONS",
         }
     }
 }

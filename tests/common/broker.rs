@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spool::broker::{Broker, Config, RunningBroker};
-use spool::protocol::{Acks, ApiKey, ErrorCode, Request, Response, ResponseBody};
+use spool::protocol::{
+    Acks, ApiKey, ErrorCode, FetchedPartition, PartitionOffsets, ProducedPartition, Request,
+    Response, ResponseBody,
+};
 use spool::storage::batch::{self, BatchBuilder, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -149,10 +152,35 @@ impl Conn {
             .unwrap_or_else(|e| panic!("{request:?} failed: {e:?}"))
     }
 
-    /// Calls and expects this error code.
+    /// The outcome of a one-partition PRODUCE.
+    pub async fn produced(
+        &mut self,
+        request: Request,
+    ) -> Result<ProducedPartition, spool::protocol::ErrorBody> {
+        self.call(request).await.produced()
+    }
+
+    /// The outcome of a one-partition FETCH.
+    pub async fn fetched(
+        &mut self,
+        request: Request,
+    ) -> Result<FetchedPartition, spool::protocol::ErrorBody> {
+        self.call(request).await.fetched()
+    }
+
+    /// The outcome of a one-partition LIST_OFFSETS.
+    pub async fn offsets(
+        &mut self,
+        request: Request,
+    ) -> Result<PartitionOffsets, spool::protocol::ErrorBody> {
+        self.call(request).await.offsets()
+    }
+
+    /// Calls and expects this error code: the request's own, or for a
+    /// PRODUCE, FETCH or LIST_OFFSETS of one partition, that partition's.
     pub async fn err(&mut self, request: Request, code: ErrorCode) -> spool::protocol::ErrorBody {
         let r = self.call(request.clone()).await;
-        match r.body {
+        match single(r) {
             Err(e) if e.code == code => {
                 assert!(!e.message.is_empty(), "every error carries a message");
                 e
@@ -176,18 +204,51 @@ impl Conn {
     }
 
     pub async fn produce(&mut self, topic: &str, values: &[&[u8]]) -> u64 {
-        match self.ok(produce_request(topic, values)).await {
-            ResponseBody::Produced { base_offset, .. } => base_offset,
-            other => panic!("unexpected {other:?}"),
+        match self.produced(produce_request(topic, values)).await {
+            Ok(p) => p.base_offset,
+            Err(e) => panic!("produce to {topic} failed: {e:?}"),
         }
     }
 
     /// Fetches from `offset` (no waiting) and decodes the records at or after it.
     pub async fn fetch(&mut self, topic: &str, offset: u64) -> Vec<Record> {
-        match self.ok(fetch_request(topic, offset, 0)).await {
-            ResponseBody::Fetched { batches, .. } => decode(&batches, offset),
-            other => panic!("unexpected {other:?}"),
+        match self.fetched(fetch_request(topic, offset, 0)).await {
+            Ok(f) => decode(&f.batches, offset),
+            Err(e) => panic!("fetch from {topic} failed: {e:?}"),
         }
+    }
+}
+
+/// A response's error: the request's own, or for a PRODUCE, FETCH or
+/// LIST_OFFSETS of one partition, that partition's.
+pub fn single(r: Response) -> Result<ResponseBody, spool::protocol::ErrorBody> {
+    let first_error =
+        |errors: Vec<Option<spool::protocol::ErrorBody>>| errors.into_iter().flatten().next();
+    let body = r.body?;
+    let error = match &body {
+        ResponseBody::Produced(t) => first_error(
+            t.iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.result.clone().err())
+                .collect(),
+        ),
+        ResponseBody::Fetched(t) => first_error(
+            t.iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.result.clone().err())
+                .collect(),
+        ),
+        ResponseBody::Offsets(t) => first_error(
+            t.iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.result.clone().err())
+                .collect(),
+        ),
+        _ => None,
+    };
+    match error {
+        Some(e) => Err(e),
+        None => Ok(body),
     }
 }
 
@@ -196,11 +257,7 @@ pub fn produce_request(topic: &str, values: &[&[u8]]) -> Request {
     for (i, v) in values.iter().enumerate() {
         b.push(super::now_ms() + i as i64, None, Some(v), &[]);
     }
-    Request::Produce {
-        topic: topic.into(),
-        acks: Acks::Commit,
-        batch: BytesMut::from(&b.finish()[..]),
-    }
+    Request::produce(&topic, 0, Acks::Commit, BytesMut::from(&b.finish()[..]))
 }
 
 /// CREATE_TOPIC with settings given as `(key, value)`.
@@ -215,13 +272,7 @@ pub fn create_request(topic: &str, settings: &[(&str, &str)]) -> Request {
 }
 
 pub fn fetch_request(topic: &str, offset: u64, max_wait_ms: u32) -> Request {
-    Request::Fetch {
-        topic: topic.into(),
-        offset,
-        max_bytes: 1 << 20,
-        max_wait_ms,
-        min_bytes: 1,
-    }
+    Request::fetch(&topic, 0, offset, 1 << 20, max_wait_ms, 1)
 }
 
 /// Records in fetched batches at or after `from`.

@@ -60,6 +60,11 @@ pub struct Args {
     /// Produce requests in flight per producer (1: one at a time).
     #[arg(long, default_value_t = 8)]
     in_flight: usize,
+    /// Partitions of each topic. Each producer sends its batches to the
+    /// partitions in turn (producer i starts at partition i); each consumer
+    /// reads every partition.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
     /// Messages per second per producer (default: as fast as possible).
     #[arg(long)]
     rate: Option<u64>,
@@ -209,7 +214,13 @@ pub async fn run(
                 Err(e) => return Err(format!("deleting {topic}: {e}")),
             }
             admin
-                .create_topic(topic, &[("flush", &args.flush)])
+                .create_topic(
+                    topic,
+                    &[
+                        ("flush", &args.flush),
+                        ("partitions", &args.partitions.to_string()),
+                    ],
+                )
                 .await
                 .map_err(|e| format!("creating {topic}: {e}"))?;
         }
@@ -389,7 +400,8 @@ fn share(total: u64, producers: usize, topics: usize) -> Vec<u64> {
     per_topic
 }
 
-/// Each topic's end offset (the topics are fresh: its record count).
+/// Each topic's record count (the topics are fresh: the sum of its
+/// partitions' ends).
 async fn log_ends(admin: &Client, topics: &[String]) -> Result<Vec<u64>, String> {
     let mut ends = Vec::with_capacity(topics.len());
     for topic in topics {
@@ -397,7 +409,7 @@ async fn log_ends(admin: &Client, topics: &[String]) -> Result<Vec<u64>, String>
             .describe_topic(topic)
             .await
             .map_err(|e| format!("describing {topic}: {e}"))?;
-        ends.push(d.log_end);
+        ends.push(d.records());
     }
     Ok(ends)
 }
@@ -433,6 +445,8 @@ async fn spawn_producers(
             message_size: args.message_size,
             in_flight: args.in_flight,
             rate: args.rate,
+            partitions: args.partitions.max(1),
+            first_partition: (i / topics.len()) as u32,
         };
         let task = tokio::spawn(produce(client, plan, Arc::clone(side), epoch));
         running.watch(&task);
@@ -460,6 +474,10 @@ struct Plan {
     message_size: usize,
     in_flight: usize,
     rate: Option<u64>,
+    /// The topic's partitions; batch k goes to `(first_partition + k) %
+    /// partitions`.
+    partitions: u32,
+    first_partition: u32,
 }
 
 /// One batch of `count` messages of `size` bytes, and where each value
@@ -532,8 +550,10 @@ async fn produce(
             batch::reseal(&mut batch);
         }
         let bytes = Bytes::from(batch);
+        let partition =
+            (plan.first_partition as u64 + sent / per_batch) % u64::from(plan.partitions);
         let pending = client
-            .send_batch(&plan.topic, &bytes, Acks::Commit)
+            .send_batch(&plan.topic, partition as u32, &bytes, Acks::Commit)
             .await
             .map_err(|e| e.to_string())?;
         // Written: the buffer is ours again.

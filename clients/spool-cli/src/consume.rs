@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
+use spool_client::PartitionDescription;
 use spool_client::{
     Client, ClientError, Consumer, ConsumerConfig, ErrorCode, OffsetReset, Record, StartAt,
 };
@@ -12,8 +13,13 @@ use spool_client::{
 #[command(group(clap::ArgGroup::new("start").args(["offset", "from_beginning", "from_end", "from_time"])))]
 pub struct Args {
     pub topic: String,
-    /// Start at this offset; a negative one counts back from the end
-    /// (`--offset -10`: the last ten records).
+    /// Read only this partition (by default, every partition: each in
+    /// offset order, one after another within a fetch).
+    #[arg(long, short = 'p', value_name = "P")]
+    partition: Option<u32>,
+    /// Start at this offset (in each partition read); a negative one counts
+    /// back from each partition's end (`--offset -10`: the last ten
+    /// records of each).
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     offset: Option<i64>,
     /// Start at the oldest record still stored (the default).
@@ -36,7 +42,7 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     max: Option<u64>,
     /// raw: each value on its own line. json: one object per line, with
-    /// `offset`, `timestamp` (ms since the epoch), `key` (null if none),
+    /// `partition`, `offset`, `timestamp` (ms since the epoch), `key` (null if none),
     /// `value` and, if the record has any, `headers` (a list of `{"name",
     /// "value"}`); a key, value or header value that is not UTF-8 is given
     /// as base64 under `key_base64`, `value_base64` or `value_base64`
@@ -44,7 +50,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
     /// Print each record with this template instead, as kcat's -f: %t
-    /// topic, %o offset, %k key, %s value, %T timestamp (ms), %h headers
+    /// topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers
     /// (name=value,...), %K key and %S value size in bytes (-1 without a
     /// key), %% a percent sign; \n, \t, \r and \\ are escapes. No newline is
     /// added: end the template with \n.
@@ -83,6 +89,7 @@ enum Output {
 enum Piece {
     Text(Vec<u8>),
     Topic,
+    Partition,
     Offset,
     Key,
     Value,
@@ -100,6 +107,7 @@ fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
         let field = match c {
             '%' => match chars.next() {
                 Some('t') => Piece::Topic,
+                Some('p') => Piece::Partition,
                 Some('o') => Piece::Offset,
                 Some('k') => Piece::Key,
                 Some('s') => Piece::Value,
@@ -113,7 +121,7 @@ fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
                 }
                 other => {
                     return Err(format!(
-                    "-f {text:?}: unknown field %{}; the fields are %t %o %k %s %T %h %K %S and %%",
+                    "-f {text:?}: unknown field %{}; the fields are %t %p %o %k %s %T %h %K %S and %%",
                     other.map_or(String::new(), String::from)
                 ))
                 }
@@ -231,9 +239,15 @@ impl Outage {
         }
     }
 
-    fn over(&mut self, position: u64) {
+    fn over(&mut self, positions: &[(u32, u64)]) {
         if self.since.take().is_some() {
-            eprintln!("spool: reading again from offset {position}");
+            match positions {
+                [(_, offset)] => eprintln!("spool: reading again from offset {offset}"),
+                all => {
+                    let list: Vec<String> = all.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+                    eprintln!("spool: reading again from offsets {}", list.join(", "));
+                }
+            }
         }
     }
 }
@@ -260,24 +274,53 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             Err(e) => return Err(e.to_string()),
         }
     };
-    outage.over(described.log_start);
+    let partitions: Vec<PartitionDescription> = match args.partition {
+        None => described.partitions.clone(),
+        Some(p) => match described.partitions.iter().find(|d| d.partition == p) {
+            Some(d) => vec![d.clone()],
+            None => {
+                return Err(format!(
+                    "{}: topic {} has no partition {p}: it has {} (numbered from 0)",
+                    ErrorCode::UnknownPartition,
+                    args.topic,
+                    described.partitions.len()
+                ))
+            }
+        },
+    };
+    let one = partitions.len() == 1;
     let start = match (&args.offset, args.from_end, &args.from_time) {
-        (Some(o), _, _) if *o < 0 => StartAt::Offset(
-            described
-                .log_end
-                .saturating_sub(o.unsigned_abs())
-                .max(described.log_start),
-        ),
+        // Counted back from each partition's end, below.
+        (Some(o), _, _) if *o < 0 => StartAt::Latest,
         (Some(o), _, _) => StartAt::Offset(*o as u64),
         (_, true, _) => StartAt::Latest,
         (_, _, Some(t)) => StartAt::Timestamp(parse_time(t, now_ms())?),
         _ => StartAt::Earliest,
     };
-    // Without --follow, stop at the end the topic has now.
-    let end = if args.follow {
-        u64::MAX
-    } else {
-        described.log_end
+    // An explicit offset past the end is a mistake, with --follow too (the
+    // out-of-range policy is for records retention took away): for one
+    // partition. Of several, one shorter than that starts at its end.
+    let past_end =
+        |p: &PartitionDescription| args.offset.is_some_and(|o| o >= 0 && o as u64 > p.log_end);
+    if let (true, Some(p)) = (one, partitions.first().filter(|p| past_end(p))) {
+        // Worded as the broker words it when it finds the same.
+        return Err(format!(
+            "{}: offset {} is out of range; the log holds [{}, {})",
+            ErrorCode::OffsetOutOfRange,
+            args.offset.unwrap_or(0),
+            p.log_start,
+            p.log_end
+        ));
+    }
+    // Without --follow, stop at the ends the partitions have now.
+    let end_of = |partition: u32| {
+        if args.follow {
+            return u64::MAX;
+        }
+        partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map_or(0, |p| p.log_end)
     };
     let config = ConsumerConfig {
         max_wait: if args.follow {
@@ -288,43 +331,46 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         reset: OffsetReset::Error,
         ..ConsumerConfig::default()
     };
-    let mut consumer = Consumer::new(client.clone(), &args.topic, start, config);
-    let first = consumer.position().await.map_err(|e| e.to_string())?;
-    // An explicit offset past the end is a mistake, with --follow too (the
-    // out-of-range policy is for records retention took away). Only an
-    // explicit one: the end may have moved on since the describe.
-    if args.offset.is_some_and(|o| o >= 0) && first > described.log_end {
-        // Worded as the broker words it when it finds the same.
-        return Err(format!(
-            "{}: offset {first} is out of range; the log holds [{}, {})",
-            spool_client::ErrorCode::OffsetOutOfRange,
-            described.log_start,
-            described.log_end
-        ));
+    let mut consumer = match args.partition {
+        Some(p) => Consumer::assign(client.clone(), &args.topic, &[p], start, config),
+        None => Consumer::new(client.clone(), &args.topic, start, config),
+    };
+    for p in &partitions {
+        let back = args.offset.filter(|o| *o < 0).map(i64::unsigned_abs);
+        let to = match back {
+            Some(n) => Some(p.log_end.saturating_sub(n).max(p.log_start)),
+            None if past_end(p) => Some(p.log_end),
+            None => None,
+        };
+        if let Some(to) = to {
+            consumer.seek_partition(p.partition, StartAt::Offset(to));
+        }
     }
+    let first = consumer.positions().await.map_err(|e| e.to_string())?;
+    outage.over(&first);
     let max = args.max.unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     let mut printed = 0u64;
     while printed < max {
-        let (at, polled) = match consumer.position().await {
-            Ok(position) if position >= end => break,
-            Ok(position) => (position, consumer.poll().await),
-            Err(e) => (0, Err(e)),
+        let (at, polled) = match consumer.positions().await {
+            Ok(at) if at.iter().all(|&(p, o)| o >= end_of(p)) => break,
+            Ok(at) => (at, consumer.poll().await),
+            Err(e) => (Vec::new(), Err(e)),
         };
-        let records = match polled {
-            Ok(records) => {
+        let messages = match polled {
+            Ok(messages) => {
                 if !consumer.is_retrying() {
-                    outage.over(at);
+                    outage.over(&at);
                 }
-                records
+                messages
             }
-            Err(ClientError::Broker {
-                code: ErrorCode::OffsetOutOfRange,
-                range: Some((log_start, log_end)),
+            Err(ClientError::OutOfRange {
+                partition,
+                offset: from,
+                log_start,
+                log_end,
                 message,
-                ..
             }) => {
-                let from = consumer.position().await.unwrap_or(0);
                 let to = match args.on_out_of_range {
                     OnOutOfRange::Error => {
                         return Err(format!("{}: {message}", ErrorCode::OffsetOutOfRange))
@@ -332,21 +378,24 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
                     OnOutOfRange::Earliest => log_start,
                     OnOutOfRange::Latest => log_end,
                 };
+                let which = if one {
+                    args.topic.clone()
+                } else {
+                    format!("{} partition {partition}", args.topic)
+                };
                 if from > log_end {
                     // Ahead of the log: it was deleted and made again, or
                     // --offset named a future one. Start over from its start.
                     eprintln!(
-                        "spool: offset {from} is past the end of {} (the log holds [{log_start}, {log_end})); continuing at {to}",
-                        args.topic
+                        "spool: offset {from} is past the end of {which} (the log holds [{log_start}, {log_end})); continuing at {to}"
                     );
                 } else {
                     eprintln!(
-                        "spool: offsets {from}..{log_start} of {} are no longer stored (retention); skipped {} records, continuing at {to}",
-                        args.topic,
+                        "spool: offsets {from}..{log_start} of {which} are no longer stored (retention); skipped {} records, continuing at {to}",
                         to.saturating_sub(from)
                     );
                 }
-                consumer.seek(StartAt::Offset(to));
+                consumer.seek_partition(partition, StartAt::Offset(to));
                 continue;
             }
             Err(e) if args.follow && transient(&e) => {
@@ -356,12 +405,13 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             }
             Err(e) => return Err(e.to_string()),
         };
-        for record in records
+        for m in messages
             .iter()
-            .take_while(|r| r.offset < end)
+            .filter(|m| m.offset < end_of(m.partition))
             .take((max - printed) as usize)
         {
-            print_record(&mut out, &args.topic, record, &output).map_err(crate::stdout_error)?;
+            print_record(&mut out, &args.topic, m.partition, m, &output)
+                .map_err(crate::stdout_error)?;
             printed += 1;
         }
         if args.follow {
@@ -374,6 +424,7 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
 fn print_record(
     out: &mut impl Write,
     topic: &str,
+    partition: u32,
     record: &Record,
     output: &Output,
 ) -> std::io::Result<()> {
@@ -387,6 +438,7 @@ fn print_record(
                 match piece {
                     Piece::Text(t) => out.write_all(t)?,
                     Piece::Topic => out.write_all(topic.as_bytes())?,
+                    Piece::Partition => write!(out, "{partition}")?,
                     Piece::Offset => write!(out, "{}", record.offset)?,
                     Piece::Key => out.write_all(record.key.as_deref().unwrap_or_default())?,
                     Piece::Value => out.write_all(record.value.as_deref().unwrap_or_default())?,
@@ -415,6 +467,7 @@ fn print_record(
         }
         Output::Json => {
             let mut object = serde_json::Map::new();
+            object.insert("partition".into(), partition.into());
             object.insert("offset".into(), record.offset.into());
             object.insert("timestamp".into(), record.timestamp.into());
             put_bytes(&mut object, "key", record.key.as_deref());

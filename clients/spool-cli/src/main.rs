@@ -1,11 +1,11 @@
 //! `spool`: talk to a Spool broker from the shell.
 //!
 //! ```text
-//! spool topic create NAME [--retention-bytes N] [--retention-ms N] [--segment-bytes N] [--flush MODE] [--config K=V]
+//! spool topic create NAME [--partitions N] [--retention-bytes N] [--retention-ms N] [--segment-bytes N] [--flush MODE] [--config K=V]
 //! spool topic alter NAME [the same settings] [--reset KEY]
 //! spool topic list | describe NAME | delete NAME
 //! spool produce TOPIC [--file PATH] [--key KEY] [--batch-size BYTES] [--linger-ms MS]
-//! spool consume TOPIC [--offset N | --from-beginning | --from-end | --from-time T] [--follow] [--max N] [--format raw|json]
+//! spool consume TOPIC [--partition P] [--offset N | --from-beginning | --from-end | --from-time T] [--follow] [--max N] [--format raw|json]
 //! spool bench ...   (see `spool bench --help`)
 //! ```
 //!
@@ -67,6 +67,9 @@ enum Command {
 /// Topic settings, for `create` and `alter`.
 #[derive(Debug, clap::Args)]
 struct SettingArgs {
+    /// Partitions, each its own log (default 1; an alter can raise it, never lower it).
+    #[arg(long, value_name = "N")]
+    partitions: Option<String>,
     /// Delete old segments while the topic is larger than this (bytes, or e.g. "10GiB", or "unlimited").
     #[arg(long, value_name = "SIZE")]
     retention_bytes: Option<String>,
@@ -93,6 +96,7 @@ struct SettingArgs {
 impl SettingArgs {
     fn pairs(self) -> Result<Vec<(String, String)>, String> {
         let mut settings: Vec<(String, String)> = [
+            ("partitions", self.partitions),
             ("retention_bytes", self.retention_bytes),
             ("retention_ms", self.retention_ms),
             ("segment_bytes", self.segment_bytes),
@@ -282,24 +286,51 @@ async fn topic(client: Client, command: TopicCommand) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             print_line(format_args!("{:<20}{name}", "topic:"))?;
-            print_line(format_args!(
-                "{:<20}{} .. {} ({} records)",
-                "offsets:",
-                d.log_start,
-                d.log_end,
-                d.log_end.saturating_sub(d.log_start)
-            ))?;
+            // One partition: its range. Several: the totals, then a line each.
+            let segments: u32 = d.partitions.iter().map(|p| p.segments).sum();
+            match d.partitions.as_slice() {
+                [p] => print_line(format_args!(
+                    "{:<20}{} .. {} ({} records)",
+                    "offsets:",
+                    p.log_start,
+                    p.log_end,
+                    p.log_end.saturating_sub(p.log_start)
+                ))?,
+                all => {
+                    print_line(format_args!("{:<20}{}", "partitions:", all.len()))?;
+                    print_line(format_args!("{:<20}{}", "records:", d.records()))?;
+                }
+            }
             print_line(format_args!(
                 "{:<20}{} bytes in {} segment(s)",
-                "size:", d.size_bytes, d.segments
+                "size:",
+                d.size_bytes(),
+                segments
             ))?;
-            if d.torn_files > 0 {
+            let (torn_files, torn_bytes) = d
+                .partitions
+                .iter()
+                .fold((0, 0), |(f, b), p| (f + p.torn_files, b + p.torn_bytes));
+            if torn_files > 0 {
                 // Bytes recovery cut off a torn tail (docs/STORAGE.md says
                 // how to inspect and remove them).
                 print_line(format_args!(
-                    "{:<20}{} bytes in {} file(s) cut off torn tails, counted in size",
-                    "torn:", d.torn_bytes, d.torn_files
+                    "{:<20}{torn_bytes} bytes in {torn_files} file(s) cut off torn tails, counted in size",
+                    "torn:"
                 ))?;
+            }
+            if d.partitions.len() > 1 {
+                for p in &d.partitions {
+                    print_line(format_args!(
+                        "{:<20}{} .. {} ({} records), {} bytes in {} segment(s)",
+                        format!("partition {}:", p.partition),
+                        p.log_start,
+                        p.log_end,
+                        p.log_end.saturating_sub(p.log_start),
+                        p.size_bytes,
+                        p.segments
+                    ))?;
+                }
             }
             for (k, v) in &d.settings {
                 let source = d

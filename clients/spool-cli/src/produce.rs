@@ -27,6 +27,12 @@ const WINDOW: usize = 65_536;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     pub topic: String,
+    /// Send every record to this partition. By default a keyed record goes
+    /// where Kafka's partitioner puts its key (murmur2 of the key modulo
+    /// the partitions, as the Java client and librdkafka do), and keyless
+    /// records fill one partition's batch, then the next's.
+    #[arg(long, short = 'p', value_name = "P")]
+    partition: Option<u32>,
     /// Read lines from this file instead of stdin.
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -209,10 +215,11 @@ fn parse_json(line: &[u8]) -> Result<Input<'static>, String> {
 /// What happened to the input, line by line.
 #[derive(Default)]
 struct Tally {
-    /// Lines acknowledged: count, and the first and last line and offset.
+    /// Lines acknowledged: count, the first and last line, and the lowest
+    /// and highest offset in each partition written to.
     acked: u64,
     lines: Option<(u64, u64)>,
-    offsets: Option<(u64, u64)>,
+    offsets: std::collections::BTreeMap<u32, (u64, u64)>,
     /// The first line that failed, and why.
     failed: Option<(u64, ClientError)>,
     /// Records sent whose fate is unknown (the connection was lost).
@@ -227,7 +234,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn settle(&mut self, line: u64, outcome: Result<u64, ClientError>) {
+    fn settle(&mut self, line: u64, partition: u32, outcome: Result<u64, ClientError>) {
         match outcome {
             // Acknowledged after the first failure (a batch behind it,
             // already sent): counted apart, so that the lines reported
@@ -237,8 +244,8 @@ impl Tally {
                 self.acked += 1;
                 let (first, _) = self.lines.unwrap_or((line, line));
                 self.lines = Some((first, line));
-                let (low, high) = self.offsets.unwrap_or((offset, offset));
-                self.offsets = Some((low.min(offset), high.max(offset)));
+                let range = self.offsets.entry(partition).or_insert((offset, offset));
+                *range = (range.0.min(offset), range.1.max(offset));
             }
             Err(e) => {
                 match &e {
@@ -258,20 +265,29 @@ impl Tally {
 
     /// The one line of the report.
     fn report(&self, topic: &str) -> String {
-        let written = match (self.lines, self.offsets) {
-            (Some((a, b)), Some((low, high))) if self.failed.is_some() => {
-                format!("wrote lines {a}..{b} to {topic} at offsets {low}..{high}")
+        // One partition: its offsets, with its number unless it is 0 (a
+        // one-partition topic). Several: each one's.
+        let at = match self.offsets.iter().collect::<Vec<_>>().as_slice() {
+            [] => String::new(),
+            [(0, (low, high))] if low == high => format!("offset {low}"),
+            [(0, (low, high))] => format!("offsets {low}..{high}"),
+            [(p, (low, high))] if low == high => format!("partition {p} offset {low}"),
+            [(p, (low, high))] => format!("partition {p} offsets {low}..{high}"),
+            all => {
+                let each: Vec<String> = all
+                    .iter()
+                    .map(|(p, (low, high))| format!("{p}: {low}..{high}"))
+                    .collect();
+                format!("{} partitions (offsets {})", all.len(), each.join(", "))
             }
-            (Some(_), Some((low, _))) if self.acked == 1 => {
-                format!("wrote 1 record to {topic}, offset {low}")
+        };
+        let written = match self.lines {
+            Some((a, b)) if self.failed.is_some() => {
+                format!("wrote lines {a}..{b} to {topic} at {at}")
             }
-            (Some(_), Some((low, high))) => {
-                format!(
-                    "wrote {} records to {topic}, offsets {low}..{high}",
-                    self.acked
-                )
-            }
-            _ => format!("no records written to {topic}"),
+            Some(_) if self.acked == 1 => format!("wrote 1 record to {topic}, {at}"),
+            Some(_) => format!("wrote {} records to {topic}, {at}", self.acked),
+            None => format!("no records written to {topic}"),
         };
         let mut text = written;
         if let Some((line, e)) = &self.failed {
@@ -439,13 +455,29 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
                 break;
             }
         }
-        let sent = producer
-            .send_record(&args.topic, key, &record.value, &headers, record.timestamp)
-            .await;
+        let sent = match args.partition {
+            Some(p) => {
+                producer
+                    .send_to(
+                        &args.topic,
+                        p,
+                        key,
+                        &record.value,
+                        &headers,
+                        record.timestamp,
+                    )
+                    .await
+            }
+            None => {
+                producer
+                    .send_record(&args.topic, key, &record.value, &headers, record.timestamp)
+                    .await
+            }
+        };
         match sent {
             Ok(delivery) => pending.push_back((number, delivery)),
             Err(e) => {
-                tally.settle(number, Err(e));
+                tally.settle(number, 0, Err(e));
                 break;
             }
         }
@@ -454,20 +486,20 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             // exists and its limit can be learned.
             producer.flush().await.map_err(|e| e.to_string())?;
             while let Some((at, delivery)) = pending.pop_front() {
-                tally.settle(at, delivery.await);
+                tally.settle(at, delivery.partition(), delivery.await);
             }
             limit = record_limit(client, &args.topic).await?;
         }
         while pending.len() > WINDOW {
             let (at, delivery) = pending.pop_front().expect("not empty");
-            tally.settle(at, delivery.await);
+            tally.settle(at, delivery.partition(), delivery.await);
         }
         // Settle what is known already, so that a failure (a lost
         // connection, a full disk) stops the reading at once: after a lost
         // connection every further send would wait out a reconnection.
         while let Some(outcome) = pending.front().and_then(|(_, d)| d.outcome_now()) {
-            let (at, _) = pending.pop_front().expect("not empty");
-            tally.settle(at, outcome);
+            let (at, delivery) = pending.pop_front().expect("not empty");
+            tally.settle(at, delivery.partition(), outcome);
         }
     }
     let flushed = if tally.failed.is_some() {
@@ -479,7 +511,7 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         producer.flush().await
     };
     while let Some((at, delivery)) = pending.pop_front() {
-        tally.settle(at, delivery.await);
+        tally.settle(at, delivery.partition(), delivery.await);
     }
     if let Some((line, e)) = refusal {
         tally.refused += 1;

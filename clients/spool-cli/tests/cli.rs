@@ -840,10 +840,10 @@ fn the_frame_limit_bounds_records_and_is_checked_before_sending() {
     let env = start(|c| c.server.max_frame_bytes = 64 * 1024);
     env.ok(&["topic", "create", "small"], b"");
     // The built-in 1 MiB is lowered to what a frame carries.
-    assert_eq!(env.setting("small", "max_record_bytes"), "65211 (default)");
+    assert_eq!(env.setting("small", "max_record_bytes"), "65199 (default)");
     let e = env.fails(&["topic", "create", "big", "--max-record-bytes", "1MiB"]);
     assert!(
-        e.contains("max_frame_bytes = 65536") && e.contains("at most 65211 bytes"),
+        e.contains("max_frame_bytes = 65536") && e.contains("at most 65199 bytes"),
         "{e}"
     );
     // Larger batches than a frame holds are cut to fit: every line arrives.

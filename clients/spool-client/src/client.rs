@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use spool::protocol::{Acks, OffsetSpec, Request, ResponseBody, TopicDescription};
+use spool::protocol::{Acks, OffsetSpec, OffsetsTopic, Request, ResponseBody, TopicDescription};
 use tokio::net::TcpStream;
 
 use crate::connection::{Connection, ResponseFuture};
@@ -226,26 +226,55 @@ impl Client {
         }
     }
 
-    /// The offset `spec` names, with the topic's current range.
-    pub async fn list_offsets(&self, topic: &str, spec: OffsetSpec) -> Result<Offsets> {
-        match self
-            .call(Request::ListOffsets {
-                topic: topic.to_owned(),
-                spec,
-            })
+    /// The offset `spec` names in one partition, with the partition's
+    /// current range.
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Offsets> {
+        let found = self
+            .list_offsets_of(topic, &[(partition, spec)])
             .await?
-        {
-            ResponseBody::Offsets {
-                offset,
-                log_start,
-                log_end,
-            } => Ok(Offsets {
-                offset,
-                log_start,
-                log_end,
-            }),
+            .pop()
+            .ok_or_else(|| ClientError::Unexpected("no partition in the answer".into()))?;
+        found.1
+    }
+
+    /// LIST_OFFSETS for several partitions of a topic in one request: each
+    /// partition's answer, in the order asked.
+    pub async fn list_offsets_of(
+        &self,
+        topic: &str,
+        partitions: &[(u32, OffsetSpec)],
+    ) -> Result<Vec<(u32, Result<Offsets>)>> {
+        let request = Request::ListOffsets {
+            topics: vec![OffsetsTopic {
+                topic: topic.to_owned(),
+                partitions: partitions.to_vec(),
+            }],
+        };
+        match self.call(request).await? {
+            ResponseBody::Offsets(topics) => Ok(topics
+                .into_iter()
+                .flat_map(|t| t.partitions)
+                .map(|p| {
+                    let result = p.result.map_err(ClientError::from).map(|o| Offsets {
+                        offset: o.offset,
+                        log_start: o.log_start,
+                        log_end: o.log_end,
+                    });
+                    (p.partition, result)
+                })
+                .collect()),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// How many partitions `topic` has.
+    pub async fn partition_count(&self, topic: &str) -> Result<u32> {
+        Ok(self.describe_topic(topic).await?.partitions.len() as u32)
     }
 }
 
@@ -253,8 +282,8 @@ impl Client {
     /// Sends one finished batch (see [`spool::batch::BatchBuilder`]) and
     /// waits for the broker's acknowledgement. The batch goes to the socket
     /// as it is, without a copy.
-    pub async fn produce(&self, topic: &str, batch: &Bytes) -> Result<Produced> {
-        self.send_batch(topic, batch, Acks::Commit)
+    pub async fn produce(&self, topic: &str, partition: u32, batch: &Bytes) -> Result<Produced> {
+        self.send_batch(topic, partition, batch, Acks::Commit)
             .await?
             .wait()
             .await
@@ -267,15 +296,17 @@ impl Client {
     pub async fn send_batch(
         &self,
         topic: &str,
+        partition: u32,
         batch: &Bytes,
         acks: Acks,
     ) -> Result<PendingProduce> {
         let conn = self.connection().await?;
         let limit = self.inner.config.request_timeout;
         // A broker that stops reading must not hold the sender forever.
-        let response = tokio::time::timeout(limit, conn.send_produce(topic, acks, batch))
-            .await
-            .map_err(|_| ClientError::Timeout(limit))??;
+        let response =
+            tokio::time::timeout(limit, conn.send_produce(topic, partition, acks, batch))
+                .await
+                .map_err(|_| ClientError::Timeout(limit))??;
         Ok(PendingProduce { response, limit })
     }
 }
@@ -304,17 +335,11 @@ impl PendingProduce {
             .map_err(|_| {
                 ClientError::Disconnected("no answer (acks = 0, or the connection closed)".into())
             })??;
-        match response.body? {
-            ResponseBody::Produced {
-                base_offset,
-                log_append_time,
-                ..
-            } => Ok(Produced {
-                base_offset,
-                log_append_time: (log_append_time >= 0).then_some(log_append_time),
-            }),
-            other => Err(unexpected(other)),
-        }
+        let produced = response.produced()?;
+        Ok(Produced {
+            base_offset: produced.base_offset,
+            log_append_time: (produced.log_append_time >= 0).then_some(produced.log_append_time),
+        })
     }
 }
 

@@ -117,11 +117,12 @@ impl Connection {
     pub async fn send_produce(
         &self,
         topic: &str,
+        partition: u32,
         acks: Acks,
         batch: &Bytes,
     ) -> Result<ResponseFuture> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let head = Request::produce_head(topic, acks, batch.len(), id);
+        let head = Request::produce_head(topic, partition, acks, batch.len(), id);
         self.write(id, ApiKey::Produce, &[&head, batch], acks == Acks::Commit)
             .await
     }

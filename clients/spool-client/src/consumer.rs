@@ -1,5 +1,5 @@
-//! The consumer: reads a topic from a starting point, in order, long-polling
-//! at the end of the log. While the caller handles one fetch's records, the
+//! The consumer: reads a topic's partitions from a starting point, each in
+//! order, long-polling at their ends. While the caller handles one fetch's records, the
 //! next fetch is already on its way (one request ahead), so a backlog drains
 //! at the speed of the link rather than of round trips.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spool::batch::{self, BatchIter, Record};
-use spool::protocol::{ErrorCode, OffsetSpec, Request, ResponseBody};
+use spool::protocol::{ErrorCode, FetchPartition, FetchTopic, OffsetSpec, Request, ResponseBody};
 
 use crate::client::{unexpected, Client};
 use crate::connection::ResponseFuture;
@@ -72,7 +72,41 @@ impl Default for ConsumerConfig {
     }
 }
 
-/// Reads one topic in offset order.
+/// A record, and the partition it was read from. It derefs to the
+/// [`Record`], so `message.offset` and `message.value` read as a record's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub partition: u32,
+    pub record: Record,
+}
+
+impl std::ops::Deref for Message {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        &self.record
+    }
+}
+
+/// Where the consumer stands in one partition.
+#[derive(Debug, Clone)]
+struct Part {
+    id: u32,
+    /// Where to start, until resolved to an offset.
+    start: Option<StartAt>,
+    /// The next offset to hand out.
+    position: u64,
+    /// The partition's end as of the last fetch.
+    log_end: u64,
+}
+
+/// How often a consumer of every partition looks for new ones (a topic's
+/// partitions can be raised while it reads).
+const PARTITION_REFRESH: Duration = Duration::from_secs(10);
+
+/// Reads a topic's partitions, each in offset order, long-polling at their
+/// ends: every partition of the topic ([`Consumer::new`]) or the ones
+/// named ([`Consumer::assign`]). One FETCH asks for all of them.
 ///
 /// ```
 /// use spool_client::{Client, Consumer, ConsumerConfig, OffsetReset, StartAt};
@@ -94,8 +128,9 @@ impl Default for ConsumerConfig {
 ///     ..ConsumerConfig::default()
 /// };
 /// let mut consumer = Consumer::new(client, "events", StartAt::Earliest, config);
-/// let record = consumer.next().await?; // long-polls while there is none
-/// assert_eq!((record.offset, record.value.as_deref()), (0, Some(&b"first"[..])));
+/// let message = consumer.next().await?; // long-polls while there is none
+/// assert_eq!((message.partition, message.offset), (0, 0));
+/// assert_eq!(message.value.as_deref(), Some(&b"first"[..]));
 /// # broker.shutdown().await;
 /// # Ok::<(), spool_client::ClientError>(())
 /// # }).unwrap();
@@ -104,15 +139,16 @@ pub struct Consumer {
     client: Client,
     topic: String,
     config: ConsumerConfig,
-    /// Where to start, until resolved to an offset.
-    start: Option<StartAt>,
-    /// The next offset to hand out.
-    position: u64,
-    buffer: VecDeque<Record>,
-    /// A fetch sent ahead: the offset it reads from, and its response.
-    ahead: Option<(u64, ResponseFuture)>,
-    /// The log's end as of the last fetch.
-    log_end: u64,
+    /// `None`: every partition of the topic, found at the first fetch and
+    /// looked for again every [`PARTITION_REFRESH`].
+    assigned: Option<Vec<u32>>,
+    /// Where partitions found later start.
+    start: StartAt,
+    parts: Vec<Part>,
+    refreshed: Option<tokio::time::Instant>,
+    buffer: VecDeque<Message>,
+    /// A fetch sent ahead: the positions it reads from, and its response.
+    ahead: Option<(Vec<(u32, u64)>, ResponseFuture)>,
     /// Since when fetches have lost their connection, and the delay before
     /// the next try: a broker that keeps hanging up is retried with backoff,
     /// and given up on after `reconnect_for`.
@@ -120,23 +156,56 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// A consumer of `topic`. Unless `config.share_connection`, it opens a
-    /// connection of its own to `client`'s broker (on its first fetch).
+    /// A consumer of every partition of `topic`. Unless
+    /// `config.share_connection`, it opens a connection of its own to
+    /// `client`'s broker (on its first fetch).
     pub fn new(client: Client, topic: &str, start: StartAt, config: ConsumerConfig) -> Consumer {
+        Consumer::with(client, topic, None, start, config)
+    }
+
+    /// A consumer of the partitions named, each from `start`.
+    pub fn assign(
+        client: Client,
+        topic: &str,
+        partitions: &[u32],
+        start: StartAt,
+        config: ConsumerConfig,
+    ) -> Consumer {
+        Consumer::with(client, topic, Some(partitions.to_vec()), start, config)
+    }
+
+    fn with(
+        client: Client,
+        topic: &str,
+        assigned: Option<Vec<u32>>,
+        start: StartAt,
+        config: ConsumerConfig,
+    ) -> Consumer {
         let client = if config.share_connection {
             client
         } else {
             client.with_own_connection()
         };
+        let parts = assigned
+            .iter()
+            .flatten()
+            .map(|&id| Part {
+                id,
+                start: Some(start),
+                position: 0,
+                log_end: 0,
+            })
+            .collect();
         Consumer {
             client,
             topic: topic.to_owned(),
             config,
-            start: Some(start),
-            position: 0,
+            assigned,
+            start,
+            parts,
+            refreshed: None,
             buffer: VecDeque::new(),
             ahead: None,
-            log_end: 0,
             lost: None,
         }
     }
@@ -145,15 +214,34 @@ impl Consumer {
         &self.topic
     }
 
-    /// The offset of the next record [`Consumer::next`] returns.
+    /// The offset of the next record [`Consumer::next`] returns from the
+    /// first partition read: for a consumer of one partition.
     pub async fn position(&mut self) -> Result<u64> {
-        self.resolve_start().await?;
-        Ok(self.buffer.front().map_or(self.position, |r| r.offset))
+        Ok(self.positions().await?.first().map_or(0, |&(_, p)| p))
     }
 
-    /// The topic's end as of the last fetch: a consumer at it is caught up.
+    /// Each partition's next offset to hand out, `(partition, offset)`.
+    pub async fn positions(&mut self) -> Result<Vec<(u32, u64)>> {
+        self.resolve_start().await?;
+        Ok(self
+            .parts
+            .iter()
+            .map(|p| {
+                let buffered = self.buffer.iter().find(|m| m.partition == p.id);
+                (p.id, buffered.map_or(p.position, |m| m.offset))
+            })
+            .collect())
+    }
+
+    /// Each partition's end as of the last fetch, `(partition, end)`.
+    pub fn log_ends(&self) -> Vec<(u32, u64)> {
+        self.parts.iter().map(|p| (p.id, p.log_end)).collect()
+    }
+
+    /// The partitions' ends as of the last fetch, summed: for one
+    /// partition, its end (a consumer at it is caught up).
     pub fn log_end(&self) -> u64 {
-        self.log_end
+        self.parts.iter().map(|p| p.log_end).sum()
     }
 
     /// Whether the last fetch lost its connection and the consumer is
@@ -163,37 +251,84 @@ impl Consumer {
         self.lost.is_some()
     }
 
-    /// Moves to another starting point; records buffered are dropped.
+    /// Moves every partition to another starting point; records buffered
+    /// are dropped.
     pub fn seek(&mut self, to: StartAt) {
-        self.start = Some(to);
+        self.start = to;
+        for p in &mut self.parts {
+            p.start = Some(to);
+        }
         self.buffer.clear();
         self.ahead = None;
     }
 
-    async fn resolve_start(&mut self) -> Result<()> {
-        let Some(start) = self.start.take() else {
+    /// Moves one partition to another starting point; its buffered records
+    /// are dropped.
+    pub fn seek_partition(&mut self, partition: u32, to: StartAt) {
+        if let Some(p) = self.parts.iter_mut().find(|p| p.id == partition) {
+            p.start = Some(to);
+        }
+        self.buffer.retain(|m| m.partition != partition);
+        self.ahead = None;
+    }
+
+    /// Learns the topic's partitions (for a consumer of all of them: at the
+    /// start, then every [`PARTITION_REFRESH`]); new ones start where the
+    /// consumer was told to, and a partition added after the first look
+    /// from its beginning (nothing in it can be older than the look).
+    async fn refresh_partitions(&mut self) -> Result<()> {
+        if self.assigned.is_some()
+            || self
+                .refreshed
+                .is_some_and(|at| at.elapsed() < PARTITION_REFRESH)
+        {
             return Ok(());
+        }
+        let count = self.client.partition_count(&self.topic).await?;
+        let start = if self.refreshed.is_none() {
+            self.start
+        } else {
+            StartAt::Earliest
         };
-        let spec = match start {
-            StartAt::Offset(o) => {
-                self.position = o;
-                return Ok(());
-            }
-            StartAt::Earliest => OffsetSpec::Earliest,
-            StartAt::Latest => OffsetSpec::Latest,
-            StartAt::Timestamp(t) => OffsetSpec::Timestamp(t),
-        };
-        match self.client.list_offsets(&self.topic, spec).await {
-            Ok(o) => {
-                self.position = o.offset;
-                self.log_end = o.log_end;
-                Ok(())
-            }
-            Err(e) => {
-                self.start = Some(start);
-                Err(e)
+        self.refreshed = Some(tokio::time::Instant::now());
+        for id in self.parts.len() as u32..count {
+            self.parts.push(Part {
+                id,
+                start: Some(start),
+                position: 0,
+                log_end: 0,
+            });
+        }
+        Ok(())
+    }
+
+    async fn resolve_start(&mut self) -> Result<()> {
+        self.refresh_partitions().await?;
+        let mut asks = Vec::new();
+        for p in &mut self.parts {
+            match p.start {
+                Some(StartAt::Offset(o)) => {
+                    p.position = o;
+                    p.start = None;
+                }
+                Some(StartAt::Earliest) => asks.push((p.id, OffsetSpec::Earliest)),
+                Some(StartAt::Latest) => asks.push((p.id, OffsetSpec::Latest)),
+                Some(StartAt::Timestamp(t)) => asks.push((p.id, OffsetSpec::Timestamp(t))),
+                None => {}
             }
         }
+        if asks.is_empty() {
+            return Ok(());
+        }
+        for (id, found) in self.client.list_offsets_of(&self.topic, &asks).await? {
+            let found = found?;
+            if let Some(p) = self.parts.iter_mut().find(|p| p.id == id) {
+                p.position = found.offset;
+                p.log_end = found.log_end;
+                p.start = None;
+            }
+        }
+        Ok(())
     }
 
     /// The records as a [`futures_core::Stream`], for stream combinators.
@@ -207,27 +342,31 @@ impl Consumer {
     }
 
     /// The next record, waiting (long-polling) as long as it takes.
-    pub async fn next(&mut self) -> Result<Record> {
+    pub async fn next(&mut self) -> Result<Message> {
         loop {
-            if let Some(r) = self.buffer.pop_front() {
-                return Ok(r);
+            if let Some(m) = self.buffer.pop_front() {
+                return Ok(m);
             }
-            let records = self.poll().await?;
-            self.buffer.extend(records);
+            let messages = self.poll().await?;
+            self.buffer.extend(messages);
         }
     }
 
-    /// One fetch's worth of records: waits at most about `max_wait`, and may
-    /// return none (the consumer is caught up).
-    pub async fn poll(&mut self) -> Result<Vec<Record>> {
+    /// One fetch's worth of records, partition after partition: waits at
+    /// most about `max_wait`, and may return none (the consumer is caught
+    /// up).
+    pub async fn poll(&mut self) -> Result<Vec<Message>> {
         if !self.buffer.is_empty() {
             return Ok(self.buffer.drain(..).collect());
         }
         self.resolve_start().await?;
-        let from = self.position;
+        let from: Vec<(u32, u64)> = self.parts.iter().map(|p| (p.id, p.position)).collect();
+        if from.is_empty() {
+            return Ok(Vec::new());
+        }
         let response = match self.ahead.take() {
-            Some((offset, rx)) if offset == from => rx,
-            _ => self.send_fetch(from).await?,
+            Some((at, rx)) if at == from => rx,
+            _ => self.send_fetch(&from).await?,
         };
         let limit = self.client.config().request_timeout + self.config.max_wait;
         let body = match tokio::time::timeout(limit, response).await {
@@ -236,52 +375,12 @@ impl Consumer {
             Ok(Ok(Err(e))) => Err(e),
             Ok(Ok(Ok(r))) => r.body.map_err(ClientError::from),
         };
-        match body {
-            Ok(ResponseBody::Fetched {
-                batches,
-                next_offset,
-                log_end,
-                ..
-            }) => {
-                self.lost = None;
-                self.log_end = log_end;
-                // Ask for the next batches before decoding these.
-                if next_offset < log_end {
-                    if let Ok(rx) = self.send_fetch(next_offset).await {
-                        self.ahead = Some((next_offset, rx));
-                    }
-                }
-                let records = decode(&batches, from)?;
-                self.position = self.position.max(next_offset);
-                Ok(records)
-            }
-            Ok(other) => Err(unexpected(other)),
-            Err(ClientError::Broker {
-                code: ErrorCode::OffsetOutOfRange,
-                range: Some((start, end)),
-                message,
-                resume_at,
-            }) => match self.config.reset {
-                OffsetReset::Error => Err(ClientError::Broker {
-                    code: ErrorCode::OffsetOutOfRange,
-                    range: Some((start, end)),
-                    message,
-                    resume_at,
-                }),
-                OffsetReset::Earliest => {
-                    tracing::info!(topic = %self.topic, from, to = start, "offset out of range; resetting to the earliest");
-                    self.position = start;
-                    Ok(Vec::new())
-                }
-                OffsetReset::Latest => {
-                    tracing::info!(topic = %self.topic, from, to = end, "offset out of range; resetting to the latest");
-                    self.position = end;
-                    Ok(Vec::new())
-                }
-            },
-            // A broken connection: the next poll reconnects and fetches again
-            // (fetching is idempotent), after a backoff, so that a broker
-            // that hangs up on every fetch is not hammered; past
+        let topics = match body {
+            Ok(ResponseBody::Fetched(topics)) => topics,
+            Ok(other) => return Err(unexpected(other)),
+            // A broken connection: the next poll reconnects and fetches
+            // again (fetching is idempotent), after a backoff, so that a
+            // broker that hangs up on every fetch is not hammered; past
             // `reconnect_for` of nothing but that, the error is reported.
             Err(e @ ClientError::Disconnected(_)) => {
                 self.ahead = None;
@@ -295,26 +394,93 @@ impl Consumer {
                 tracing::debug!(topic = %self.topic, error = %e, ?delay, "fetch lost its connection; retrying");
                 self.lost = Some((since, (delay * 2).min(config.backoff_max)));
                 tokio::time::sleep(delay).await;
-                Ok(Vec::new())
+                return Ok(Vec::new());
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        self.lost = None;
+        let mut messages = Vec::new();
+        let mut failure = None;
+        for result in topics.into_iter().flat_map(|t| t.partitions) {
+            let Some(part) = self.parts.iter_mut().find(|p| p.id == result.partition) else {
+                continue;
+            };
+            match result.result {
+                Ok(fetched) => {
+                    part.log_end = fetched.log_end;
+                    let records = decode(&fetched.batches, part.position)?;
+                    part.position = part.position.max(fetched.next_offset);
+                    messages.extend(records.into_iter().map(|record| Message {
+                        partition: part.id,
+                        record,
+                    }));
+                }
+                Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
+                    let (start, end) = e.range.unwrap_or((0, 0));
+                    let from = part.position;
+                    match self.config.reset {
+                        OffsetReset::Error => {
+                            failure.get_or_insert(ClientError::OutOfRange {
+                                partition: part.id,
+                                offset: from,
+                                log_start: start,
+                                log_end: end,
+                                message: e.message,
+                            });
+                        }
+                        OffsetReset::Earliest => {
+                            tracing::info!(topic = %self.topic, partition = part.id, from, to = start, "offset out of range; resetting to the earliest");
+                            part.position = start;
+                        }
+                        OffsetReset::Latest => {
+                            tracing::info!(topic = %self.topic, partition = part.id, from, to = end, "offset out of range; resetting to the latest");
+                            part.position = end;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(ClientError::from(e));
+                }
+            }
         }
+        // Records first: a failing partition fails again on the next
+        // fetch, which starts where these end.
+        if let (Some(e), true) = (failure, messages.is_empty()) {
+            return Err(e);
+        }
+        // Ask for the next batches before the caller handles these.
+        let next: Vec<(u32, u64)> = self.parts.iter().map(|p| (p.id, p.position)).collect();
+        if self.parts.iter().any(|p| p.position < p.log_end) {
+            if let Ok(rx) = self.send_fetch(&next).await {
+                self.ahead = Some((next, rx));
+            }
+        }
+        Ok(messages)
     }
 
-    async fn send_fetch(&self, offset: u64) -> Result<ResponseFuture> {
+    async fn send_fetch(&self, from: &[(u32, u64)]) -> Result<ResponseFuture> {
         let conn = self.client.connection().await?;
         let request = Request::Fetch {
-            topic: self.topic.clone(),
-            offset,
-            max_bytes: self.config.max_bytes,
             max_wait_ms: self.config.max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
             min_bytes: self.config.min_bytes,
+            max_bytes: self.config.max_bytes,
+            topics: vec![FetchTopic {
+                topic: self.topic.clone(),
+                partitions: from
+                    .iter()
+                    .map(|&(partition, offset)| FetchPartition {
+                        partition,
+                        offset,
+                        max_bytes: self.config.max_bytes,
+                    })
+                    .collect(),
+            }],
         };
         conn.send(&request).await
     }
 }
 
-type NextRecord = Pin<Box<dyn Future<Output = (Consumer, Result<Record>)> + Send>>;
+type NextRecord = Pin<Box<dyn Future<Output = (Consumer, Result<Message>)> + Send>>;
 
 /// A [`Consumer`] as a stream of records (see [`Consumer::into_stream`]).
 pub struct RecordStream {
@@ -325,7 +491,7 @@ pub struct RecordStream {
 }
 
 impl futures_core::Stream for RecordStream {
-    type Item = Result<Record>;
+    type Item = Result<Message>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;

@@ -26,6 +26,17 @@ pub enum ClientError {
         /// Next readable offset with CORRUPT_DATA.
         resume_at: Option<u64>,
     },
+    /// A consumer's position in a partition lies outside the partition's
+    /// log (retention deleted it, or it was never there), and its
+    /// `OffsetReset` is `Error`.
+    #[error("{code}: partition {partition}: {message}", code = ErrorCode::OffsetOutOfRange)]
+    OutOfRange {
+        partition: u32,
+        offset: u64,
+        log_start: u64,
+        log_end: u64,
+        message: String,
+    },
     /// The broker sent something this client cannot parse.
     #[error("bad response from the broker: {0}")]
     Protocol(#[from] ProtocolError),
@@ -58,6 +69,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Broker { code, .. } => Some(*code),
+            ClientError::OutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
             _ => None,
         }
     }

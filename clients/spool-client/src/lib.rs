@@ -39,8 +39,10 @@ pub mod partitioner;
 mod producer;
 
 pub use client::{Client, ClientConfig, Offsets, PendingProduce, Produced};
-pub use consumer::{decode, Consumer, ConsumerConfig, OffsetReset, RecordStream, StartAt};
+pub use consumer::{decode, Consumer, ConsumerConfig, Message, OffsetReset, RecordStream, StartAt};
 pub use error::{ClientError, Result};
 pub use producer::{Delivery, Producer, ProducerConfig};
 pub use spool::batch::{self, BatchBuilder, Codec, Record};
-pub use spool::protocol::{Acks, ErrorCode, TopicDescription, MAX_PRODUCE_OVERHEAD};
+pub use spool::protocol::{
+    Acks, ErrorCode, PartitionDescription, TopicDescription, MAX_PRODUCE_OVERHEAD,
+};

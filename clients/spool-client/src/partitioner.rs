@@ -4,9 +4,7 @@
 //! number whichever of these clients produced it. A keyless record goes to
 //! the current "sticky" partition, which moves on, round robin, each time
 //! a batch is closed: one partition per batch, all of them in turn.
-//!
-//! Not yet used by the producer: topics have one partition until the
-//! storage and the protocol carry more.
+//! The producer uses it for every record it is not told the partition of.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -31,12 +31,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use spool::batch::{BatchBuilder, Codec};
-use spool::protocol::{Acks, ResponseBody, REQUEST_HEADER_LEN};
+use spool::protocol::{Acks, REQUEST_HEADER_LEN};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::client::{unexpected, Client};
+use crate::client::Client;
 use crate::error::{ClientError, Result};
+use crate::partitioner::Partitioner;
 
 /// How the producer batches.
 #[derive(Debug, Clone)]
@@ -73,21 +74,40 @@ struct Open {
     started: Instant,
 }
 
-/// A topic's open batch, if it has one, behind the topic's own lock. The
-/// lock is held across a send of the topic's batch (the waits for the
-/// window, the connection and the socket), so the topic's batches leave in
-/// order without holding back other topics.
+/// A partition's open batch, if it has one, behind the partition's own
+/// lock. The lock is held across a send of the partition's batch (the waits
+/// for the window, the connection and the socket), so the partition's
+/// batches leave in order without holding back other partitions.
 type Slot = Arc<tokio::sync::Mutex<Option<Open>>>;
+
+/// A topic and one of its partitions.
+type Key = (Arc<str>, u32);
+
+/// What the producer knows of a topic: its partition count (looked up
+/// again after [`METADATA_AGE`]) and where its keyless records go.
+struct TopicMeta {
+    partitions: u32,
+    learnt: Instant,
+    partitioner: Arc<Partitioner>,
+}
+
+/// How long a topic's partition count is trusted before it is looked up
+/// again (Kafka's `metadata.max.age.ms` is 5 minutes; partitions are added
+/// rarely, and a producer that misses them only spreads less).
+const METADATA_AGE: Duration = Duration::from_secs(30);
+/// How soon a failed lookup is tried again.
+const METADATA_RETRY: Duration = Duration::from_secs(1);
 
 struct Shared {
     client: Client,
     config: ProducerConfig,
-    /// Every topic sent to. The lock is held only to look a slot up, never
-    /// across a wait. Slots stay once made: one removed while a send waits
-    /// on its lock would give the topic a second lock, and batches under the
-    /// two could leave out of order. (Names are `Arc`s: the linger timer
-    /// lists every topic each tick.)
-    topics: std::sync::Mutex<HashMap<Arc<str>, Slot>>,
+    /// Every partition sent to. The lock is held only to look a slot up,
+    /// never across a wait. Slots stay once made: one removed while a send
+    /// waits on its lock would give the partition a second lock, and
+    /// batches under the two could leave out of order. (Names are `Arc`s:
+    /// the linger timer lists every slot each tick.)
+    topics: std::sync::Mutex<HashMap<Key, Slot>>,
+    meta: std::sync::Mutex<HashMap<Arc<str>, TopicMeta>>,
     in_flight: Arc<Semaphore>,
     /// Batches sent and not yet answered.
     outstanding: watch::Sender<usize>,
@@ -144,9 +164,16 @@ pub struct Producer {
 pub struct Delivery {
     result: watch::Receiver<Outcome>,
     index: u64,
+    partition: u32,
 }
 
 impl Delivery {
+    /// The partition the record was sent to (its offset is in that
+    /// partition).
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
     /// The outcome if it is known already, without waiting. Cheap while it
     /// is not: one atomic load, no lock.
     pub fn outcome_now(&self) -> Option<Result<u64>> {
@@ -193,6 +220,7 @@ impl Producer {
             client,
             config,
             topics: std::sync::Mutex::new(HashMap::new()),
+            meta: std::sync::Mutex::new(HashMap::new()),
             outstanding: watch::Sender::new(0),
             max_frame: AtomicU32::new(0),
             discarded: AtomicBool::new(false),
@@ -201,11 +229,15 @@ impl Producer {
         Producer { shared }
     }
 
-    /// Adds a record to its topic's batch and returns its [`Delivery`].
-    /// Returns at once unless the record fills the batch, which is then sent:
-    /// that waits for room in `max_in_flight_bytes` (and for the connection).
-    /// A send also waits for an earlier send to the same topic that is still
-    /// sending, never for one to another topic.
+    /// Adds a record to its partition's batch and returns its [`Delivery`].
+    /// The partition is Kafka's default partitioner's choice: murmur2 of the
+    /// key modulo the topic's partitions, or for a keyless record the
+    /// topic's sticky partition, which moves on each time a batch of it is
+    /// sent ([`crate::partitioner`]). Returns at once unless the record
+    /// fills the batch, which is then sent: that waits for room in
+    /// `max_in_flight_bytes` (and for the connection). A send also waits for
+    /// an earlier send to the same partition that is still sending, never
+    /// for one to another.
     pub async fn send(&self, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<Delivery> {
         self.send_with_headers(topic, key, value, &[]).await
     }
@@ -231,7 +263,25 @@ impl Producer {
         timestamp: Option<i64>,
     ) -> Result<Delivery> {
         let shared = &self.shared;
-        let slot = shared.slot(topic);
+        let (partitions, partitioner) = shared.topic_meta(topic).await;
+        let partition = partitioner.partition(key, partitions);
+        self.send_to(topic, partition, key, value, headers, timestamp)
+            .await
+    }
+
+    /// Adds a record to the batch of a partition chosen by the caller.
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+        timestamp: Option<i64>,
+    ) -> Result<Delivery> {
+        let shared = &self.shared;
+        let key_of = (Arc::<str>::from(topic), partition);
+        let slot = shared.slot(&key_of);
         let room = shared.frame_room(topic).await;
         // tokio's Mutex is fair: sends to the topic append in the order they
         // asked for its lock.
@@ -248,7 +298,7 @@ impl Producer {
             .is_some_and(|b| !b.builder.is_empty() && b.builder.size() + size > room)
         {
             let full = open.take().expect("checked");
-            shared.dispatch(topic, full).await;
+            shared.dispatch(&key_of, full).await;
         }
         let batch = open.get_or_insert_with(|| Open {
             builder: BatchBuilder::with_capacity(shared.config.batch_bytes),
@@ -261,10 +311,11 @@ impl Producer {
         let delivery = Delivery {
             result: batch.result.subscribe(),
             index: batch.builder.len() as u64 - 1,
+            partition,
         };
         if batch.builder.size() >= shared.config.batch_bytes {
             let full = open.take().expect("just used");
-            shared.dispatch(topic, full).await;
+            shared.dispatch(&key_of, full).await;
         }
         Ok(delivery)
     }
@@ -276,10 +327,10 @@ impl Producer {
         // may hold records sent before this flush: it is then counted in
         // `outstanding`. One topic at a time, as a topic waits here only for
         // what all share (the window, the connection).
-        for (topic, slot) in shared.slots() {
+        for (key, slot) in shared.slots() {
             let mut open = slot.lock().await;
             if let Some(batch) = open.take() {
-                shared.dispatch(&topic, batch).await;
+                shared.dispatch(&key, batch).await;
             }
         }
         let mut outstanding = shared.outstanding.subscribe();
@@ -309,22 +360,65 @@ impl Producer {
 }
 
 impl Shared {
-    /// The topic's slot, made on its first send.
-    fn slot(&self, topic: &str) -> Slot {
+    /// The partition's slot, made on its first send.
+    fn slot(&self, key: &Key) -> Slot {
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = topics.get(topic) {
+        if let Some(slot) = topics.get(key) {
             return Arc::clone(slot);
         }
-        Arc::clone(topics.entry(topic.into()).or_default())
+        Arc::clone(topics.entry(key.clone()).or_default())
     }
 
-    /// Every topic's slot, at this moment.
-    fn slots(&self) -> Vec<(Arc<str>, Slot)> {
+    /// Every partition's slot, at this moment.
+    fn slots(&self) -> Vec<(Key, Slot)> {
         let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
         topics
             .iter()
-            .map(|(topic, slot)| (Arc::clone(topic), Arc::clone(slot)))
+            .map(|(key, slot)| (key.clone(), Arc::clone(slot)))
             .collect()
+    }
+
+    /// The topic's partition count and partitioner, looked up on the first
+    /// send and again once [`METADATA_AGE`] old. A topic that does not
+    /// exist yet counts one partition: a produce creates it (when the broker
+    /// auto-creates topics) with at least that one.
+    async fn topic_meta(&self, topic: &str) -> (u32, Arc<Partitioner>) {
+        let known = {
+            let meta = self.meta.lock().unwrap_or_else(PoisonError::into_inner);
+            meta.get(topic)
+                .map(|m| (m.partitions, Arc::clone(&m.partitioner), m.learnt))
+        };
+        if let Some((partitions, partitioner, learnt)) = known {
+            if learnt.elapsed() < METADATA_AGE {
+                return (partitions, partitioner);
+            }
+        }
+        let (partitions, learnt) = match self.client.partition_count(topic).await {
+            Ok(n) => (n.max(1), Instant::now()),
+            // Tried again soon; meanwhile partition 0, which every topic has.
+            Err(_) => (1, Instant::now() - METADATA_AGE + METADATA_RETRY),
+        };
+        let mut meta = self.meta.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = meta.entry(topic.into()).or_insert_with(|| TopicMeta {
+            partitions,
+            learnt,
+            partitioner: Arc::new(Partitioner::new()),
+        });
+        entry.partitions = partitions;
+        entry.learnt = learnt;
+        (partitions, Arc::clone(&entry.partitioner))
+    }
+
+    /// A batch of `key`'s partition is leaving: if keyless records were
+    /// going there, the next ones go to the next partition (sticky
+    /// batching).
+    fn batch_closed(&self, key: &Key) {
+        let meta = self.meta.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = meta.get(&key.0) {
+            if m.partitioner.partition(None, m.partitions) == key.1 {
+                m.partitioner.batch_closed();
+            }
+        }
     }
 
     /// Sends a finished batch (called with its topic's lock held, which
@@ -339,10 +433,14 @@ impl Shared {
             max = self.client.max_frame_bytes().await.unwrap_or(u32::MAX);
             self.max_frame.store(max, Ordering::Relaxed);
         }
-        (max as usize).saturating_sub(REQUEST_HEADER_LEN + 2 + topic.len() + 1 + 4)
+        // Header, acks, topic count, topic, partition count, partition,
+        // batch length.
+        (max as usize).saturating_sub(REQUEST_HEADER_LEN + 1 + 4 + 2 + topic.len() + 4 + 4 + 4)
     }
 
-    async fn dispatch(self: &Arc<Self>, topic: &str, batch: Open) {
+    async fn dispatch(self: &Arc<Self>, key: &Key, batch: Open) {
+        self.batch_closed(key);
+        let (topic, partition) = (&*key.0, key.1);
         if self.discarded.load(Ordering::Acquire) {
             batch.result.send_replace(Some(Err(ClientError::Unsent(
                 "discarded before it was sent".into(),
@@ -374,9 +472,12 @@ impl Shared {
             // A broker that stops reading must not hold the topic (and the
             // connection's writer) forever; a write cut off here marks the
             // connection broken, so nothing follows half a frame.
-            Ok(conn) => tokio::time::timeout(limit, conn.send_produce(topic, Acks::Commit, &bytes))
-                .await
-                .unwrap_or(Err(ClientError::Timeout(limit))),
+            Ok(conn) => tokio::time::timeout(
+                limit,
+                conn.send_produce(topic, partition, Acks::Commit, &bytes),
+            )
+            .await
+            .unwrap_or(Err(ClientError::Timeout(limit))),
             Err(e) => Err(e),
         };
         let response = match sent {
@@ -393,11 +494,10 @@ impl Shared {
                 Err(_) => Err(ClientError::Timeout(limit)),
                 Ok(Err(_)) => Err(ClientError::Disconnected("connection closed".into())),
                 Ok(Ok(Err(e))) => Err(e),
-                Ok(Ok(Ok(r))) => match r.body {
-                    Ok(ResponseBody::Produced { base_offset, .. }) => Ok(base_offset),
-                    Ok(other) => Err(unexpected(other)),
-                    Err(e) => Err(e.into()),
-                },
+                Ok(Ok(Ok(r))) => r
+                    .produced()
+                    .map(|p| p.base_offset)
+                    .map_err(ClientError::from),
             };
             batch.result.send_replace(Some(outcome));
             drop(permit);
@@ -416,12 +516,12 @@ impl Drop for Shared {
             .topics
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        let open: Vec<(Arc<str>, Open)> = topics
+        let open: Vec<(Key, Open)> = topics
             .drain()
-            .filter_map(|(topic, slot)| {
-                // Whoever holds a topic's lock holds the producer too: all are free.
+            .filter_map(|(key, slot)| {
+                // Whoever holds a slot's lock holds the producer too: all are free.
                 let batch = slot.try_lock().ok()?.take()?;
-                Some((topic, batch))
+                Some((key, batch))
             })
             .collect();
         if open.is_empty() {
@@ -443,6 +543,7 @@ impl Drop for Shared {
             client: self.client.clone(),
             config: self.config.clone(),
             topics: std::sync::Mutex::new(HashMap::new()),
+            meta: std::sync::Mutex::new(HashMap::new()),
             in_flight: Arc::clone(&self.in_flight),
             outstanding: watch::Sender::new(0),
             max_frame: AtomicU32::new(self.max_frame.load(Ordering::Relaxed)),
@@ -450,8 +551,8 @@ impl Drop for Shared {
             discarded: AtomicBool::new(false),
         });
         runtime.spawn(async move {
-            for (topic, batch) in open {
-                heir.dispatch(&topic, batch).await;
+            for (key, batch) in open {
+                heir.dispatch(&key, batch).await;
             }
         });
     }
@@ -468,8 +569,8 @@ async fn linger(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        for (topic, slot) in shared.slots() {
-            // A topic whose lock is taken is skipped: its holder is sending
+        for (key, slot) in shared.slots() {
+            // A partition whose lock is taken is skipped: its holder is sending
             // (so there is no open batch) or appending, and the next tick
             // looks again.
             let Ok(mut open) = slot.try_lock_owned() else {
@@ -478,11 +579,11 @@ async fn linger(shared: Weak<Shared>) {
             let Some(batch) = open.take_if(|b| b.started.elapsed() >= shared.config.linger) else {
                 continue;
             };
-            // In a task of its own, with the topic's lock: a wait to send
-            // one topic's batch holds back no other topic's.
+            // In a task of its own, with the partition's lock: a wait to
+            // send one partition's batch holds back no other's.
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
-                shared.dispatch(&topic, batch).await;
+                shared.dispatch(&key, batch).await;
                 drop(open);
             });
         }
