@@ -359,7 +359,10 @@ impl Consumer {
         if !self.buffer.is_empty() {
             return Ok(self.buffer.drain(..).collect());
         }
-        self.resolve_start().await?;
+        match self.resolve_start().await {
+            Err(e @ ClientError::Disconnected(_)) => return self.lost_connection(e).await,
+            other => other?,
+        }
         let from: Vec<(u32, u64)> = self.parts.iter().map(|p| (p.id, p.position)).collect();
         if from.is_empty() {
             return Ok(Vec::new());
@@ -382,20 +385,7 @@ impl Consumer {
             // again (fetching is idempotent), after a backoff, so that a
             // broker that hangs up on every fetch is not hammered; past
             // `reconnect_for` of nothing but that, the error is reported.
-            Err(e @ ClientError::Disconnected(_)) => {
-                self.ahead = None;
-                let config = self.client.config();
-                let now = tokio::time::Instant::now();
-                let (since, delay) = *self.lost.get_or_insert((now, config.backoff_initial));
-                if now.duration_since(since) >= config.reconnect_for {
-                    self.lost = None;
-                    return Err(e);
-                }
-                tracing::debug!(topic = %self.topic, error = %e, ?delay, "fetch lost its connection; retrying");
-                self.lost = Some((since, (delay * 2).min(config.backoff_max)));
-                tokio::time::sleep(delay).await;
-                return Ok(Vec::new());
-            }
+            Err(e @ ClientError::Disconnected(_)) => return self.lost_connection(e).await,
             Err(e) => return Err(e),
         };
         self.lost = None;
@@ -456,6 +446,24 @@ impl Consumer {
             }
         }
         Ok(messages)
+    }
+
+    /// After a lost connection, waits out the backoff and returns no
+    /// records: the next poll reconnects. Past `reconnect_for` of nothing
+    /// but that, the error.
+    async fn lost_connection(&mut self, e: ClientError) -> Result<Vec<Message>> {
+        self.ahead = None;
+        let config = self.client.config();
+        let now = tokio::time::Instant::now();
+        let (since, delay) = *self.lost.get_or_insert((now, config.backoff_initial));
+        if now.duration_since(since) >= config.reconnect_for {
+            self.lost = None;
+            return Err(e);
+        }
+        tracing::debug!(topic = %self.topic, error = %e, ?delay, "fetch lost its connection; retrying");
+        self.lost = Some((since, (delay * 2).min(config.backoff_max)));
+        tokio::time::sleep(delay).await;
+        Ok(Vec::new())
     }
 
     async fn send_fetch(&self, from: &[(u32, u64)]) -> Result<ResponseFuture> {

@@ -100,6 +100,9 @@ const METADATA_RETRY: Duration = Duration::from_secs(1);
 
 struct Shared {
     client: Client,
+    /// For partition counts: a connection of its own, so that a lookup
+    /// never waits behind produces the broker has not answered yet.
+    admin: Client,
     config: ProducerConfig,
     /// Every partition sent to. The lock is held only to look a slot up,
     /// never across a wait. Slots stay once made: one removed while a send
@@ -217,6 +220,7 @@ impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
         let shared = Arc::new(Shared {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_bytes.max(1))),
+            admin: client.with_own_connection(),
             client,
             config,
             topics: std::sync::Mutex::new(HashMap::new()),
@@ -393,7 +397,7 @@ impl Shared {
                 return (partitions, partitioner);
             }
         }
-        let (partitions, learnt) = match self.client.partition_count(topic).await {
+        let (partitions, learnt) = match self.admin.partition_count(topic).await {
             Ok(n) => (n.max(1), Instant::now()),
             // Tried again soon; meanwhile partition 0, which every topic has.
             Err(_) => (1, Instant::now() - METADATA_AGE + METADATA_RETRY),
@@ -541,6 +545,7 @@ impl Drop for Shared {
         );
         let heir = Arc::new(Shared {
             client: self.client.clone(),
+            admin: self.admin.clone(),
             config: self.config.clone(),
             topics: std::sync::Mutex::new(HashMap::new()),
             meta: std::sync::Mutex::new(HashMap::new()),

@@ -44,7 +44,12 @@ impl TestBroker {
     fn batches(&self, topic: &str) -> usize {
         let topics = self.running.as_ref().unwrap().topics();
         let log = topics.get(topic).unwrap();
-        let read = log.log().read_batches(0, u64::MAX).unwrap();
+        let read = log
+            .partition(0)
+            .unwrap()
+            .log()
+            .read_batches(0, u64::MAX)
+            .unwrap();
         batch::BatchIter::new(&read.bytes).count()
     }
 }
@@ -158,7 +163,10 @@ async fn producer_applies_back_pressure_without_losing_records() {
     }
     producer.flush().await.unwrap();
     assert_eq!(last.unwrap().await.unwrap(), 4999);
-    assert_eq!(client.describe_topic("bp").await.unwrap().log_end, 5000);
+    assert_eq!(
+        client.describe_topic("bp").await.unwrap().partitions[0].log_end,
+        5000
+    );
 }
 
 #[tokio::test]
@@ -251,7 +259,7 @@ async fn consumer_offset_reset_policies() {
     // Wait (bounded) for retention to move the start.
     let mut start = 0;
     for _ in 0..200 {
-        start = client.describe_topic("r").await.unwrap().log_start;
+        start = client.describe_topic("r").await.unwrap().partitions[0].log_start;
         if start > 0 {
             break;
         }
@@ -272,9 +280,11 @@ async fn consumer_offset_reset_policies() {
     );
     // Retention may still be deleting: the start only moves forward.
     let start = match strict.next().await {
-        Err(ClientError::Broker {
-            code: ErrorCode::OffsetOutOfRange,
-            range: Some((s, 40)),
+        Err(ClientError::OutOfRange {
+            partition: 0,
+            offset: 0,
+            log_start: s,
+            log_end: 40,
             ..
         }) if s >= start => s,
         other => panic!("{other:?}"),
@@ -404,7 +414,7 @@ async fn a_request_cut_off_mid_frame_is_never_followed_on_that_connection() {
     let mut b = batch::BatchBuilder::new();
     b.push(now_ms(), None, Some(&vec![7u8; 32 << 20]), &[]);
     let big = bytes::Bytes::from(b.finish());
-    let r = tokio::time::timeout(PATIENCE, client.produce("t", &big)).await;
+    let r = tokio::time::timeout(PATIENCE, client.produce("t", 0, &big)).await;
     assert!(matches!(r, Ok(Err(ClientError::Timeout(_)))), "{r:?}");
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     // The next request goes to a new connection, never after half a frame.
@@ -511,62 +521,102 @@ async fn holding_broker(
     use spool::protocol::{Request, Response, ResponseBody};
     use std::collections::HashMap;
     use std::sync::atomic::Ordering;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    // Every connection (the producer looks partitions up on one of its
+    // own), each answered in order.
     tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.unwrap();
-        let (mut rd, mut wr) = socket.into_split();
-        // (correlation id, the produce's topic and record count)
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Option<(String, u32)>)>();
-        // Writer: answers in order; produces wait for the release.
-        tokio::spawn(async move {
-            let mut released = false;
-            let mut next_offset: HashMap<String, u64> = HashMap::new();
-            while let Some((id, produce)) = rx.recv().await {
-                let body = match produce {
-                    None => ResponseBody::ApiVersions {
-                        server: "holding".into(),
-                        apis: vec![],
-                        max_frame_bytes: u32::MAX,
-                    },
-                    Some((topic, n)) => {
-                        if !released {
-                            release.notified().await;
-                            released = true;
-                        }
-                        let next = next_offset.entry(topic).or_default();
-                        let base_offset = *next;
-                        *next += u64::from(n);
-                        ResponseBody::Produced {
-                            base_offset,
-                            log_append_time: -1,
-                            log_start: 0,
-                        }
-                    }
-                };
-                let response = Response {
-                    correlation_id: id,
-                    body: Ok(body),
-                };
-                wr.write_all(&response.encode_to_vec()).await.unwrap();
-            }
-        });
         loop {
-            let Ok(len) = rd.read_u32().await else { return };
-            let mut frame = bytes::BytesMut::zeroed(len as usize);
-            rd.read_exact(&mut frame).await.unwrap();
-            let (header, request) = Request::parse(frame).unwrap();
-            let produce = match request {
-                Request::Produce { topic, batch, .. } => {
-                    received.fetch_add(1, Ordering::SeqCst);
-                    let header = spool::batch::BatchHeader::parse(&batch).unwrap();
-                    Some((topic, header.records_count as u32))
-                }
-                _ => None,
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
             };
-            tx.send((header.correlation_id, produce)).unwrap();
+            let (received, release) = (Arc::clone(&received), Arc::clone(&release));
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = socket.into_split();
+                // (correlation id, the produce's topic and record count)
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+                    u32,
+                    Option<(String, u32)>,
+                    spool::protocol::ApiKey,
+                )>();
+                // Writer: answers in order; produces wait for the release.
+                tokio::spawn(async move {
+                    let mut released = false;
+                    let mut next_offset: HashMap<String, u64> = HashMap::new();
+                    while let Some((id, produce, api)) = rx.recv().await {
+                        let body = match produce {
+                            // The producer asks how many partitions a topic has.
+                            None if api == spool::protocol::ApiKey::DescribeTopic => {
+                                ResponseBody::Description(spool::protocol::TopicDescription {
+                                    partitions: vec![spool::protocol::PartitionDescription {
+                                        partition: 0,
+                                        log_start: 0,
+                                        log_end: 0,
+                                        size_bytes: 0,
+                                        segments: 1,
+                                        torn_files: 0,
+                                        torn_bytes: 0,
+                                    }],
+                                    settings: vec![],
+                                    sources: vec![],
+                                })
+                            }
+                            None => ResponseBody::ApiVersions {
+                                server: "holding".into(),
+                                apis: vec![],
+                                max_frame_bytes: u32::MAX,
+                            },
+                            Some((topic, n)) => {
+                                if !released {
+                                    release.notified().await;
+                                    released = true;
+                                }
+                                let topic_name = topic.clone();
+                                let next = next_offset.entry(topic).or_default();
+                                let base_offset = *next;
+                                *next += u64::from(n);
+                                ResponseBody::Produced(vec![spool::protocol::TopicResults {
+                                    topic: topic_name,
+                                    partitions: vec![spool::protocol::PartitionResult {
+                                        partition: 0,
+                                        result: Ok(spool::protocol::ProducedPartition {
+                                            base_offset,
+                                            log_append_time: -1,
+                                            log_start: 0,
+                                        }),
+                                    }],
+                                }])
+                            }
+                        };
+                        let response = Response {
+                            correlation_id: id,
+                            body: Ok(body),
+                        };
+                        wr.write_all(&response.encode_to_vec()).await.unwrap();
+                    }
+                });
+                loop {
+                    let Ok(len) = rd.read_u32().await else { return };
+                    let mut frame = bytes::BytesMut::zeroed(len as usize);
+                    rd.read_exact(&mut frame).await.unwrap();
+                    let (header, request) = Request::parse(frame).unwrap();
+                    let api = request.api_key();
+                    let produce = match request {
+                        Request::Produce { mut topics, .. } => {
+                            received.fetch_add(1, Ordering::SeqCst);
+                            let t = topics.remove(0);
+                            let header =
+                                spool::batch::BatchHeader::parse(&t.partitions[0].1).unwrap();
+                            Some((t.topic, header.records_count as u32))
+                        }
+                        _ => None,
+                    };
+                    tx.send((header.correlation_id, produce, api)).unwrap();
+                }
+            });
         }
     });
     addr
@@ -859,7 +909,7 @@ async fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
         b.push(now_ms(), None, Some(&[1u8; 10_000]), &[]);
     }
     let big = bytes::Bytes::from(b.finish());
-    match client.produce("t", &big).await {
+    match client.produce("t", 0, &big).await {
         Err(e @ ClientError::TooLarge { max: 65536, .. }) => {
             assert!(e.to_string().contains("max_frame_bytes of 65536"), "{e}");
         }
@@ -868,7 +918,7 @@ async fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
     let mut small = batch::BatchBuilder::new();
     small.push(now_ms(), None, Some(b"fits"), &[]);
     let produced = client
-        .produce("t", &bytes::Bytes::from(small.finish()))
+        .produce("t", 0, &bytes::Bytes::from(small.finish()))
         .await
         .unwrap();
     assert_eq!(produced.base_offset, 0, "nothing of the big batch stored");
