@@ -32,16 +32,17 @@
 //!
 //! | key | API | request body | response body |
 //! | --- | --- | --- | --- |
-//! | 0 | API_VERSIONS | — | `string server, [u16 key, u16 min, u16 max]` |
+//! | 0 | API_VERSIONS | — | `string server, [u16 key, u16 min, u16 max], u32 max_frame_bytes` |
 //! | 1 | CREATE_TOPIC | `string topic, [string key, string value]` | — |
 //! | 2 | DELETE_TOPIC | `string topic` | — |
 //! | 3 | LIST_TOPICS | — | `[string topic]` |
-//! | 4 | DESCRIBE_TOPIC | `string topic` | `u64 log_start, u64 log_end, u64 size_bytes, u32 segments, [string key, string value], u32 torn_files, u64 torn_bytes` |
-//! | 5 | PRODUCE | `string topic, u8 acks, bytes batch` | `u64 base_offset, i64 append_time, u64 log_start` |
+//! | 4 | DESCRIBE_TOPIC | `string topic` | `u64 log_start, u64 log_end, u64 size_bytes, u32 segments, [string key, string value], u32 torn_files, u64 torn_bytes, [string key, string source]` |
+//! | 5 | PRODUCE | `string topic, u8 acks, bytes batch` | `u64 base_offset, i64 log_append_time, u64 log_start` |
 //! | 6 | FETCH | `string topic, u64 offset, u32 max_bytes, u32 max_wait_ms, u32 min_bytes` | `u64 log_start, u64 log_end, u64 next_offset, bytes batches` |
 //! | 7 | LIST_OFFSETS | `string topic, i64 timestamp (-1 latest, -2 earliest)` | `u64 offset, u64 log_start, u64 log_end` |
+//! | 8 | ALTER_TOPIC | `string topic, [string key, string value], [string key]` | — |
 //!
-//! A batch is in the stored format of [`crate::batch`].
+//! A batch is Kafka's RecordBatch v2, the stored format of [`crate::batch`].
 
 mod message;
 mod wire;
