@@ -6,7 +6,7 @@
 //! (what a read from the log checks), [`assign`] and
 //! [`set_log_append_time`] (what the broker patches), [`BatchBuilder`] and
 //! the record decoders, and with feature `compression` the four codecs
-//! ([`codec`]). `tests/record_batch.rs` checks it against the
+//! ([`codec`]). `tests/batch.rs` checks it against the
 //! `kafka-protocol` crate: the same bytes for the same records, and each
 //! side reads what the other writes, compressed or not.
 //!

@@ -5,12 +5,15 @@
 //! two-digit hex. This test extracts every such block and checks it with the
 //! crate's own code: requests parse with [`Request::parse`], responses with
 //! [`Response::parse`], both re-encode to the very same bytes, the batches
-//! validate and decode, and the named dumps carry the values the page
-//! describes. It also checks the page's tables of error codes and API keys
-//! against the code.
+//! validate and decode, the named dumps carry the values the page
+//! describes, and the offsets their comments give are where the bytes
+//! are. It also checks the page's tables of error codes and API keys, its
+//! record examples and its varint table against the code.
 
 use bytes::{Bytes, BytesMut};
-use spool::batch::{assign, decode_records, validate, BatchBuilder, BatchIter};
+use spool::batch::{
+    assign, check_stored, decode_records, validate, BatchBuilder, BatchHeader, BatchIter,
+};
 use spool::protocol::{Acks, ApiKey, ErrorCode, Request, Response, ResponseBody, API_VERSIONS};
 
 const DOC: &str = include_str!("../docs/PROTOCOL.md");
@@ -201,8 +204,13 @@ fn produce_request_carries_a_valid_batch_with_value_hi() {
     assert_eq!(acks, Acks::Commit);
 
     let header = validate(&batch, usize::MAX).expect("the produced batch validates");
-    assert_eq!(header.base_offset, 0, "the client sends base_offset 0");
+    assert_eq!(header.base_offset, 0, "the client sends baseOffset 0");
     assert_eq!(header.size(), batch.len());
+    assert_eq!(
+        header.batch_length, 58,
+        "12 + 58 bytes: 61 of header, 9 of record"
+    );
+    assert_eq!(header.partition_leader_epoch, -1, "the client sends -1");
     assert_eq!(header.magic, 2);
     assert_eq!(header.attributes, 0);
     assert_eq!(header.records_count, 1);
@@ -231,9 +239,11 @@ fn produce_request_carries_a_valid_batch_with_value_hi() {
 
     // The dump is exactly what the reference builder produces...
     assert_eq!(&batch[..], &built_batch()[..]);
-    // ...and its CRC is what the page's algorithm computes.
+    // ...and its CRC, big-endian at byte 17, is what the page's algorithm
+    // computes over bytes 21 to the end.
     assert_eq!(doc_crc32c(b"123456789"), 0xE306_9283);
     assert_eq!(doc_crc32c(&batch[21..]), header.crc);
+    assert_eq!(&batch[17..21], &header.crc.to_be_bytes());
 }
 
 #[test]
@@ -286,6 +296,9 @@ fn fetch_response_returns_the_produced_batch_with_its_offset() {
     assert_eq!(header.base_offset as u64, OFFSET);
     assert_eq!(header.partition_leader_epoch, 0);
     assert_eq!(header.next_offset() as u64, next_offset);
+    // What a read from the log checks: the offset and length the index
+    // gives, epoch 0, magic 2, the CRC.
+    check_stored(batch, OFFSET as i64, batch.len()).expect("the fetched batch is a stored one");
 
     let records = decode_records(&Bytes::copy_from_slice(batch)).unwrap();
     assert_eq!(records.len(), 1);
@@ -302,6 +315,22 @@ fn fetch_response_returns_the_produced_batch_with_its_offset() {
     assign(&mut expected, OFFSET as i64);
     assert_eq!(batch, &expected[..]);
     assert_eq!(doc_crc32c(&batch[21..]), header.crc);
+    // Byte for byte against the page's own PRODUCE dump: bytes 0 to 7 and
+    // 12 to 15 are the broker's, the rest (the CRC included) the producer's.
+    let Request::Produce { batch: sent, .. } = parse_request("produce-request").1 else {
+        panic!("produce-request is not a PRODUCE");
+    };
+    assert_eq!(batch.len(), sent.len());
+    assert_eq!(&batch[..8], &(OFFSET as i64).to_be_bytes());
+    assert_eq!(&batch[8..12], &sent[8..12]);
+    assert_eq!(&batch[12..16], &0i32.to_be_bytes());
+    assert_eq!(&sent[12..16], &(-1i32).to_be_bytes());
+    assert_eq!(
+        &batch[16..],
+        &sent[16..],
+        "from the magic on, the producer's bytes"
+    );
+    assert_eq!(header.crc, BatchHeader::parse(&sent).unwrap().crc);
 }
 
 #[test]
@@ -349,5 +378,153 @@ fn tables_list_every_error_code_and_api_with_its_number() {
             is_code || is_api,
             "PROTOCOL.md: row `{line}` names no error code or API of that number"
         );
+    }
+}
+
+/// Each comment that starts with `[k]` (an offset in the message) or `(k)`
+/// (an offset in the batch) names the offset of the first byte on its line,
+/// or of the next byte on a line without bytes; a `(0)` starts a batch,
+/// which must be one. A `length prefix: N bytes follow` comment gives the
+/// prefix's value.
+#[test]
+fn offset_comments_are_where_the_bytes_are() {
+    let mut in_block: Option<String> = None;
+    let mut pos = 0usize;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut batch_start: Option<usize> = None;
+    let mut checked = 0;
+    // (line, block, kind, claimed offset, position, batch start)
+    let mut claims: Vec<(usize, String, char, usize, usize, Option<usize>)> = Vec::new();
+    let leading = |comment: &str, open: char, close: char| -> Option<usize> {
+        let rest = comment.strip_prefix(open)?;
+        let (digits, _) = rest.split_once(close)?;
+        digits.parse().ok()
+    };
+    for (i, line) in DOC.lines().enumerate() {
+        let line_no = i + 1;
+        let trimmed = line.trim();
+        let Some(name) = in_block.clone() else {
+            if let Some(rest) = trimmed.strip_prefix("```hex") {
+                in_block = Some(rest.trim().to_owned());
+                pos = 0;
+                bytes.clear();
+                batch_start = None;
+            }
+            continue;
+        };
+        if trimmed == "```" {
+            for &(line_no, ref block, kind, claimed, at, start) in &claims {
+                if kind == '(' && claimed == 0 {
+                    let header = BatchHeader::parse(&bytes[at..]).unwrap_or_else(|e| {
+                        panic!("PROTOCOL.md line {line_no}: `(0)` starts no batch in {block}: {e}")
+                    });
+                    assert!(
+                        at + header.size() <= bytes.len(),
+                        "PROTOCOL.md line {line_no}: the batch runs past the end of {block}"
+                    );
+                }
+                let (actual, close) = match kind {
+                    '[' => (at.checked_sub(4).expect("after the length prefix"), ']'),
+                    _ => (at - start.expect("a (k) comment after a (0) one"), ')'),
+                };
+                assert_eq!(
+                    claimed, actual,
+                    "PROTOCOL.md line {line_no} ({block}): the comment says {kind}{claimed}{close}, the byte is at {actual}"
+                );
+                checked += 1;
+            }
+            claims.clear();
+            in_block = None;
+            continue;
+        }
+        let (data, comment) = line.split_once('#').unwrap_or((line, ""));
+        let comment = comment.trim();
+        if let Some(k) = leading(comment, '[', ']') {
+            claims.push((line_no, name.clone(), '[', k, pos, batch_start));
+        } else if let Some(k) = leading(comment, '(', ')') {
+            if k == 0 {
+                batch_start = Some(pos);
+            }
+            claims.push((line_no, name.clone(), '(', k, pos, batch_start));
+        }
+        if let Some(rest) = comment.strip_prefix("length prefix: ") {
+            let n: usize = rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("PROTOCOL.md line {line_no}: `{comment}`"));
+            let frame = dump(&name);
+            assert_eq!(
+                n,
+                frame.len() - 4,
+                "PROTOCOL.md line {line_no}: `{comment}`"
+            );
+        }
+        for token in data.split_whitespace() {
+            bytes.push(u8::from_str_radix(token, 16).expect("checked by dumps()"));
+            pos += 1;
+        }
+    }
+    assert!(checked >= 60, "only {checked} offset comments checked");
+}
+
+/// Section 6.2's record examples are what the reference builder writes.
+#[test]
+fn the_record_examples_are_what_the_builder_writes() {
+    let record = |key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]| {
+        let mut builder = BatchBuilder::new();
+        builder.push(TIMESTAMP, key, value, headers);
+        let batch = builder.finish();
+        let hex: Vec<String> = batch[61..].iter().map(|b| format!("{b:02X}")).collect();
+        format!("`{}`", hex.join(" "))
+    };
+    for example in [
+        record(None, Some(b"hi"), &[]),
+        record(Some(b"k"), Some(b"hi"), &[]),
+        record(None, None, &[("h", Some(b"v"))]),
+    ] {
+        assert!(
+            DOC.contains(&example),
+            "PROTOCOL.md lacks the record example {example}"
+        );
+    }
+}
+
+/// The rows of section 6.2's varint table follow the zigzag and 7-bit
+/// group rules the page states.
+#[test]
+fn the_varint_table_follows_its_rules() {
+    let table: Vec<&str> = DOC
+        .lines()
+        .skip_while(|l| l.trim() != "| value | zigzag | bytes |")
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(
+        table.len() >= 8,
+        "the varint table has {} rows",
+        table.len()
+    );
+    for line in table {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let value: i64 = cells[1].replace('−', "-").parse().expect(line);
+        let zigzag: u64 = cells[2].parse().expect(line);
+        let shown = cells[3]
+            .strip_prefix('`')
+            .and_then(|s| s.strip_suffix('`'))
+            .expect(line);
+        assert_eq!(
+            ((value << 1) ^ (value >> 63)) as u64,
+            zigzag,
+            "row `{line}`"
+        );
+        let mut z = zigzag;
+        let mut out = Vec::new();
+        while z >= 0x80 {
+            out.push(format!("{:02X}", (z & 0x7F) | 0x80));
+            z >>= 7;
+        }
+        out.push(format!("{z:02X}"));
+        assert_eq!(out.join(" "), shown, "row `{line}`");
     }
 }

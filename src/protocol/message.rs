@@ -206,7 +206,7 @@ const MIN_OFFSETS_PARTITION_LEN: usize = 4 + 8;
 
 /// Smallest encoding of a `(string, string)` pair: two empty strings.
 const MIN_PAIR_LEN: usize = 4;
-/// Most settings one CREATE_TOPIC may carry. There are eight topic settings;
+/// Most settings one CREATE_TOPIC may carry. There are ten topic settings;
 /// the cap keeps what a frame makes the parser hold near the frame's size
 /// (without it, 4-byte empty pairs each cost a 48-byte `(String, String)`).
 pub const MAX_SETTINGS: usize = 64;

@@ -1099,8 +1099,6 @@ fn take_dir_lock(vfs: &dyn Vfs, dir: &Path) -> Result<Box<dyn std::any::Any + Se
     }
 }
 
-/// Base offsets of the segments in `dir`, ascending. Index files without a
-/// store (a crash while creating a segment) are removed.
 /// Refuses a directory whose stores hold Spool 0.1's batches, before
 /// anything in it is changed (not even a lock file). That format's 48-byte
 /// header has magic 1 at byte 24; a v2 batch has magic 2 at byte 16.
@@ -1158,6 +1156,8 @@ const OLD_HEADER_LEN: usize = 48;
 const OLD_MAGIC_AT: usize = 24;
 const NEW_MAGIC_AT: usize = 16;
 
+/// Base offsets of the segments in `dir`, ascending. Index files without a
+/// store (a crash while creating a segment) are removed.
 fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
     let mut stores = Vec::new();
     let mut tables = Vec::new();

@@ -16,7 +16,7 @@
 //! whole-entry sized, starts at (0, 0), its last entry is in order and points
 //! at a batch header with the right offset that ends exactly at the end of the
 //! store, and that batch ends at the next segment's base offset. Checking this
-//! reads one 48-byte header, never the segment's data. A sealed segment whose
+//! reads one 61-byte header, never the segment's data. A sealed segment whose
 //! files disagree gets its index rebuilt from a scan of its store.
 //!
 //! The last segment may have been cut anywhere. Its index is trusted up to the
