@@ -507,7 +507,7 @@ impl Log {
         if w.active.is_none() {
             return Err(StorageError::Closed);
         }
-        let rolled = w.active_sealed || self.must_roll(&w, batch.len() as u64, count, now);
+        let rolled = w.active_sealed || self.must_roll(&w, batch.len() as u64, count, time);
         if rolled {
             self.roll(&mut w)?;
         }
@@ -540,7 +540,12 @@ impl Log {
         })
     }
 
-    fn must_roll(&self, w: &Writer, len: u64, count: u64, now: i64) -> bool {
+    /// Whether a batch of `len` bytes, `count` records and time `time` must
+    /// go to a new segment. By age, the batch's time is compared with the
+    /// segment's first batch's, as Kafka does: a producer backfilling old
+    /// timestamps fills segments as usual rather than rolling at every
+    /// append (the background check, `roll_if_due`, goes by the clock).
+    fn must_roll(&self, w: &Writer, len: u64, count: u64, time: i64) -> bool {
         let active = w.active.as_ref().expect("open");
         let end = active.end();
         if end == 0 {
@@ -553,7 +558,7 @@ impl Log {
             (config.segment_age, config.segment_bytes)
         };
         let aged = match (segment_age, active.segment().first_time()) {
-            (Some(age), Some(first)) => now.saturating_sub(first) >= millis(age),
+            (Some(age), Some(first)) => time.saturating_sub(first) >= millis(age),
             _ => false,
         };
         end + len > segment_bytes
@@ -1134,7 +1139,9 @@ fn refuse_old_format(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
         // Only a whole first batch with a good 0.1 checksum counts: a
         // damaged v2 store must open (and recover), not be refused.
         let len = u32::from_be_bytes(head[16..20].try_into().expect("4 bytes"));
-        if (len as usize) < OLD_HEADER_LEN || u64::from(len) > size {
+        // A damaged v2 store must not make this read large: 0.1 batches
+        // were at most its max_batch_bytes default.
+        if (len as usize) < OLD_HEADER_LEN || u64::from(len) > size || len > OLD_MAX_BATCH {
             continue;
         }
         let old = read(0, len as usize)?;
@@ -1153,6 +1160,7 @@ fn refuse_old_format(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
 /// length was at bytes 16..20 and its check at 20..24: crc32c of [0, 20)
 /// XOR crc32c of [24, end)).
 const OLD_HEADER_LEN: usize = 48;
+const OLD_MAX_BATCH: u32 = 64 << 20;
 const OLD_MAGIC_AT: usize = 24;
 const NEW_MAGIC_AT: usize = 16;
 

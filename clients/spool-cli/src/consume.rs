@@ -335,6 +335,8 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         Some(p) => Consumer::assign(client.clone(), &args.topic, &[p], start, config),
         None => Consumer::new(client.clone(), &args.topic, start, config),
     };
+    // The consumer learns the partitions first; then some start elsewhere.
+    consumer.positions().await.map_err(|e| e.to_string())?;
     for p in &partitions {
         let back = args.offset.filter(|o| *o < 0).map(i64::unsigned_abs);
         let to = match back {

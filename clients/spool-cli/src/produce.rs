@@ -269,9 +269,11 @@ impl Tally {
         // one-partition topic). Several: each one's.
         let at = match self.offsets.iter().collect::<Vec<_>>().as_slice() {
             [] => String::new(),
-            [(0, (low, high))] if low == high => format!("offset {low}"),
+            [(0, (low, _))] if self.acked == 1 && self.failed.is_none() => format!("offset {low}"),
             [(0, (low, high))] => format!("offsets {low}..{high}"),
-            [(p, (low, high))] if low == high => format!("partition {p} offset {low}"),
+            [(p, (low, _))] if self.acked == 1 && self.failed.is_none() => {
+                format!("partition {p} offset {low}")
+            }
             [(p, (low, high))] => format!("partition {p} offsets {low}..{high}"),
             all => {
                 let each: Vec<String> = all
@@ -330,13 +332,21 @@ impl Tally {
 }
 
 /// The topic's `max_record_bytes`, or `None` if the topic does not exist yet.
-async fn record_limit(client: &Client, topic: &str) -> Result<Option<u64>, String> {
+/// The topic's record limit (`None` for a topic that does not exist yet),
+/// and the producer told its partition count (saving it a lookup).
+async fn record_limit(
+    client: &Client,
+    producer: &Producer,
+    topic: &str,
+) -> Result<Option<u64>, String> {
     match client.describe_topic(topic).await {
-        Ok(d) => Ok(d
-            .settings
-            .iter()
-            .find(|(k, _)| k == "max_record_bytes")
-            .and_then(|(_, v)| v.parse().ok())),
+        Ok(d) => {
+            producer.set_partition_count(topic, d.partitions.len() as u32);
+            Ok(d.settings
+                .iter()
+                .find(|(k, _)| k == "max_record_bytes")
+                .and_then(|(_, v)| v.parse().ok()))
+        }
         Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
@@ -379,7 +389,7 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
                 .ok_or_else(|| format!("--header {h:?}: expected NAME=VALUE"))
         })
         .collect::<Result<_, _>>()?;
-    let mut limit = record_limit(client, &args.topic).await?;
+    let mut limit = record_limit(client, &producer, &args.topic).await?;
     let mut tally = Tally::default();
     let mut pending: VecDeque<(u64, Delivery)> = VecDeque::new();
     let mut line = Vec::new();
@@ -488,7 +498,7 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             while let Some((at, delivery)) = pending.pop_front() {
                 tally.settle(at, delivery.partition(), delivery.await);
             }
-            limit = record_limit(client, &args.topic).await?;
+            limit = record_limit(client, &producer, &args.topic).await?;
         }
         while pending.len() > WINDOW {
             let (at, delivery) = pending.pop_front().expect("not empty");

@@ -1105,28 +1105,40 @@ fn dying_broker(acked: u64) -> (String, std::sync::Arc<std::sync::atomic::Atomic
                     max_frame_bytes: 16 << 20,
                 },
                 Request::DescribeTopic { .. } => ResponseBody::Description(TopicDescription {
-                    log_start: 0,
-                    log_end: 0,
-                    size_bytes: 0,
-                    segments: 1,
+                    partitions: vec![spool::protocol::PartitionDescription {
+                        partition: 0,
+                        log_start: 0,
+                        log_end: 0,
+                        size_bytes: 0,
+                        segments: 1,
+                        torn_files: 0,
+                        torn_bytes: 0,
+                    }],
                     settings: vec![("max_record_bytes".into(), "1048576".into())],
-                    torn_files: 0,
-                    torn_bytes: 0,
                     sources: vec![],
                 }),
-                Request::Produce { batch, .. } => {
+                Request::Produce { mut topics, .. } => {
                     if seen.fetch_add(1, Ordering::SeqCst) == acked {
                         // Killed: the connection drops, answers owed.
                         return;
                     }
-                    let count = spool::batch::check(&batch).unwrap().records_count;
+                    let t = topics.remove(0);
+                    let count = spool::batch::check(&t.partitions[0].1)
+                        .unwrap()
+                        .records_count;
                     let base = next_offset;
                     next_offset += count as u64;
-                    ResponseBody::Produced {
-                        base_offset: base,
-                        log_append_time: -1,
-                        log_start: 0,
-                    }
+                    ResponseBody::Produced(vec![spool::protocol::TopicResults {
+                        topic: t.topic,
+                        partitions: vec![spool::protocol::PartitionResult {
+                            partition: 0,
+                            result: Ok(spool::protocol::ProducedPartition {
+                                base_offset: base,
+                                log_append_time: -1,
+                                log_start: 0,
+                            }),
+                        }],
+                    }])
                 }
                 other => panic!("unexpected {other:?}"),
             };
@@ -1354,4 +1366,76 @@ fn produce_memory_does_not_grow_with_the_input() {
     );
     let described = env.ok(&["topic", "describe", "large"], b"");
     assert!(described.contains("0 .. 2000000"), "{described}");
+}
+
+/// Issue 11: `topic create --partitions`, keys spread over partitions as
+/// Kafka's partitioner spreads them, `consume` reads every partition (with
+/// the partition in the template and the JSON), `--partition` one.
+#[test]
+fn partitions_from_the_command_line() {
+    use spool_client::partitioner::partition_for_key;
+    let env = start(|_| {});
+    env.ok(&["topic", "create", "t", "--partitions", "6"], b"");
+    let described = env.ok(&["topic", "describe", "t"], b"");
+    assert!(described.contains("partitions:         6"), "{described}");
+    assert!(described.contains("partition 5:"), "{described}");
+    let input: String = (0..60).map(|i| format!("key-{i}:value-{i}\n")).collect();
+    let report = env.run(&["produce", "t", "-K", ":"], input.as_bytes());
+    assert!(report.status.success(), "{report:?}");
+    assert!(
+        String::from_utf8_lossy(&report.stderr).contains("wrote 60 records to t"),
+        "{report:?}"
+    );
+    let printed = env.ok(&["consume", "t", "-f", "%p %k %s %o\\n"], b"");
+    let mut per_partition = [0u64; 6];
+    let mut lines = 0;
+    for line in printed.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (p, key, value, offset) = (fields[0], fields[1], fields[2], fields[3]);
+        let p: u32 = p.parse().unwrap();
+        assert_eq!(p, partition_for_key(key.as_bytes(), 6), "{line}");
+        assert_eq!(value, key.replace("key", "value"));
+        // Within a partition, in the order produced, offsets from 0.
+        assert_eq!(offset.parse::<u64>().unwrap(), per_partition[p as usize]);
+        per_partition[p as usize] += 1;
+        lines += 1;
+    }
+    assert_eq!(lines, 60);
+    assert!(
+        per_partition.iter().filter(|&&n| n > 0).count() >= 4,
+        "60 keys spread over at least 4 of 6 partitions: {per_partition:?}"
+    );
+    // One partition, and the JSON names it.
+    let p = partition_for_key(b"key-7", 6);
+    let json = env.ok(
+        &[
+            "consume",
+            "t",
+            "--partition",
+            &p.to_string(),
+            "--format",
+            "json",
+        ],
+        b"",
+    );
+    assert_eq!(json.lines().count() as u64, per_partition[p as usize]);
+    for line in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["partition"], p);
+    }
+    // --offset -1: the last record of each partition.
+    let last = env.ok(&["consume", "t", "--offset", "-1", "-f", "%p\\n"], b"");
+    assert_eq!(
+        last.lines().count(),
+        per_partition.iter().filter(|&&n| n > 0).count()
+    );
+    let e = env.fails(&["consume", "t", "--partition", "6"]);
+    assert!(e.contains("no partition 6"), "{e}");
+    // Raised, never lowered.
+    env.ok(&["topic", "alter", "t", "--partitions", "8"], b"");
+    let e = env.fails(&["topic", "alter", "t", "--partitions", "2"]);
+    assert!(e.contains("cannot be lowered"), "{e}");
+    // --partition on produce sends everything there.
+    env.ok(&["produce", "t", "--partition", "7"], b"x\ny\n");
+    assert_eq!(env.ok(&["consume", "t", "--partition", "7"], b""), "x\ny\n");
 }

@@ -324,6 +324,24 @@ impl Producer {
         Ok(delivery)
     }
 
+    /// Tells the producer how many partitions `topic` has, as a caller
+    /// that has just described it knows: the producer looks it up itself
+    /// otherwise (on the first send, and every 30 seconds).
+    pub fn set_partition_count(&self, topic: &str, partitions: u32) {
+        let mut meta = self
+            .shared
+            .meta
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = meta.entry(topic.into()).or_insert_with(|| TopicMeta {
+            partitions,
+            learnt: Instant::now(),
+            partitioner: Arc::new(Partitioner::new()),
+        });
+        entry.partitions = partitions.max(1);
+        entry.learnt = Instant::now();
+    }
+
     /// Sends every open batch and waits until all sent batches are answered.
     pub async fn flush(&self) -> Result<()> {
         let shared = &self.shared;

@@ -982,6 +982,89 @@ async fn batches_never_outgrow_the_frame() {
     assert!(broker.batches("t") >= 7, "{} batches", broker.batches("t"));
 }
 
+/// Issue 11: keyed records go where Kafka's partitioner puts their key,
+/// keyless ones fill one partition's batch and then the next's; a consumer
+/// of the topic reads every partition, each in order.
+#[tokio::test]
+async fn the_producer_partitions_as_kafka_does_and_the_consumer_reads_them_all() {
+    use spool_client::partitioner::partition_for_key;
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    client
+        .create_topic("p", &[("partitions", "4")])
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 200,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut sent = Vec::new();
+    for i in 0..200u32 {
+        let key = format!("user-{}", i % 25);
+        let d = producer
+            .send("p", Some(key.as_bytes()), i.to_string().as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(d.partition(), partition_for_key(key.as_bytes(), 4));
+        sent.push((d.partition(), i));
+    }
+    let mut keyless = Vec::new();
+    for i in 0..100u32 {
+        let d = producer.send("p", None, b"no key").await.unwrap();
+        keyless.push((d.partition(), i));
+    }
+    producer.flush().await.unwrap();
+    // Sticky: runs of one partition (a batch each), more than one in all.
+    let used: std::collections::BTreeSet<u32> = keyless.iter().map(|(p, _)| *p).collect();
+    assert!(used.len() > 1, "keyless records all went to {used:?}");
+    let switches = keyless.windows(2).filter(|w| w[0].0 != w[1].0).count();
+    assert!(
+        switches < 50,
+        "a partition per record, not per batch: {switches}"
+    );
+
+    let mut consumer = Consumer::new(client, "p", StartAt::Earliest, ConsumerConfig::default());
+    let mut seen: Vec<Vec<u32>> = vec![Vec::new(); 4];
+    let mut read = 0;
+    while read < 300 {
+        for m in consumer.poll().await.unwrap() {
+            assert_eq!(m.offset, seen[m.partition as usize].len() as u64);
+            let value = m.value.as_deref().unwrap();
+            let number = std::str::from_utf8(value)
+                .unwrap()
+                .parse()
+                .unwrap_or(u32::MAX);
+            seen[m.partition as usize].push(number);
+            read += 1;
+        }
+    }
+    // Every keyed record in its key's partition, in the order sent there.
+    for p in 0..4u32 {
+        let keyed: Vec<u32> = sent
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, i)| *i)
+            .collect();
+        let got: Vec<u32> = seen[p as usize]
+            .iter()
+            .copied()
+            .filter(|&n| n != u32::MAX)
+            .collect();
+        assert_eq!(got, keyed, "partition {p}");
+    }
+    let positions = consumer.positions().await.unwrap();
+    assert_eq!(
+        positions.iter().map(|(_, o)| o).sum::<u64>(),
+        300,
+        "{positions:?}"
+    );
+    let mut broker = broker;
+    broker.running.take().unwrap().shutdown().await;
+}
+
 /// Now, in ms: the broker keeps records by their timestamps.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
