@@ -14,6 +14,9 @@
 #   rolling-always  the same with flush = always
 #   bulk-1k         1 KiB x 1,000 per request, 8 in flight, default segments
 #   consume-1k      a backlog of 1,000,000 x 1 KiB produced, then consumed
+#   producers-4     1 KiB x 1,000 per request, 4 producers, one partition
+#   partitions-8    the same, over 8 partitions (needs --partitions: builds
+#                   from issue 11 on)
 set -euo pipefail
 A=$1
 B=$2
@@ -62,6 +65,8 @@ for name in $SCENARIOS; do
     rolling-always) scenario "$name" "$work/rolling.toml" --messages 300000 --message-size 1024 --batch-size 100 --in-flight 8 --flush always ;;
     bulk-1k) scenario "$name" "$work/default.toml" --messages 1000000 --message-size 1024 --batch-size 1000 --in-flight 8 ;;
     consume-1k) scenario "$name" "$work/default.toml" --mode consume --messages 1000000 --message-size 1024 ;;
+    producers-4) scenario "$name" "$work/default.toml" --messages 1000000 --message-size 1024 --batch-size 1000 --in-flight 8 --producers 4 ;;
+    partitions-8) scenario "$name" "$work/default.toml" --messages 1000000 --message-size 1024 --batch-size 1000 --in-flight 8 --producers 4 --partitions 8 ;;
     *) echo "unknown scenario $name" >&2; exit 2 ;;
     esac
 done

@@ -1,4 +1,4 @@
-//! Issue 11: Spool's RecordBatch v2 codec (`spool::record_batch`) against
+//! Issue 11: Spool's RecordBatch v2 codec (`spool::batch`) against
 //! the `kafka-protocol` crate's encoder and decoder, the reference Kafka
 //! clients in Rust use. Batches either side builds, the other reads back
 //! record for record; built from the same records, the bytes are the same.
@@ -139,7 +139,7 @@ fn plain(
     )
 }
 
-/// What `spool::record_batch` reads from a batch, as plain records.
+/// What `spool::batch` reads from a batch, as plain records.
 fn read_ours(batch: &[u8]) -> Vec<Plain> {
     batch::validate(batch, usize::MAX).expect("a valid batch");
     batch::decode_any(&Bytes::copy_from_slice(batch), 1 << 20)

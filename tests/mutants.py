@@ -135,16 +135,18 @@ MUTANTS = {
     ),
     "blocking-read-on-worker": (
         "src/broker/handler.rs",
-        "let found = match read(topic, offset, max_bytes, Wait::No) {",
-        "let found = match read(topic, offset, max_bytes, Wait::Yes) {",
+        "let found = match read(&partition, offset, room, end, Wait::No, first) {",
+        "let found = match read(&partition, offset, room, end, Wait::Yes, first) {",
         "runtime_blocking", "a_fetch_of_data_not_in_the_page_cache",
         "a fetch of uncached data blocks the async worker",
     ),
     "long-poll-rereads": (
         "src/broker/handler.rs",
-        "            let available = self.topic.log().available_bytes(self.offset, end);\n",
-        "            let available = self.topic.log().available_bytes(self.offset, end);\n"
-        "            let _ = read(&self.topic, self.offset, self.max_bytes, Wait::Yes);\n",
+        "            let available = available(&self.wanted, &ends);\n",
+        "            let available = available(&self.wanted, &ends);\n"
+        "            for w in &self.wanted {\n"
+        "                let _ = read(&w.partition, w.offset, self.max_bytes, u64::MAX, Wait::Yes, true);\n"
+        "            }\n",
         "runtime_blocking", "a_waiting_fetch_reads_once",
         "a waiting fetch reads its data again at every append",
     ),
