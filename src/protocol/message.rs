@@ -204,6 +204,25 @@ const MIN_PRODUCE_PARTITION_LEN: usize = 4 + 4;
 const MIN_FETCH_PARTITION_LEN: usize = 4 + 8 + 4;
 const MIN_OFFSETS_PARTITION_LEN: usize = 4 + 8;
 
+/// Most partitions (over all topics, repeats counted) one PRODUCE, FETCH or
+/// LIST_OFFSETS may name: a topic has at most this many, and without a cap
+/// a frame of 16-byte fetch entries would make the broker hold (and a long
+/// poll watch) a million.
+pub const MAX_REQUEST_PARTITIONS: usize = 10_000;
+
+/// Counts a request's partitions as they are read, refusing past
+/// [`MAX_REQUEST_PARTITIONS`].
+fn add_partitions(total: &mut usize, more: usize) -> Result<(), ProtocolError> {
+    *total += more;
+    if *total > MAX_REQUEST_PARTITIONS {
+        return Err(ProtocolError::BadValue {
+            field: "partitions",
+            reason: format!("more than {MAX_REQUEST_PARTITIONS} partitions in one request"),
+        });
+    }
+    Ok(())
+}
+
 /// Smallest encoding of a `(string, string)` pair: two empty strings.
 const MIN_PAIR_LEN: usize = 4;
 /// Most settings one CREATE_TOPIC may carry. There are ten topic settings;
@@ -328,10 +347,14 @@ impl Request {
                 // Names and batch positions first; then the batches are cut
                 // out of the frame in order, without a copy.
                 let mut shaped = Vec::new();
+                let mut total = 0;
                 for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
                     let topic = r.string("topic")?;
                     let mut partitions = Vec::new();
-                    for _ in 0..r.count("partitions", MIN_PRODUCE_PARTITION_LEN)? {
+                    let count = r.count("partitions", MIN_PRODUCE_PARTITION_LEN)?;
+                    // A topic of no partitions still counts, so empty ones cannot pile up.
+                    add_partitions(&mut total, count.max(1))?;
+                    for _ in 0..count {
                         let partition = r.u32("partition")?;
                         partitions.push((partition, r.bytes_range("batch")?));
                     }
@@ -356,10 +379,14 @@ impl Request {
                 let min_bytes = r.u32("min_bytes")?;
                 let max_bytes = r.u32("max_bytes")?;
                 let mut topics = Vec::new();
+                let mut total = 0;
                 for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
                     let topic = r.string("topic")?;
                     let mut partitions = Vec::new();
-                    for _ in 0..r.count("partitions", MIN_FETCH_PARTITION_LEN)? {
+                    let count = r.count("partitions", MIN_FETCH_PARTITION_LEN)?;
+                    // A topic of no partitions still counts, so empty ones cannot pile up.
+                    add_partitions(&mut total, count.max(1))?;
+                    for _ in 0..count {
                         partitions.push(FetchPartition {
                             partition: r.u32("partition")?,
                             offset: r.u64("offset")?,
@@ -377,10 +404,14 @@ impl Request {
             }
             ApiKey::ListOffsets => {
                 let mut topics = Vec::new();
+                let mut total = 0;
                 for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
                     let topic = r.string("topic")?;
                     let mut partitions = Vec::new();
-                    for _ in 0..r.count("partitions", MIN_OFFSETS_PARTITION_LEN)? {
+                    let count = r.count("partitions", MIN_OFFSETS_PARTITION_LEN)?;
+                    // A topic of no partitions still counts, so empty ones cannot pile up.
+                    add_partitions(&mut total, count.max(1))?;
+                    for _ in 0..count {
                         let partition = r.u32("partition")?;
                         let spec = match r.i64("timestamp")? {
                             -2 => OffsetSpec::Earliest,
@@ -1201,6 +1232,48 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A request names at most MAX_REQUEST_PARTITIONS partitions (empty
+    /// topics counted as one each), however small its entries.
+    #[test]
+    fn requests_name_a_bounded_number_of_partitions() {
+        let fetch = |topics: usize, partitions: u32| {
+            let mut buf = BytesMut::new();
+            Request::Fetch {
+                max_wait_ms: 0,
+                min_bytes: 1,
+                max_bytes: 1,
+                topics: (0..topics)
+                    .map(|_| FetchTopic {
+                        topic: String::new(),
+                        partitions: (0..partitions)
+                            .map(|partition| FetchPartition {
+                                partition,
+                                offset: 0,
+                                max_bytes: 1,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }
+            .encode(1, &mut buf);
+            Request::parse(buf.split_off(4))
+        };
+        assert!(fetch(1, MAX_REQUEST_PARTITIONS as u32).is_ok());
+        for (topics, partitions) in [
+            (1, MAX_REQUEST_PARTITIONS as u32 + 1),
+            (MAX_REQUEST_PARTITIONS + 1, 0),
+            (2, 6000),
+        ] {
+            assert!(matches!(
+                fetch(topics, partitions),
+                Err(ProtocolError::BadValue {
+                    field: "partitions",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub use message::{
     Acks, ApiKey, ErrorBody, FetchPartition, FetchTopic, FetchedPartition, OffsetSpec,
     OffsetsTopic, PartitionDescription, PartitionOffsets, PartitionResult, ProduceTopic,
     ProducedPartition, Request, RequestHeader, Response, ResponseBody, TopicDescription,
-    TopicResults, API_VERSIONS, MAX_PRODUCE_OVERHEAD, REQUEST_HEADER_LEN,
+    TopicResults, API_VERSIONS, MAX_PRODUCE_OVERHEAD, MAX_REQUEST_PARTITIONS, REQUEST_HEADER_LEN,
 };
 pub use wire::{put_bytes, put_string, Reader};
 
