@@ -6,22 +6,31 @@
 //! crate's own code: requests parse with [`Request::parse`], responses with
 //! [`Response::parse`], both re-encode to the very same bytes, the batches
 //! validate and decode, the named dumps carry the values the page
-//! describes, and the offsets their comments give are where the bytes
-//! are. It also checks the page's tables of error codes and API keys, its
-//! record examples and its varint table against the code.
+//! describes (each partition's fields among them), and the offsets their
+//! comments give are where the bytes are. It also checks the page's tables
+//! of error codes, API keys and versions and topic settings, the versions
+//! and the produce overhead it quotes, its record examples and its varint
+//! table against the code.
 
 use bytes::{Bytes, BytesMut};
 use spool::batch::{
     assign, check_stored, decode_records, validate, BatchBuilder, BatchHeader, BatchIter,
 };
-use spool::protocol::{Acks, ApiKey, ErrorCode, Request, Response, ResponseBody, API_VERSIONS};
+use spool::broker::{ServerConfig, TopicSettings};
+use spool::protocol::{
+    Acks, ApiKey, ErrorCode, FetchPartition, FetchTopic, FetchedPartition, PartitionResult,
+    ProducedPartition, Request, Response, ResponseBody, TopicResults, API_VERSIONS,
+    MAX_PRODUCE_OVERHEAD,
+};
+use spool::storage::StorageError;
 
 const DOC: &str = include_str!("../docs/PROTOCOL.md");
 
 /// The producer timestamp of the record in the dumps.
 const TIMESTAMP: i64 = 1_700_000_000_000;
-/// The offset it got.
+/// The offset it got, in partition 0 of topic `t`.
 const OFFSET: u64 = 42;
+const TOPIC: &str = "t";
 
 struct Dump {
     name: String,
@@ -125,6 +134,21 @@ fn parse_response(name: &str, api: ApiKey) -> Response {
         .unwrap_or_else(|e| panic!("{name} does not parse: {e}"))
 }
 
+/// The one partition result of a response naming one topic and one
+/// partition, after checking that they are `t` and 0.
+fn only_partition<T: std::fmt::Debug>(
+    name: &str,
+    topics: Vec<TopicResults<T>>,
+) -> PartitionResult<T> {
+    assert_eq!(topics.len(), 1, "{name}: one topic");
+    let mut topic = topics.into_iter().next().unwrap();
+    assert_eq!(topic.topic, TOPIC, "{name}: topic");
+    assert_eq!(topic.partitions.len(), 1, "{name}: one partition");
+    let partition = topic.partitions.remove(0);
+    assert_eq!(partition.partition, 0, "{name}: partition");
+    partition
+}
+
 /// The batch of the dumps, as the reference builder makes it.
 fn built_batch() -> Vec<u8> {
     let mut builder = BatchBuilder::new();
@@ -156,7 +180,7 @@ fn doc_crc32c(data: &[u8]) -> u32 {
 #[test]
 fn every_dump_is_a_frame_that_parses_and_re_encodes_identically() {
     let all = dumps();
-    assert!(all.len() >= 5, "PROTOCOL.md lost some of its hex dumps");
+    assert!(all.len() >= 8, "PROTOCOL.md lost some of its hex dumps");
     for d in &all {
         let msg = message(&d.name, &d.bytes);
         let api = api_of(&d.name);
@@ -164,6 +188,12 @@ fn every_dump_is_a_frame_that_parses_and_re_encodes_identically() {
             let (header, request) = Request::parse(BytesMut::from(msg))
                 .unwrap_or_else(|e| panic!("{}: does not parse: {e}", d.name));
             assert_eq!(header.api_key, api as u16, "{}: wrong api_key", d.name);
+            assert_eq!(
+                header.api_version,
+                api.version(),
+                "{}: not the version the broker speaks",
+                d.name
+            );
             let mut again = BytesMut::new();
             request.encode(header.correlation_id, &mut again);
             assert_eq!(
@@ -194,14 +224,116 @@ fn api_versions_request() {
 }
 
 #[test]
+fn api_versions_response_lists_every_api_at_its_version() {
+    let response = parse_response("api-versions-response", ApiKey::ApiVersions);
+    assert_eq!(response.correlation_id, 7);
+    let Ok(ResponseBody::ApiVersions {
+        server,
+        apis,
+        max_frame_bytes,
+    }) = response.body
+    else {
+        panic!("api-versions-response is not a successful API_VERSIONS: {response:?}");
+    };
+    assert!(server.starts_with("spool "), "{server}");
+    let expected: Vec<(u16, u16, u16)> = API_VERSIONS
+        .iter()
+        .map(|(api, min, max)| (*api as u16, *min, *max))
+        .collect();
+    assert_eq!(apis, expected);
+    assert_eq!(
+        u64::from(max_frame_bytes),
+        ServerConfig::default().max_frame_bytes
+    );
+}
+
+/// Section 5.1 spells out the list API_VERSIONS gives, and the figure
+/// `max_record_bytes` is bounded by.
+#[test]
+fn the_versions_and_the_produce_overhead_quoted_are_the_code_s() {
+    let listed: Vec<String> = API_VERSIONS
+        .iter()
+        .map(|(api, min, max)| format!("({}, {min}, {max})", *api as u16))
+        .collect();
+    let listed = format!("`{}`", listed.join(" "));
+    assert!(DOC.contains(&listed), "PROTOCOL.md does not list {listed}");
+    for (api, _, max) in API_VERSIONS {
+        let row = format!("| {} | `{}` | {max} |", api as u16, api.name());
+        assert!(DOC.contains(&row), "PROTOCOL.md has no row `{row}`");
+    }
+    // Every "`max_frame_bytes` − N" on the page gives the code's N.
+    let marker = "`max_frame_bytes` − ";
+    let mut quoted = 0;
+    for (at, _) in DOC.match_indices(marker) {
+        let digits: String = DOC[at + marker.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        assert_eq!(
+            digits.parse::<usize>().ok(),
+            Some(MAX_PRODUCE_OVERHEAD),
+            "PROTOCOL.md: `{marker}{digits}`"
+        );
+        quoted += 1;
+    }
+    assert!(
+        quoted >= 3,
+        "the bound on max_record_bytes is quoted {quoted} times"
+    );
+    // And the sum that explains it adds up to it.
+    let sum = "8 + 1 + 4 + 2 + 249 + 4 + 4 + 4 + 61";
+    let flat = DOC.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(&format!("{sum} = {MAX_PRODUCE_OVERHEAD}")),
+        "PROTOCOL.md lacks `{sum} = {MAX_PRODUCE_OVERHEAD}`"
+    );
+    let total: usize = sum.split(" + ").map(|n| n.parse::<usize>().unwrap()).sum();
+    assert_eq!(total, MAX_PRODUCE_OVERHEAD);
+}
+
+/// CREATE_TOPIC's table of settings has a row for every key DESCRIBE_TOPIC
+/// reports, in the order it reports them.
+#[test]
+fn the_settings_table_lists_every_setting_in_order() {
+    let keys: Vec<String> = DOC
+        .lines()
+        .skip_while(|l| l.trim() != "| key | value | built-in default | allowed |")
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cell = l.split('|').nth(1).unwrap().trim();
+            cell.trim_matches('`').to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = TopicSettings::default()
+        .to_pairs()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, expected);
+    let count = ["ten", "eleven", "twelve", "thirteen"][expected.len() - 10];
+    let flat = DOC.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(&format!(
+            "The settings are the {count} keys of CREATE_TOPIC"
+        )),
+        "DESCRIBE_TOPIC's section should say there are {count} settings"
+    );
+}
+
+#[test]
 fn produce_request_carries_a_valid_batch_with_value_hi() {
     let (correlation_id, request) = parse_request("produce-request");
     assert_eq!(correlation_id, 1);
-    let Request::produce(&topic, 0, acks, batch) = request else {
+    let Request::Produce { acks, topics } = request else {
         panic!("produce-request is not a PRODUCE: {request:?}");
     };
-    assert_eq!(topic, "t");
     assert_eq!(acks, Acks::Commit);
+    assert_eq!(topics.len(), 1, "one topic");
+    assert_eq!(topics[0].topic, TOPIC);
+    assert_eq!(topics[0].partitions.len(), 1, "one partition");
+    let (partition, batch) = topics[0].partitions[0].clone();
+    assert_eq!(partition, 0);
 
     let header = validate(&batch, usize::MAX).expect("the produced batch validates");
     assert_eq!(header.base_offset, 0, "the client sends baseOffset 0");
@@ -250,9 +382,13 @@ fn produce_request_carries_a_valid_batch_with_value_hi() {
 fn produce_response() {
     let response = parse_response("produce-response", ApiKey::Produce);
     assert_eq!(response.correlation_id, 1);
+    let Ok(ResponseBody::Produced(topics)) = response.body else {
+        panic!("produce-response is not a successful PRODUCE: {response:?}");
+    };
+    let partition = only_partition("produce-response", topics);
     assert_eq!(
-        response.body,
-        Ok(ResponseBody::Produced {
+        partition.result,
+        Ok(ProducedPartition {
             base_offset: OFFSET,
             log_append_time: -1,
             log_start: 0,
@@ -264,21 +400,53 @@ fn produce_response() {
 fn fetch_request() {
     let (correlation_id, request) = parse_request("fetch-request");
     assert_eq!(correlation_id, 2);
-    assert_eq!(request, Request::fetch("t", 0, OFFSET, 1 << 20, 500, 1));
+    assert_eq!(request, Request::fetch(TOPIC, 0, OFFSET, 1 << 20, 500, 1));
+}
+
+#[test]
+fn fetch_two_partitions_request() {
+    let (correlation_id, request) = parse_request("fetch-two-partitions-request");
+    assert_eq!(correlation_id, 4);
+    assert_eq!(
+        request,
+        Request::Fetch {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                topic: TOPIC.into(),
+                partitions: vec![
+                    FetchPartition {
+                        partition: 0,
+                        offset: OFFSET + 1,
+                        max_bytes: 256 << 10,
+                    },
+                    FetchPartition {
+                        partition: 1,
+                        offset: 0,
+                        max_bytes: 256 << 10,
+                    },
+                ],
+            }],
+        }
+    );
 }
 
 #[test]
 fn fetch_response_returns_the_produced_batch_with_its_offset() {
     let response = parse_response("fetch-response", ApiKey::Fetch);
     assert_eq!(response.correlation_id, 2);
-    let Ok(ResponseBody::Fetched {
+    let Ok(ResponseBody::Fetched(topics)) = response.body else {
+        panic!("fetch-response is not a successful FETCH: {response:?}");
+    };
+    let Ok(FetchedPartition {
         log_start,
         log_end,
         next_offset,
         batches,
-    }) = response.body
+    }) = only_partition("fetch-response", topics).result
     else {
-        panic!("fetch-response is not a successful FETCH: {response:?}");
+        panic!("fetch-response: partition 0 failed");
     };
     assert_eq!(
         (log_start, log_end, next_offset),
@@ -317,9 +485,10 @@ fn fetch_response_returns_the_produced_batch_with_its_offset() {
     assert_eq!(doc_crc32c(&batch[21..]), header.crc);
     // Byte for byte against the page's own PRODUCE dump: bytes 0 to 7 and
     // 12 to 15 are the broker's, the rest (the CRC included) the producer's.
-    let Request::Produce { batch: sent, .. } = parse_request("produce-request").1 else {
+    let Request::Produce { topics, .. } = parse_request("produce-request").1 else {
         panic!("produce-request is not a PRODUCE");
     };
+    let sent = topics[0].partitions[0].1.clone();
     assert_eq!(batch.len(), sent.len());
     assert_eq!(&batch[..8], &(OFFSET as i64).to_be_bytes());
     assert_eq!(&batch[8..12], &sent[8..12]);
@@ -334,17 +503,31 @@ fn fetch_response_returns_the_produced_batch_with_its_offset() {
 }
 
 #[test]
-fn fetch_error_response_carries_the_range() {
-    let response = parse_response("fetch-error-response", ApiKey::Fetch);
+fn fetch_out_of_range_response_carries_the_range_in_the_partition() {
+    let name = "fetch-out-of-range-response";
+    let response = parse_response(name, ApiKey::Fetch);
     assert_eq!(response.correlation_id, 3);
-    let error = response.body.expect_err("an error response");
+    let Ok(ResponseBody::Fetched(topics)) = response.body else {
+        panic!("{name}: the response's own code should be 0: {response:?}");
+    };
+    let error = only_partition(name, topics)
+        .result
+        .expect_err("partition 0 carries an error");
     assert_eq!(error.code, ErrorCode::OffsetOutOfRange);
     assert_eq!(error.range, Some((0, OFFSET + 1)));
     assert_eq!(error.resume_at, None);
-    assert_eq!(
-        error.message,
-        "offset 50 is out of range; the log holds [0, 43)"
-    );
+    // The message the broker's log gives for that offset.
+    let out_of_range = StorageError::OffsetOutOfRange {
+        offset: 50,
+        lowest: 0,
+        next: OFFSET + 1,
+    };
+    assert_eq!(error.message, out_of_range.to_string());
+    // The placeholders after the range: next_offset u64::MAX, no batches.
+    let frame = dump(name);
+    let msg = message(name, &frame);
+    assert_eq!(&msg[msg.len() - 12..msg.len() - 4], &u64::MAX.to_be_bytes());
+    assert_eq!(&msg[msg.len() - 4..], &0u32.to_be_bytes());
 }
 
 #[test]
@@ -465,7 +648,7 @@ fn offset_comments_are_where_the_bytes_are() {
             pos += 1;
         }
     }
-    assert!(checked >= 60, "only {checked} offset comments checked");
+    assert!(checked >= 110, "only {checked} offset comments checked");
 }
 
 /// Section 6.2's record examples are what the reference builder writes.
