@@ -462,3 +462,36 @@ async fn a_topic_in_the_old_layout_is_refused_by_name_and_left_as_it_is() {
     assert!(!old.join("0").exists(), "nothing was made in it");
     broker.stop().await;
 }
+
+/// A file that names fewer partitions than a topic has drops none, and
+/// does not make every later alter of the topic fail as a lowering.
+#[tokio::test]
+async fn a_file_naming_fewer_partitions_drops_none() {
+    let broker = start(|_| {}).await;
+    let mut c = broker.connect().await;
+    c.ok(create_request("t", &[("partitions", "3")])).await;
+    produce_to(&mut c, "t", 2, &["kept"]).await;
+    let mut broker = broker;
+    broker.config.topics.insert(
+        "t".into(),
+        spool::broker::config::TopicOverrides {
+            partitions: Some(1),
+            ..Default::default()
+        },
+    );
+    let broker = broker.restart().await;
+    let mut c = broker.connect().await;
+    let d = describe(&mut c, "t").await;
+    assert_eq!(d.partitions.len(), 3);
+    assert!(d.settings.contains(&("partitions".into(), "3".into())));
+    assert_eq!(values_of(&mut c, "t", 2, 0).await, ["kept"]);
+    // An alter of something else goes through.
+    c.ok(Request::AlterTopic {
+        topic: "t".into(),
+        set: vec![("retention_ms".into(), "1h".into())],
+        reset: vec![],
+    })
+    .await;
+    assert_eq!(describe(&mut c, "t").await.partitions.len(), 3);
+    broker.stop().await;
+}

@@ -123,9 +123,7 @@ pub async fn dispatch(
             };
             fetch.dispatch(broker, peer, correlation_id, topics).await
         }
-        Request::ListOffsets { topics } => now(Ok(ResponseBody::Offsets(
-            list_offsets(broker, topics).await,
-        ))),
+        Request::ListOffsets { topics } => now(list_offsets(broker, topics).await),
     }
 }
 
@@ -304,10 +302,7 @@ fn describe(topic: &Topic) -> ResponseBody {
 /// LIST_OFFSETS for every partition asked; a search by time reads batch
 /// headers, perhaps from the device, so a request with one runs off the
 /// async threads.
-async fn list_offsets(
-    broker: &Arc<Broker>,
-    topics: Vec<OffsetsTopic>,
-) -> Vec<TopicResults<PartitionOffsets>> {
+async fn list_offsets(broker: &Arc<Broker>, topics: Vec<OffsetsTopic>) -> Outcome {
     let registry = Arc::clone(&broker.topics);
     let by_time = topics
         .iter()
@@ -337,14 +332,14 @@ async fn list_offsets(
             .collect::<Vec<_>>()
     };
     if !by_time {
-        return work();
+        return Ok(ResponseBody::Offsets(work()));
     }
     match tokio::task::spawn_blocking(work).await {
-        Ok(results) => results,
-        Err(e) => {
-            tracing::error!(error = %e, "list offsets task failed");
-            Vec::new()
-        }
+        Ok(results) => Ok(ResponseBody::Offsets(results)),
+        Err(e) => Err(ErrorBody::new(
+            ErrorCode::UnknownServerError,
+            format!("task failed: {e}"),
+        )),
     }
 }
 

@@ -583,6 +583,13 @@ impl Topics {
             .max()
             .unwrap_or(0);
         let count = settings.partitions.max(on_disk);
+        if count > settings.partitions {
+            // A file's [defaults] or [topics.NAME] lowered below what the
+            // topic has: partitions are never dropped. Reported as it is.
+            tracing::warn!(topic = %name, partitions = count, setting = settings.partitions, "the topic has more partitions than its settings say; all are kept");
+        }
+        let mut settings = settings;
+        settings.partitions = count;
         let topic_name: Arc<str> = Arc::from(name);
         let mut partitions = Vec::with_capacity(count as usize);
         for id in 0..count {
@@ -881,7 +888,16 @@ impl Topics {
                 )));
             }
         }
+        let mut settings = settings;
         let count = topic.partition_count();
+        // Only an alter that names `partitions` can ask to lower them; a
+        // lower count from the file's layers is the topic's count as it is
+        // (partitions are never dropped).
+        let names_partitions =
+            given.partitions.is_some() || reset.iter().any(|k| k == "partitions");
+        if settings.partitions < count && !names_partitions {
+            settings.partitions = count;
+        }
         if settings.partitions < count {
             return Err(invalid(format!(
                 "partitions cannot be lowered (the topic has {count}, {} asked): as in Kafka, records never move between partitions; create a new topic with fewer instead",
@@ -914,14 +930,34 @@ impl Topics {
         }
         if added > 0 {
             // New partitions start empty; producers see them once they are
-            // all open (the count is in topic.toml already, so a restart
-            // opens any this fails to).
+            // all open. The count is in topic.toml already: if one fails to
+            // open, those opened so far are served (their sync tasks run)
+            // and a restart opens the rest.
             let mut all = topic.partitions().as_ref().clone();
+            let mut failed = None;
             for id in count..settings.partitions {
-                all.push(self.open_partition(&topic.name, id, &settings)?);
+                match self.open_partition(&topic.name, id, &settings) {
+                    Ok(p) => all.push(p),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
+            let opened = all.len() as u32;
             *topic.partitions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
-            tracing::info!(topic = %name, from = count, to = settings.partitions, "added partitions");
+            tracing::info!(topic = %name, from = count, to = opened, "added partitions");
+            if let Some(e) = failed {
+                tracing::error!(topic = %name, opened, asked = settings.partitions, error = %e, "adding partitions failed; the rest open at the next start");
+                settings.partitions = opened;
+                let sources = self.config.setting_sources(name, &next);
+                *topic.state.lock().unwrap_or_else(|p| p.into_inner()) = Settings {
+                    effective: settings,
+                    given: next,
+                    sources,
+                };
+                return Err(e);
+            }
         }
         let sources = self.config.setting_sources(name, &next);
         let changes: Vec<String> = settings

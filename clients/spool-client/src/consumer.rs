@@ -147,6 +147,10 @@ pub struct Consumer {
     parts: Vec<Part>,
     refreshed: Option<tokio::time::Instant>,
     buffer: VecDeque<Message>,
+    /// Fetches so far: each names the partitions starting one further on,
+    /// so that a busy partition cannot keep the others out of the
+    /// responses' `max_bytes` (as Kafka's clients rotate them).
+    fetches: usize,
     /// A fetch sent ahead: the positions it reads from, and its response.
     ahead: Option<(Vec<(u32, u64)>, ResponseFuture)>,
     /// Since when fetches have lost their connection, and the delay before
@@ -205,6 +209,7 @@ impl Consumer {
             parts,
             refreshed: None,
             buffer: VecDeque::new(),
+            fetches: 0,
             ahead: None,
             lost: None,
         }
@@ -466,8 +471,14 @@ impl Consumer {
         Ok(Vec::new())
     }
 
-    async fn send_fetch(&self, from: &[(u32, u64)]) -> Result<ResponseFuture> {
+    async fn send_fetch(&mut self, from: &[(u32, u64)]) -> Result<ResponseFuture> {
         let conn = self.client.connection().await?;
+        let mut from = from.to_vec();
+        if !from.is_empty() {
+            let by = self.fetches % from.len();
+            from.rotate_left(by);
+        }
+        self.fetches = self.fetches.wrapping_add(1);
         let request = Request::Fetch {
             max_wait_ms: self.config.max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
             min_bytes: self.config.min_bytes,
