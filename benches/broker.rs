@@ -17,6 +17,16 @@ use tokio::net::TcpStream;
 
 /// In-flight produce requests on the connection.
 const WINDOW: usize = 8;
+/// The one topic, of one partition (0), that both benchmarks use.
+const TOPIC: &str = "bench";
+/// Where the one partition's error code sits in a PRODUCE or FETCH
+/// response of one topic and one partition: after the correlation id, the
+/// response's own code and (empty) message, the topic count, the topic,
+/// the partition count and the partition id.
+const PARTITION_CODE_AT: usize = 4 + 2 + 2 + 4 + 2 + TOPIC.len() + 4 + 4;
+/// Where a FETCH's next_offset sits: after the partition's code, its
+/// (empty) message, log_start and log_end.
+const NEXT_OFFSET_AT: usize = PARTITION_CODE_AT + 2 + 2 + 8 + 8;
 
 fn batch(records: usize, size: usize) -> Vec<u8> {
     let mut b = BatchBuilder::with_capacity(records * (size + 8));
@@ -33,6 +43,9 @@ async fn start(dir: &std::path::Path, flush: Flush) -> RunningBroker {
     config.server.data_dir = dir.to_owned();
     config.defaults.flush = Some(flush);
     config.defaults.segment_bytes = Some(256 << 20);
+    // The batches carry fixed 2023 timestamps: by time, retention would
+    // delete the fetch backlog's sealed segments as soon as they roll.
+    config.defaults.retention_ms = Some(spool::broker::config::Limit::Unlimited);
     Broker::start(config).await.unwrap()
 }
 
@@ -41,6 +54,13 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) {
     buf.resize(len, 0);
     stream.read_exact(buf).await.unwrap();
     assert_eq!(&buf[4..6], &[0, 0], "error response");
+    let code = &buf[PARTITION_CODE_AT..PARTITION_CODE_AT + 2];
+    if code != [0, 0] {
+        let at = PARTITION_CODE_AT + 2;
+        let len = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize;
+        let message = String::from_utf8_lossy(&buf[at + 2..at + 2 + len]);
+        panic!("partition error {code:?}: {message}");
+    }
 }
 
 fn produce(c: &mut Criterion) {
@@ -59,8 +79,7 @@ fn produce(c: &mut Criterion) {
             let addr = broker.local_addr();
             let mut frame = BytesMut::new();
             let b = batch(records, size);
-            Request::produce("bench", 0, Acks::Commit, BytesMut::from(&b[..]))
-                .encode(1, &mut frame);
+            Request::produce(TOPIC, 0, Acks::Commit, BytesMut::from(&b[..])).encode(1, &mut frame);
             group.throughput(Throughput::Bytes(b.len() as u64));
             group.bench_function(
                 BenchmarkId::new(format!("{size}B"), format!("x{records}")),
@@ -105,7 +124,7 @@ fn fetch(c: &mut Criterion) {
     let end = rt.block_on(async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut frame = BytesMut::new();
-        Request::produce("bench", 0, Acks::Commit, BytesMut::from(&b[..])).encode(1, &mut frame);
+        Request::produce(TOPIC, 0, Acks::Commit, BytesMut::from(&b[..])).encode(1, &mut frame);
         let mut buf = Vec::new();
         let n = backlog / b.len() as u64;
         for _ in 0..n {
@@ -131,14 +150,18 @@ fn fetch(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..iters {
                     let mut frame = BytesMut::new();
-                    Request::fetch("bench", 0, offset, max_bytes, 0, 1)
-                        .encode(i as u32, &mut frame);
+                    Request::fetch(TOPIC, 0, offset, max_bytes, 0, 1).encode(i as u32, &mut frame);
                     stream.write_all(&frame).await.unwrap();
                     read_frame(&mut stream, &mut buf).await;
                     bytes += buf.len() as u64;
-                    // next_offset sits after correlation id, code, message
-                    // and log_start/log_end: bytes 24..32.
-                    offset = u64::from_be_bytes(buf[24..32].try_into().unwrap());
+                    let next = u64::from_be_bytes(
+                        buf[NEXT_OFFSET_AT..NEXT_OFFSET_AT + 8].try_into().unwrap(),
+                    );
+                    assert!(
+                        offset < next && next <= end,
+                        "fetch from {offset} of [0, {end}) gave next_offset {next}"
+                    );
+                    offset = next;
                     if offset >= end {
                         offset = 0;
                     }

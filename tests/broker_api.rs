@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::broker::*;
-use spool::protocol::{Acks, ErrorCode, OffsetSpec, Request, ResponseBody, TopicDescription};
+use spool::protocol::{
+    Acks, ApiKey, ErrorCode, FetchedPartition, OffsetSpec, PartitionOffsets, Request, ResponseBody,
+    TopicDescription,
+};
 use spool::storage::batch::BatchBuilder;
 
 fn create(topic: &str, settings: &[(&str, &str)]) -> Request {
@@ -129,29 +132,26 @@ async fn pipelined_requests_are_answered_in_order() {
     }
     c.send(&fetch_request("p", 0, 5000)).await;
     assert_eq!(
-        c.recv().await.body.unwrap_err().code,
+        c.recv().await.fetched().unwrap_err().code,
         ErrorCode::UnknownTopic
     );
     for want in expected {
-        match (want, c.recv().await.body.unwrap()) {
-            (Some(offset), ResponseBody::Produced { base_offset, .. }) => {
-                assert_eq!(base_offset, offset)
-            }
-            (None, ResponseBody::Topics(names)) => assert_eq!(names, vec!["p".to_string()]),
-            (want, got) => panic!("expected {want:?}, got {got:?}"),
+        let response = c.recv().await;
+        match want {
+            Some(offset) => assert_eq!(response.produced().unwrap().base_offset, offset),
+            None => assert_eq!(
+                response.body.unwrap(),
+                ResponseBody::Topics(vec!["p".to_string()])
+            ),
         }
     }
-    match c.recv().await.body.unwrap() {
-        ResponseBody::Fetched {
-            batches, log_end, ..
-        } => {
-            // The fetch was answered from what was synced when it ran: some
-            // of the 200, at least the first.
-            assert!((1..=200).contains(&log_end), "{log_end}");
-            assert_eq!(decode(&batches, 0)[0].value.as_deref().unwrap(), &b"m0"[..]);
-        }
-        other => panic!("{other:?}"),
-    }
+    let FetchedPartition {
+        batches, log_end, ..
+    } = c.recv().await.fetched().unwrap();
+    // The fetch was answered from what was synced when it ran: some of the
+    // 200, at least the first.
+    assert!((1..=200).contains(&log_end), "{log_end}");
+    assert_eq!(decode(&batches, 0)[0].value.as_deref().unwrap(), &b"m0"[..]);
     broker.stop().await;
 }
 
@@ -173,7 +173,22 @@ async fn admin_apis_and_their_errors() {
             assert_eq!(apis.len(), 9);
             // Issue 10, item 7: the broker advertises its frame limit.
             assert_eq!(max_frame_bytes, 3 << 20);
-            assert!(apis.iter().all(|(_, min, max)| *min == 0 && *max == 0));
+            // DESCRIBE_TOPIC, PRODUCE, FETCH and LIST_OFFSETS are at
+            // version 1 only (they name partitions), the others at 0.
+            for (key, min, max) in &apis {
+                let api = ApiKey::from_u16(*key).unwrap_or_else(|| panic!("api {key}"));
+                let version = match api {
+                    ApiKey::DescribeTopic
+                    | ApiKey::Produce
+                    | ApiKey::Fetch
+                    | ApiKey::ListOffsets => 1,
+                    _ => 0,
+                };
+                assert_eq!((*min, *max), (version, version), "{}", api.name());
+            }
+            let mut keys: Vec<u16> = apis.iter().map(|a| a.0).collect();
+            keys.sort();
+            assert_eq!(keys, (0..9).collect::<Vec<u16>>());
         }
         other => panic!("{other:?}"),
     }
@@ -231,15 +246,18 @@ async fn admin_apis_and_their_errors() {
     );
 
     let d = describe(&mut c, "orders").await;
-    assert_eq!((d.log_start, d.log_end, d.segments), (0, 0, 1));
+    assert_eq!(d.partitions.len(), 1);
+    let p = &d.partitions[0];
+    assert_eq!((p.log_start, p.log_end, p.segments), (0, 0, 1));
     assert_eq!(setting(&d, "retention_ms"), "86400000");
     assert_eq!(setting(&d, "flush"), "never");
     assert_eq!(setting(&d, "segment_bytes"), "1048576");
     assert_eq!(setting(&d, "retention_bytes"), "unlimited");
     c.produce("orders", &[b"1", b"2"]).await;
     let d = describe(&mut c, "orders").await;
-    assert_eq!((d.log_start, d.log_end), (0, 2));
-    assert!(d.size_bytes > 0);
+    let p = &d.partitions[0];
+    assert_eq!((p.log_start, p.log_end), (0, 2));
+    assert!(d.size_bytes() > 0);
 
     // Without auto-create, producing to an unknown topic fails.
     c.err(produce_request("nope", &[b"x"]), ErrorCode::UnknownTopic)
@@ -279,7 +297,7 @@ async fn admin_apis_and_their_errors() {
         .await;
     // A new topic of the same name starts empty.
     c.ok(create("orders", &[])).await;
-    assert_eq!(describe(&mut c, "orders").await.log_end, 0);
+    assert_eq!(describe(&mut c, "orders").await.partitions[0].log_end, 0);
     broker.stop().await;
 }
 
@@ -336,18 +354,14 @@ async fn fetch_errors_and_ranges() {
         .await;
     assert_eq!(e.range, Some((0, 3)));
     // At the end: empty, not an error.
-    match c.ok(fetch_request("t", 3, 0)).await {
-        ResponseBody::Fetched {
-            batches,
-            next_offset,
-            log_start,
-            log_end,
-        } => {
-            assert!(batches.is_empty());
-            assert_eq!((next_offset, log_start, log_end), (3, 0, 3));
-        }
-        other => panic!("{other:?}"),
-    }
+    let FetchedPartition {
+        batches,
+        next_offset,
+        log_start,
+        log_end,
+    } = c.fetched(fetch_request("t", 3, 0)).await.unwrap();
+    assert!(batches.is_empty());
+    assert_eq!((next_offset, log_start, log_end), (3, 0, 3));
     broker.stop().await;
 }
 
@@ -360,35 +374,27 @@ async fn fetch_max_bytes_spans_segments_and_keeps_whole_batches() {
         c.produce("t", &[&value]).await;
     }
     let d = describe(&mut c, "t").await;
-    assert!(d.segments >= 5);
+    assert!(d.partitions[0].segments >= 5);
     let fetch = |max_bytes| Request::fetch("t", 0, 0, max_bytes, 0, 1);
     // Tiny max_bytes: still one whole batch.
-    match c.ok(fetch(1)).await {
-        ResponseBody::Fetched {
-            batches,
-            next_offset,
-            ..
-        } => {
-            assert_eq!(decode(&batches, 0).len(), 1);
-            assert_eq!(next_offset, 1);
-        }
-        other => panic!("{other:?}"),
-    }
+    let FetchedPartition {
+        batches,
+        next_offset,
+        ..
+    } = c.fetched(fetch(1)).await.unwrap();
+    assert_eq!(decode(&batches, 0).len(), 1);
+    assert_eq!(next_offset, 1);
     // 10 KiB: about ten batches, across segment boundaries, never over.
-    match c.ok(fetch(10 * 1024)).await {
-        ResponseBody::Fetched {
-            batches,
-            next_offset,
-            ..
-        } => {
-            let total: usize = batches.iter().map(|b| b.len()).sum();
-            assert!(total <= 10 * 1024);
-            let records = decode(&batches, 0);
-            assert!(records.len() >= 9, "{} records", records.len());
-            assert_eq!(next_offset, records.len() as u64);
-        }
-        other => panic!("{other:?}"),
-    }
+    let FetchedPartition {
+        batches,
+        next_offset,
+        ..
+    } = c.fetched(fetch(10 * 1024)).await.unwrap();
+    let total: usize = batches.iter().map(|b| b.len()).sum();
+    assert!(total <= 10 * 1024);
+    let records = decode(&batches, 0);
+    assert!(records.len() >= 9, "{} records", records.len());
+    assert_eq!(next_offset, records.len() as u64);
     broker.stop().await;
 }
 
@@ -405,45 +411,45 @@ async fn list_offsets() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let base = c.produce("t", &[b"b"]).await;
     assert_eq!(
-        c.ok(offsets(OffsetSpec::Earliest)).await,
-        ResponseBody::Offsets {
+        c.offsets(offsets(OffsetSpec::Earliest)).await,
+        Ok(PartitionOffsets {
             offset: 0,
             log_start: 0,
             log_end: 2
-        }
+        })
     );
     assert_eq!(
-        c.ok(offsets(OffsetSpec::Latest)).await,
-        ResponseBody::Offsets {
+        c.offsets(offsets(OffsetSpec::Latest)).await,
+        Ok(PartitionOffsets {
             offset: 2,
             log_start: 0,
             log_end: 2
-        }
+        })
     );
     assert_eq!(
-        c.ok(offsets(OffsetSpec::Timestamp(0))).await,
-        ResponseBody::Offsets {
+        c.offsets(offsets(OffsetSpec::Timestamp(0))).await,
+        Ok(PartitionOffsets {
             offset: 0,
             log_start: 0,
             log_end: 2
-        }
+        })
     );
     assert_eq!(
-        c.ok(offsets(OffsetSpec::Timestamp(before + 1))).await,
-        ResponseBody::Offsets {
+        c.offsets(offsets(OffsetSpec::Timestamp(before + 1))).await,
+        Ok(PartitionOffsets {
             offset: base,
             log_start: 0,
             log_end: 2
-        }
+        })
     );
     // Later than everything: the end.
     assert_eq!(
-        c.ok(offsets(OffsetSpec::Timestamp(i64::MAX))).await,
-        ResponseBody::Offsets {
+        c.offsets(offsets(OffsetSpec::Timestamp(i64::MAX))).await,
+        Ok(PartitionOffsets {
             offset: 2,
             log_start: 0,
             log_end: 2
-        }
+        })
     );
     broker.stop().await;
 }
@@ -461,15 +467,11 @@ async fn long_poll_returns_when_data_arrives() {
     producer.produce("t", &[b"second"]).await;
     let response = consumer.recv().await;
     let elapsed = started.elapsed();
-    match response.body.unwrap() {
-        ResponseBody::Fetched { batches, .. } => {
-            assert_eq!(
-                decode(&batches, 1)[0].value.as_deref().unwrap(),
-                &b"second"[..]
-            )
-        }
-        other => panic!("{other:?}"),
-    }
+    let batches = response.fetched().unwrap().batches;
+    assert_eq!(
+        decode(&batches, 1)[0].value.as_deref().unwrap(),
+        &b"second"[..]
+    );
     assert!(
         elapsed < Duration::from_secs(10),
         "woken by the append, not the deadline: {elapsed:?}"
@@ -487,17 +489,13 @@ async fn long_poll_returns_empty_at_its_deadline() {
     let mut c = broker.connect().await;
     c.produce("t", &[b"only"]).await;
     let started = Instant::now();
-    match c.ok(fetch_request("t", 1, 300)).await {
-        ResponseBody::Fetched {
-            batches,
-            next_offset,
-            ..
-        } => {
-            assert!(batches.is_empty());
-            assert_eq!(next_offset, 1);
-        }
-        other => panic!("{other:?}"),
-    }
+    let FetchedPartition {
+        batches,
+        next_offset,
+        ..
+    } = c.fetched(fetch_request("t", 1, 300)).await.unwrap();
+    assert!(batches.is_empty());
+    assert_eq!(next_offset, 1);
     let elapsed = started.elapsed();
     assert!(
         elapsed >= Duration::from_millis(300),
@@ -518,13 +516,9 @@ async fn min_bytes_waits_for_enough_data() {
     producer.produce("t", &[&[0u8; 1000]]).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     producer.produce("t", &[&[0u8; 1000]]).await;
-    match consumer.recv().await.body.unwrap() {
-        ResponseBody::Fetched { batches, .. } => {
-            assert!(batches.iter().map(|b| b.len()).sum::<usize>() >= 2000);
-            assert_eq!(decode(&batches, 0).len(), 3);
-        }
-        other => panic!("{other:?}"),
-    }
+    let batches = consumer.recv().await.fetched().unwrap().batches;
+    assert!(batches.iter().map(|b| b.len()).sum::<usize>() >= 2000);
+    assert_eq!(decode(&batches, 0).len(), 3);
     broker.stop().await;
 }
 
@@ -553,7 +547,7 @@ async fn restart_keeps_records_offsets_and_settings() {
         ResponseBody::Topics(vec!["auto".into(), "kept".into()])
     );
     let d = describe(&mut c, "kept").await;
-    assert_eq!(d.log_end, 10);
+    assert_eq!(d.partitions[0].log_end, 10);
     assert_eq!(setting(&d, "retention_bytes"), "10485760");
     assert_eq!(setting(&d, "flush"), "interval");
     assert_eq!(setting(&d, "flush_interval_ms"), "50");
@@ -589,14 +583,15 @@ async fn retention_frees_whole_segments_within_a_check_interval() {
     // removed segment as it goes, so a describe can land mid-pass: wait for
     // the end state rather than the first sign of a pass.
     for _ in 0..100 {
-        if d.size_bytes <= bound {
+        if d.size_bytes() <= bound {
             break;
         }
         tokio::time::sleep(interval / 4).await;
         d = describe(&mut c, "r").await;
     }
-    assert!(d.size_bytes <= bound, "{} bytes left", d.size_bytes);
-    assert!(d.log_start > 0, "retention never moved the log start");
+    assert!(d.size_bytes() <= bound, "{} bytes left", d.size_bytes());
+    let log_start = d.partitions[0].log_start;
+    assert!(log_start > 0, "retention never moved the log start");
     assert!(
         written.elapsed() < interval * 10,
         "took {:?}",
@@ -605,8 +600,8 @@ async fn retention_frees_whole_segments_within_a_check_interval() {
     let e = c
         .err(fetch_request("r", 0, 0), ErrorCode::OffsetOutOfRange)
         .await;
-    assert_eq!(e.range, Some((d.log_start, 30)));
-    assert_eq!(c.fetch("r", d.log_start).await[0].offset, d.log_start);
+    assert_eq!(e.range, Some((log_start, 30)));
+    assert_eq!(c.fetch("r", log_start).await[0].offset, log_start);
     broker.stop().await;
 }
 
@@ -626,14 +621,11 @@ async fn graceful_shutdown_answers_parked_fetches_and_syncs() {
     } = broker;
     let stopping = tokio::spawn(running.unwrap().shutdown());
     // The parked fetch is answered (empty) rather than cut off.
-    match c.recv().await.body.unwrap() {
-        ResponseBody::Fetched { batches, .. } => assert!(batches.is_empty()),
-        other => panic!("{other:?}"),
-    }
+    assert!(c.recv().await.fetched().unwrap().batches.is_empty());
     stopping.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
     // Closed cleanly: the active index is trimmed to its one entry.
-    let index = std::fs::metadata(dir.join("topics/t/00000000000000000000.index"))
+    let index = std::fs::metadata(dir.join("topics/t/0/00000000000000000000.index"))
         .unwrap()
         .len();
     assert_eq!(index, 8);
@@ -657,7 +649,7 @@ async fn damaged_stored_data_is_reported_not_served() {
         } = broker;
         running.unwrap().shutdown().await;
         // Flip a byte inside the value of offset 1, in the first (sealed) segment.
-        let store = dir.join("topics/d/00000000000000000000.store");
+        let store = dir.join("topics/d/0/00000000000000000000.store");
         let mut bytes = std::fs::read(&store).unwrap();
         let second_batch = bytes.len() / 4; // four ~1 KB batches per 4 KiB segment
         bytes[second_batch + 500] ^= 0x40;
@@ -679,17 +671,13 @@ async fn damaged_stored_data_is_reported_not_served() {
     assert_eq!(e.resume_at, Some(2), "{}", e.message);
     assert!(e.message.contains("segment"), "{}", e.message);
     // A fetch from before the damage stops before it; after it, all is served.
-    match c.ok(fetch_request("d", 0, 0)).await {
-        ResponseBody::Fetched {
-            batches,
-            next_offset,
-            ..
-        } => {
-            assert_eq!(decode(&batches, 0).len(), 1);
-            assert_eq!(next_offset, 1);
-        }
-        other => panic!("{other:?}"),
-    }
+    let FetchedPartition {
+        batches,
+        next_offset,
+        ..
+    } = c.fetched(fetch_request("d", 0, 0)).await.unwrap();
+    assert_eq!(decode(&batches, 0).len(), 1);
+    assert_eq!(next_offset, 1);
     assert_eq!(c.fetch("d", 2).await[0].offset, 2);
     broker.stop().await;
 }
@@ -714,17 +702,13 @@ async fn fire_and_forget_records_become_visible_on_an_always_topic() {
         BytesMut::from(&b.finish()[..]),
     ))
     .await;
-    match c.ok(fetch_request("a", 0, 10_000)).await {
-        ResponseBody::Fetched {
-            batches, log_end, ..
-        } => {
-            assert_eq!(
-                decode(&batches, 0)[0].value.as_deref().unwrap(),
-                &b"quiet"[..]
-            );
-            assert_eq!(log_end, 1);
-        }
-        other => panic!("{other:?}"),
-    }
+    let FetchedPartition {
+        batches, log_end, ..
+    } = c.fetched(fetch_request("a", 0, 10_000)).await.unwrap();
+    assert_eq!(
+        decode(&batches, 0)[0].value.as_deref().unwrap(),
+        &b"quiet"[..]
+    );
+    assert_eq!(log_end, 1);
     broker.stop().await;
 }

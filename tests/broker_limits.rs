@@ -30,7 +30,7 @@ async fn an_oversized_frame_is_refused_with_an_answer_then_closed() {
     let mut head = BytesMut::new();
     head.put_u32(64 * 1024 + 1);
     head.put_u16(5);
-    head.put_u16(0);
+    head.put_u16(1);
     head.put_u32(42);
     c.send_raw(&head).await;
     let frame = c.read_frame().await.expect("an answer before the close");
@@ -80,7 +80,7 @@ async fn a_truncated_frame_then_close_is_harmless() {
     let broker = start(|_| {}).await;
     let mut c = broker.connect().await;
     let mut bytes = 100u32.to_be_bytes().to_vec();
-    bytes.extend_from_slice(&[0, 5, 0, 0, 0, 0, 0, 1, 0]);
+    bytes.extend_from_slice(&[0, 5, 0, 1, 0, 0, 0, 1, 0]);
     c.send_raw(&bytes).await;
     drop(c);
     still_serves(&broker).await;
@@ -106,10 +106,17 @@ async fn bad_requests_get_error_responses_and_the_connection_lives_on() {
             .concat(),
             ErrorCode::InvalidRequest,
         ),
-        // PRODUCE whose batch claims 2 GiB inside a tiny frame.
+        // PRODUCE at version 0, which named no partitions and is gone.
+        (
+            vec![0, 5, 0, 0, 0, 0, 0, 7, 1],
+            ErrorCode::UnsupportedVersion,
+        ),
+        // PRODUCE (acks 1, one topic "t", one partition 0) whose batch
+        // claims 2 GiB inside a tiny frame.
         (
             [
-                &[0, 5, 0, 0, 0, 0, 0, 7, 0, 1, b't', 1][..],
+                &[0, 5, 0, 1, 0, 0, 0, 7, 1, 0, 0, 0, 1, 0, 1, b't'][..],
+                &[0, 0, 0, 1, 0, 0, 0, 0],
                 &[0x7f, 0xff, 0xff, 0xff],
                 &[0; 8],
             ]
@@ -118,7 +125,7 @@ async fn bad_requests_get_error_responses_and_the_connection_lives_on() {
         ),
         // A topic name that claims 65,535 bytes.
         (
-            vec![0, 4, 0, 0, 0, 0, 0, 7, 0xff, 0xff, b'x'],
+            vec![0, 4, 0, 1, 0, 0, 0, 7, 0xff, 0xff, b'x'],
             ErrorCode::InvalidRequest,
         ),
         // Trailing garbage after LIST_TOPICS.
@@ -128,7 +135,7 @@ async fn bad_requests_get_error_responses_and_the_connection_lives_on() {
         ),
         // A topic name that is not UTF-8.
         (
-            vec![0, 4, 0, 0, 0, 0, 0, 7, 0, 2, 0xc3, 0x28],
+            vec![0, 4, 0, 1, 0, 0, 0, 7, 0, 2, 0xc3, 0x28],
             ErrorCode::InvalidRequest,
         ),
     ];
@@ -335,10 +342,8 @@ async fn a_long_poll_is_not_idleness() {
     c.produce("t", &[b"x"]).await;
     // A fetch that waits longer than the idle timeout still gets its answer.
     let started = Instant::now();
-    match c.ok(fetch_request("t", 1, 800)).await {
-        ResponseBody::Fetched { batches, .. } => assert!(batches.is_empty()),
-        other => panic!("{other:?}"),
-    }
+    let fetched = c.fetched(fetch_request("t", 1, 800)).await.unwrap();
+    assert!(fetched.batches.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(800));
     // Then, truly idle, the connection is closed.
     assert!(c.closed_within(Duration::from_secs(5)).await);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::broker::*;
-use spool::protocol::{Request, ResponseBody};
+use spool::protocol::Request;
 
 /// The longest window the broker allows: the most time a poll can hold
 /// back anything that only happens after it.
@@ -38,8 +38,8 @@ async fn a_polling_connection_answers_one_at_a_time_and_pipelined() {
             .await;
     }
     for i in 0..100u64 {
-        match b.recv().await.body {
-            Ok(ResponseBody::Produced { base_offset, .. }) => assert_eq!(base_offset, i),
+        match b.recv().await.produced() {
+            Ok(p) => assert_eq!(p.base_offset, i),
             other => panic!("{other:?}"),
         }
     }

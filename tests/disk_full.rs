@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::broker::*;
 use common::checker::{self, Outcome, Sent};
-use spool::protocol::{Acks, ErrorCode, Request, ResponseBody};
+use spool::protocol::{Acks, ErrorCode, Request};
 use spool::storage::batch::BatchBuilder;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -95,12 +95,12 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
         }
         let first = seq - 16;
         let request = Request::produce("k", 0, Acks::Commit, BytesMut::from(&b.finish()[..]));
-        let outcomes: Vec<Outcome> = match producer.call(request).await.body {
-            Ok(ResponseBody::Produced { base_offset, .. }) => {
+        let outcomes: Vec<Outcome> = match producer.produced(request).await {
+            Ok(p) => {
                 if full > 0 {
                     acked_after_full += 1;
                 }
-                (0..16).map(|i| Outcome::Ok(base_offset + i)).collect()
+                (0..16).map(|i| Outcome::Ok(p.base_offset + i)).collect()
             }
             Err(e) if e.code == ErrorCode::DiskFull => {
                 full += 1;
@@ -109,7 +109,6 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
                 vec![Outcome::Fail; 16]
             }
             Err(e) => panic!("unexpected produce error: {e:?}"),
-            Ok(other) => panic!("{other:?}"),
         };
         sent.extend(outcomes.into_iter().enumerate().map(|(i, outcome)| Sent {
             producer: 0,
@@ -117,8 +116,8 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
             outcome,
         }));
         // The consumer keeps reading throughout, disk full or not.
-        match consumer.call(fetch_request("k", consumed_to, 0)).await.body {
-            Ok(ResponseBody::Fetched { next_offset, .. }) => consumed_to = next_offset,
+        match consumer.fetched(fetch_request("k", consumed_to, 0)).await {
+            Ok(f) => consumed_to = f.next_offset,
             Err(e) if e.code == ErrorCode::OffsetOutOfRange => consumed_to = e.range.unwrap().0,
             other => panic!("fetch failed while the disk was full: {other:?}"),
         }
@@ -127,17 +126,15 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
     assert!(full > 0, "the disk never filled up");
     // Read everything back and check.
     let (start, end) = match producer
-        .ok(Request::list_offsets(
+        .offsets(Request::list_offsets(
             "k",
             0,
             spool::protocol::OffsetSpec::Earliest,
         ))
         .await
     {
-        ResponseBody::Offsets {
-            log_start, log_end, ..
-        } => (log_start, log_end),
-        other => panic!("{other:?}"),
+        Ok(o) => (o.log_start, o.log_end),
+        Err(e) => panic!("{e:?}"),
     };
     // Retention (by age) goes on while this reads: when the start passes
     // the read, what is below the new start no longer counts.
@@ -147,9 +144,9 @@ async fn a_full_disk_refuses_produces_keeps_fetches_and_recovers() {
     while offset < end {
         fetches_left -= 1;
         assert!(fetches_left > 0, "the read-back makes no progress");
-        match consumer.call(fetch_request("k", offset, 0)).await.body {
-            Ok(ResponseBody::Fetched { batches, .. }) => {
-                let batch = decode(&batches, offset);
+        match consumer.fetched(fetch_request("k", offset, 0)).await {
+            Ok(f) => {
+                let batch = decode(&f.batches, offset);
                 offset = batch.last().unwrap().offset + 1;
                 records.extend(
                     batch

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::broker::{produce_request, start, Caller, TestBroker, PATIENCE};
 use spool::broker::{Flush, TopicOverrides};
-use spool::protocol::{ApiKey, Request, Response, ResponseBody};
+use spool::protocol::{ApiKey, FetchedPartition, Request, Response, ResponseBody};
 use spool::storage::batch::BatchBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -74,7 +74,8 @@ impl Health {
             .call(&produce_request("health", &[b"h0"]), PATIENCE)
             .await
             .expect("first health record");
-        assert!(first.body.is_ok(), "{:?}", first.body);
+        let first = first.produced();
+        assert!(first.is_ok(), "{first:?}");
         let producing = Arc::clone(&stop);
         let producer = tokio::spawn(async move {
             let mut log = HealthLog::default();
@@ -83,11 +84,12 @@ impl Health {
                 let value = format!("h{n}");
                 let started = Instant::now();
                 let request = produce_request("health", &[value.as_bytes()]);
-                match producer.call(&request, HEALTH_DEADLINE).await {
-                    Ok(Response {
-                        body: Ok(ResponseBody::Produced { base_offset, .. }),
-                        ..
-                    }) if base_offset == n => {}
+                match producer
+                    .call(&request, HEALTH_DEADLINE)
+                    .await
+                    .map(Response::produced)
+                {
+                    Ok(Ok(p)) if p.base_offset == n => {}
                     other => log.failures.push(format!("produce {n}: {other:?}")),
                 }
                 log.max_latency = log.max_latency.max(started.elapsed());
@@ -106,16 +108,16 @@ impl Health {
                 let request = Request::fetch("health", 0, offset, 64 * 1024, HEALTH_POLL_MS, 1);
                 let started = Instant::now();
                 let deadline = HEALTH_DEADLINE + Duration::from_millis(HEALTH_POLL_MS.into());
-                match consumer.call(&request, deadline).await {
-                    Ok(Response {
-                        body:
-                            Ok(ResponseBody::Fetched {
-                                batches,
-                                next_offset,
-                                ..
-                            }),
+                match consumer
+                    .call(&request, deadline)
+                    .await
+                    .map(Response::fetched)
+                {
+                    Ok(Ok(FetchedPartition {
+                        batches,
+                        next_offset,
                         ..
-                    }) => {
+                    })) => {
                         for record in common::broker::decode(&batches, offset) {
                             if record.value.clone().unwrap_or_default()
                                 != format!("h{}", record.offset).as_bytes()
@@ -570,13 +572,14 @@ async fn fill(addr: SocketAddr, topic: &str, batches: usize, batch_bytes: usize)
             b.push(common::now_ms() + i as i64, None, Some(&value), &[]);
         }
         let request = Request::produce(
-            &topic,
+            topic,
             0,
             spool::protocol::Acks::Commit,
             BytesMut::from(&b.finish()[..]),
         );
         let response = c.call(&request, PATIENCE).await.expect("fill");
-        assert!(response.body.is_ok(), "fill: {:?}", response.body);
+        let produced = response.produced();
+        assert!(produced.is_ok(), "fill: {produced:?}");
     }
     per_batch as u64
 }

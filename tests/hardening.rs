@@ -26,7 +26,7 @@ async fn the_visible_end_never_moves_backwards() {
     })
     .await;
     let topics = std::sync::Arc::clone(broker.running.as_ref().unwrap().topics());
-    let topic = topics.create("t", &[]).unwrap();
+    let topic = topics.create("t", &[]).unwrap().partition(0).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (topic, done) = (Arc::clone(&topic), Arc::clone(&done));
@@ -138,20 +138,20 @@ async fn retention_bytes_bounds_what_du_sees() {
         // Retention runs in the background right after each roll: until it
         // has, the topic may also hold the new segment's first index pages.
         assert!(
-            d.size_bytes <= 2 * MIB + segment + 64 * 1024,
+            d.size_bytes() <= 2 * MIB + segment + 64 * 1024,
             "{} bytes: overshot retention by more than a segment",
-            d.size_bytes
+            d.size_bytes()
         );
     }
     let d = describe(&mut c, "r").await;
-    assert!(d.log_start > 0, "retention deleted nothing");
+    assert!(d.partitions[0].log_start > 0, "retention deleted nothing");
     let (apparent, allocated) = du(&broker.dir.path().join("topics").join("r"));
     assert!(apparent < 4 * MIB, "apparent size {apparent}");
     assert!(allocated < 4 * MIB, "allocated size {allocated}");
     assert!(
-        d.size_bytes >= apparent.saturating_sub(64 * 1024),
+        d.size_bytes() >= apparent.saturating_sub(64 * 1024),
         "describe says {} bytes, du {apparent}",
-        d.size_bytes
+        d.size_bytes()
     );
     broker.stop().await;
 }
@@ -173,7 +173,7 @@ async fn records_go_about_retention_ms_after_they_were_written() {
     let deadline = written + std::time::Duration::from_secs(15);
     loop {
         let d = describe(&mut c, "short").await;
-        if d.log_start == 1 {
+        if d.partitions[0].log_start == 1 {
             break;
         }
         assert!(
@@ -194,7 +194,7 @@ use std::time::{Duration, Instant};
 use spool::protocol::{Request, ResponseBody};
 
 fn fetch(topic: &str, offset: u64, max_bytes: u32, max_wait_ms: u32) -> Request {
-    Request::fetch(&topic, 0, offset, max_bytes, max_wait_ms, 1)
+    Request::fetch(topic, 0, offset, max_bytes, max_wait_ms, 1)
 }
 
 fn create(topic: &str) -> Request {
@@ -212,13 +212,16 @@ async fn a_fetch_waits_at_most_max_fetch_wait() {
     let mut c = broker.connect().await;
     c.ok(create("w")).await;
     let asked = Instant::now();
-    let body = tokio::time::timeout(
+    let fetched = tokio::time::timeout(
         Duration::from_secs(10),
-        c.ok(fetch("w", 0, 1 << 20, u32::MAX)),
+        c.fetched(fetch("w", 0, 1 << 20, u32::MAX)),
     )
     .await
     .expect("a fetch asking to wait 49 days was not clamped");
-    assert!(matches!(body, ResponseBody::Fetched { ref batches, .. } if batches.is_empty()));
+    assert!(
+        matches!(fetched, Ok(ref f) if f.batches.is_empty()),
+        "{fetched:?}"
+    );
     assert!(
         asked.elapsed() >= Duration::from_millis(200),
         "did not wait at all"
@@ -283,7 +286,7 @@ async fn a_long_poll_does_not_hold_the_request_budget_of_what_follows_it() {
     // Both appended (their responses wait behind the poll), bounded.
     let mut watch = broker.connect().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while describe(&mut watch, "p").await.log_end < 2 {
+    while describe(&mut watch, "p").await.partitions[0].log_end < 2 {
         assert!(
             Instant::now() < deadline,
             "the produces were never appended"
@@ -365,8 +368,10 @@ async fn fetched_bytes_held_across_connections_are_bounded() {
         .expect("answered after the hogs left");
     let response = spool::protocol::Response::parse(spool::protocol::ApiKey::Fetch, frame).unwrap();
     assert_eq!(response.correlation_id, id);
+    let fetched = response.fetched();
     assert!(
-        matches!(response.body, Ok(ResponseBody::Fetched { ref batches, .. }) if !batches.is_empty())
+        matches!(fetched, Ok(ref f) if !f.batches.is_empty()),
+        "{fetched:?}"
     );
     broker.stop().await;
 }
@@ -465,8 +470,9 @@ async fn a_topic_that_cannot_open_is_reported_and_the_others_served() {
         b
     };
     std::fs::write(topics.join("bad-settings/topic.toml"), "flush = [").unwrap();
-    // A segment whose base offset is beyond any the log can hold.
-    std::fs::write(topics.join("bad-layout/10000000000000000000.store"), b"").unwrap();
+    // A segment (of partition 0) whose base offset is beyond any the log
+    // can hold.
+    std::fs::write(topics.join("bad-layout/0/10000000000000000000.store"), b"").unwrap();
     let bad_settings = snapshot(&topics.join("bad-settings"));
     let bad_layout = snapshot(&topics.join("bad-layout"));
     let mut config = broker.config.clone();
@@ -533,7 +539,15 @@ async fn an_interval_topic_is_synced_by_the_log_within_its_interval() {
         &[("flush", "interval"), ("flush_interval_ms", "100ms")],
     ))
     .await;
-    let topic = broker.running.as_ref().unwrap().topics().get("iv").unwrap();
+    let topic = broker
+        .running
+        .as_ref()
+        .unwrap()
+        .topics()
+        .get("iv")
+        .unwrap()
+        .partition(0)
+        .unwrap();
     assert_eq!(
         topic.log().config().sync,
         spool::storage::SyncMode::Interval(Duration::from_millis(100))
@@ -572,7 +586,7 @@ async fn torn_tail_sidecars_are_counted_shown_and_deleted_with_their_segment() {
     let store = broker
         .dir
         .path()
-        .join("topics/torn/00000000000000000000.store");
+        .join("topics/torn/0/00000000000000000000.store");
     let mut bytes = std::fs::read(&store).unwrap();
     bytes.extend_from_slice(&[0xAB; 700]);
     std::fs::write(&store, &bytes).unwrap();
@@ -581,9 +595,10 @@ async fn torn_tail_sidecars_are_counted_shown_and_deleted_with_their_segment() {
     let running = spool::broker::Broker::start(config).await.unwrap();
     let mut c = Conn::connect(running.local_addr()).await;
     let d = describe(&mut c, "torn").await;
-    assert_eq!((d.torn_files, d.torn_bytes), (1, 700), "{d:?}");
+    let p = &d.partitions[0];
+    assert_eq!((p.torn_files, p.torn_bytes), (1, 700), "{d:?}");
     assert!(
-        d.size_bytes >= bytes.len() as u64,
+        d.size_bytes() >= bytes.len() as u64,
         "the sidecar is not counted: {d:?}"
     );
     // Retention by bytes takes the segment, and its sidecar with it.
@@ -607,14 +622,15 @@ async fn torn_tail_sidecars_are_counted_shown_and_deleted_with_their_segment() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let d = describe(&mut c, "torn").await;
-        if d.log_start > 0 {
-            assert_eq!((d.torn_files, d.torn_bytes), (0, 0), "{d:?}");
+        let p = &d.partitions[0];
+        if p.log_start > 0 {
+            assert_eq!((p.torn_files, p.torn_bytes), (0, 0), "{d:?}");
             break;
         }
         assert!(Instant::now() < deadline, "retention never ran: {d:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = std::fs::read_dir(broker.dir.path().join("topics/torn"))
+    let left = std::fs::read_dir(broker.dir.path().join("topics/torn/0"))
         .unwrap()
         .filter(|e| {
             e.as_ref()

@@ -19,7 +19,7 @@ use common::broker::*;
 use common::checker::{self, Outcome, Report, Sent};
 use common::process::spawn;
 use common::sim::Rng;
-use spool::protocol::{Acks, ApiKey, ErrorCode, OffsetSpec, Request, Response, ResponseBody};
+use spool::protocol::{Acks, ApiKey, ErrorCode, FetchedPartition, OffsetSpec, Request, Response};
 use spool::storage::batch::BatchBuilder;
 
 const PRODUCERS: u32 = 4;
@@ -64,8 +64,8 @@ async fn produce(
             None => break,
         };
         let Some(s) = window.pop_front() else { break };
-        let outcome = match Response::parse(ApiKey::Produce, frame).map(|r| r.body) {
-            Ok(Ok(ResponseBody::Produced { base_offset, .. })) => Outcome::Ok(base_offset),
+        let outcome = match Response::parse(ApiKey::Produce, frame).map(Response::produced) {
+            Ok(Ok(p)) => Outcome::Ok(p.base_offset),
             // A storage error leaves the outcome open; others are refusals.
             Ok(Err(e)) if e.code == ErrorCode::StorageError => Outcome::Unknown,
             Ok(Err(_)) => Outcome::Fail,
@@ -94,23 +94,21 @@ async fn produce(
 /// Reads every record of topic `k` from its start.
 async fn read_all(c: &mut Conn) -> (u64, Vec<(u64, Vec<u8>)>) {
     let (start, end) = match c
-        .ok(Request::list_offsets("k", 0, OffsetSpec::Earliest))
+        .offsets(Request::list_offsets("k", 0, OffsetSpec::Earliest))
         .await
     {
-        ResponseBody::Offsets {
-            log_start, log_end, ..
-        } => (log_start, log_end),
-        other => panic!("{other:?}"),
+        Ok(o) => (o.log_start, o.log_end),
+        Err(e) => panic!("{e:?}"),
     };
     let mut records = Vec::new();
     let mut offset = start;
     while offset < end {
-        match c.ok(fetch_request("k", offset, 0)).await {
-            ResponseBody::Fetched {
+        match c.fetched(fetch_request("k", offset, 0)).await {
+            Ok(FetchedPartition {
                 batches,
                 next_offset,
                 ..
-            } => {
+            }) => {
                 records.extend(
                     decode(&batches, offset)
                         .into_iter()
@@ -119,7 +117,7 @@ async fn read_all(c: &mut Conn) -> (u64, Vec<(u64, Vec<u8>)>) {
                 assert!(next_offset > offset, "no progress at {offset}");
                 offset = next_offset;
             }
-            other => panic!("{other:?}"),
+            Err(e) => panic!("{e:?}"),
         }
     }
     (start, records)
@@ -180,7 +178,7 @@ async fn trial(mode: &str, seed: u64, stop: Stop) -> Report {
             .unwrap();
     }
     if stop == Stop::Term {
-        let torn: Vec<_> = std::fs::read_dir(data.join("topics").join("k"))
+        let torn: Vec<_> = std::fs::read_dir(data.join("topics").join("k").join("0"))
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".torn"))

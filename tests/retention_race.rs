@@ -43,12 +43,17 @@ use common::process::spawn;
 use common::sim::Rng;
 use spool::broker::config::Limit;
 use spool::broker::{Flush, TopicOverrides};
-use spool::protocol::{Acks, ErrorCode, OffsetSpec, Request, Response, ResponseBody};
+use spool::protocol::{Acks, ErrorCode, FetchedPartition, OffsetSpec, Request, Response};
 use spool::storage::batch::{self, BatchBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TOPIC: &str = "r";
+
+/// The directory of the topic's one partition (0), which holds its log.
+fn partition_dir(data: &Path) -> PathBuf {
+    data.join("topics").join(TOPIC).join("0")
+}
 /// Produce requests in flight on the producer's connection.
 const IN_FLIGHT: usize = 8;
 /// Consumers reading forward from the log start, and jumping at random.
@@ -147,8 +152,7 @@ async fn produce(addr: SocketAddr, seed: u64, shared: Arc<Shared>) -> (Vec<Sent>
                     &[],
                 );
             }
-            let request =
-                Request::produce(&TOPIC, 0, Acks::Commit, BytesMut::from(&b.finish()[..]));
+            let request = Request::produce(TOPIC, 0, Acks::Commit, BytesMut::from(&b.finish()[..]));
             let mut frame = BytesMut::new();
             request.encode(seq as u32, &mut frame);
             if stream.write_all(&frame).await.is_err() {
@@ -169,16 +173,11 @@ async fn produce(addr: SocketAddr, seed: u64, shared: Arc<Shared>) -> (Vec<Sent>
             .expect("a well-formed produce response");
         assert_eq!(response.correlation_id, first as u32);
         // Nothing here refuses a produce: any error is a failure.
-        let base = match response.body {
-            Ok(ResponseBody::Produced {
-                base_offset,
-                log_start,
-                ..
-            }) => {
-                starts.observe(log_start, &shared);
-                base_offset
+        let base = match response.produced() {
+            Ok(p) => {
+                starts.observe(p.log_start, &shared);
+                p.base_offset
             }
-            Ok(other) => panic!("produce answered with {other:?}"),
             Err(e) => panic!("produce failed: {e:?}"),
         };
         let mut acks = shared.acks.lock().unwrap();
@@ -311,11 +310,11 @@ async fn fetch_once(
         1 => 4096,
         _ => 1 + rng.below(160 * 1024) as u32,
     };
-    let request = Request::fetch(&TOPIC, 0, offset, max_bytes, wait_ms, 1);
+    let request = Request::fetch(TOPIC, 0, offset, max_bytes, wait_ms, 1);
     let known_start = seen.starts.seen;
     let response = c.call(&request).await?;
-    match response.body {
-        Ok(ResponseBody::Fetched {
+    match response.fetched() {
+        Ok(FetchedPartition {
             log_start,
             log_end,
             next_offset,
@@ -345,7 +344,6 @@ async fn fetch_once(
                 refused: false,
             })
         }
-        Ok(other) => panic!("fetch answered with {other:?}"),
         Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
             seen.out_of_range += 1;
             let Some((lo, hi)) = e.range else {
@@ -442,12 +440,12 @@ async fn consume_random(addr: SocketAddr, seed: u64, shared: Arc<Shared>) -> See
 /// The log start by LIST_OFFSETS (earliest).
 async fn list_start(c: &mut Client, seen: &mut Seen, shared: &Shared) -> Option<u64> {
     let response = c
-        .call(&Request::list_offsets(&TOPIC, 0, OffsetSpec::Earliest))
+        .call(&Request::list_offsets(TOPIC, 0, OffsetSpec::Earliest))
         .await?;
-    match response.body {
-        Ok(ResponseBody::Offsets { log_start, .. }) => {
-            seen.starts.observe(log_start, shared);
-            Some(log_start)
+    match response.offsets() {
+        Ok(o) => {
+            seen.starts.observe(o.log_start, shared);
+            Some(o.log_start)
         }
         other => panic!("list offsets: {other:?}"),
     }
@@ -617,7 +615,8 @@ fn retention_racing_readers_serves_no_wrong_bytes_and_leaks_nothing() {
                 .topics()
                 .get(TOPIC)
                 .unwrap();
-            let log = topic.log();
+            let partition = topic.partition(0).unwrap();
+            let log = partition.log();
             (log.lowest_offset(), log.next_offset(), log.segment_count())
         };
         broker.stop().await;
@@ -699,19 +698,25 @@ struct KillTrial {
     before_restart: Vec<String>,
 }
 
-/// Checks the data directory after a restart: every segment whole (store,
-/// index and time index together), nothing temporary, nothing unknown.
-/// Returns (segments, torn sidecars).
+/// Checks the data directory after a restart: the topic's directory holds
+/// its settings and its one partition; every segment of the partition
+/// whole (store, index and time index together), nothing temporary,
+/// nothing unknown. Returns (segments, torn sidecars).
 fn check_directory(data: &Path) -> (u64, u64) {
-    let topic_dir = data.join("topics").join(TOPIC);
+    let mut in_topic: Vec<String> = std::fs::read_dir(data.join("topics").join(TOPIC))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    in_topic.sort();
+    assert_eq!(in_topic, ["0", "topic.toml"], "the topic's directory");
     let mut kinds: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut torn = 0;
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(&topic_dir).unwrap() {
+    for entry in std::fs::read_dir(partition_dir(data)).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         names.push(name.clone());
         // The next segment's files, made ahead of its roll.
-        if name == ".lock" || name == "topic.toml" || name.starts_with(".spare-") {
+        if name == ".lock" || name.starts_with(".spare-") {
             continue;
         }
         let (stem, ext) = name.split_once('.').unwrap_or((&name, ""));
@@ -766,8 +771,7 @@ fn check_directory(data: &Path) -> (u64, u64) {
 
 /// Index files whose store is gone.
 fn orphan_tables(data: &Path) -> u64 {
-    let topic_dir = data.join("topics").join(TOPIC);
-    let names: Vec<String> = match std::fs::read_dir(&topic_dir) {
+    let names: Vec<String> = match std::fs::read_dir(partition_dir(data)) {
         Ok(entries) => entries
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect(),
@@ -787,22 +791,20 @@ fn orphan_tables(data: &Path) -> u64 {
 async fn read_all(addr: SocketAddr) -> (u64, Vec<(u64, Vec<u8>)>) {
     let mut c = Client::connect(addr).await;
     let response = c
-        .call(&Request::list_offsets(&TOPIC, 0, OffsetSpec::Earliest))
+        .call(&Request::list_offsets(TOPIC, 0, OffsetSpec::Earliest))
         .await
         .expect("restarted broker answers");
-    let (start, end) = match response.body {
-        Ok(ResponseBody::Offsets {
-            log_start, log_end, ..
-        }) => (log_start, log_end),
+    let (start, end) = match response.offsets() {
+        Ok(o) => (o.log_start, o.log_end),
         other => panic!("{other:?}"),
     };
     let mut records = Vec::new();
     let mut offset = start;
     while offset < end {
-        let request = Request::fetch(&TOPIC, 0, offset, 1 << 20, 0, 1);
+        let request = Request::fetch(TOPIC, 0, offset, 1 << 20, 0, 1);
         let response = c.call(&request).await.expect("restarted broker answers");
-        match response.body {
-            Ok(ResponseBody::Fetched {
+        match response.fetched() {
+            Ok(FetchedPartition {
                 batches,
                 next_offset,
                 ..
@@ -1008,13 +1010,13 @@ async fn kill_trial(seed: u64) -> KillTrial {
         // Right after the deletion of the second segment's store in a pass
         // (its 4th unlink), when later segments of the pass may be gone
         // from what clients are told but not yet from the disk.
-        let watch = DeletionWatch::new(&data.join("topics").join(TOPIC));
+        let watch = DeletionWatch::new(&partition_dir(&data));
         let skip = rng.below(5);
         let nth = 4;
         let gap = Duration::from_millis(tick_ms / 2);
         let pid = broker.child.id();
         let deadline = Instant::now() + PATIENCE;
-        let (topic_dir, watching) = (data.join("topics").join(TOPIC), Arc::clone(&shared));
+        let (topic_dir, watching) = (partition_dir(&data), Arc::clone(&shared));
         killed_at_deletion = tokio::task::spawn_blocking(move || {
             watch.kill_in_pass(&topic_dir, &watching, skip, nth, gap, pid, deadline)
         })
@@ -1043,7 +1045,7 @@ async fn kill_trial(seed: u64) -> KillTrial {
     let (sent, seen) = finish_load(producer, consumers, &shared).await;
     assert_clean(&seen, &format!("seed {seed}, before the kill"));
     let interrupted_deletions = orphan_tables(&data);
-    let mut before_restart: Vec<String> = std::fs::read_dir(data.join("topics").join(TOPIC))
+    let mut before_restart: Vec<String> = std::fs::read_dir(partition_dir(&data))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".store") || n.ends_with(".index"))

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::broker::{fetch_request, produce_request, Conn};
 use common::wrap::WrapFs;
 use spool::broker::{Broker, Config};
-use spool::protocol::{Request, ResponseBody};
+use spool::protocol::Request;
 use spool::storage::{Mapping, OsVfs, VFile};
 
 /// A gate that what it holds waits at until it opens.
@@ -195,9 +195,9 @@ async fn a_fetch_of_data_not_in_the_page_cache_does_not_hold_up_the_worker() {
     until_held(&gate).await;
     let meanwhile = answered_meanwhile(broker.addr).await;
     gate.release();
-    match c.recv().await.body {
-        Ok(ResponseBody::Fetched { batches, .. }) => {
-            let records = common::broker::decode(&batches, 0);
+    match c.recv().await.fetched() {
+        Ok(f) => {
+            let records = common::broker::decode(&f.batches, 0);
             assert_eq!(records[0].value.as_deref().unwrap(), b"cold");
         }
         other => panic!("{other:?}"),
@@ -228,7 +228,8 @@ async fn a_roll_whose_seal_waits_for_the_device_does_not_hold_up_the_worker() {
     let meanwhile = answered_meanwhile(broker.addr).await;
     gate.release();
     for _ in 0..produced {
-        assert!(c.recv().await.body.is_ok());
+        let produced = c.recv().await.produced();
+        assert!(produced.is_ok(), "{produced:?}");
     }
     assert!(
         meanwhile,
@@ -256,9 +257,9 @@ async fn a_waiting_fetch_reads_once_however_many_appends_wake_it() {
     for _ in 0..500 {
         c.produce("t", &[&value]).await;
     }
-    match waiting.recv().await.body {
-        Ok(ResponseBody::Fetched { batches, .. }) => {
-            assert!(common::broker::decode(&batches, 0).len() > 300);
+    match waiting.recv().await.fetched() {
+        Ok(f) => {
+            assert!(common::broker::decode(&f.batches, 0).len() > 300);
         }
         other => panic!("{other:?}"),
     }

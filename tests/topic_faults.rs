@@ -109,10 +109,11 @@ async fn a_power_cut_during_topic_deletion_leaves_it_whole_or_gone() {
     let setup = |fs: &SimFs| {
         let topics = Topics::load_with(config(), fs.shared()).unwrap();
         let topic = topics.create("t", &settings()).unwrap();
+        let partition = topic.partition(0).unwrap();
         let mut b = BatchBuilder::new();
         b.push(common::now_ms(), None, Some(b"kept"), &[]);
-        topic.append(&mut b.finish()).unwrap();
-        topic.log().sync().unwrap();
+        partition.append(&mut b.finish()).unwrap();
+        partition.log().sync().unwrap();
         topics.close_all();
     };
     let delete = |t: &Topics| t.delete("t").is_ok();
@@ -125,7 +126,12 @@ async fn a_power_cut_during_topic_deletion_leaves_it_whole_or_gone() {
                 Some(topic) => {
                     assert!(!deleted, "op {n}, seed {seed}: a deleted topic came back");
                     kept += 1;
-                    let read = topic.log().read(0).expect("its records are whole");
+                    let read = topic
+                        .partition(0)
+                        .expect("its partition 0 is there")
+                        .log()
+                        .read(0)
+                        .expect("its records are whole");
                     assert_eq!(read.value.as_deref().unwrap(), b"kept");
                 }
                 None => gone += 1,
@@ -153,7 +159,7 @@ async fn a_failed_operation_leaves_topic_creation_and_deletion_usable() {
             Ok(topic) => {
                 let mut b = BatchBuilder::new();
                 b.push(common::now_ms(), None, Some(b"v"), &[]);
-                topic.append(&mut b.finish()).unwrap();
+                topic.partition(0).unwrap().append(&mut b.finish()).unwrap();
             }
             Err(e) => {
                 assert!(

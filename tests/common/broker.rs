@@ -257,7 +257,7 @@ pub fn produce_request(topic: &str, values: &[&[u8]]) -> Request {
     for (i, v) in values.iter().enumerate() {
         b.push(super::now_ms() + i as i64, None, Some(v), &[]);
     }
-    Request::produce(&topic, 0, Acks::Commit, BytesMut::from(&b.finish()[..]))
+    Request::produce(topic, 0, Acks::Commit, BytesMut::from(&b.finish()[..]))
 }
 
 /// CREATE_TOPIC with settings given as `(key, value)`.
@@ -272,7 +272,7 @@ pub fn create_request(topic: &str, settings: &[(&str, &str)]) -> Request {
 }
 
 pub fn fetch_request(topic: &str, offset: u64, max_wait_ms: u32) -> Request {
-    Request::fetch(&topic, 0, offset, 1 << 20, max_wait_ms, 1)
+    Request::fetch(topic, 0, offset, 1 << 20, max_wait_ms, 1)
 }
 
 /// Records in fetched batches at or after `from`.
