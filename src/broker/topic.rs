@@ -223,6 +223,8 @@ impl Partition {
             .await
             .map_err(|_| StorageError::Closed)?;
         match &state.failed {
+            // Deleted while it waited: the topic is gone, not broken.
+            Some(_) if state.synced < next_offset && self.is_closed() => Err(StorageError::Closed),
             Some(reason) if state.synced < next_offset => Err(StorageError::Fenced {
                 reason: reason.to_string(),
             }),
@@ -443,6 +445,19 @@ impl Topic {
             }
         }
         result
+    }
+
+    /// Stops every partition of a topic whose directory was moved to be
+    /// deleted: waiting produces fail, long polls return, nothing is synced.
+    fn discard(&self) {
+        self.closed.store(true, Ordering::Release);
+        for p in self.partitions().iter() {
+            p.closed.store(true, Ordering::Release);
+            p.closing.notify_waiters();
+            p.log.discard();
+            p.durable
+                .send_modify(|d| d.failed = Some("the topic was deleted".into()));
+        }
     }
 
     /// Closes every partition (blocking); the first failure is returned,
@@ -1029,9 +1044,9 @@ impl Topics {
         }
         let topic = self.map.remove(name).map(|(_, t)| t);
         if let Some(topic) = topic {
-            if let Err(e) = topic.close() {
-                tracing::warn!(topic = %name, error = %e, "closing deleted topic failed");
-            }
+            // Its files are in the trash: nothing of it needs syncing (a
+            // sync of its moved directories would only fail).
+            topic.discard();
         }
         if let Err(e) = vfs.remove_dir_all(&doomed) {
             // The topic is gone either way; the next start finishes this.

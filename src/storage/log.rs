@@ -1007,6 +1007,16 @@ impl Log {
         active.seal()
     }
 
+    /// Closes a log whose files are going away (its directory was moved to
+    /// be deleted): no seal and no sync, which would only fail on the
+    /// moved directory, and nothing more is appended.
+    pub fn discard(&self) {
+        let mut w = lock(&self.writer);
+        w.active = None;
+        lock(&self.deferred).unsealed = None;
+        lock(&self.spare).take();
+    }
+
     /// Closes the log and deletes its directory.
     pub fn remove(self) -> Result<()> {
         self.close()?;
