@@ -17,18 +17,6 @@ fn create(topic: &str, settings: &[(&str, &str)]) -> Request {
     create_request(topic, settings)
 }
 
-async fn describe(c: &mut Conn, topic: &str) -> TopicDescription {
-    match c
-        .ok(Request::DescribeTopic {
-            topic: topic.into(),
-        })
-        .await
-    {
-        ResponseBody::Description(d) => d,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 fn setting<'a>(d: &'a TopicDescription, key: &str) -> &'a str {
     &d.settings
         .iter()
@@ -245,7 +233,7 @@ async fn admin_apis_and_their_errors() {
         ResponseBody::Topics(vec!["audit".into(), "orders".into()])
     );
 
-    let d = describe(&mut c, "orders").await;
+    let d = c.describe("orders").await;
     assert_eq!(d.partitions.len(), 1);
     let p = &d.partitions[0];
     assert_eq!((p.log_start, p.log_end, p.segments), (0, 0, 1));
@@ -254,7 +242,7 @@ async fn admin_apis_and_their_errors() {
     assert_eq!(setting(&d, "segment_bytes"), "1048576");
     assert_eq!(setting(&d, "retention_bytes"), "unlimited");
     c.produce("orders", &[b"1", b"2"]).await;
-    let d = describe(&mut c, "orders").await;
+    let d = c.describe("orders").await;
     let p = &d.partitions[0];
     assert_eq!((p.log_start, p.log_end), (0, 2));
     assert!(d.size_bytes() > 0);
@@ -297,7 +285,7 @@ async fn admin_apis_and_their_errors() {
         .await;
     // A new topic of the same name starts empty.
     c.ok(create("orders", &[])).await;
-    assert_eq!(describe(&mut c, "orders").await.partitions[0].log_end, 0);
+    assert_eq!(c.describe("orders").await.partitions[0].log_end, 0);
     broker.stop().await;
 }
 
@@ -373,7 +361,7 @@ async fn fetch_max_bytes_spans_segments_and_keeps_whole_batches() {
     for _ in 0..20 {
         c.produce("t", &[&value]).await;
     }
-    let d = describe(&mut c, "t").await;
+    let d = c.describe("t").await;
     assert!(d.partitions[0].segments >= 5);
     let fetch = |max_bytes| Request::fetch("t", 0, 0, max_bytes, 0, 1);
     // Tiny max_bytes: still one whole batch.
@@ -546,7 +534,7 @@ async fn restart_keeps_records_offsets_and_settings() {
         c.ok(Request::ListTopics).await,
         ResponseBody::Topics(vec!["auto".into(), "kept".into()])
     );
-    let d = describe(&mut c, "kept").await;
+    let d = c.describe("kept").await;
     assert_eq!(d.partitions[0].log_end, 10);
     assert_eq!(setting(&d, "retention_bytes"), "10485760");
     assert_eq!(setting(&d, "flush"), "interval");
@@ -578,7 +566,7 @@ async fn retention_frees_whole_segments_within_a_check_interval() {
     }
     let written = Instant::now();
     let bound = 8192 + 4096;
-    let mut d = describe(&mut c, "r").await;
+    let mut d = c.describe("r").await;
     // Bounded wait: the retention task runs every 200 ms. It publishes each
     // removed segment as it goes, so a describe can land mid-pass: wait for
     // the end state rather than the first sign of a pass.
@@ -587,7 +575,7 @@ async fn retention_frees_whole_segments_within_a_check_interval() {
             break;
         }
         tokio::time::sleep(interval / 4).await;
-        d = describe(&mut c, "r").await;
+        d = c.describe("r").await;
     }
     assert!(d.size_bytes() <= bound, "{} bytes left", d.size_bytes());
     let log_start = d.partitions[0].log_start;

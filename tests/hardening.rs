@@ -89,13 +89,6 @@ fn describe_request(topic: &str) -> spool::protocol::Request {
     }
 }
 
-async fn describe(c: &mut Conn, topic: &str) -> spool::protocol::TopicDescription {
-    match c.ok(describe_request(topic)).await {
-        spool::protocol::ResponseBody::Description(d) => d,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 const MIB: u64 = 1 << 20;
 
 // 1: every active segment pre-allocated 2.5 x index_bytes (25 MiB): 200
@@ -134,7 +127,7 @@ async fn retention_bytes_bounds_what_du_sees() {
     // 8 MB through a 2 MiB topic.
     for _ in 0..500 {
         c.produce("r", &values).await;
-        let d = describe(&mut c, "r").await;
+        let d = c.describe("r").await;
         // Retention runs in the background right after each roll: until it
         // has, the topic may also hold the new segment's first index pages.
         assert!(
@@ -143,7 +136,7 @@ async fn retention_bytes_bounds_what_du_sees() {
             d.size_bytes()
         );
     }
-    let d = describe(&mut c, "r").await;
+    let d = c.describe("r").await;
     assert!(d.partitions[0].log_start > 0, "retention deleted nothing");
     let (apparent, allocated) = du(&broker.dir.path().join("topics").join("r"));
     assert!(apparent < 4 * MIB, "apparent size {apparent}");
@@ -172,7 +165,7 @@ async fn records_go_about_retention_ms_after_they_were_written() {
     // allow a loaded CI machine far more, but not a week.
     let deadline = written + std::time::Duration::from_secs(15);
     loop {
-        let d = describe(&mut c, "short").await;
+        let d = c.describe("short").await;
         if d.partitions[0].log_start == 1 {
             break;
         }
@@ -286,7 +279,7 @@ async fn a_long_poll_does_not_hold_the_request_budget_of_what_follows_it() {
     // Both appended (their responses wait behind the poll), bounded.
     let mut watch = broker.connect().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while describe(&mut watch, "p").await.partitions[0].log_end < 2 {
+    while watch.describe("p").await.partitions[0].log_end < 2 {
         assert!(
             Instant::now() < deadline,
             "the produces were never appended"
@@ -594,7 +587,7 @@ async fn torn_tail_sidecars_are_counted_shown_and_deleted_with_their_segment() {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     let running = spool::broker::Broker::start(config).await.unwrap();
     let mut c = Conn::connect(running.local_addr()).await;
-    let d = describe(&mut c, "torn").await;
+    let d = c.describe("torn").await;
     let p = &d.partitions[0];
     assert_eq!((p.torn_files, p.torn_bytes), (1, 700), "{d:?}");
     assert!(
@@ -621,7 +614,7 @@ async fn torn_tail_sidecars_are_counted_shown_and_deleted_with_their_segment() {
     let mut c = Conn::connect(running.local_addr()).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let d = describe(&mut c, "torn").await;
+        let d = c.describe("torn").await;
         let p = &d.partitions[0];
         if p.log_start > 0 {
             assert_eq!((p.torn_files, p.torn_bytes), (0, 0), "{d:?}");

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use common::broker::*;
 use spool::protocol::{
     Acks, ErrorCode, FetchPartition, FetchTopic, FetchedPartition, OffsetSpec, OffsetsTopic,
-    ProduceTopic, Request, ResponseBody, TopicDescription, TopicResults,
+    ProduceTopic, Request, ResponseBody, TopicResults,
 };
 use spool::storage::batch::BatchBuilder;
 
@@ -21,18 +21,6 @@ fn batch(values: &[&str]) -> BytesMut {
         b.push(common::now_ms(), None, Some(v.as_bytes()), &[]);
     }
     BytesMut::from(&b.finish()[..])
-}
-
-async fn describe(c: &mut Conn, topic: &str) -> TopicDescription {
-    match c
-        .ok(Request::DescribeTopic {
-            topic: topic.into(),
-        })
-        .await
-    {
-        ResponseBody::Description(d) => d,
-        other => panic!("unexpected {other:?}"),
-    }
 }
 
 async fn produce_to(c: &mut Conn, topic: &str, partition: u32, values: &[&str]) -> u64 {
@@ -83,7 +71,7 @@ async fn each_partition_is_a_log_of_its_own() {
     let broker = start(|_| {}).await;
     let mut c = broker.connect().await;
     c.ok(create_request("t", &[("partitions", "3")])).await;
-    let d = describe(&mut c, "t").await;
+    let d = c.describe("t").await;
     assert_eq!(
         d.partitions.iter().map(|p| p.partition).collect::<Vec<_>>(),
         [0, 1, 2]
@@ -102,7 +90,7 @@ async fn each_partition_is_a_log_of_its_own() {
     assert_eq!(values_of(&mut c, "t", 2, 0).await, ["a", "b", "d"]);
     assert_eq!(values_of(&mut c, "t", 0, 0).await, ["c"]);
     assert!(values_of(&mut c, "t", 1, 0).await.is_empty());
-    let d = describe(&mut c, "t").await;
+    let d = c.describe("t").await;
     let ends: Vec<u64> = d.partitions.iter().map(|p| p.log_end).collect();
     assert_eq!(ends, [1, 0, 3]);
     assert_eq!(d.records(), 4);
@@ -338,7 +326,7 @@ async fn partitions_are_raised_never_lowered_and_survive_a_restart() {
     let broker = start(|_| {}).await;
     let mut c = broker.connect().await;
     c.ok(create_request("t", &[])).await;
-    assert_eq!(describe(&mut c, "t").await.partitions.len(), 1);
+    assert_eq!(c.describe("t").await.partitions.len(), 1);
     produce_to(&mut c, "t", 0, &["kept"]).await;
     c.ok(Request::AlterTopic {
         topic: "t".into(),
@@ -346,7 +334,7 @@ async fn partitions_are_raised_never_lowered_and_survive_a_restart() {
         reset: vec![],
     })
     .await;
-    assert_eq!(describe(&mut c, "t").await.partitions.len(), 4);
+    assert_eq!(c.describe("t").await.partitions.len(), 4);
     assert_eq!(produce_to(&mut c, "t", 3, &["new"]).await, 0);
     let e = c
         .err(
@@ -371,7 +359,7 @@ async fn partitions_are_raised_never_lowered_and_survive_a_restart() {
     .await;
     let broker = broker.restart().await;
     let mut c = broker.connect().await;
-    let d = describe(&mut c, "t").await;
+    let d = c.describe("t").await;
     assert_eq!(d.partitions.len(), 4);
     assert_eq!(values_of(&mut c, "t", 0, 0).await, ["kept"]);
     assert_eq!(values_of(&mut c, "t", 3, 0).await, ["new"]);
@@ -400,7 +388,7 @@ async fn max_partitions_bounds_creates_and_raises() {
         ErrorCode::TooManyPartitions,
     )
     .await;
-    assert_eq!(describe(&mut c, "a").await.partitions.len(), 3);
+    assert_eq!(c.describe("a").await.partitions.len(), 3);
     // Bad counts are refused before anything is made.
     for bad in ["0", "-1", "many", "10001"] {
         c.err(
@@ -428,8 +416,8 @@ async fn the_partition_count_comes_from_the_defaults_and_the_file() {
     let mut c = broker.connect().await;
     // A produce creates the topic with the default count.
     produce_to(&mut c, "auto", 1, &["v"]).await;
-    assert_eq!(describe(&mut c, "auto").await.partitions.len(), 2);
-    let d = describe(&mut c, "pinned").await;
+    assert_eq!(c.describe("auto").await.partitions.len(), 2);
+    let d = c.describe("pinned").await;
     assert_eq!(d.partitions.len(), 5);
     assert!(d
         .sources
@@ -481,7 +469,7 @@ async fn a_file_naming_fewer_partitions_drops_none() {
     );
     let broker = broker.restart().await;
     let mut c = broker.connect().await;
-    let d = describe(&mut c, "t").await;
+    let d = c.describe("t").await;
     assert_eq!(d.partitions.len(), 3);
     assert!(d.settings.contains(&("partitions".into(), "3".into())));
     assert_eq!(values_of(&mut c, "t", 2, 0).await, ["kept"]);
@@ -492,6 +480,6 @@ async fn a_file_naming_fewer_partitions_drops_none() {
         reset: vec![],
     })
     .await;
-    assert_eq!(describe(&mut c, "t").await.partitions.len(), 3);
+    assert_eq!(c.describe("t").await.partitions.len(), 3);
     broker.stop().await;
 }

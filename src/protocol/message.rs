@@ -210,17 +210,34 @@ const MIN_OFFSETS_PARTITION_LEN: usize = 4 + 8;
 /// poll watch) a million.
 pub const MAX_REQUEST_PARTITIONS: usize = 10_000;
 
-/// Counts a request's partitions as they are read, refusing past
-/// [`MAX_REQUEST_PARTITIONS`].
-fn add_partitions(total: &mut usize, more: usize) -> Result<(), ProtocolError> {
-    *total += more;
-    if *total > MAX_REQUEST_PARTITIONS {
-        return Err(ProtocolError::BadValue {
-            field: "partitions",
-            reason: format!("more than {MAX_REQUEST_PARTITIONS} partitions in one request"),
-        });
+/// `[string topic, [partition]]` of a request, each partition's fields
+/// read by `partition` (at least `min_partition_len` bytes each), at most
+/// [`MAX_REQUEST_PARTITIONS`] partitions in all; a topic of none counts as
+/// one, so that empty topics cannot pile up either.
+fn parse_topic_list<T>(
+    r: &mut Reader<'_>,
+    min_partition_len: usize,
+    mut partition: impl FnMut(&mut Reader<'_>) -> Result<T, ProtocolError>,
+) -> Result<Vec<(String, Vec<T>)>, ProtocolError> {
+    let mut topics = Vec::new();
+    let mut total = 0usize;
+    for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
+        let topic = r.string("topic")?;
+        let count = r.count("partitions", min_partition_len)?;
+        total += count.max(1);
+        if total > MAX_REQUEST_PARTITIONS {
+            return Err(ProtocolError::BadValue {
+                field: "partitions",
+                reason: format!("more than {MAX_REQUEST_PARTITIONS} partitions in one request"),
+            });
+        }
+        let mut partitions = Vec::with_capacity(count);
+        for _ in 0..count {
+            partitions.push(partition(r)?);
+        }
+        topics.push((topic, partitions));
     }
-    Ok(())
+    Ok(topics)
 }
 
 /// Smallest encoding of a `(string, string)` pair: two empty strings.
@@ -346,20 +363,9 @@ impl Request {
                 };
                 // Names and batch positions first; then the batches are cut
                 // out of the frame in order, without a copy.
-                let mut shaped = Vec::new();
-                let mut total = 0;
-                for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
-                    let topic = r.string("topic")?;
-                    let mut partitions = Vec::new();
-                    let count = r.count("partitions", MIN_PRODUCE_PARTITION_LEN)?;
-                    // A topic of no partitions still counts, so empty ones cannot pile up.
-                    add_partitions(&mut total, count.max(1))?;
-                    for _ in 0..count {
-                        let partition = r.u32("partition")?;
-                        partitions.push((partition, r.bytes_range("batch")?));
-                    }
-                    shaped.push((topic, partitions));
-                }
+                let shaped = parse_topic_list(&mut r, MIN_PRODUCE_PARTITION_LEN, |r| {
+                    Ok((r.u32("partition")?, r.bytes_range("batch")?))
+                })?;
                 r.finish()?;
                 let mut at = 0;
                 let mut topics = Vec::with_capacity(shaped.len());
@@ -378,23 +384,16 @@ impl Request {
                 let max_wait_ms = r.u32("max_wait_ms")?;
                 let min_bytes = r.u32("min_bytes")?;
                 let max_bytes = r.u32("max_bytes")?;
-                let mut topics = Vec::new();
-                let mut total = 0;
-                for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
-                    let topic = r.string("topic")?;
-                    let mut partitions = Vec::new();
-                    let count = r.count("partitions", MIN_FETCH_PARTITION_LEN)?;
-                    // A topic of no partitions still counts, so empty ones cannot pile up.
-                    add_partitions(&mut total, count.max(1))?;
-                    for _ in 0..count {
-                        partitions.push(FetchPartition {
-                            partition: r.u32("partition")?,
-                            offset: r.u64("offset")?,
-                            max_bytes: r.u32("partition_max_bytes")?,
-                        });
-                    }
-                    topics.push(FetchTopic { topic, partitions });
-                }
+                let topics = parse_topic_list(&mut r, MIN_FETCH_PARTITION_LEN, |r| {
+                    Ok(FetchPartition {
+                        partition: r.u32("partition")?,
+                        offset: r.u64("offset")?,
+                        max_bytes: r.u32("partition_max_bytes")?,
+                    })
+                })?
+                .into_iter()
+                .map(|(topic, partitions)| FetchTopic { topic, partitions })
+                .collect();
                 Request::Fetch {
                     max_wait_ms,
                     min_bytes,
@@ -403,33 +402,26 @@ impl Request {
                 }
             }
             ApiKey::ListOffsets => {
-                let mut topics = Vec::new();
-                let mut total = 0;
-                for _ in 0..r.count("topics", MIN_TOPIC_LEN)? {
-                    let topic = r.string("topic")?;
-                    let mut partitions = Vec::new();
-                    let count = r.count("partitions", MIN_OFFSETS_PARTITION_LEN)?;
-                    // A topic of no partitions still counts, so empty ones cannot pile up.
-                    add_partitions(&mut total, count.max(1))?;
-                    for _ in 0..count {
-                        let partition = r.u32("partition")?;
-                        let spec = match r.i64("timestamp")? {
-                            -2 => OffsetSpec::Earliest,
-                            -1 => OffsetSpec::Latest,
-                            t if t >= 0 => OffsetSpec::Timestamp(t),
-                            t => {
-                                return Err(ProtocolError::BadValue {
-                                    field: "timestamp",
-                                    reason: format!(
-                                        "{t}: use -1 (latest), -2 (earliest) or a time in ms"
-                                    ),
-                                })
-                            }
-                        };
-                        partitions.push((partition, spec));
-                    }
-                    topics.push(OffsetsTopic { topic, partitions });
-                }
+                let topics = parse_topic_list(&mut r, MIN_OFFSETS_PARTITION_LEN, |r| {
+                    let partition = r.u32("partition")?;
+                    let spec = match r.i64("timestamp")? {
+                        -2 => OffsetSpec::Earliest,
+                        -1 => OffsetSpec::Latest,
+                        t if t >= 0 => OffsetSpec::Timestamp(t),
+                        t => {
+                            return Err(ProtocolError::BadValue {
+                                field: "timestamp",
+                                reason: format!(
+                                    "{t}: use -1 (latest), -2 (earliest) or a time in ms"
+                                ),
+                            })
+                        }
+                    };
+                    Ok((partition, spec))
+                })?
+                .into_iter()
+                .map(|(topic, partitions)| OffsetsTopic { topic, partitions })
+                .collect();
                 Request::ListOffsets { topics }
             }
         };

@@ -203,6 +203,18 @@ impl Conn {
         }
     }
 
+    pub async fn describe(&mut self, topic: &str) -> spool::protocol::TopicDescription {
+        match self
+            .ok(Request::DescribeTopic {
+                topic: topic.into(),
+            })
+            .await
+        {
+            ResponseBody::Description(d) => d,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     pub async fn produce(&mut self, topic: &str, values: &[&[u8]]) -> u64 {
         match self.produced(produce_request(topic, values)).await {
             Ok(p) => p.base_offset,

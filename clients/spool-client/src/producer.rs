@@ -328,18 +328,7 @@ impl Producer {
     /// that has just described it knows: the producer looks it up itself
     /// otherwise (on the first send, and every 30 seconds).
     pub fn set_partition_count(&self, topic: &str, partitions: u32) {
-        let mut meta = self
-            .shared
-            .meta
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = meta.entry(topic.into()).or_insert_with(|| TopicMeta {
-            partitions,
-            learnt: Instant::now(),
-            partitioner: Arc::new(Partitioner::new()),
-        });
-        entry.partitions = partitions.max(1);
-        entry.learnt = Instant::now();
+        self.shared.learn(topic, partitions.max(1), Instant::now());
     }
 
     /// Sends every open batch and waits until all sent batches are answered.
@@ -420,6 +409,12 @@ impl Shared {
             // Tried again soon; meanwhile partition 0, which every topic has.
             Err(_) => (1, Instant::now() - METADATA_AGE + METADATA_RETRY),
         };
+        (partitions, self.learn(topic, partitions, learnt))
+    }
+
+    /// Records `topic`'s partition count, as of `learnt`; returns its
+    /// partitioner (made on the first record of the topic).
+    fn learn(&self, topic: &str, partitions: u32, learnt: Instant) -> Arc<Partitioner> {
         let mut meta = self.meta.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = meta.entry(topic.into()).or_insert_with(|| TopicMeta {
             partitions,
@@ -428,7 +423,7 @@ impl Shared {
         });
         entry.partitions = partitions;
         entry.learnt = learnt;
-        (partitions, Arc::clone(&entry.partitioner))
+        Arc::clone(&entry.partitioner)
     }
 
     /// A batch of `key`'s partition is leaving: if keyless records were
