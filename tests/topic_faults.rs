@@ -237,3 +237,80 @@ async fn a_power_cut_during_an_alter_leaves_the_old_settings_or_the_new() {
     }
     assert!(old > 0 && new > 0, "old {old}, new {new}");
 }
+
+/// Issue 11: a power cut while a topic's partitions are raised leaves the
+/// old count or the new one, every partition whole and its records there;
+/// an acknowledged raise has all its partitions after it. The same for a
+/// topic created with several partitions: whole with all of them, or absent.
+#[tokio::test]
+async fn a_power_cut_while_partitions_are_added_leaves_them_all_or_none() {
+    let setup = |fs: &SimFs| {
+        let topics = Topics::load_with(config(), fs.shared()).unwrap();
+        let topic = topics
+            .create("t", &[("partitions".into(), "2".into())])
+            .unwrap();
+        for p in 0..2 {
+            let partition = topic.partition(p).unwrap();
+            let mut b = BatchBuilder::new();
+            b.push(
+                common::now_ms(),
+                None,
+                Some(format!("in {p}").as_bytes()),
+                &[],
+            );
+            partition.append(&mut b.finish()).unwrap();
+            partition.log().sync().unwrap();
+        }
+        topics.close_all();
+    };
+    let raise = |t: &Topics| {
+        t.alter("t", &[("partitions".into(), "5".into())], &[])
+            .is_ok()
+    };
+    let ops = operations(&setup, &raise);
+    let (mut two, mut five) = (0, 0);
+    for n in 1..=ops + 1 {
+        for seed in 0..common::trials(8, 64) {
+            let (raised, topics) = crash_at(n, seed, &setup, &raise);
+            let topic = topics
+                .get("t")
+                .unwrap_or_else(|| panic!("op {n}, seed {seed}: the topic is gone"));
+            match topic.partition_count() {
+                2 => {
+                    assert!(
+                        !raised,
+                        "op {n}, seed {seed}: an acknowledged raise was lost"
+                    );
+                    two += 1;
+                }
+                5 => five += 1,
+                other => panic!("op {n}, seed {seed}: {other} partitions"),
+            }
+            for p in 0..2 {
+                let read = topic.partition(p).unwrap().log().read(0);
+                let value =
+                    read.unwrap_or_else(|e| panic!("op {n}, seed {seed}, partition {p}: {e}"));
+                assert_eq!(value.value.as_deref(), Some(format!("in {p}").as_bytes()));
+            }
+            topics.close_all();
+        }
+    }
+    assert!(two > 0 && five > 0, "two {two}, five {five}");
+
+    let create = |t: &Topics| t.create("c", &[("partitions".into(), "3".into())]).is_ok();
+    let nothing = |_: &SimFs| {};
+    let ops = operations(&nothing, &create);
+    for n in 1..=ops + 1 {
+        for seed in 0..common::trials(4, 32) {
+            let (created, topics) = crash_at(n, seed, &nothing, &create);
+            match topics.get("c") {
+                Some(topic) => assert_eq!(topic.partition_count(), 3, "op {n}, seed {seed}"),
+                None => assert!(
+                    !created,
+                    "op {n}, seed {seed}: an acknowledged creation was lost"
+                ),
+            }
+            topics.close_all();
+        }
+    }
+}
