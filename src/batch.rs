@@ -382,6 +382,19 @@ pub enum StoredError {
 /// and the batch is stored as sent. The batch's own size limit is the
 /// caller's to check.
 pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchError> {
+    validate_within(bytes, max_record, MAX_DECOMPRESSED).map(|(header, _)| header)
+}
+
+/// [`validate`], decompressing a compressed batch's records to at most
+/// `max_decompressed` bytes (and its count times `max_record`, and
+/// [`MAX_DECOMPRESSED`]); returns the header and the bytes decompressed (0
+/// for a plain batch), so that a caller can bound what one request makes
+/// it decompress.
+pub fn validate_within(
+    bytes: &[u8],
+    max_record: usize,
+    max_decompressed: usize,
+) -> Result<(BatchHeader, usize), BatchError> {
     let header = check(bytes)?;
     if header.is_control() {
         return Err(BatchError::Control);
@@ -414,19 +427,24 @@ pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchErr
             return Err(BatchError::ReservedAttribute(what));
         }
     }
-    match header.codec()? {
-        Codec::None => validate_records(&header, &bytes[HEADER_LEN..], max_record)?,
+    let decompressed = match header.codec()? {
+        Codec::None => {
+            validate_records(&header, &bytes[HEADER_LEN..], max_record)?;
+            0
+        }
         #[cfg(feature = "compression")]
         codec => {
             // Kafka's broker reads a compressed batch's records too. No
             // valid batch decompresses to more than its count of records of
-            // at most `max_record` bytes (nor to more than the cap).
+            // at most `max_record` bytes (nor to more than the caps).
             let limit = (header.records_count.max(0) as usize)
                 .saturating_mul(max_record)
-                .min(MAX_DECOMPRESSED);
+                .min(MAX_DECOMPRESSED)
+                .min(max_decompressed);
             let body = codec::decompress(codec, &bytes[HEADER_LEN..], limit)
                 .map_err(|e| BatchError::Compressed(e.to_string()))?;
             validate_records(&header, &body, max_record)?;
+            body.len()
         }
         #[cfg(not(feature = "compression"))]
         codec => {
@@ -434,8 +452,8 @@ pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchErr
                 "{codec:?} needs the `compression` feature"
             )))
         }
-    }
-    Ok(header)
+    };
+    Ok((header, decompressed))
 }
 
 /// Most bytes [`validate`] decompresses one batch's records to.

@@ -483,3 +483,55 @@ async fn a_file_naming_fewer_partitions_drops_none() {
     assert_eq!(c.describe("t").await.partitions.len(), 3);
     broker.stop().await;
 }
+
+/// One PRODUCE makes the broker decompress at most 256 MiB to check its
+/// compressed batches: a frame of small zstd batches that each expand to a
+/// megabyte is refused past that, batch by batch, and the connection and
+/// the topic go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_produce_decompresses_a_bounded_amount() {
+    let broker = start(|_| {}).await;
+    let mut c = broker.connect().await;
+    let zeros = vec![0u8; 1 << 20];
+    let mut b = BatchBuilder::new();
+    b.push(common::now_ms(), None, Some(&zeros[..(1 << 20) - 64]), &[]);
+    let bomb = b.finish_compressed(spool::storage::batch::Codec::Zstd);
+    assert!(bomb.len() < 1024, "{} bytes", bomb.len());
+    let request = Request::Produce {
+        acks: Acks::Commit,
+        topics: vec![ProduceTopic {
+            topic: "z".into(),
+            partitions: (0..300).map(|_| (0, BytesMut::from(&bomb[..]))).collect(),
+        }],
+    };
+    let ResponseBody::Produced(topics) = c.ok(request).await else {
+        panic!("not a PRODUCE response");
+    };
+    let outcomes: Vec<Result<u64, ErrorCode>> = flatten(topics)
+        .into_iter()
+        .map(|(_, _, r)| r.map(|p| p.base_offset))
+        .collect();
+    let stored = outcomes.iter().take_while(|r| r.is_ok()).count();
+    assert!((200..=256).contains(&stored), "{stored} stored");
+    assert!(
+        outcomes[stored..]
+            .iter()
+            .all(|r| *r == Err(ErrorCode::InvalidBatch)),
+        "{:?}",
+        &outcomes[stored..]
+    );
+    // The next request has a budget of its own.
+    assert_eq!(
+        c.produced(Request::produce(
+            "z",
+            0,
+            Acks::Commit,
+            BytesMut::from(&bomb[..])
+        ))
+        .await
+        .unwrap()
+        .base_offset,
+        stored as u64
+    );
+    broker.stop().await;
+}

@@ -153,6 +153,7 @@ async fn produce(
     let mut results = Vec::with_capacity(topics.len());
     // (topic index, partition index, partition, offset to be durable below)
     let mut waits = Vec::new();
+    let mut budget = REQUEST_DECOMPRESSION_BUDGET;
     for (ti, ProduceTopic { topic, partitions }) in topics.into_iter().enumerate() {
         let target = produce_target(broker, topic.clone()).await;
         let mut out = Vec::with_capacity(partitions.len());
@@ -161,7 +162,7 @@ async fn produce(
                 .clone()
                 .and_then(|t| partition_of(&t, id))
                 .and_then(|p| {
-                    append(&p, &mut batch)
+                    append(&p, &mut batch, &mut budget)
                         .map(|a| (p, a))
                         .map_err(storage_error)
                 });
@@ -171,6 +172,9 @@ async fn produce(
                     // "always" topic see it only once it is synced.
                     p.request_sync();
                 } else if p.flush() == Flush::Always {
+                    // Each partition's sync starts now: the answer waits
+                    // for the slowest, not for their sum.
+                    p.request_sync();
                     waits.push((ti, pi, Arc::clone(&p), a.next_offset));
                 }
                 ProducedPartition {
@@ -224,19 +228,34 @@ async fn produce(
 /// that work undone (the background task has not caught up) does the
 /// append run with the worker's other tasks moved to another thread
 /// (`block_in_place`, multi-threaded runtime only).
+///
+/// A compressed batch is decompressed to check its records, which can take
+/// long (a few KB of zstd can expand to many MB): it too runs with the
+/// worker's other tasks moved away, within what is left of the request's
+/// `budget` of decompressed bytes.
 fn append(
     partition: &Partition,
     batch: &mut [u8],
+    budget: &mut usize,
 ) -> Result<crate::storage::Appended, StorageError> {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    if partition.log().append_may_block()
+    let compressed = batch.len() > 22 && batch[22] & crate::batch::CODEC_MASK as u8 != 0;
+    let limit = *budget;
+    let appended = if (compressed || partition.log().append_may_block())
         && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread
     {
-        tokio::task::block_in_place(|| partition.append(batch))
+        tokio::task::block_in_place(|| partition.append_within(batch, limit))
     } else {
-        partition.append(batch)
-    }
+        partition.append_within(batch, limit)
+    }?;
+    *budget = budget.saturating_sub(appended.decompressed);
+    Ok(appended)
 }
+
+/// Most bytes one PRODUCE makes the broker decompress to check compressed
+/// batches, over all its batches: a frame may carry thousands of small
+/// batches, each of which could otherwise expand to `MAX_DECOMPRESSED`.
+const REQUEST_DECOMPRESSION_BUDGET: usize = 256 << 20;
 
 /// Runs blocking topic administration off the async threads.
 async fn blocking(
@@ -593,6 +612,11 @@ async fn read_all(
 ) -> Option<OwnedSemaphorePermit> {
     let mut used = 0u64;
     for (w, &end) in wanted.iter().zip(ends) {
+        if w.partition.is_closed() {
+            // Deleted (or the broker stopping) while the fetch waited.
+            results[w.topic].partitions[w.slot].result = Err(storage_error(StorageError::Closed));
+            continue;
+        }
         let room = w.max_bytes.min(max_bytes.saturating_sub(used));
         let first = used == 0;
         let (offset, partition) = (w.offset, Arc::clone(&w.partition));

@@ -172,7 +172,17 @@ impl Partition {
     /// Appends a batch (blocking: a `write(2)` to the page cache) and wakes
     /// waiting fetches. The batch is in the kernel when this returns.
     pub fn append(&self, batch: &mut [u8]) -> Result<Appended, StorageError> {
-        let appended = self.log.append(batch)?;
+        self.append_within(batch, crate::batch::MAX_DECOMPRESSED)
+    }
+
+    /// [`Partition::append`] with a bound on what a compressed batch's
+    /// records may decompress to (see [`Log::append_within`]).
+    pub fn append_within(
+        &self,
+        batch: &mut [u8],
+        max_decompressed: usize,
+    ) -> Result<Appended, StorageError> {
+        let appended = self.log.append_within(batch, max_decompressed)?;
         if appended.rolled {
             // The roll was a swap; the background task seals the segment it
             // rolled away from, makes the next one ready, and applies

@@ -56,6 +56,9 @@ pub struct Appended {
     /// Whether the append rolled to a new segment first (a moment to apply
     /// retention: the log just grew by a sealed segment).
     pub rolled: bool,
+    /// Bytes a compressed batch's records took once decompressed for the
+    /// checks (0 for a plain batch).
+    pub decompressed: usize,
 }
 
 /// Whole stored batches returned by [`Log::read_batches`].
@@ -460,6 +463,14 @@ impl Log {
     /// readers; call [`Log::commit`] to wait until it is as durable as the
     /// sync mode promises.
     pub fn append(&self, batch: &mut [u8]) -> Result<Appended> {
+        self.append_within(batch, batch::MAX_DECOMPRESSED)
+    }
+
+    /// [`Log::append`], decompressing a compressed batch's records (to
+    /// check them) to at most `max_decompressed` bytes: a caller appending
+    /// many batches for one request bounds them all together
+    /// ([`Appended::decompressed`] says what this one took).
+    pub fn append_within(&self, batch: &mut [u8], max_decompressed: usize) -> Result<Appended> {
         if batch.len() > self.max_batch_bytes as usize {
             return Err(StorageError::BatchTooLarge {
                 size: batch.len(),
@@ -468,7 +479,8 @@ impl Log {
         }
         // Validation needs no lock: do it before taking one.
         let max_record = self.max_record_bytes.load(Ordering::Relaxed);
-        let header = batch::validate(batch, max_record as usize)?;
+        let (header, decompressed) =
+            batch::validate_within(batch, max_record as usize, max_decompressed)?;
         let now = now_ms();
         let (timestamp_type, ahead) = {
             let config = self.config.read().unwrap_or_else(|p| p.into_inner());
@@ -536,6 +548,7 @@ impl Log {
             base_offset: base,
             next_offset: next,
             log_append_time: (timestamp_type == TimestampType::LogAppend).then_some(time),
+            decompressed,
             rolled,
         })
     }

@@ -147,6 +147,9 @@ pub struct Consumer {
     parts: Vec<Part>,
     refreshed: Option<tokio::time::Instant>,
     buffer: VecDeque<Message>,
+    /// A partition's failure met while others returned records, for the
+    /// next poll.
+    deferred: Option<ClientError>,
     /// Fetches so far: each names the partitions starting one further on,
     /// so that a busy partition cannot keep the others out of the
     /// responses' `max_bytes` (as Kafka's clients rotate them).
@@ -210,6 +213,7 @@ impl Consumer {
             refreshed: None,
             buffer: VecDeque::new(),
             fetches: 0,
+            deferred: None,
             ahead: None,
             lost: None,
         }
@@ -259,6 +263,7 @@ impl Consumer {
     /// Moves every partition to another starting point; records buffered
     /// are dropped.
     pub fn seek(&mut self, to: StartAt) {
+        self.deferred = None;
         self.start = to;
         for p in &mut self.parts {
             p.start = Some(to);
@@ -275,6 +280,7 @@ impl Consumer {
         }
         self.buffer.retain(|m| m.partition != partition);
         self.ahead = None;
+        self.deferred = None;
     }
 
     /// Learns the topic's partitions (for a consumer of all of them: at the
@@ -364,6 +370,9 @@ impl Consumer {
         if !self.buffer.is_empty() {
             return Ok(self.buffer.drain(..).collect());
         }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         match self.resolve_start().await {
             Err(e @ ClientError::Disconnected(_)) => return self.lost_connection(e).await,
             other => other?,
@@ -394,16 +403,51 @@ impl Consumer {
             Err(e) => return Err(e),
         };
         self.lost = None;
+        let results: Vec<_> = topics.into_iter().flat_map(|t| t.partitions).collect();
+        // Where each partition goes next is known before anything is
+        // decoded: the next fetch leaves first, so the broker reads while
+        // this one is decoded (a backlog drains at the speed of the link,
+        // not of round trips). A partition whose batches then fail their
+        // checks stays put, and the fetch sent ahead no longer matches.
+        let mut next: Vec<(u32, u64)> = self.parts.iter().map(|p| (p.id, p.position)).collect();
+        let mut more = false;
+        for r in &results {
+            let (Ok(fetched), Some(i)) = (
+                &r.result,
+                self.parts.iter().position(|p| p.id == r.partition),
+            ) else {
+                continue;
+            };
+            self.parts[i].log_end = fetched.log_end;
+            next[i].1 = next[i].1.max(fetched.next_offset);
+        }
+        for (p, (_, at)) in self.parts.iter().zip(&next) {
+            more |= *at < p.log_end;
+        }
+        let all_ok = results.iter().all(|r| r.result.is_ok());
+        if more && all_ok {
+            if let Ok(rx) = self.send_fetch(&next).await {
+                self.ahead = Some((next, rx));
+            }
+        }
         let mut messages = Vec::new();
         let mut failure = None;
-        for result in topics.into_iter().flat_map(|t| t.partitions) {
+        for result in results {
             let Some(part) = self.parts.iter_mut().find(|p| p.id == result.partition) else {
                 continue;
             };
             match result.result {
                 Ok(fetched) => {
-                    part.log_end = fetched.log_end;
-                    let records = decode(&fetched.batches, part.position)?;
+                    // A batch that fails its checks: this partition stays
+                    // where it is (the next fetch meets it again), the
+                    // others' records are delivered.
+                    let records = match decode(&fetched.batches, part.position) {
+                        Ok(records) => records,
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                            continue;
+                        }
+                    };
                     part.position = part.position.max(fetched.next_offset);
                     messages.extend(records.into_iter().map(|record| Message {
                         partition: part.id,
@@ -438,17 +482,14 @@ impl Consumer {
                 }
             }
         }
-        // Records first: a failing partition fails again on the next
-        // fetch, which starts where these end.
-        if let (Some(e), true) = (failure, messages.is_empty()) {
-            return Err(e);
-        }
-        // Ask for the next batches before the caller handles these.
-        let next: Vec<(u32, u64)> = self.parts.iter().map(|p| (p.id, p.position)).collect();
-        if self.parts.iter().any(|p| p.position < p.log_end) {
-            if let Ok(rx) = self.send_fetch(&next).await {
-                self.ahead = Some((next, rx));
-            }
+        // Records first; the failure comes with the next poll, so that a
+        // partition that keeps failing is heard of even while others are
+        // busy (its position has not moved: it fails again if it is not
+        // handled).
+        match (failure, messages.is_empty()) {
+            (Some(e), true) => return Err(e),
+            (Some(e), false) => self.deferred = Some(e),
+            (None, _) => {}
         }
         Ok(messages)
     }
