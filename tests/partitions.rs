@@ -535,3 +535,31 @@ async fn one_produce_decompresses_a_bounded_amount() {
     );
     broker.stop().await;
 }
+
+/// At start only partition directories named as the broker names them
+/// count: a stray file or "03" makes no partition, and a directory numbered
+/// past what a topic may have makes the topic broken, not 20,000 logs.
+#[tokio::test]
+async fn only_partition_directories_count_at_start() {
+    let broker = start(|_| {}).await;
+    let mut c = broker.connect().await;
+    c.ok(create_request("t", &[("partitions", "2")])).await;
+    c.ok(create_request("u", &[])).await;
+    let topics = broker.dir.path().join("topics");
+    std::fs::write(topics.join("t/5"), b"not a partition").unwrap();
+    std::fs::create_dir(topics.join("t/03")).unwrap();
+    std::fs::create_dir(topics.join("u/20000")).unwrap();
+    let broker = broker.restart().await;
+    let mut c = broker.connect().await;
+    assert_eq!(c.describe("t").await.partitions.len(), 2);
+    assert!(!topics.join("t/3").exists() && !topics.join("t/4").exists());
+    let e = c
+        .err(
+            Request::DescribeTopic { topic: "u".into() },
+            ErrorCode::StorageError,
+        )
+        .await;
+    assert!(e.message.contains("20000"), "{}", e.message);
+    assert!(!topics.join("u/1").exists(), "no partition was made");
+    broker.stop().await;
+}

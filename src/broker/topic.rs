@@ -359,6 +359,17 @@ impl Partition {
         Ok(())
     }
 
+    /// Stops the partition without a sync (its files are going away, or
+    /// never served): the sync task exits, long polls return, waiting
+    /// produces fail, the log appends no more.
+    fn stop(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.closing.notify_waiters();
+        self.log.discard();
+        self.durable
+            .send_modify(|d| d.failed = Some("the topic was deleted".into()));
+    }
+
     /// Stops the sync task and wakes long polls; then closes the log
     /// (blocking: flush, sync, trim the index).
     fn close(&self) -> Result<(), StorageError> {
@@ -462,11 +473,7 @@ impl Topic {
     fn discard(&self) {
         self.closed.store(true, Ordering::Release);
         for p in self.partitions().iter() {
-            p.closed.store(true, Ordering::Release);
-            p.closing.notify_waiters();
-            p.log.discard();
-            p.durable
-                .send_modify(|d| d.failed = Some("the topic was deleted".into()));
+            p.stop();
         }
     }
 
@@ -598,15 +605,30 @@ impl Topics {
         // A partition directory beyond the settings' count (an alter that
         // made it, then failed to record the count) is opened too: its
         // partition number may have been used.
+        // Only directories named as the broker names them ("3", never
+        // "03" or "+3"), and never more than a topic may have.
         let on_disk = self
             .vfs
             .list(&dir)
             .map_err(|e| io_error(name, "list", &dir, e))?
             .iter()
-            .filter_map(|n| n.parse::<u32>().ok())
-            .map(|p| p + 1)
+            .filter_map(|n| n.parse::<u32>().ok().filter(|p| p.to_string() == *n))
+            .filter(|p| self.vfs.is_dir(&dir.join(p.to_string())))
+            .map(|p| u64::from(p) + 1)
             .max()
             .unwrap_or(0);
+        if on_disk > u64::from(super::config::MAX_TOPIC_PARTITIONS) {
+            return Err(TopicError::InvalidConfig {
+                name: name.to_owned(),
+                reason: format!(
+                    "{} holds a partition directory numbered {}, past the most a topic may have ({})",
+                    dir.display(),
+                    on_disk - 1,
+                    super::config::MAX_TOPIC_PARTITIONS
+                ),
+            });
+        }
+        let on_disk = on_disk as u32;
         let count = settings.partitions.max(on_disk);
         if count > settings.partitions {
             // A file's [defaults] or [topics.NAME] lowered below what the
@@ -616,9 +638,20 @@ impl Topics {
         let mut settings = settings;
         settings.partitions = count;
         let topic_name: Arc<str> = Arc::from(name);
-        let mut partitions = Vec::with_capacity(count as usize);
+        let mut partitions: Vec<Arc<Partition>> = Vec::with_capacity(count as usize);
         for id in 0..count {
-            partitions.push(self.open_partition(&topic_name, id, &settings)?);
+            match self.open_partition(&topic_name, id, &settings) {
+                Ok(p) => partitions.push(p),
+                Err(e) => {
+                    // Those opened already stop (their sync tasks exit and
+                    // let go of their logs), or they would outlive the
+                    // topic that failed.
+                    for p in &partitions {
+                        p.stop();
+                    }
+                    return Err(e);
+                }
+            }
         }
         let sources = self.config.setting_sources(name, &created_with);
         Ok(Arc::new(Topic {

@@ -28,7 +28,9 @@ pub struct Args {
     /// Start after the newest record: print only records produced from now on.
     #[arg(long)]
     from_end: bool,
-    /// Start at the first record appended at or after this time: RFC 3339
+    /// Start, in each partition, at the first batch whose timestamp is this
+    /// time or later (the producers' timestamps, or the broker's append
+    /// times for a topic with timestamp_type = "log_append"): RFC 3339
     /// (2026-11-24T09:30:00Z, or with an offset such as +01:00),
     /// milliseconds since the epoch, or a time ago ("5m", "-5m", "1h 30m").
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]

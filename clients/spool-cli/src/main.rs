@@ -70,7 +70,7 @@ struct SettingArgs {
     /// Partitions, each its own log (default 1; an alter can raise it, never lower it).
     #[arg(long, value_name = "N")]
     partitions: Option<String>,
-    /// Delete old segments while the topic is larger than this (bytes, or e.g. "10GiB", or "unlimited").
+    /// Delete old segments while a partition is larger than this, each partition on its own (bytes, or e.g. "10GiB", or "unlimited").
     #[arg(long, value_name = "SIZE")]
     retention_bytes: Option<String>,
     /// Delete records older than this (ms, or e.g. "7d", or "unlimited").
