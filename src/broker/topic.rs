@@ -578,6 +578,16 @@ impl Topics {
                 }
             }
         }
+        let held = topics.partitions_held();
+        if held > topics.config.server.max_partitions {
+            // Counts a file raised, or a lowered limit: what is on disk is
+            // served; creating topics and raising partitions stay refused.
+            tracing::warn!(
+                partitions = held,
+                max_partitions = topics.config.server.max_partitions,
+                "the topics hold more partitions than max_partitions"
+            );
+        }
         for name in topics.config.topics.keys() {
             if topics.map.contains_key(name) || topics.broken.contains_key(name) {
                 continue;

@@ -1065,6 +1065,107 @@ async fn the_producer_partitions_as_kafka_does_and_the_consumer_reads_them_all()
     broker.running.take().unwrap().shutdown().await;
 }
 
+/// A batch of one partition that fails its checks does not make the
+/// consumer skip another partition's records fetched with it: those are
+/// delivered, the failure comes on the next poll, and the failing
+/// partition stays where it was.
+#[tokio::test]
+async fn a_corrupt_partition_does_not_cost_another_partitions_records() {
+    use spool::protocol::{
+        FetchedPartition, PartitionResult, Request, RequestHeader, Response, ResponseBody,
+        TopicResults,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let good = {
+        let mut b = spool::batch::BatchBuilder::new();
+        b.push(now_ms(), None, Some(b"kept"), &[]);
+        bytes::Bytes::from(b.finish())
+    };
+    let mut bad = good.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1; // under the CRC
+    let bad = bytes::Bytes::from(bad);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fetches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&fetches);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (good, bad, seen) = (good.clone(), bad.clone(), std::sync::Arc::clone(&seen));
+            tokio::spawn(async move {
+                loop {
+                    let Ok(len) = socket.read_u32().await else {
+                        return;
+                    };
+                    let mut frame = vec![0u8; len as usize];
+                    socket.read_exact(&mut frame).await.unwrap();
+                    let header = RequestHeader::parse(&frame).unwrap();
+                    let body = match Request::parse(bytes::BytesMut::from(&frame[..])).unwrap().1 {
+                        Request::Fetch { topics, .. } => {
+                            let asked: Vec<(u32, u64)> = topics[0]
+                                .partitions
+                                .iter()
+                                .map(|p| (p.partition, p.offset))
+                                .collect();
+                            seen.lock().unwrap().push(asked.clone());
+                            let partitions = asked
+                                .iter()
+                                .map(|&(partition, offset)| PartitionResult {
+                                    partition,
+                                    result: Ok(FetchedPartition {
+                                        log_start: 0,
+                                        log_end: 1,
+                                        next_offset: if offset == 0 { 1 } else { offset },
+                                        batches: match (partition, offset) {
+                                            (0, 0) => vec![good.clone()],
+                                            (1, 0) => vec![bad.clone()],
+                                            _ => vec![],
+                                        },
+                                    }),
+                                })
+                                .collect();
+                            ResponseBody::Fetched(vec![TopicResults {
+                                topic: "t".into(),
+                                partitions,
+                            }])
+                        }
+                        _ => ResponseBody::ApiVersions {
+                            server: "fake".into(),
+                            apis: vec![],
+                            max_frame_bytes: u32::MAX,
+                        },
+                    };
+                    let response = Response {
+                        correlation_id: header.correlation_id,
+                        body: Ok(body),
+                    };
+                    if socket.write_all(&response.encode_to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let client = Client::connect(&addr).await.unwrap();
+    let mut consumer = Consumer::assign(
+        client,
+        "t",
+        &[0, 1],
+        StartAt::Offset(0),
+        ConsumerConfig {
+            max_wait: Duration::ZERO,
+            ..ConsumerConfig::default()
+        },
+    );
+    let first = consumer.poll().await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].partition, first[0].offset), (0, 0));
+    let e = consumer.poll().await.unwrap_err();
+    assert!(matches!(e, ClientError::CorruptBatch(_)), "{e}");
+    let positions = consumer.positions().await.unwrap();
+    assert_eq!(positions, vec![(0, 1), (1, 0)], "partition 1 did not move");
+}
+
 /// Now, in ms: the broker keeps records by their timestamps.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
