@@ -37,7 +37,13 @@ run() {
     local data="$work/data-$name-$RANDOM"
     local fifo="$work/ready-$RANDOM"
     mkfifo "$fifo"
-    RUST_LOG=warn "$bin/spool-broker" --config "$config" --data-dir "$data" >"$fifo" &
+    # Builds with a Kafka listener get it on a free port (older ones have
+    # no such flag).
+    local kafka=()
+    if "$bin/spool-broker" --help | grep -q -- --kafka-listen; then
+        kafka=(--kafka-listen 127.0.0.1:0)
+    fi
+    RUST_LOG=warn "$bin/spool-broker" --config "$config" --data-dir "$data" "${kafka[@]}" >"$fifo" &
     local pid=$!
     local ready
     read -r ready <"$fifo"

@@ -40,6 +40,7 @@ fn batch(records: usize, size: usize) -> Vec<u8> {
 async fn start(dir: &std::path::Path, flush: Flush) -> RunningBroker {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.server.data_dir = dir.to_owned();
     config.defaults.flush = Some(flush);
     config.defaults.segment_bytes = Some(256 << 20);

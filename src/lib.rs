@@ -17,6 +17,8 @@ pub mod protocol;
 
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "broker")]
+pub mod kafka;
 #[cfg(feature = "net")]
 pub mod net;
 #[cfg(feature = "storage")]

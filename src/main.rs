@@ -1,6 +1,8 @@
 //! `spool-broker`: runs the Spool broker.
 //!
-//! Prints `spool listening on ADDR` on stdout once it accepts connections,
+//! Prints `spool listening on ADDR` on stdout once it accepts connections
+//! (and `kafka listening on ADDR` after it, for the Kafka listener when it
+//! is on),
 //! logs to stderr (filtered by `RUST_LOG`, default `info`), and shuts down
 //! gracefully on SIGINT or SIGTERM.
 
@@ -27,6 +29,10 @@ struct Args {
     /// Data directory, overriding the configuration.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Address of the Kafka listener, overriding `[kafka] listen` (port 0
+    /// picks one; "" turns it off).
+    #[arg(long, value_name = "ADDR")]
+    kafka_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +61,9 @@ fn main() -> ExitCode {
     }
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
+    }
+    if let Some(listen) = args.kafka_listen {
+        config.kafka.listen = listen;
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.server.worker_threads > 0 {
@@ -91,6 +100,9 @@ async fn run(config: Config) -> ExitCode {
     // The ready line: tests and scripts wait for it.
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "spool listening on {}", broker.local_addr());
+    if let Some(kafka) = broker.kafka_addr() {
+        let _ = writeln!(stdout, "kafka listening on {kafka}");
+    }
     let _ = stdout.flush();
     tokio::select! {
         _ = sigint.recv() => {}

@@ -644,6 +644,7 @@ async fn damaged_stored_data_is_reported_not_served() {
         std::fs::write(&store, bytes).unwrap();
         let mut config = config;
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.kafka.listen = "127.0.0.1:0".into();
         let running = spool::broker::Broker::start(config.clone()).await.unwrap();
         TestBroker {
             addr: running.local_addr(),

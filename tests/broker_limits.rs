@@ -396,6 +396,7 @@ async fn a_broker_started_from_code_checks_its_config_too() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = spool::broker::Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.server.data_dir = dir.path().to_owned();
     config.server.retention_check_interval = Duration::ZERO;
     let e = match spool::broker::Broker::start(config).await {

@@ -114,7 +114,13 @@ async fn the_log_into_a_pipe_is_plain_and_says_each_event_once() {
     )
     .unwrap();
     let mut child = Command::new(BROKER)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .arg("--config")
         .arg(&config)

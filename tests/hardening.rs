@@ -470,6 +470,7 @@ async fn a_topic_that_cannot_open_is_reported_and_the_others_served() {
     let bad_layout = snapshot(&topics.join("bad-layout"));
     let mut config = broker.config.clone();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.listen = "127.0.0.1:0".into();
     let running = spool::broker::Broker::start(config)
         .await
         .expect("the broker starts despite two unreadable topics");
@@ -585,6 +586,7 @@ async fn torn_tail_sidecars_are_counted_shown_and_deleted_with_their_segment() {
     std::fs::write(&store, &bytes).unwrap();
     let mut config = broker.config.clone();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.listen = "127.0.0.1:0".into();
     let running = spool::broker::Broker::start(config).await.unwrap();
     let mut c = Conn::connect(running.local_addr()).await;
     let d = c.describe("torn").await;
@@ -602,6 +604,7 @@ async fn torn_tail_sidecars_are_counted_shown_and_deleted_with_their_segment() {
     running.shutdown().await;
     let mut config = broker.config.clone();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.server.retention_check_interval = Duration::from_millis(50);
     config.topics.insert(
         "torn".into(),

@@ -106,6 +106,7 @@ impl OneWorker {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.kafka.listen = "127.0.0.1:0".into();
         config.server.data_dir = dir.path().to_owned();
         edit(&mut config);
         let gate = Arc::clone(gate);

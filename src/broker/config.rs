@@ -29,6 +29,47 @@ pub struct Config {
     /// Per-topic overrides; these topics are created at start if missing.
     #[serde(default)]
     pub topics: BTreeMap<String, TopicOverrides>,
+    /// `[kafka]`: the listener that speaks Kafka's protocol.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+}
+
+/// `[kafka]`: a second listener, speaking Kafka's wire protocol over the
+/// same topics (src/kafka).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Off: no Kafka listener.
+    pub enabled: bool,
+    /// `host:port`; "" turns the listener off too.
+    pub listen: String,
+    /// What Metadata tells clients to connect to (default: the address
+    /// listened on, with the port the OS picked for port 0).
+    pub advertised_address: Option<String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            enabled: true,
+            listen: "127.0.0.1:9092".into(),
+            advertised_address: None,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The address to listen on, or `None` when the listener is off.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if !self.enabled || self.listen.trim().is_empty() {
+            return Ok(None);
+        }
+        self.listen
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("[kafka] listen = {:?}: {e}", self.listen))
+    }
 }
 
 /// `[server]`: where the broker listens and stores, and its limits.
@@ -462,6 +503,7 @@ impl Config {
     /// Checks values against each other; `parse` runs it, and so does
     /// `Broker::start` for configurations built in code.
     pub fn check(&self) -> Result<(), String> {
+        self.kafka.listen_addr()?;
         let s = &self.server;
         if s.max_frame_bytes < 1024 || s.max_frame_bytes > u64::from(u32::MAX) {
             return Err(format!(

@@ -9,7 +9,7 @@
 
 pub mod config;
 mod connection;
-mod handler;
+pub(crate) mod handler;
 pub mod topic;
 
 use std::net::SocketAddr;
@@ -54,6 +54,19 @@ pub struct Broker {
 }
 
 impl Broker {
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn topics(&self) -> &Arc<Topics> {
+        &self.topics
+    }
+
+    /// `max_inflight_bytes`: what requests being read or handled may hold.
+    pub(crate) fn budget(&self) -> &Arc<Semaphore> {
+        &self.budget
+    }
+
     /// Binds the listener, loads the topics and starts serving.
     pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         Broker::start_with(config, crate::storage::OsVfs::shared()).await
@@ -74,6 +87,14 @@ impl Broker {
         let local_addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        let kafka_listener = match config.kafka.listen_addr().map_err(StartError::Config)? {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let loading = Arc::clone(&config);
         let topics = tokio::task::spawn_blocking(move || Topics::load_with(loading, vfs))
             .await
@@ -93,10 +114,32 @@ impl Broker {
             shutdown.clone(),
         ));
         let responses = Arc::clone(&broker.responses);
+        let mut kafka = None;
+        if let Some(listener) = kafka_listener {
+            let bound = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let data_dir = config.server.data_dir.clone();
+            let cluster_id =
+                tokio::task::spawn_blocking(move || crate::kafka::cluster_id(&data_dir))
+                    .await
+                    .map_err(|e| StartError::Task(e.to_string()))?
+                    .map_err(|e| {
+                        StartError::Config(format!("cluster id in the data directory: {e}"))
+                    })?;
+            let front = Arc::new(crate::kafka::Front {
+                broker: Arc::clone(&broker),
+                advertised: crate::kafka::advertised(&config.kafka, bound),
+                cluster_id,
+            });
+            let task = tokio::spawn(crate::kafka::accept_loop(front, listener, shutdown.clone()));
+            kafka = Some((bound, task));
+        }
         let server = tokio::spawn(accept_loop(Arc::clone(&broker), listener, shutdown));
         tracing::info!(addr = %local_addr, topics = topics.names().len(), "broker started");
         Ok(RunningBroker {
             local_addr,
+            kafka,
             responses,
             topics,
             shutdown: shutdown_tx,
@@ -110,6 +153,8 @@ impl Broker {
 /// A started broker.
 pub struct RunningBroker {
     local_addr: SocketAddr,
+    /// The Kafka listener's address and accept task, when it is on.
+    kafka: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     responses: Arc<Semaphore>,
     topics: Arc<Topics>,
     shutdown: watch::Sender<bool>,
@@ -128,6 +173,11 @@ impl RunningBroker {
         &self.topics
     }
 
+    /// The Kafka listener's address (the real port for port 0), if it is on.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka.as_ref().map(|(a, _)| *a)
+    }
+
     /// Fetched bytes held for responses not yet written, across all
     /// connections (bounded by `max_response_bytes`).
     pub fn response_bytes_held(&self) -> u64 {
@@ -141,6 +191,9 @@ impl RunningBroker {
         tracing::info!("shutting down");
         let _ = self.shutdown.send(true);
         let grace = self.config.server.shutdown_timeout;
+        if let Some((_, kafka)) = self.kafka {
+            let _ = tokio::time::timeout(grace, kafka).await;
+        }
         if tokio::time::timeout(grace, self.server).await.is_err() {
             tracing::warn!(
                 ?grace,

@@ -29,6 +29,7 @@ pub async fn start(edit: impl FnOnce(&mut Config)) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.server.data_dir = dir.path().to_owned();
     edit(&mut config);
     let running = Broker::start(config.clone()).await.expect("broker starts");
@@ -52,6 +53,7 @@ impl TestBroker {
         self.running.take().unwrap().shutdown().await;
         let mut config = self.config.clone();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.kafka.listen = "127.0.0.1:0".into();
         let running = Broker::start(config).await.expect("broker restarts");
         self.addr = running.local_addr();
         self.running = Some(running);

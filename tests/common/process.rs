@@ -11,17 +11,25 @@ use super::broker::PATIENCE;
 
 pub const BROKER: &str = env!("CARGO_BIN_EXE_spool-broker");
 
-/// A broker process and the address from its ready line.
+/// A broker process and the addresses from its ready lines.
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The Kafka listener's, from its `kafka listening on` line.
+    pub kafka: Option<SocketAddr>,
 }
 
 /// Starts the broker on a free port with `data_dir`, and waits for its
 /// ready line.
 pub fn spawn(data_dir: &Path, extra: &[&str]) -> Process {
     let mut child = Command::new(BROKER)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .args(extra)
         .env("RUST_LOG", "warn")
@@ -29,8 +37,37 @@ pub fn spawn(data_dir: &Path, extra: &[&str]) -> Process {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn spool-broker");
-    let addr = ready_addr(&mut child);
-    Process { child, addr }
+    let (addr, kafka) = ready_addrs(&mut child);
+    Process { child, addr, kafka }
+}
+
+/// Waits (bounded) for a broker's ready lines on its piped stdout: Spool's
+/// listener's, then the Kafka listener's, which comes right after it.
+pub fn ready_addrs(child: &mut Child) -> (SocketAddr, Option<SocketAddr>) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout);
+        for _ in 0..2 {
+            let mut line = String::new();
+            if lines.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(PATIENCE).expect("ready line in time");
+    let addr = line
+        .trim()
+        .strip_prefix("spool listening on ")
+        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+        .parse()
+        .unwrap();
+    let kafka = rx
+        .recv_timeout(Duration::from_secs(2))
+        .ok()
+        .and_then(|l| l.trim().strip_prefix("kafka listening on ")?.parse().ok());
+    (addr, kafka)
 }
 
 /// Waits (bounded) for a broker's ready line on its piped stdout and

@@ -27,6 +27,7 @@ fn start(edit: impl FnOnce(&mut Config)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.server.data_dir = dir.path().to_owned();
     edit(&mut config);
     let broker = runtime.block_on(Broker::start(config.clone())).unwrap();

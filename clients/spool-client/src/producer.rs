@@ -131,6 +131,7 @@ struct Shared {
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let mut config = spool::broker::Config::default();
 /// # config.server.listen = "127.0.0.1:0".parse().unwrap();
+/// # config.kafka.listen = "127.0.0.1:0".into();
 /// # config.server.data_dir = dir.path().to_owned();
 /// # let broker = spool::broker::Broker::start(config).await.unwrap();
 /// # let addr = broker.local_addr().to_string();

@@ -20,6 +20,7 @@ async fn start(edit: impl FnOnce(&mut Config)) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.server.data_dir = dir.path().to_owned();
     edit(&mut config);
     let running = Broker::start(config.clone()).await.unwrap();

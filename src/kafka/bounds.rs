@@ -1,0 +1,214 @@
+//! A check of request bodies before the `kafka-protocol` crate decodes them.
+//! The crate reserves room for an array as soon as it reads the array's
+//! count (`Vec::with_capacity(count)`), whatever the bytes that follow, so
+//! a frame of a few bytes that claims 2^31 elements makes it ask for tens
+//! of gigabytes, and the process aborts. This walks the body of each API
+//! the listener decodes, at each advertised version, and refuses one whose
+//! array counts exceed the bytes that remain (every element takes at least
+//! one byte). It decodes nothing: the crate does that once this passed.
+//!
+//! Layouts (non-flexible versions use i16 string lengths, i32 byte and
+//! array lengths, -1 for null; flexible ones use unsigned varints, length +
+//! 1, 0 for null, and end each struct with tagged fields):
+//!
+//! ```text
+//! Metadata 0-9     topics [name]; v4+ allow_auto_topic_creation bool;
+//!                  v8+ two bools; flexible from 9
+//! Produce 3-9      transactional_id string?; acks i16; timeout_ms i32;
+//!                  topic_data [name; partition_data [index i32; records bytes?]];
+//!                  flexible from 9
+//! Fetch 4-11       replica_id i32; max_wait_ms i32; min_bytes i32; max_bytes i32;
+//!                  isolation_level i8; v7+ session_id i32, session_epoch i32;
+//!                  topics [topic; partitions [partition i32; v9+ current_leader_epoch i32;
+//!                  fetch_offset i64; v5+ log_start_offset i64; partition_max_bytes i32]];
+//!                  v7+ forgotten_topics_data [topic; partitions [i32]]; v11+ rack_id
+//! ListOffsets 1-6  replica_id i32; v2+ isolation_level i8;
+//!                  topics [name; partitions [partition_index i32;
+//!                  v4+ current_leader_epoch i32; timestamp i64]]; flexible from 6
+//! ApiVersions 0-4  no arrays
+//! ```
+
+use kafka_protocol::messages::ApiKey;
+
+/// Why a body was refused.
+pub type Refusal = String;
+
+struct Walk<'a> {
+    bytes: &'a [u8],
+    flexible: bool,
+}
+
+impl Walk<'_> {
+    fn take(&mut self, n: usize) -> Result<(), Refusal> {
+        if n > self.bytes.len() {
+            return Err(format!("needs {n} bytes, {} remain", self.bytes.len()));
+        }
+        self.bytes = &self.bytes[n..];
+        Ok(())
+    }
+
+    fn i32(&mut self) -> Result<i32, Refusal> {
+        let Some(b) = self.bytes.get(..4) else {
+            return Err("truncated".into());
+        };
+        let v = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        self.bytes = &self.bytes[4..];
+        Ok(v)
+    }
+
+    fn i16(&mut self) -> Result<i16, Refusal> {
+        let Some(b) = self.bytes.get(..2) else {
+            return Err("truncated".into());
+        };
+        let v = i16::from_be_bytes([b[0], b[1]]);
+        self.bytes = &self.bytes[2..];
+        Ok(v)
+    }
+
+    fn uvarint(&mut self) -> Result<u64, Refusal> {
+        let mut value = 0u64;
+        for i in 0..5 {
+            let Some(&b) = self.bytes.first() else {
+                return Err("truncated varint".into());
+            };
+            self.bytes = &self.bytes[1..];
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("varint longer than 5 bytes".into())
+    }
+
+    /// A string (or nullable one).
+    fn string(&mut self) -> Result<(), Refusal> {
+        if self.flexible {
+            let n = self.uvarint()?;
+            self.take(n.saturating_sub(1) as usize)
+        } else {
+            let n = self.i16()?;
+            self.take(n.max(0) as usize)
+        }
+    }
+
+    /// Bytes (or nullable bytes).
+    fn bytes(&mut self) -> Result<(), Refusal> {
+        if self.flexible {
+            let n = self.uvarint()?;
+            self.take(n.saturating_sub(1) as usize)
+        } else {
+            let n = self.i32()?;
+            self.take(n.max(0) as usize)
+        }
+    }
+
+    /// An array's count, checked against what remains.
+    fn count(&mut self) -> Result<usize, Refusal> {
+        let n = if self.flexible {
+            self.uvarint()?.saturating_sub(1)
+        } else {
+            self.i32()?.max(0) as u64
+        };
+        if n > self.bytes.len() as u64 {
+            return Err(format!(
+                "an array of {n} elements in {} bytes",
+                self.bytes.len()
+            ));
+        }
+        Ok(n as usize)
+    }
+
+    fn array(
+        &mut self,
+        mut element: impl FnMut(&mut Self) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
+        for _ in 0..self.count()? {
+            element(self)?;
+        }
+        Ok(())
+    }
+
+    fn tagged(&mut self) -> Result<(), Refusal> {
+        if !self.flexible {
+            return Ok(());
+        }
+        for _ in 0..self.uvarint()? {
+            self.uvarint()?;
+            let size = self.uvarint()?;
+            self.take(size as usize)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the body (after the request header) of `api` at `version`.
+pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
+    let flexible = match api {
+        ApiKey::Metadata => version >= 9,
+        ApiKey::Produce => version >= 9,
+        ApiKey::Fetch => version >= 12,
+        ApiKey::ListOffsets => version >= 6,
+        _ => return Ok(()),
+    };
+    let mut w = Walk {
+        bytes: body,
+        flexible,
+    };
+    match api {
+        ApiKey::Metadata => w.array(|w| {
+            if version >= 10 {
+                w.take(16)?;
+            }
+            w.string()?;
+            w.tagged()
+        }),
+        ApiKey::Produce => {
+            w.string()?;
+            w.take(2 + 4)?;
+            w.array(|w| {
+                w.string()?;
+                w.array(|w| {
+                    w.take(4)?;
+                    w.bytes()?;
+                    w.tagged()
+                })?;
+                w.tagged()
+            })
+        }
+        ApiKey::Fetch => {
+            w.take(4 * 4 + 1)?;
+            if version >= 7 {
+                w.take(8)?;
+            }
+            let partition =
+                4 + if version >= 9 { 4 } else { 0 } + 8 + if version >= 5 { 8 } else { 0 } + 4;
+            w.array(|w| {
+                w.string()?;
+                w.array(|w| w.take(partition))
+            })?;
+            if version >= 7 {
+                w.array(|w| {
+                    w.string()?;
+                    w.array(|w| w.take(4))
+                })?;
+            }
+            Ok(())
+        }
+        ApiKey::ListOffsets => {
+            w.take(4)?;
+            if version >= 2 {
+                w.take(1)?;
+            }
+            let partition = 4 + if version >= 4 { 4 } else { 0 } + 8;
+            w.array(|w| {
+                w.string()?;
+                w.array(|w| {
+                    w.take(partition)?;
+                    w.tagged()
+                })?;
+                w.tagged()
+            })
+        }
+        _ => Ok(()),
+    }
+}

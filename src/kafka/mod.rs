@@ -1,0 +1,711 @@
+//! The Kafka listener (issue 12, first part): Kafka's wire protocol in
+//! front of the same broker core as Spool's own protocol, so that a record
+//! produced by either is fetched by either. Messages are decoded and
+//! encoded with the `kafka-protocol` crate; each request is translated to
+//! Spool's request (`crate::protocol::Request`) and handled by the same
+//! handler, whose answer is translated back. The batches are the same
+//! bytes either way (RecordBatch v2).
+//!
+//! # Framing
+//!
+//! ```text
+//! i32 size             bytes that follow, at most the broker's max_frame_bytes
+//! request header       api_key i16, api_version i16, correlation_id i32,
+//!                      client_id nullable string (v1+), tagged fields (v2)
+//! body                 the API's, at that version
+//! ```
+//!
+//! Responses are `i32 size, correlation_id i32, [tagged fields (header v1)],
+//! body`, in request order; a PRODUCE with `acks = 0` gets none.
+//! ApiVersions always answers with header v0, and a version above its
+//! maximum gets a v0 body with UNSUPPORTED_VERSION (35) and the supported
+//! ranges, so that the client retries lower.
+//!
+//! # APIs (this part)
+//!
+//! ApiVersions 0-4, Metadata 0-9, Produce 3-9, Fetch 4-11 (no fetch
+//! sessions), ListOffsets 1-6. Nothing else is advertised: clients change
+//! behaviour on what ApiVersions lists.
+
+mod bounds;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::broker::handler::{self, Peer, Reply};
+use crate::broker::Broker;
+use crate::protocol::{
+    Acks, ErrorCode, FetchPartition, FetchTopic, OffsetSpec, OffsetsTopic, ProduceTopic, Request,
+    Response, ResponseBody,
+};
+
+/// The versions advertised: `(api, min, max)`.
+pub const SUPPORTED: [(ApiKey, i16, i16); 5] = [
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 11),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 9),
+    (ApiKey::ApiVersions, 0, 4),
+];
+
+/// This broker's node id in Metadata.
+const NODE_ID: i32 = 0;
+
+/// Kafka's error codes, for Spool's.
+fn kafka_code(code: ErrorCode) -> i16 {
+    match code {
+        ErrorCode::None => 0,
+        ErrorCode::OffsetOutOfRange => 1,
+        ErrorCode::InvalidBatch | ErrorCode::CorruptData => 2,
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => 3,
+        ErrorCode::RecordTooLarge => 10,
+        ErrorCode::InvalidTopicName => 17,
+        ErrorCode::InvalidTimestamp => 32,
+        ErrorCode::UnsupportedVersion => 35,
+        ErrorCode::TopicAlreadyExists => 36,
+        ErrorCode::InvalidConfig => 40,
+        ErrorCode::InvalidRequest => 42,
+        ErrorCode::TooManyTopics | ErrorCode::TooManyPartitions => 44,
+        ErrorCode::StorageError | ErrorCode::DiskFull => 56,
+        ErrorCode::UnsupportedApi | ErrorCode::UnknownServerError => -1,
+    }
+}
+
+/// The cluster id Metadata reports, kept in `<data_dir>/cluster.id` so that
+/// it stays the same across restarts (made at the first start).
+pub fn cluster_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("cluster.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // 16 bytes from the clock and the process, base64url as Kafka's are.
+    use std::hash::{BuildHasher, Hasher};
+    let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
+    seed.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    seed.write_u32(std::process::id());
+    let a = seed.finish();
+    seed.write_u64(a);
+    let b = seed.finish();
+    let raw = [a.to_be_bytes(), b.to_be_bytes()].concat();
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut id = String::new();
+    for chunk in raw.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, &b| (n << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            id.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    let tmp = data_dir.join("cluster.id.tmp");
+    std::fs::write(&tmp, &id)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(id)
+}
+
+/// What every Kafka connection shares.
+pub struct Front {
+    pub broker: Arc<Broker>,
+    /// `host:port` Metadata advertises.
+    pub advertised: (String, i32),
+    pub cluster_id: String,
+}
+
+/// Accepts Kafka connections until shutdown, then waits for them.
+pub async fn accept_loop(
+    front: Arc<Front>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(front.broker.config().server.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::warn!(%peer, "refusing kafka connection: max_connections reached");
+            continue;
+        };
+        let front = Arc::clone(&front);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            if let Err(e) = serve(&front, socket, shutdown).await {
+                tracing::debug!(%peer, error = %e, "kafka connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves one connection: a request at a time, answered in order.
+async fn serve(
+    front: &Front,
+    socket: TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let _ = socket.set_nodelay(true);
+    let server = &front.broker.config().server;
+    let (rd, wr) = socket.into_split();
+    let mut rd = tokio::io::BufReader::new(rd);
+    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+    let (_gone_tx, gone) = watch::channel(false);
+    let peer = Peer { gone };
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let size = tokio::select! {
+            s = tokio::time::timeout(server.idle_timeout, rd.read_i32()) => match s {
+                Ok(Ok(s)) => s,
+                Ok(Err(_)) => return Ok(()),
+                Err(_) => return Err("idle".into()),
+            },
+            _ = shutdown.changed() => return Ok(()),
+        };
+        // Checked before anything is allocated for it, and charged to the
+        // broker's in-flight budget as Spool's listener charges it.
+        if size < 8 || size as u64 > server.max_frame_bytes {
+            return Err(format!("frame of {size} bytes"));
+        }
+        let _budget = tokio::select! {
+            p = Arc::clone(front.broker.budget()).acquire_many_owned(size as u32) => p.ok(),
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let mut frame = BytesMut::zeroed(size as usize);
+        tokio::time::timeout(server.frame_timeout, rd.read_exact(&mut frame))
+            .await
+            .map_err(|_| "frame deadline".to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut frame = frame.freeze();
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let Ok(api) = ApiKey::try_from(key) else {
+            return Err(format!("unknown api key {key}"));
+        };
+        if api == ApiKey::ApiVersions {
+            let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            let supported = range(api).is_some_and(|(min, max)| (min..=max).contains(&version));
+            if !supported {
+                // A v0 answer the client can read whatever it asked with.
+                let body = api_versions(35);
+                write(&mut wr, server.write_timeout, correlation_id, 0, |b| {
+                    body.encode(b, 0)
+                })
+                .await?;
+                flush(&mut wr, server.write_timeout).await?;
+                continue;
+            }
+        }
+        let Some((min, max)) = range(api) else {
+            return Err(format!("{api:?} is not supported"));
+        };
+        if !(min..=max).contains(&version) {
+            return Err(format!("{api:?} version {version} is not supported"));
+        }
+        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+            .map_err(|e| e.to_string())?;
+        // Before the crate sees the body: see `bounds`.
+        bounds::check(api, version, &frame).map_err(|e| format!("{api:?} v{version}: {e}"))?;
+        let id = header.correlation_id;
+        let hv = api.response_header_version(version);
+        match api {
+            ApiKey::ApiVersions => {
+                ApiVersionsRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+                let body = api_versions(0);
+                write(&mut wr, server.write_timeout, id, hv, |b| {
+                    body.encode(b, version)
+                })
+                .await?;
+            }
+            ApiKey::Metadata => {
+                let request =
+                    MetadataRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+                let body = metadata(front, request, version).await;
+                write(&mut wr, server.write_timeout, id, hv, |b| {
+                    body.encode(b, version)
+                })
+                .await?;
+            }
+            ApiKey::Produce => {
+                let request =
+                    ProduceRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+                let acks = request.acks;
+                let reply =
+                    handler::dispatch(&front.broker, &peer, id as u32, produce(request)).await;
+                if acks == 0 {
+                    // Answered never, even on error.
+                    if let Reply::Later(task) = reply {
+                        drop(task);
+                    }
+                    continue;
+                }
+                let Some((response, _memory)) = settle(reply).await else {
+                    continue;
+                };
+                let body = produced(response, version);
+                write(&mut wr, server.write_timeout, id, hv, |b| {
+                    body.encode(b, version)
+                })
+                .await?;
+            }
+            ApiKey::Fetch => {
+                let request =
+                    FetchRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+                // Everything queued goes out before a long poll parks.
+                flush(&mut wr, server.write_timeout).await?;
+                let reply =
+                    handler::dispatch(&front.broker, &peer, id as u32, fetch(request)).await;
+                let Some((response, memory)) = settle(reply).await else {
+                    continue;
+                };
+                let body = fetched(response, version);
+                write(&mut wr, server.write_timeout, id, hv, |b| {
+                    body.encode(b, version)
+                })
+                .await?;
+                // The batches are in the socket's buffer or the kernel's now.
+                flush(&mut wr, server.write_timeout).await?;
+                drop(memory);
+            }
+            ApiKey::ListOffsets => {
+                let request =
+                    ListOffsetsRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+                let reply =
+                    handler::dispatch(&front.broker, &peer, id as u32, list_offsets(request)).await;
+                let Some((response, _memory)) = settle(reply).await else {
+                    continue;
+                };
+                let body = offsets(response, version);
+                write(&mut wr, server.write_timeout, id, hv, |b| {
+                    body.encode(b, version)
+                })
+                .await?;
+            }
+            _ => return Err(format!("{api:?} is not supported")),
+        }
+        if rd.buffer().is_empty() {
+            flush(&mut wr, server.write_timeout).await?;
+        }
+    }
+}
+
+/// Flushes what is queued, within the broker's `write_timeout`: a client
+/// that stops reading is cut off, as on Spool's listener.
+async fn flush<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    limit: Duration,
+) -> Result<(), String> {
+    tokio::time::timeout(limit, wr.flush())
+        .await
+        .map_err(|_| "write deadline".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn range(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|&(_, min, max)| (min, max))
+}
+
+fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    let mut body = ApiVersionsResponse::default();
+    body.error_code = error_code;
+    body.api_keys = SUPPORTED
+        .iter()
+        .map(|&(api, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = api as i16;
+            v.min_version = min;
+            v.max_version = max;
+            v
+        })
+        .collect();
+    body
+}
+
+/// Writes one response: size, header (v0 or v1), body.
+async fn write<W: tokio::io::AsyncWrite + Unpin, E: std::fmt::Display>(
+    wr: &mut W,
+    limit: Duration,
+    correlation_id: i32,
+    header_version: i16,
+    body: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+) -> Result<(), String> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
+    body(&mut buf).map_err(|e| e.to_string())?;
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    tokio::time::timeout(limit, wr.write_all(&buf))
+        .await
+        .map_err(|_| "write deadline".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// The response a handler's reply comes to (none for a produce nobody
+/// waits for), with the share of `max_response_bytes` its fetched batches
+/// hold: kept until the response is written.
+async fn settle(reply: Reply) -> Option<(Response, Option<tokio::sync::OwnedSemaphorePermit>)> {
+    match reply {
+        Reply::Now(answer) => Some((answer.response, answer.memory)),
+        Reply::Later(task) => task.await.ok().map(|a| (a.response, a.memory)),
+        Reply::Nothing => None,
+    }
+}
+
+fn name(topic: &TopicName) -> String {
+    topic.0.to_string()
+}
+
+fn produce(request: ProduceRequest) -> Request {
+    let acks = if request.acks == 0 {
+        Acks::None
+    } else {
+        Acks::Commit
+    };
+    let topics = request
+        .topic_data
+        .into_iter()
+        .map(|t| ProduceTopic {
+            topic: name(&t.name),
+            partitions: t
+                .partition_data
+                .into_iter()
+                .map(|p| {
+                    let batch = p
+                        .records
+                        .map(|r| BytesMut::from(&r[..]))
+                        .unwrap_or_default();
+                    (p.index as u32, batch)
+                })
+                .collect(),
+        })
+        .collect();
+    Request::Produce { acks, topics }
+}
+
+/// The crate refuses to encode a field the version lacks: those are set
+/// only from the version that has them (log_start_offset from 5,
+/// error_message from 8).
+fn produced(response: Response, version: i16) -> ProduceResponse {
+    let mut body = ProduceResponse::default();
+    let ResponseBody::Produced(topics) = response.body.unwrap_or(ResponseBody::Empty) else {
+        return body;
+    };
+    body.responses = topics
+        .into_iter()
+        .map(|t| {
+            let mut tr = TopicProduceResponse::default();
+            tr.name = TopicName(StrBytes::from_string(t.topic));
+            tr.partition_responses = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut pr = PartitionProduceResponse::default();
+                    pr.index = p.partition as i32;
+                    match p.result {
+                        Ok(r) => {
+                            pr.base_offset = r.base_offset as i64;
+                            pr.log_append_time_ms = r.log_append_time;
+                            if version >= 5 {
+                                pr.log_start_offset = r.log_start as i64;
+                            }
+                        }
+                        Err(e) => {
+                            pr.error_code = kafka_code(e.code);
+                            pr.base_offset = -1;
+                            pr.log_append_time_ms = -1;
+                            if version >= 8 {
+                                pr.error_message = Some(StrBytes::from_string(e.message));
+                            }
+                        }
+                    }
+                    pr
+                })
+                .collect();
+            tr
+        })
+        .collect();
+    body
+}
+
+fn fetch(request: FetchRequest) -> Request {
+    let clamp = |n: i32| n.max(0) as u32;
+    Request::Fetch {
+        max_wait_ms: clamp(request.max_wait_ms),
+        min_bytes: clamp(request.min_bytes),
+        max_bytes: clamp(request.max_bytes),
+        topics: request
+            .topics
+            .into_iter()
+            .map(|t| FetchTopic {
+                topic: name(&t.topic),
+                partitions: t
+                    .partitions
+                    .into_iter()
+                    .map(|p| FetchPartition {
+                        partition: p.partition as u32,
+                        offset: p.fetch_offset.max(0) as u64,
+                        max_bytes: clamp(p.partition_max_bytes),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// log_start_offset from version 5 on (see [`produced`]).
+fn fetched(response: Response, version: i16) -> FetchResponse {
+    let mut body = FetchResponse::default();
+    let topics = match response.body {
+        Ok(ResponseBody::Fetched(topics)) => topics,
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            body.error_code = kafka_code(e.code);
+            Vec::new()
+        }
+    };
+    body.responses = topics
+        .into_iter()
+        .map(|t| {
+            let mut tr = FetchableTopicResponse::default();
+            tr.topic = TopicName(StrBytes::from_string(t.topic));
+            tr.partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut pd = PartitionData::default();
+                    pd.partition_index = p.partition as i32;
+                    pd.preferred_read_replica = BrokerId(-1);
+                    match p.result {
+                        Ok(f) => {
+                            pd.high_watermark = f.log_end as i64;
+                            pd.last_stable_offset = f.log_end as i64;
+                            if version >= 5 {
+                                pd.log_start_offset = f.log_start as i64;
+                            }
+                            let records: Bytes = match f.batches.len() {
+                                0 => Bytes::new(),
+                                1 => f.batches[0].clone(),
+                                _ => Bytes::from(f.batches.concat()),
+                            };
+                            pd.records = Some(records);
+                        }
+                        Err(e) => {
+                            pd.error_code = kafka_code(e.code);
+                            pd.high_watermark = -1;
+                            pd.last_stable_offset = -1;
+                            if let Some((start, end)) = e.range {
+                                pd.high_watermark = end as i64;
+                                pd.last_stable_offset = end as i64;
+                                if version >= 5 {
+                                    pd.log_start_offset = start as i64;
+                                }
+                            }
+                            pd.records = Some(Bytes::new());
+                        }
+                    }
+                    pd
+                })
+                .collect();
+            tr
+        })
+        .collect();
+    body
+}
+
+fn list_offsets(request: ListOffsetsRequest) -> Request {
+    Request::ListOffsets {
+        topics: request
+            .topics
+            .into_iter()
+            .map(|t| OffsetsTopic {
+                topic: name(&t.name),
+                partitions: t
+                    .partitions
+                    .into_iter()
+                    .map(|p| {
+                        let spec = match p.timestamp {
+                            -2 => OffsetSpec::Earliest,
+                            t if t < 0 => OffsetSpec::Latest,
+                            t => OffsetSpec::Timestamp(t),
+                        };
+                        (p.partition_index as u32, spec)
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// leader_epoch from version 4 on (see [`produced`]).
+fn offsets(response: Response, version: i16) -> ListOffsetsResponse {
+    let mut body = ListOffsetsResponse::default();
+    let Ok(ResponseBody::Offsets(topics)) = response.body else {
+        return body;
+    };
+    body.topics = topics
+        .into_iter()
+        .map(|t| {
+            let mut tr = ListOffsetsTopicResponse::default();
+            tr.name = TopicName(StrBytes::from_string(t.topic));
+            tr.partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut pr = ListOffsetsPartitionResponse::default();
+                    pr.partition_index = p.partition as i32;
+                    pr.timestamp = -1;
+                    match p.result {
+                        Ok(o) => {
+                            pr.offset = o.offset as i64;
+                            if version >= 4 {
+                                pr.leader_epoch = 0;
+                            }
+                        }
+                        Err(e) => {
+                            pr.error_code = kafka_code(e.code);
+                            pr.offset = -1;
+                        }
+                    }
+                    pr
+                })
+                .collect();
+            tr
+        })
+        .collect();
+    body
+}
+
+/// Metadata: this broker, and the topics asked for (every topic for a null
+/// list, or an empty one before v1), created first when the client allows
+/// it and `auto_create_topics` is on.
+async fn metadata(front: &Front, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let topics = Arc::clone(front.broker.topics());
+    let auto = front.broker.config().server.auto_create_topics
+        && (version < 4 || request.allow_auto_topic_creation);
+    let names: Option<Vec<String>> = match request.topics {
+        None => None,
+        Some(list) if list.is_empty() && version == 0 => None,
+        Some(list) => Some(
+            list.into_iter()
+                .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                .collect(),
+        ),
+    };
+    let found = tokio::task::spawn_blocking(move || {
+        let names = names.unwrap_or_else(|| topics.names());
+        names
+            .into_iter()
+            .map(|n| {
+                let got = if auto {
+                    topics.get_or_create(&n)
+                } else {
+                    topics.lookup(&n)
+                };
+                let result = got
+                    .map(|t| t.partition_count())
+                    .map_err(|e| kafka_code(handler::topic_error(e).code));
+                (n, result)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut body = MetadataResponse::default();
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = BrokerId(NODE_ID);
+    broker.host = StrBytes::from_string(front.advertised.0.clone());
+    broker.port = front.advertised.1;
+    body.brokers = vec![broker];
+    body.cluster_id = Some(StrBytes::from_string(front.cluster_id.clone()));
+    body.controller_id = BrokerId(NODE_ID);
+    body.topics = found
+        .into_iter()
+        .map(|(n, result)| {
+            let mut t = MetadataResponseTopic::default();
+            t.name = Some(TopicName(StrBytes::from_string(n)));
+            match result {
+                Ok(count) => {
+                    t.partitions = (0..count as i32)
+                        .map(|p| {
+                            let mut mp = MetadataResponsePartition::default();
+                            mp.partition_index = p;
+                            mp.leader_id = BrokerId(NODE_ID);
+                            if version >= 7 {
+                                mp.leader_epoch = 0;
+                            }
+                            mp.replica_nodes = vec![BrokerId(NODE_ID)];
+                            mp.isr_nodes = vec![BrokerId(NODE_ID)];
+                            mp
+                        })
+                        .collect();
+                }
+                Err(code) => t.error_code = code,
+            }
+            t
+        })
+        .collect();
+    body
+}
+
+/// The host and port Metadata advertises: the configured address, or the
+/// one listened on.
+pub fn advertised(config: &crate::broker::config::KafkaConfig, bound: SocketAddr) -> (String, i32) {
+    if let Some(a) = &config.advertised_address {
+        if let Some((host, port)) = a.rsplit_once(':') {
+            if let Ok(port) = port.parse() {
+                return (host.trim_matches(['[', ']']).to_owned(), port);
+            }
+        }
+    }
+    (bound.ip().to_string(), i32::from(bound.port()))
+}

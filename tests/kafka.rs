@@ -1,0 +1,248 @@
+//! Issue 12, first part: the Kafka listener against a real Kafka client,
+//! `kcat` (librdkafka), and the real `spool-broker` binary on 127.0.0.1:0.
+//! Records produced by kcat are read by Spool's client, and the other way
+//! round, with keys, values, offsets and partitions.
+//!
+//! Needs `kcat` on the PATH (`.ci/run` installs Debian's package).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::broker::Conn;
+use common::process::{spawn, Process};
+
+/// Runs kcat against the broker's Kafka listener with `args`, `input` on
+/// its stdin; returns its stdout, failing the test on a non-zero exit.
+fn kcat(broker: &Process, args: &[&str], input: &[u8]) -> String {
+    let kafka = broker.kafka.expect("the Kafka listener is on").to_string();
+    let mut child = Command::new("kcat")
+        .args(["-b", &kafka, "-X", "socket.timeout.ms=10000", "-m", "10"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is installed (apt-get install kcat; .ci/run does it)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = wait_bounded(child);
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits at most a minute for a child, killing it past that.
+fn wait_bounded(mut child: std::process::Child) -> std::process::Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kcat hung: {:?}", child.wait_with_output());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kcat_produces_and_consumes_and_spool_reads_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let kafka = broker.kafka.expect("kafka listening on ADDR is printed");
+    assert!(kafka.ip().is_loopback());
+
+    // -L: one broker, at the listener's address.
+    let listing = kcat(&broker, &["-L"], b"");
+    assert!(listing.contains("1 brokers:"), "{listing}");
+    assert!(
+        listing.contains(&format!("broker 0 at {kafka}")),
+        "{listing}"
+    );
+
+    // -P with keys: the topic is created by the producer's Metadata.
+    kcat(
+        &broker,
+        &["-P", "-t", "demo", "-K", ":"],
+        b"k1:one\nk2:two\nk3:three\n",
+    );
+    let printed = kcat(
+        &broker,
+        &["-C", "-t", "demo", "-e", "-f", "%p %o %k %s\\n"],
+        b"",
+    );
+    assert_eq!(printed, "0 0 k1 one\n0 1 k2 two\n0 2 k3 three\n");
+    // -o: an offset, the last N, the end.
+    let from_one = kcat(
+        &broker,
+        &["-C", "-t", "demo", "-e", "-o", "1", "-f", "%s\\n"],
+        b"",
+    );
+    assert_eq!(from_one, "two\nthree\n");
+    let last = kcat(
+        &broker,
+        &["-C", "-t", "demo", "-e", "-o", "-1", "-f", "%s\\n"],
+        b"",
+    );
+    assert_eq!(last, "three\n");
+    let at_end = kcat(
+        &broker,
+        &["-C", "-t", "demo", "-e", "-o", "end", "-f", "%s\\n"],
+        b"",
+    );
+    assert_eq!(at_end, "");
+
+    // Spool's protocol reads what kcat wrote, keys and all.
+    let mut c = Conn::connect(broker.addr).await;
+    let records = c.fetch("demo", 0).await;
+    let seen: Vec<(u64, Vec<u8>, Vec<u8>)> = records
+        .into_iter()
+        .map(|r| (r.offset, r.key.unwrap().to_vec(), r.value.unwrap().to_vec()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (0, b"k1".to_vec(), b"one".to_vec()),
+            (1, b"k2".to_vec(), b"two".to_vec()),
+            (2, b"k3".to_vec(), b"three".to_vec()),
+        ]
+    );
+    // And kcat reads what Spool's protocol wrote.
+    assert_eq!(c.produce("demo", &[b"native"]).await, 3);
+    let tail = kcat(
+        &broker,
+        &["-C", "-t", "demo", "-e", "-o", "3", "-f", "%o %s\\n"],
+        b"",
+    );
+    assert_eq!(tail, "3 native\n");
+
+    // Partitions: a topic of three, each partition read on its own.
+    c.ok(common::broker::create_request(
+        "three",
+        &[("partitions", "3")],
+    ))
+    .await;
+    for p in 0..3 {
+        kcat(
+            &broker,
+            &["-P", "-t", "three", "-p", &p.to_string()],
+            format!("in {p}\n").as_bytes(),
+        );
+    }
+    for p in 0..3 {
+        let got = kcat(
+            &broker,
+            &[
+                "-C",
+                "-t",
+                "three",
+                "-p",
+                &p.to_string(),
+                "-e",
+                "-f",
+                "%p %s\\n",
+            ],
+            b"",
+        );
+        assert_eq!(got, format!("{p} in {p}\n"));
+    }
+    let listing = kcat(&broker, &["-L", "-t", "three"], b"");
+    assert!(listing.contains("3 partitions:"), "{listing}");
+    broker.kill9();
+}
+
+/// `[kafka] enabled = false` turns the listener off: one ready line.
+#[test]
+fn the_kafka_listener_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spool.toml");
+    std::fs::write(&config, "[kafka]\nenabled = false\n").unwrap();
+    let broker = spawn(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(broker.kafka, None);
+    broker.kill9();
+}
+
+/// Hostile bytes on the Kafka port: a frame past max_frame_bytes, an
+/// unknown API, a truncated body, random bytes, an ApiVersions above its
+/// maximum (answered at v0 with UNSUPPORTED_VERSION, as clients expect).
+/// Nothing panics the broker, and kcat is served afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_bytes_on_the_kafka_port_close_the_connection_and_nothing_else() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let kafka = broker.kafka.unwrap();
+    let frame = |body: &[u8]| [&(body.len() as i32).to_be_bytes()[..], body].concat();
+    let mut rng = common::sim::Rng::new(7);
+    let mut hostile: Vec<Vec<u8>> = vec![
+        i32::MAX.to_be_bytes().to_vec(),
+        (-5i32).to_be_bytes().to_vec(),
+        frame(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1]),
+        // PRODUCE v9 cut short after its header.
+        frame(&[0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0]),
+        // METADATA v9 with a topic count of 2^31 - 1.
+        frame(&[
+            0, 3, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0, 0x7f, 0xff, 0xff, 0xff,
+        ]),
+    ];
+    // Headers the broker accepts, then bodies of random bytes.
+    let apis: [(i16, i16, i16); 5] = [(0, 3, 9), (1, 4, 11), (2, 1, 6), (3, 0, 9), (18, 0, 4)];
+    for _ in 0..2000 {
+        let (key, min, max) = apis[rng.below(5) as usize];
+        let version = min + rng.below((max - min + 1) as u64) as i16;
+        let mut body = [key.to_be_bytes(), version.to_be_bytes()].concat();
+        body.extend_from_slice(&[0, 0, 0, 1, 0xff, 0xff]);
+        // A tagged-field count of 0 for flexible headers, then mostly
+        // small values (counts that fit) and some large ones.
+        body.push(0);
+        let len = rng.below(80) as usize;
+        body.extend((0..len).map(|_| match rng.below(4) {
+            0 => 0xff,
+            1 => rng.below(256) as u8,
+            _ => rng.below(4) as u8,
+        }));
+        hostile.push(frame(&body));
+    }
+    for _ in 0..50 {
+        let len = rng.below(64) as usize + 8;
+        hostile.push(frame(
+            &(0..len).map(|_| rng.below(256) as u8).collect::<Vec<u8>>(),
+        ));
+    }
+    for bytes in &hostile {
+        let mut s = tokio::net::TcpStream::connect(kafka).await.unwrap();
+        let _ = s.write_all(bytes).await;
+        // An answer (some requests' extra bytes are ignored, as Kafka's
+        // decoders ignore them) or a closed connection, in time.
+        let mut some = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut some)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "the broker neither answered nor closed: {bytes:02x?}"
+        );
+    }
+    // ApiVersions v99: a v0 body with error 35 and the supported ranges.
+    let mut s = tokio::net::TcpStream::connect(kafka).await.unwrap();
+    s.write_all(&frame(&[0, 18, 0, 99, 0, 0, 0, 42, 0xff, 0xff]))
+        .await
+        .unwrap();
+    let len = s.read_i32().await.unwrap();
+    let mut body = vec![0u8; len as usize];
+    s.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body[..4], &42i32.to_be_bytes(), "correlation id");
+    assert_eq!(&body[4..6], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
+    assert!(body.len() > 10, "with the supported ranges");
+    // Still serving.
+    let listing = kcat(&broker, &["-L"], b"");
+    assert!(listing.contains("1 brokers:"), "{listing}");
+    broker.kill9();
+}
