@@ -246,3 +246,59 @@ async fn hostile_bytes_on_the_kafka_port_close_the_connection_and_nothing_else()
     assert!(listing.contains("1 brokers:"), "{listing}");
     broker.kill9();
 }
+
+/// The Python interpreter of the virtual environment `.ci/run` makes
+/// (`.ci/venv`, with tests/kafka_clients/requirements.txt), or
+/// `$SPOOL_PYTHON`.
+fn python() -> String {
+    if let Ok(p) = std::env::var("SPOOL_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/venv/bin/python");
+    assert!(
+        std::path::Path::new(venv).exists(),
+        "no {venv}: run `bash .ci/run` once, or `python3 -m venv .ci/venv && .ci/venv/bin/pip install -r tests/kafka_clients/requirements.txt`"
+    );
+    venv.to_owned()
+}
+
+/// confluent-kafka 2.16 (librdkafka 2.16): a producer of every codec with
+/// keys and headers, then a consumer with manual assignment and seek;
+/// Spool's protocol reads what it wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn confluent_kafka_produces_every_codec_and_consumes_with_seek() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let kafka = broker.kafka.unwrap().to_string();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/kafka_clients/confluent_roundtrip.py"
+    );
+    let child = Command::new(python())
+        .args([script, &kafka, "py"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let out = wait_bounded(child);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Compressed batches as the client sent them, read by Spool's client.
+    let mut c = Conn::connect(broker.addr).await;
+    let records = c.fetch("py", 0).await;
+    assert!(records.len() >= 50, "{} records", records.len());
+    let first = &records[0];
+    assert_eq!(first.key.as_deref(), Some(&b"none-key-0"[..]));
+    assert_eq!(
+        first.headers,
+        vec![(
+            "codec".to_string(),
+            Some(bytes::Bytes::from_static(b"none"))
+        )]
+    );
+    broker.kill9();
+}

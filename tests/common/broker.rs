@@ -296,7 +296,7 @@ pub fn decode(batches: &[Bytes], from: u64) -> Vec<Record> {
         for item in batch::BatchIter::new(chunk) {
             let (_, raw) = item.expect("fetched batches are whole and valid");
             out.extend(
-                batch::decode_records(&chunk.slice_ref(raw))
+                batch::decode_any(&chunk.slice_ref(raw), 64 << 20)
                     .unwrap()
                     .into_iter()
                     .filter(|r| r.offset >= from),
