@@ -271,6 +271,9 @@ async fn serve(
             ApiKey::Produce => {
                 let request =
                     ProduceRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+                // The batches are views of the frame: with the frame gone, a
+                // batch that is the only view left is patched where it lies.
+                drop(frame);
                 let acks = request.acks;
                 let reply =
                     handler::dispatch(&front.broker, &peer, id as u32, produce(request)).await;
@@ -411,18 +414,27 @@ fn produce(request: ProduceRequest) -> Request {
     } else {
         Acks::Commit
     };
-    let topics = request
-        .topic_data
+    // Names (views of the frame, like the batches) are copied out and
+    // dropped first: then a batch that is the only view left of the frame's
+    // buffer is taken over without a copy (one batch per request, as kcat
+    // sends), and patched where it lies.
+    let mut shaped = Vec::with_capacity(request.topic_data.len());
+    for t in request.topic_data {
+        let topic = name(&t.name);
+        drop(t.name);
+        shaped.push((topic, t.partition_data));
+    }
+    drop(request.transactional_id);
+    let topics = shaped
         .into_iter()
-        .map(|t| ProduceTopic {
-            topic: name(&t.name),
-            partitions: t
-                .partition_data
+        .map(|(topic, partition_data)| ProduceTopic {
+            topic,
+            partitions: partition_data
                 .into_iter()
                 .map(|p| {
                     let batch = p
                         .records
-                        .map(|r| BytesMut::from(&r[..]))
+                        .map(|r| r.try_into_mut().unwrap_or_else(|r| BytesMut::from(&r[..])))
                         .unwrap_or_default();
                     (p.index as u32, batch)
                 })
