@@ -238,39 +238,25 @@ async fn serve(
                 continue;
             }
         }
-        let Some((min, max)) = range(api) else {
-            return Err(format!("{api:?} is not supported"));
-        };
-        if !(min..=max).contains(&version) {
-            return Err(format!("{api:?} version {version} is not supported"));
-        }
-        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
-            .map_err(|e| e.to_string())?;
-        // Before the crate sees the body: see `bounds`.
-        bounds::check(api, version, &frame).map_err(|e| format!("{api:?} v{version}: {e}"))?;
+        let (header, decoded) = decode(&mut frame)?;
         let id = header.correlation_id;
         let hv = api.response_header_version(version);
-        match api {
-            ApiKey::ApiVersions => {
-                ApiVersionsRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+        match decoded {
+            Decoded::ApiVersions => {
                 let body = api_versions(0);
                 write(&mut wr, server.write_timeout, id, hv, |b| {
                     body.encode(b, version)
                 })
                 .await?;
             }
-            ApiKey::Metadata => {
-                let request =
-                    MetadataRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+            Decoded::Metadata(request) => {
                 let body = metadata(front, request, version).await;
                 write(&mut wr, server.write_timeout, id, hv, |b| {
                     body.encode(b, version)
                 })
                 .await?;
             }
-            ApiKey::Produce => {
-                let request =
-                    ProduceRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+            Decoded::Produce(request) => {
                 // The batches are views of the frame: with the frame gone, a
                 // batch that is the only view left is patched where it lies.
                 drop(frame);
@@ -293,9 +279,7 @@ async fn serve(
                 })
                 .await?;
             }
-            ApiKey::Fetch => {
-                let request =
-                    FetchRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+            Decoded::Fetch(request) => {
                 // Everything queued goes out before a long poll parks.
                 flush(&mut wr, server.write_timeout).await?;
                 let reply =
@@ -312,9 +296,7 @@ async fn serve(
                 flush(&mut wr, server.write_timeout).await?;
                 drop(memory);
             }
-            ApiKey::ListOffsets => {
-                let request =
-                    ListOffsetsRequest::decode(&mut frame, version).map_err(|e| e.to_string())?;
+            Decoded::ListOffsets(request) => {
                 let reply =
                     handler::dispatch(&front.broker, &peer, id as u32, list_offsets(request)).await;
                 let Some((response, _memory)) = settle(reply).await else {
@@ -326,7 +308,6 @@ async fn serve(
                 })
                 .await?;
             }
-            _ => return Err(format!("{api:?} is not supported")),
         }
         if rd.buffer().is_empty() {
             flush(&mut wr, server.write_timeout).await?;
@@ -344,6 +325,57 @@ async fn flush<W: tokio::io::AsyncWrite + Unpin>(
         .await
         .map_err(|_| "write deadline".to_string())?
         .map_err(|e| e.to_string())
+}
+
+/// A request of an advertised API, decoded.
+pub enum Decoded {
+    ApiVersions,
+    Metadata(MetadataRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+}
+
+/// Decodes a frame (after its size) of an advertised API and version: the
+/// header, then the body once [`bounds::check`] has passed it, so that no
+/// frame makes the crate reserve more than the frame's size. What is left
+/// in `frame` afterwards is ignored, as Kafka's decoders ignore it. The
+/// `kafka_request` fuzz target runs this on arbitrary bytes.
+pub fn decode(frame: &mut Bytes) -> Result<(RequestHeader, Decoded), String> {
+    if frame.len() < 8 {
+        return Err(format!("a request header of {} bytes", frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = ApiKey::try_from(key).map_err(|_| format!("unknown api key {key}"))?;
+    let Some((min, max)) = range(api) else {
+        return Err(format!("{api:?} is not supported"));
+    };
+    if !(min..=max).contains(&version) {
+        return Err(format!("{api:?} version {version} is not supported"));
+    }
+    let header = RequestHeader::decode(frame, api.request_header_version(version))
+        .map_err(|e| e.to_string())?;
+    bounds::check(api, version, frame).map_err(|e| format!("{api:?} v{version}: {e}"))?;
+    fn fail(e: impl std::fmt::Display) -> String {
+        e.to_string()
+    }
+    let decoded = match api {
+        ApiKey::ApiVersions => {
+            ApiVersionsRequest::decode(frame, version).map_err(fail)?;
+            Decoded::ApiVersions
+        }
+        ApiKey::Metadata => {
+            Decoded::Metadata(MetadataRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::Produce => Decoded::Produce(ProduceRequest::decode(frame, version).map_err(fail)?),
+        ApiKey::Fetch => Decoded::Fetch(FetchRequest::decode(frame, version).map_err(fail)?),
+        ApiKey::ListOffsets => {
+            Decoded::ListOffsets(ListOffsetsRequest::decode(frame, version).map_err(fail)?)
+        }
+        _ => return Err(format!("{api:?} is not supported")),
+    };
+    Ok((header, decoded))
 }
 
 fn range(api: ApiKey) -> Option<(i16, i16)> {

@@ -17,10 +17,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let api = API_VERSIONS[selector as usize % API_VERSIONS.len()].0;
 
-    // A request: a valid version-0 header of that API, then the body.
+    // A request: a valid header of that API at the version the broker
+    // speaks, then the body.
     let mut frame = Vec::with_capacity(8 + rest.len());
     frame.extend_from_slice(&(api as u16).to_be_bytes());
-    frame.extend_from_slice(&0u16.to_be_bytes());
+    frame.extend_from_slice(&api.version().to_be_bytes());
     frame.extend_from_slice(&0x0102_0304u32.to_be_bytes());
     frame.extend_from_slice(rest);
     if let Ok((header, request)) = Request::parse(BytesMut::from(&frame[..])) {
