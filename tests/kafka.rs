@@ -302,3 +302,31 @@ async fn confluent_kafka_produces_every_codec_and_consumes_with_seek() {
     );
     broker.kill9();
 }
+
+/// confluent-kafka's AdminClient: CreateTopics with partitions and mapped
+/// configs, refusals of an unsupported config, a replication factor above
+/// 1 and a second create, validate_only, DeleteTopics.
+#[test]
+fn confluent_kafka_admin_creates_and_deletes_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let kafka = broker.kafka.unwrap().to_string();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/kafka_clients/confluent_admin.py"
+    );
+    let child = Command::new(python())
+        .args([script, &kafka])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let out = wait_bounded(child);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    broker.kill9();
+}

@@ -25,6 +25,10 @@
 //! ListOffsets 1-6  replica_id i32; v2+ isolation_level i8;
 //!                  topics [name; partitions [partition_index i32;
 //!                  v4+ current_leader_epoch i32; timestamp i64]]; flexible from 6
+//! CreateTopics 2-4 topics [name; num_partitions i32; replication_factor i16;
+//!                  assignments [partition_index i32; broker_ids [i32]];
+//!                  configs [name; value string?]]; timeout_ms i32; validate_only bool
+//! DeleteTopics 1-3 topic_names [name]; timeout_ms i32
 //! ApiVersions 0-4  no arrays
 //! ```
 
@@ -148,6 +152,8 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
         ApiKey::Produce => version >= 9,
         ApiKey::Fetch => version >= 12,
         ApiKey::ListOffsets => version >= 6,
+        ApiKey::CreateTopics => version >= 5,
+        ApiKey::DeleteTopics => version >= 4,
         _ => return Ok(()),
     };
     let mut w = Walk {
@@ -209,6 +215,22 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
                 w.tagged()
             })
         }
+        ApiKey::CreateTopics => w.array(|w| {
+            w.string()?;
+            w.take(4 + 2)?;
+            w.array(|w| {
+                w.take(4)?;
+                w.array(|w| w.take(4))?;
+                w.tagged()
+            })?;
+            w.array(|w| {
+                w.string()?;
+                w.string()?;
+                w.tagged()
+            })?;
+            w.tagged()
+        }),
+        ApiKey::DeleteTopics => w.array(|w| w.string()),
         _ => Ok(()),
     }
 }

@@ -35,6 +35,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -47,6 +49,9 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
     ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -62,12 +67,14 @@ use crate::protocol::{
 };
 
 /// The versions advertised: `(api, min, max)`.
-pub const SUPPORTED: [(ApiKey, i16, i16); 5] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 7] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 11),
     (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 9),
     (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 4),
+    (ApiKey::DeleteTopics, 1, 3),
 ];
 
 /// This broker's node id in Metadata.
@@ -249,6 +256,20 @@ async fn serve(
                 })
                 .await?;
             }
+            Decoded::CreateTopics(request) => {
+                let body = create_topics(front, &peer, id, request).await;
+                write(&mut wr, server.write_timeout, id, hv, |b| {
+                    body.encode(b, version)
+                })
+                .await?;
+            }
+            Decoded::DeleteTopics(request) => {
+                let body = delete_topics(front, &peer, id, request).await;
+                write(&mut wr, server.write_timeout, id, hv, |b| {
+                    body.encode(b, version)
+                })
+                .await?;
+            }
             Decoded::Metadata(request) => {
                 let body = metadata(front, request, version).await;
                 write(&mut wr, server.write_timeout, id, hv, |b| {
@@ -330,6 +351,8 @@ async fn flush<W: tokio::io::AsyncWrite + Unpin>(
 /// A request of an advertised API, decoded.
 pub enum Decoded {
     ApiVersions,
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
     Metadata(MetadataRequest),
     Produce(ProduceRequest),
     Fetch(FetchRequest),
@@ -367,6 +390,12 @@ pub fn decode(frame: &mut Bytes) -> Result<(RequestHeader, Decoded), String> {
         }
         ApiKey::Metadata => {
             Decoded::Metadata(MetadataRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::CreateTopics => {
+            Decoded::CreateTopics(CreateTopicsRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::DeleteTopics => {
+            Decoded::DeleteTopics(DeleteTopicsRequest::decode(frame, version).map_err(fail)?)
         }
         ApiKey::Produce => Decoded::Produce(ProduceRequest::decode(frame, version).map_err(fail)?),
         ApiKey::Fetch => Decoded::Fetch(FetchRequest::decode(frame, version).map_err(fail)?),
@@ -666,6 +695,175 @@ fn offsets(response: Response, version: i16) -> ListOffsetsResponse {
             tr
         })
         .collect();
+    body
+}
+
+/// Kafka's topic configs that map to Spool's settings: `(Kafka's name,
+/// Spool's name)`. Values are taken as Kafka writes them (milliseconds,
+/// bytes, -1 for none).
+const CONFIGS: [(&str, &str); 7] = [
+    ("retention.ms", "retention_ms"),
+    ("retention.bytes", "retention_bytes"),
+    ("segment.bytes", "segment_bytes"),
+    ("segment.ms", "segment_ms"),
+    ("max.message.bytes", "max_record_bytes"),
+    ("message.timestamp.type", "timestamp_type"),
+    ("message.timestamp.after.max.ms", "max_timestamp_ahead_ms"),
+];
+
+/// Spool's settings for a topic's Kafka configs, or the error code and
+/// message for the first one that cannot be taken.
+fn settings_of(
+    num_partitions: i32,
+    configs: &[(String, Option<String>)],
+) -> Result<Vec<(String, String)>, (i16, String)> {
+    let mut settings = Vec::new();
+    if num_partitions != -1 {
+        settings.push(("partitions".to_owned(), num_partitions.to_string()));
+    }
+    for (name, value) in configs {
+        let value = value.clone().unwrap_or_default();
+        if name == "cleanup.policy" {
+            if value != "delete" {
+                return Err((
+                    40,
+                    format!("cleanup.policy={value} is not supported: Spool deletes by retention only (cleanup.policy=delete)"),
+                ));
+            }
+            continue;
+        }
+        let Some((_, spool)) = CONFIGS.iter().find(|(k, _)| k == name) else {
+            let known: Vec<&str> = CONFIGS.iter().map(|(k, _)| *k).collect();
+            return Err((
+                40,
+                format!(
+                    "config {name} is not supported; the supported ones are {} and cleanup.policy=delete",
+                    known.join(", ")
+                ),
+            ));
+        };
+        let value = match (*spool, value.as_str()) {
+            (
+                "retention_ms" | "retention_bytes" | "segment_ms" | "max_timestamp_ahead_ms",
+                "-1",
+            ) => "unlimited".to_owned(),
+            ("timestamp_type", "CreateTime") => "create".to_owned(),
+            ("timestamp_type", "LogAppendTime") => "log_append".to_owned(),
+            _ => value,
+        };
+        settings.push(((*spool).to_owned(), value));
+    }
+    Ok(settings)
+}
+
+/// The code and message of a handler's answer to an admin request.
+async fn outcome(reply: Reply) -> (i16, Option<String>) {
+    match settle(reply).await.map(|(r, _)| r.body) {
+        Some(Ok(_)) => (0, None),
+        Some(Err(e)) => (kafka_code(e.code), Some(e.message)),
+        None => (-1, Some("no answer".into())),
+    }
+}
+
+/// CreateTopics: each topic made as Spool's CREATE_TOPIC makes it, its
+/// configs mapped to Spool's settings; one broker, so a replication factor
+/// of 1 (or -1, the default) and no replica assignment.
+async fn create_topics(
+    front: &Front,
+    peer: &Peer,
+    id: i32,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut body = CreateTopicsResponse::default();
+    for t in request.topics {
+        let mut result = CreatableTopicResult::default();
+        let topic = name(&t.name);
+        result.name = t.name.clone();
+        let configs: Vec<(String, Option<String>)> = t
+            .configs
+            .iter()
+            .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+            .collect();
+        let refused = if !matches!(t.replication_factor, -1 | 1) {
+            Some((
+                38,
+                format!(
+                    "replication factor {}: Spool is one broker, so 1",
+                    t.replication_factor
+                ),
+            ))
+        } else if !t.assignments.is_empty() {
+            Some((
+                39,
+                "replica assignments are not supported: Spool is one broker".to_owned(),
+            ))
+        } else {
+            None
+        };
+        let (code, message) = match refused {
+            Some((code, message)) => (code, Some(message)),
+            None => match settings_of(t.num_partitions, &configs) {
+                Err((code, message)) => (code, Some(message)),
+                Ok(settings) if request.validate_only => match validate(front, &topic, &settings) {
+                    Ok(()) => (0, None),
+                    Err((code, message)) => (code, Some(message)),
+                },
+                Ok(settings) => {
+                    let create = Request::CreateTopic {
+                        topic: topic.clone(),
+                        settings,
+                    };
+                    outcome(handler::dispatch(&front.broker, peer, id as u32, create).await).await
+                }
+            },
+        };
+        result.error_code = code;
+        result.error_message = message.map(StrBytes::from_string);
+        body.topics.push(result);
+    }
+    body
+}
+
+/// What a create of `topic` with `settings` would answer, without making
+/// it (CreateTopics' validate_only).
+fn validate(
+    front: &Front,
+    topic: &str,
+    settings: &[(String, String)],
+) -> Result<(), (i16, String)> {
+    if let Err(reason) = crate::broker::topic::check_name(topic) {
+        return Err((17, format!("invalid topic name {topic:?}: {reason}")));
+    }
+    if front.broker.topics().get(topic).is_some() {
+        return Err((36, format!("topic {topic:?} already exists")));
+    }
+    let overrides =
+        crate::broker::config::TopicOverrides::from_pairs(settings).map_err(|e| (40, e))?;
+    front
+        .broker
+        .config()
+        .topic_settings(topic, &overrides)
+        .map(|_| ())
+        .map_err(|e| (40, e))
+}
+
+/// DeleteTopics: each topic deleted as Spool's DELETE_TOPIC deletes it.
+async fn delete_topics(
+    front: &Front,
+    peer: &Peer,
+    id: i32,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let mut body = DeleteTopicsResponse::default();
+    for t in request.topic_names {
+        let mut result = DeletableTopicResult::default();
+        let delete = Request::DeleteTopic { topic: name(&t) };
+        result.name = Some(t);
+        let (code, _) =
+            outcome(handler::dispatch(&front.broker, peer, id as u32, delete).await).await;
+        result.error_code = code;
+        body.responses.push(result);
+    }
     body
 }
 
