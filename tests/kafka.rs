@@ -262,6 +262,26 @@ fn python() -> String {
     venv.to_owned()
 }
 
+/// Runs `tests/kafka_clients/NAME` with the venv's Python, failing the
+/// test (with what it printed) unless it exits 0.
+fn client_script(name: &str, args: &[&str]) {
+    let script = format!("{}/tests/kafka_clients/{name}", env!("CARGO_MANIFEST_DIR"));
+    let child = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let out = wait_bounded(child);
+    assert!(
+        out.status.success(),
+        "{name}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// confluent-kafka 2.16 (librdkafka 2.16): a producer of every codec with
 /// keys and headers, then a consumer with manual assignment and seek;
 /// Spool's protocol reads what it wrote.
@@ -270,23 +290,7 @@ async fn confluent_kafka_produces_every_codec_and_consumes_with_seek() {
     let dir = tempfile::tempdir().unwrap();
     let broker = spawn(dir.path(), &[]);
     let kafka = broker.kafka.unwrap().to_string();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/kafka_clients/confluent_roundtrip.py"
-    );
-    let child = Command::new(python())
-        .args([script, &kafka, "py"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    let out = wait_bounded(child);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    client_script("confluent_roundtrip.py", &[&kafka, "py"]);
     // Compressed batches as the client sent them, read by Spool's client.
     let mut c = Conn::connect(broker.addr).await;
     let records = c.fetch("py", 0).await;
@@ -311,22 +315,6 @@ fn confluent_kafka_admin_creates_and_deletes_topics() {
     let dir = tempfile::tempdir().unwrap();
     let broker = spawn(dir.path(), &[]);
     let kafka = broker.kafka.unwrap().to_string();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/kafka_clients/confluent_admin.py"
-    );
-    let child = Command::new(python())
-        .args([script, &kafka])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    let out = wait_bounded(child);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    client_script("confluent_admin.py", &[&kafka]);
     broker.kill9();
 }
