@@ -135,7 +135,14 @@ impl Broker {
             let task = tokio::spawn(crate::kafka::accept_loop(front, listener, shutdown.clone()));
             kafka = Some((bound, task));
         }
-        let server = tokio::spawn(accept_loop(Arc::clone(&broker), listener, shutdown));
+        let serving = Arc::clone(&broker);
+        let server = tokio::spawn(accept_loop(
+            "spool",
+            listener,
+            config.server.max_connections,
+            shutdown,
+            move |socket, _, shutdown| connection::serve(Arc::clone(&serving), socket, shutdown),
+        ));
         tracing::info!(addr = %local_addr, topics = topics.names().len(), "broker started");
         Ok(RunningBroker {
             local_addr,
@@ -207,13 +214,20 @@ impl RunningBroker {
     }
 }
 
-/// Accepts connections until shutdown, then waits for them to finish.
-async fn accept_loop(
-    broker: Arc<Broker>,
+/// Accepts connections until shutdown, then waits for them to finish: at
+/// most `max_connections` at a time, each served by `serve`. Spool's
+/// listener and the Kafka one (`name`, for the logs) share it.
+pub(crate) async fn accept_loop<F, Fut>(
+    name: &'static str,
     listener: TcpListener,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let limit = Arc::new(Semaphore::new(broker.config.server.max_connections));
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -227,20 +241,19 @@ async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors, typically: back off a little
                 // rather than spin.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(listener = name, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            tracing::warn!(%peer, limit = broker.config.server.max_connections, "refusing connection: max_connections reached");
+            tracing::warn!(listener = name, %peer, limit = max_connections, "refusing connection: max_connections reached");
             drop(socket);
             continue;
         };
-        let broker = Arc::clone(&broker);
-        let shutdown = shutdown.clone();
+        let served = serve(socket, peer, shutdown.clone());
         connections.spawn(async move {
-            connection::serve(broker, socket, shutdown).await;
+            served.await;
             drop(permit);
         });
     }

@@ -56,8 +56,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
 use crate::broker::handler::{self, Peer, Reply};
 use crate::broker::Broker;
@@ -147,43 +146,29 @@ pub struct Front {
     pub cluster_id: String,
 }
 
-/// Accepts Kafka connections until shutdown, then waits for them.
+/// Accepts Kafka connections until shutdown, then waits for them (the
+/// broker's accept loop, with its connection limit).
 pub async fn accept_loop(
     front: Arc<Front>,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(front.broker.config().server.max_connections));
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let (socket, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    let max = front.broker.config().server.max_connections;
+    crate::broker::accept_loop(
+        "kafka",
+        listener,
+        max,
+        shutdown,
+        move |socket, peer, shutdown| {
+            let front = Arc::clone(&front);
+            async move {
+                if let Err(e) = serve(&front, socket, shutdown).await {
+                    tracing::debug!(%peer, error = %e, "kafka connection ended");
+                }
             }
-        };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing kafka connection: max_connections reached");
-            continue;
-        };
-        let front = Arc::clone(&front);
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            if let Err(e) = serve(&front, socket, shutdown).await {
-                tracing::debug!(%peer, error = %e, "kafka connection ended");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+        },
+    )
+    .await
 }
 
 /// Serves one connection: a request at a time, answered in order.
