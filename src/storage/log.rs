@@ -110,6 +110,15 @@ pub struct Removed {
     pub bytes: u64,
 }
 
+/// The settings an append goes by (its time and whether it rolls), read
+/// once for it.
+struct AppendRules {
+    timestamp_type: TimestampType,
+    ahead: Option<Duration>,
+    segment_age: Option<Duration>,
+    segment_bytes: u64,
+}
+
 /// Serialised append state.
 struct Writer {
     /// `None` once closed.
@@ -482,10 +491,18 @@ impl Log {
         let (header, decompressed) =
             batch::validate_within(batch, max_record as usize, max_decompressed)?;
         let now = now_ms();
-        let (timestamp_type, ahead) = {
-            let config = self.config.read().unwrap_or_else(|p| p.into_inner());
-            (config.timestamp_type, config.max_timestamp_ahead)
+        // Read once per append, before the lock: the time rules here, the
+        // roll rules below.
+        let config = {
+            let c = self.config.read().unwrap_or_else(|p| p.into_inner());
+            AppendRules {
+                timestamp_type: c.timestamp_type,
+                ahead: c.max_timestamp_ahead,
+                segment_age: c.segment_age,
+                segment_bytes: c.segment_bytes,
+            }
         };
+        let (timestamp_type, ahead) = (config.timestamp_type, config.ahead);
         // The batch's time is what the time index, retention by age and
         // seek by time go by.
         let time = match timestamp_type {
@@ -519,7 +536,8 @@ impl Log {
         if w.active.is_none() {
             return Err(StorageError::Closed);
         }
-        let rolled = w.active_sealed || self.must_roll(&w, batch.len() as u64, count, time);
+        let rolled =
+            w.active_sealed || self.must_roll(&w, &config, batch.len() as u64, count, time);
         if rolled {
             self.roll(&mut w)?;
         }
@@ -558,7 +576,7 @@ impl Log {
     /// segment's first batch's, as Kafka does: a producer backfilling old
     /// timestamps fills segments as usual rather than rolling at every
     /// append (the background check, `roll_if_due`, goes by the clock).
-    fn must_roll(&self, w: &Writer, len: u64, count: u64, time: i64) -> bool {
+    fn must_roll(&self, w: &Writer, rules: &AppendRules, len: u64, count: u64, time: i64) -> bool {
         let active = w.active.as_ref().expect("open");
         let end = active.end();
         if end == 0 {
@@ -566,15 +584,11 @@ impl Log {
         }
         let base = active.segment().base_offset();
         let next = self.next_offset.load(Ordering::Relaxed);
-        let (segment_age, segment_bytes) = {
-            let config = self.config.read().unwrap_or_else(|p| p.into_inner());
-            (config.segment_age, config.segment_bytes)
-        };
-        let aged = match (segment_age, active.segment().first_time()) {
+        let aged = match (rules.segment_age, active.segment().first_time()) {
             (Some(age), Some(first)) => time.saturating_sub(first) >= millis(age),
             _ => false,
         };
-        end + len > segment_bytes
+        end + len > rules.segment_bytes
             || active.index_full()
             || next + count - base > u64::from(u32::MAX)
             || aged
