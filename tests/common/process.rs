@@ -44,6 +44,8 @@ pub fn spawn(data_dir: &Path, extra: &[&str]) -> Process {
 /// Waits (bounded) for a broker's ready lines on its piped stdout: Spool's
 /// listener's, then the Kafka listener's, which comes right after it.
 pub fn ready_addrs(child: &mut Child) -> (SocketAddr, Option<SocketAddr>) {
+    // Read on a thread, so that a silent broker fails the test instead of
+    // hanging it.
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -70,24 +72,9 @@ pub fn ready_addrs(child: &mut Child) -> (SocketAddr, Option<SocketAddr>) {
     (addr, kafka)
 }
 
-/// Waits (bounded) for a broker's ready line on its piped stdout and
-/// returns the address it names.
+/// The address of a broker's first ready line (see [`ready_addrs`]).
 pub fn ready_addr(child: &mut Child) -> SocketAddr {
-    // Read the ready line on a thread, so that a silent broker fails the
-    // test instead of hanging it.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(PATIENCE).expect("ready line in time");
-    line.trim()
-        .strip_prefix("spool listening on ")
-        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
-        .parse()
-        .unwrap()
+    ready_addrs(child).0
 }
 
 impl Process {
