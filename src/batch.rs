@@ -1075,14 +1075,16 @@ fn records_of(header: &BatchHeader, body: &Bytes) -> Result<Vec<Record>, BatchEr
     Ok(out)
 }
 
-/// Builds one uncompressed batch, without idempotence (producer id, epoch
-/// and base sequence -1) and with base offset 0, as a producer sends it.
+/// Builds one uncompressed batch with base offset 0, as a producer sends
+/// it: without idempotence (producer id, epoch and base sequence -1) unless
+/// [`BatchBuilder::set_producer`] says otherwise.
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
     buf: Vec<u8>,
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
+    producer: (i64, i16, i32),
 }
 
 impl Default for BatchBuilder {
@@ -1105,7 +1107,14 @@ impl BatchBuilder {
             count: 0,
             base_timestamp: 0,
             max_timestamp: i64::MIN,
+            producer: (-1, -1, -1),
         }
+    }
+
+    /// Makes the batch an idempotent producer's: its id, epoch and the
+    /// sequence number of its first record.
+    pub fn set_producer(&mut self, id: i64, epoch: i16, base_sequence: i32) {
+        self.producer = (id, epoch, base_sequence);
     }
 
     /// Records pushed so far.
@@ -1201,9 +1210,10 @@ impl BatchBuilder {
         b[LAST_DELTA_AT..LAST_DELTA_AT + 4].copy_from_slice(&(self.count - 1).to_be_bytes());
         b[BASE_TS_AT..BASE_TS_AT + 8].copy_from_slice(&self.base_timestamp.to_be_bytes());
         b[MAX_TS_AT..MAX_TS_AT + 8].copy_from_slice(&self.max_timestamp.to_be_bytes());
-        b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&(-1i64).to_be_bytes());
-        b[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&(-1i16).to_be_bytes());
-        b[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        let (id, epoch, sequence) = self.producer;
+        b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&id.to_be_bytes());
+        b[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&epoch.to_be_bytes());
+        b[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&sequence.to_be_bytes());
         b[COUNT_AT..COUNT_AT + 4].copy_from_slice(&self.count.to_be_bytes());
         reseal(b);
         self.buf

@@ -773,6 +773,12 @@ pub fn storage_error(e: StorageError) -> ErrorBody {
         | StorageError::BatchTooLarge { .. } => ErrorBody::new(ErrorCode::RecordTooLarge, message),
         StorageError::InvalidBatch(_) => ErrorBody::new(ErrorCode::InvalidBatch, message),
         StorageError::TimestampAhead { .. } => ErrorBody::new(ErrorCode::InvalidTimestamp, message),
+        StorageError::OutOfOrderSequence { .. } => {
+            ErrorBody::new(ErrorCode::OutOfOrderSequence, message)
+        }
+        StorageError::InvalidProducerEpoch { .. } => {
+            ErrorBody::new(ErrorCode::InvalidProducerEpoch, message)
+        }
         StorageError::DiskFull { .. } => ErrorBody::new(ErrorCode::DiskFull, message),
         StorageError::Corrupt { resume_at, .. } => {
             let mut body = ErrorBody::new(ErrorCode::CorruptData, message);

@@ -95,6 +95,8 @@ fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::InvalidRequest => 42,
         ErrorCode::TooManyTopics | ErrorCode::TooManyPartitions => 44,
         ErrorCode::StorageError | ErrorCode::DiskFull => 56,
+        ErrorCode::OutOfOrderSequence => 45,
+        ErrorCode::InvalidProducerEpoch => 47,
         ErrorCode::UnsupportedApi | ErrorCode::UnknownServerError => -1,
     }
 }

@@ -112,10 +112,16 @@ pub enum ErrorCode {
     /// Creating the topic, or raising its partitions, would exceed the
     /// broker's `max_partitions`.
     TooManyPartitions = 18,
+    /// An idempotent producer's batch skips sequence numbers: a batch
+    /// before it was lost (the producer must start again).
+    OutOfOrderSequence = 19,
+    /// An idempotent producer's batch is from an epoch older than its
+    /// producer id's current one: a newer instance has taken over.
+    InvalidProducerEpoch = 20,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::None,
         ErrorCode::UnknownServerError,
         ErrorCode::InvalidRequest,
@@ -135,6 +141,8 @@ impl ErrorCode {
         ErrorCode::InvalidTimestamp,
         ErrorCode::UnknownPartition,
         ErrorCode::TooManyPartitions,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::InvalidProducerEpoch,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -163,6 +171,8 @@ impl ErrorCode {
             ErrorCode::InvalidTimestamp => "INVALID_TIMESTAMP",
             ErrorCode::UnknownPartition => "UNKNOWN_PARTITION",
             ErrorCode::TooManyPartitions => "TOO_MANY_PARTITIONS",
+            ErrorCode::OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
+            ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
         }
     }
 }

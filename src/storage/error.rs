@@ -68,6 +68,24 @@ pub enum StorageError {
     /// appended before the reset is gone, so it is not acknowledged.
     #[error("log was reset while waiting for a sync; earlier appends were discarded")]
     Reset,
+    /// An idempotent producer's batch does not follow the last one stored
+    /// for it (a batch in between was lost); Kafka's
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER.
+    #[error("producer {producer_id}: sequence {got} is out of order (expected {expected})")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    /// A batch from an epoch older than the producer id's current one: a
+    /// newer instance of the producer has taken over (Kafka's
+    /// INVALID_PRODUCER_EPOCH).
+    #[error("producer {producer_id}: epoch {epoch} is older than its current epoch {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
     /// A read asked not to wait ([`Wait::No`](super::Wait)) would have
     /// waited for the device; read again where waiting is fine.
     #[error("the data is not in the page cache")]

@@ -18,7 +18,9 @@
 //! Besides the segment files, the directory holds `.lock` (an advisory lock
 //! taken while the log is open), `*.torn` sidecars holding bytes that
 //! recovery cut off a torn tail, and `.spare-store`, `.spare-index`,
-//! `.spare-timeindex`: the next segment, made ahead of its roll.
+//! `.spare-timeindex`: the next segment, made ahead of its roll, and
+//! `producers.snapshot`: idempotent producers' state as of the last roll or
+//! close (see `producers`).
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use bytes::Bytes;
 use super::config::{LogConfig, SyncMode, TimestampType};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
+use super::producers::{self, Check, ProducerBatch, Producers};
 use super::segment::{RecoveryReport, Segment, SegmentWriter, Spare};
 use super::vfs::{Open, OsVfs, Vfs};
 use crate::batch::{self, Record};
@@ -38,6 +41,13 @@ use crate::batch::{self, Record};
 /// The largest offset a log hands out: half of u64, so that no sum of an
 /// offset and a count read from disk can overflow.
 pub const MAX_OFFSET: u64 = u64::MAX / 2;
+
+/// Bytes read at a time while rebuilding producers' state at open.
+const PRODUCER_SCAN_BYTES: u64 = 4 << 20;
+
+/// A snapshot of `MAX_PRODUCERS` producers with five batches each is about
+/// 1.4 MB: anything much larger is not one.
+const MAX_PRODUCER_SNAPSHOT: u64 = 4 << 20;
 
 /// Most bytes [`Log::read`] decompresses one stored batch's records to.
 const MAX_DECOMPRESSED_RECORDS: usize = batch::MAX_DECOMPRESSED;
@@ -59,6 +69,9 @@ pub struct Appended {
     /// Bytes a compressed batch's records took once decompressed for the
     /// checks (0 for a plain batch).
     pub decompressed: usize,
+    /// The batch was an idempotent producer's retry of one already stored:
+    /// nothing was stored, and the offsets are the first append's.
+    pub duplicate: bool,
 }
 
 /// Whole stored batches returned by [`Log::read_batches`].
@@ -129,6 +142,8 @@ struct Writer {
     active_sealed: bool,
     /// Set by a failed write, flush, seal or sync; appends fail until reopen.
     fenced: Option<String>,
+    /// Idempotent producers' sequences, as of the last append.
+    producers: Producers,
 }
 
 /// Work a roll leaves for later, so that the roll itself is a swap: the
@@ -140,6 +155,9 @@ struct Writer {
 struct Deferred {
     unsealed: Option<Arc<Segment>>,
     dir_dirty: bool,
+    /// The producers' snapshot taken at the roll, written once the segment
+    /// it covers is sealed.
+    snapshot: Option<Vec<u8>>,
 }
 
 /// Group-commit state.
@@ -232,7 +250,7 @@ impl Log {
         refuse_old_format(&*vfs, &dir)?;
         vfs.create_dir_all(&dir)
             .map_err(|e| StorageError::io("create directory", &dir, e))?;
-        let lock = take_dir_lock(&*vfs, &dir)?;
+        let dir_lock = take_dir_lock(&*vfs, &dir)?;
         let bases = list_segments(&*vfs, &dir)?;
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut recovery = Vec::new();
@@ -273,6 +291,7 @@ impl Log {
             active: Some(active.writer()?),
             active_sealed: false,
             fenced: None,
+            producers: Producers::default(),
         };
         let log = Log {
             vfs,
@@ -298,8 +317,10 @@ impl Log {
             preparing: Mutex::new(()),
             deferred: Mutex::new(Deferred::default()),
             recovery,
-            _lock: lock,
+            _lock: dir_lock,
         };
+        let producers = log.rebuild_producers()?;
+        lock(&log.writer).producers = producers;
         // Without a spare (a full disk, say) the first roll makes its files.
         if let Err(e) = log.prepare_spare() {
             tracing::warn!(dir = %log.dir.display(), error = %e, "no spare segment made at open");
@@ -342,6 +363,106 @@ impl Log {
         Ok(())
     }
 
+    /// Idempotent producers' state at open: the snapshot's, brought up to
+    /// date from the batch headers after the offset it covers. Without a
+    /// usable snapshot, the headers of the last two segments (as Kafka
+    /// does): a producer silent for longer than that is treated as new,
+    /// which only lets it start at any sequence.
+    fn rebuild_producers(&self) -> Result<Producers> {
+        let path = self.dir.join(producers::SNAPSHOT_NAME);
+        let segments = self.snapshot();
+        let lowest = self.lowest_offset();
+        let end = self.next_offset();
+        let recent = segments
+            .len()
+            .checked_sub(2)
+            .map_or(lowest, |i| segments[i].base_offset());
+        let (mut from, mut state) = (recent, Producers::default());
+        if self.vfs.exists(&path) {
+            match self.read_producers(&path) {
+                Ok((covered, loaded)) if covered <= end => {
+                    from = covered.max(lowest);
+                    state = loaded;
+                }
+                Ok((covered, _)) => {
+                    tracing::warn!(file = %path.display(), covered, end, "producer snapshot is ahead of the log; rebuilding from the log")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "producer snapshot unusable; rebuilding from the log")
+                }
+            }
+        }
+        state.forget_below(lowest);
+        let now = now_ms();
+        let mut offset = from;
+        while offset < end {
+            let read = match self.read_batches(offset, PRODUCER_SCAN_BYTES) {
+                Ok(read) => read,
+                // Damage holds no batch to learn from: go past it.
+                Err(StorageError::Corrupt {
+                    resume_at: Some(next),
+                    ..
+                }) if next > offset => {
+                    offset = next;
+                    continue;
+                }
+                Err(StorageError::Corrupt { .. }) => break,
+                Err(e) => return Err(e),
+            };
+            if read.bytes.is_empty() || read.next_offset <= offset {
+                break;
+            }
+            let mut at = 0;
+            while let Ok(header) = batch::BatchHeader::parse(&read.bytes[at..]) {
+                if header.base_offset >= from as i64 {
+                    if let Some(b) = ProducerBatch::of(&header) {
+                        let base = header.base_offset as u64;
+                        state.record(&b, base, header.next_offset() as u64, now);
+                    }
+                }
+                at += header.size();
+                if at >= read.bytes.len() {
+                    break;
+                }
+            }
+            offset = read.next_offset;
+        }
+        Ok(state)
+    }
+
+    fn read_producers(&self, path: &Path) -> Result<(u64, Producers)> {
+        let file = self
+            .vfs
+            .open(path, Open::ReadOnly)
+            .map_err(|e| StorageError::io("open", path, e))?;
+        let size = file.size().map_err(|e| StorageError::io("stat", path, e))?;
+        let bytes = file
+            .read_at(0, size.min(MAX_PRODUCER_SNAPSHOT) as usize)
+            .map_err(|e| StorageError::io("read", path, e))?;
+        Producers::decode(&bytes).map_err(|reason| StorageError::BadLayout {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Replaces the producers' snapshot (tmp file, fdatasync, rename); the
+    /// caller syncs the directory.
+    fn write_producers(&self, snapshot: &[u8]) -> Result<()> {
+        let path = self.dir.join(producers::SNAPSHOT_NAME);
+        let tmp = self.dir.join(format!("{}.tmp", producers::SNAPSHOT_NAME));
+        let vfs = &*self.vfs;
+        (|| -> io::Result<()> {
+            if vfs.exists(&tmp) {
+                vfs.remove_file(&tmp)?;
+            }
+            let file = vfs.open(&tmp, Open::CreateNew)?;
+            file.write_at(0, snapshot)?;
+            file.sync_data()?;
+            vfs.replace(&tmp, &path)
+        })()
+        .map_err(|e| StorageError::io("write producer snapshot", &path, e))
+    }
+
     /// Seals what the last roll rolled away from and syncs the directory:
     /// once this returns, everything before the active segment is durable,
     /// and so are the names of every segment.
@@ -350,6 +471,13 @@ impl Log {
         if let Some(segment) = deferred.unsealed.clone() {
             segment.seal_files()?;
             deferred.unsealed = None;
+        }
+        if let Some(snapshot) = deferred.snapshot.take() {
+            if let Err(e) = self.write_producers(&snapshot) {
+                // Only a longer read at the next open: not worth fencing for.
+                tracing::warn!(dir = %self.dir.display(), error = %e, "producer snapshot not written");
+            }
+            deferred.dir_dirty = true;
         }
         if deferred.dir_dirty {
             fs::sync_dir(&*self.vfs, &self.dir)?;
@@ -536,6 +664,20 @@ impl Log {
         if w.active.is_none() {
             return Err(StorageError::Closed);
         }
+        // Before the roll: a duplicate or a refused batch changes nothing.
+        let producer = ProducerBatch::of(&header);
+        if let Some(b) = &producer {
+            if let Check::Duplicate { base, next } = w.producers.check(b)? {
+                return Ok(Appended {
+                    base_offset: base,
+                    next_offset: next,
+                    log_append_time: None,
+                    rolled: false,
+                    decompressed,
+                    duplicate: true,
+                });
+            }
+        }
         let rolled =
             w.active_sealed || self.must_roll(&w, &config, batch.len() as u64, count, time);
         if rolled {
@@ -562,12 +704,16 @@ impl Log {
             return Err(fence(&mut w, e));
         }
         self.next_offset.store(next, Ordering::Release);
+        if let Some(b) = &producer {
+            w.producers.record(b, base, next, now);
+        }
         Ok(Appended {
             base_offset: base,
             next_offset: next,
             log_append_time: (timestamp_type == TimestampType::LogAppend).then_some(time),
             decompressed,
             rolled,
+            duplicate: false,
         })
     }
 
@@ -630,9 +776,11 @@ impl Log {
             Err(e) => return Err(fence(w, e)),
         };
         let old = Arc::clone(active.segment());
+        w.producers.expire(now_ms());
         *lock(&self.deferred) = Deferred {
             unsealed: Some(old),
             dir_dirty: true,
+            snapshot: Some(w.producers.encode(next)),
         };
         {
             let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
@@ -996,6 +1144,8 @@ impl Log {
             result.bytes += bytes + torn;
         }
         if result.segments > 0 {
+            let lowest = self.lowest_offset();
+            lock(&self.writer).producers.forget_below(lowest);
             // Debug: the broker logs retention once, naming the topic.
             tracing::debug!(dir = %self.dir.display(), segments = result.segments, bytes = result.bytes, "deleted old segments");
         }
@@ -1031,7 +1181,11 @@ impl Log {
         if let Err(e) = self.finish_deferred() {
             return Err(fence(&mut w, e));
         }
-        active.seal()
+        active.seal()?;
+        // Everything is sealed: the next open reads no batch at all.
+        let snapshot = w.producers.encode(self.next_offset());
+        self.write_producers(&snapshot)
+            .and_then(|()| fs::sync_dir(&*self.vfs, &self.dir))
     }
 
     /// Closes a log whose files are going away (its directory was moved to
@@ -1041,6 +1195,7 @@ impl Log {
         let mut w = lock(&self.writer);
         w.active = None;
         lock(&self.deferred).unsealed = None;
+        lock(&self.deferred).snapshot = None;
         lock(&self.spare).take();
     }
 
@@ -1062,14 +1217,21 @@ impl Log {
         let _maintenance = lock(&self.maintenance);
         let mut w = lock(&self.writer);
         w.active = None;
-        // The segment a roll left unsealed goes with the others.
+        // The segment a roll left unsealed goes with the others, and so do
+        // the producers (Kafka's DeleteRecords to the end forgets them too).
         lock(&self.deferred).unsealed = None;
+        lock(&self.deferred).snapshot = None;
+        w.producers.clear();
         // Readers keep the old segments (open files outlive their names)
         // until the new one replaces them in one step.
         let old = self.snapshot();
         let fresh = (|| {
             for segment in old.iter() {
                 segment.remove_files()?;
+            }
+            let snapshot = self.dir.join(producers::SNAPSHOT_NAME);
+            if self.vfs.exists(&snapshot) {
+                fs::remove_file(&*self.vfs, &snapshot)?;
             }
             let segment = Arc::new(Segment::create(
                 &self.vfs,

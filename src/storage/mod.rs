@@ -27,6 +27,7 @@ mod error;
 mod fs;
 mod index;
 mod log;
+mod producers;
 mod scan;
 mod segment;
 mod store;
