@@ -120,17 +120,21 @@ impl Broker {
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;
             let data_dir = config.server.data_dir.clone();
-            let cluster_id =
-                tokio::task::spawn_blocking(move || crate::kafka::cluster_id(&data_dir))
-                    .await
-                    .map_err(|e| StartError::Task(e.to_string()))?
-                    .map_err(|e| {
-                        StartError::Config(format!("cluster id in the data directory: {e}"))
-                    })?;
+            let (cluster_id, producer_ids) = tokio::task::spawn_blocking(move || {
+                let id = crate::kafka::cluster_id(&data_dir)
+                    .map_err(|e| format!("cluster id in the data directory: {e}"))?;
+                let ids = crate::kafka::producer_ids::ProducerIds::open(&data_dir)
+                    .map_err(|e| format!("producer ids in the data directory: {e}"))?;
+                Ok::<_, String>((id, Arc::new(ids)))
+            })
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))?
+            .map_err(StartError::Config)?;
             let front = Arc::new(crate::kafka::Front {
                 broker: Arc::clone(&broker),
                 advertised: crate::kafka::advertised(&config.kafka, bound),
                 cluster_id,
+                producer_ids,
             });
             let task = tokio::spawn(crate::kafka::accept_loop(front, listener, shutdown.clone()));
             kafka = Some((bound, task));

@@ -28,6 +28,7 @@
 //! behaviour on what ApiVersions lists.
 
 mod bounds;
+pub mod producer_ids;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ProducerId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -66,7 +68,7 @@ use crate::protocol::{
 };
 
 /// The versions advertised: `(api, min, max)`.
-pub const SUPPORTED: [(ApiKey, i16, i16); 7] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 8] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 11),
     (ApiKey::ListOffsets, 1, 6),
@@ -74,6 +76,7 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 7] = [
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 4),
     (ApiKey::DeleteTopics, 1, 3),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// This broker's node id in Metadata.
@@ -132,11 +135,7 @@ pub fn cluster_id(data_dir: &std::path::Path) -> std::io::Result<String> {
             id.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
     }
-    let tmp = data_dir.join("cluster.id.tmp");
-    std::fs::write(&tmp, &id)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()?;
+    producer_ids::write_durably(data_dir, "cluster.id", id.as_bytes())?;
     Ok(id)
 }
 
@@ -146,6 +145,7 @@ pub struct Front {
     /// `host:port` Metadata advertises.
     pub advertised: (String, i32),
     pub cluster_id: String,
+    pub producer_ids: Arc<producer_ids::ProducerIds>,
 }
 
 /// Accepts Kafka connections until shutdown, then waits for them (the
@@ -235,35 +235,21 @@ async fn serve(
         let (header, decoded) = decode(&mut frame)?;
         let id = header.correlation_id;
         let hv = api.response_header_version(version);
+        macro_rules! respond {
+            ($body:expr) => {{
+                let body = $body;
+                write(&mut wr, server.write_timeout, id, hv, |b| {
+                    body.encode(b, version)
+                })
+                .await?;
+            }};
+        }
         match decoded {
-            Decoded::ApiVersions => {
-                let body = api_versions(0);
-                write(&mut wr, server.write_timeout, id, hv, |b| {
-                    body.encode(b, version)
-                })
-                .await?;
-            }
-            Decoded::CreateTopics(request) => {
-                let body = create_topics(front, &peer, id, request).await;
-                write(&mut wr, server.write_timeout, id, hv, |b| {
-                    body.encode(b, version)
-                })
-                .await?;
-            }
-            Decoded::DeleteTopics(request) => {
-                let body = delete_topics(front, &peer, id, request).await;
-                write(&mut wr, server.write_timeout, id, hv, |b| {
-                    body.encode(b, version)
-                })
-                .await?;
-            }
-            Decoded::Metadata(request) => {
-                let body = metadata(front, request, version).await;
-                write(&mut wr, server.write_timeout, id, hv, |b| {
-                    body.encode(b, version)
-                })
-                .await?;
-            }
+            Decoded::ApiVersions => respond!(api_versions(0)),
+            Decoded::CreateTopics(r) => respond!(create_topics(front, &peer, id, r).await),
+            Decoded::DeleteTopics(r) => respond!(delete_topics(front, &peer, id, r).await),
+            Decoded::Metadata(r) => respond!(metadata(front, r, version).await),
+            Decoded::InitProducerId(r) => respond!(init_producer_id(front, r).await),
             Decoded::Produce(request) => {
                 // The batches are views of the frame: with the frame gone, a
                 // batch that is the only view left is patched where it lies.
@@ -282,10 +268,7 @@ async fn serve(
                     continue;
                 };
                 let body = produced(response, version);
-                write(&mut wr, server.write_timeout, id, hv, |b| {
-                    body.encode(b, version)
-                })
-                .await?;
+                respond!(body);
             }
             Decoded::Fetch(request) => {
                 // Everything queued goes out before a long poll parks.
@@ -296,10 +279,7 @@ async fn serve(
                     continue;
                 };
                 let body = fetched(response, version);
-                write(&mut wr, server.write_timeout, id, hv, |b| {
-                    body.encode(b, version)
-                })
-                .await?;
+                respond!(body);
                 // The batches are in the socket's buffer or the kernel's now.
                 flush(&mut wr, server.write_timeout).await?;
                 drop(memory);
@@ -311,10 +291,7 @@ async fn serve(
                     continue;
                 };
                 let body = offsets(response, version);
-                write(&mut wr, server.write_timeout, id, hv, |b| {
-                    body.encode(b, version)
-                })
-                .await?;
+                respond!(body);
             }
         }
         if rd.buffer().is_empty() {
@@ -344,6 +321,7 @@ pub enum Decoded {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    InitProducerId(InitProducerIdRequest),
 }
 
 /// Decodes a frame (after its size) of an advertised API and version: the
@@ -388,6 +366,9 @@ pub fn decode(frame: &mut Bytes) -> Result<(RequestHeader, Decoded), String> {
         ApiKey::Fetch => Decoded::Fetch(FetchRequest::decode(frame, version).map_err(fail)?),
         ApiKey::ListOffsets => {
             Decoded::ListOffsets(ListOffsetsRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::InitProducerId => {
+            Decoded::InitProducerId(InitProducerIdRequest::decode(frame, version).map_err(fail)?)
         }
         _ => return Err(format!("{api:?} is not supported")),
     };
@@ -923,6 +904,35 @@ async fn metadata(front: &Front, request: MetadataRequest, version: i16) -> Meta
             t
         })
         .collect();
+    body
+}
+
+/// InitProducerId: a new producer id at epoch 0 for an idempotent
+/// producer, whatever id and epoch it names (Kafka does the same without a
+/// transactional id). Transactions are not supported: a transactional id
+/// is refused with INVALID_REQUEST, which clients treat as fatal.
+async fn init_producer_id(front: &Front, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    let mut body = InitProducerIdResponse::default();
+    body.producer_id = ProducerId(-1);
+    body.producer_epoch = -1;
+    if request.transactional_id.is_some() {
+        body.error_code = 42;
+        return body;
+    }
+    let ids = Arc::clone(&front.producer_ids);
+    let issued = tokio::task::spawn_blocking(move || ids.next())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    match issued {
+        Ok(id) => {
+            body.producer_id = ProducerId(id);
+            body.producer_epoch = 0;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no producer id could be reserved");
+            body.error_code = -1;
+        }
+    }
     body
 }
 

@@ -1,7 +1,8 @@
 """confluent-kafka (librdkafka 2.16) against Spool's Kafka listener: a
-producer (not idempotent: that needs InitProducerId, which comes later)
-with keys, headers and timestamps, each codec, then a consumer with manual
-assignment and seek that reads every record back. Run by tests/kafka.rs
+producer with keys, headers and timestamps, each codec (idempotent for all
+but the first, so InitProducerId and sequence checks are in the path, with
+five requests in flight), then a consumer with manual assignment and seek
+that reads every record back, each exactly once. Run by tests/kafka.rs
 with the address of the listener as its argument; exits non-zero, with the
 reason, on any mismatch."""
 
@@ -18,7 +19,9 @@ for codec in ["none", "gzip", "snappy", "lz4", "zstd"]:
     producer = Producer({
         "bootstrap.servers": bootstrap,
         "compression.type": codec,
-        "enable.idempotence": False,
+        "enable.idempotence": codec != "none",
+        "max.in.flight.requests.per.connection": 5,
+        "batch.num.messages": 7,
         "linger.ms": 5,
         "message.timeout.ms": 20000,
     })
