@@ -387,9 +387,12 @@ impl Log {
                 Ok((covered, _)) => {
                     tracing::warn!(file = %path.display(), covered, end, "producer snapshot is ahead of the log; rebuilding from the log")
                 }
-                Err(e) => {
+                // A snapshot that fails to read is a disk error like any
+                // other at open; only a bad one is rebuilt from the log.
+                Err(e @ StorageError::BadLayout { .. }) => {
                     tracing::warn!(file = %path.display(), error = %e, "producer snapshot unusable; rebuilding from the log")
                 }
+                Err(e) => return Err(e),
             }
         }
         state.forget_below(lowest);
