@@ -265,3 +265,27 @@ fn retention_forgets_producers_whose_batches_it_removed() {
     assert!(!log.append(&mut batch(6, 0, 0, 1)).unwrap().duplicate);
     assert!(log.append(&mut batch(6, 0, 2, 1)).is_err());
 }
+
+// A kill in the middle of a snapshot's write leaves its temporary file: the
+// next open removes it and keeps the state.
+#[test]
+fn a_snapshot_torn_by_a_kill_is_cleared_at_open() {
+    let fs = SimFs::new();
+    let config = small_config(1024);
+    {
+        let log = open(&fs, &config);
+        produce(&log, 20);
+        log.close().unwrap();
+    }
+    let tmp = Path::new(DIR).join("producers.snapshot.tmp");
+    {
+        use spool::storage::Open;
+        let vfs = fs.shared();
+        let f = vfs.open(&tmp, Open::CreateNew).unwrap();
+        f.write_at(0, b"SPPS half").unwrap();
+    }
+    let log = open(&fs, &config);
+    assert!(fs.read(&tmp).is_none(), "the torn snapshot is still there");
+    let stored: Vec<_> = (0..20).map(|i| (i * 3, i * 3 + 3)).collect();
+    assert_retries_are_duplicates(&log, &stored);
+}

@@ -716,7 +716,8 @@ fn check_directory(data: &Path) -> (u64, u64) {
         let name = entry.unwrap().file_name().into_string().unwrap();
         names.push(name.clone());
         // The next segment's files, made ahead of its roll.
-        if name == ".lock" || name.starts_with(".spare-") {
+        // The idempotent producers' state, rewritten at each roll.
+        if name == ".lock" || name.starts_with(".spare-") || name == "producers.snapshot" {
             continue;
         }
         let (stem, ext) = name.split_once('.').unwrap_or((&name, ""));

@@ -378,6 +378,13 @@ impl Log {
             .checked_sub(2)
             .map_or(lowest, |i| segments[i].base_offset());
         let (mut from, mut state) = (recent, Producers::default());
+        // A crash in the middle of a snapshot's write left its temporary file.
+        let tmp = self.dir.join(format!("{}.tmp", producers::SNAPSHOT_NAME));
+        if self.vfs.exists(&tmp) {
+            self.vfs
+                .remove_file(&tmp)
+                .map_err(|e| StorageError::io("remove", &tmp, e))?;
+        }
         if self.vfs.exists(&path) {
             match self.read_producers(&path) {
                 Ok((covered, loaded)) if covered <= end => {
