@@ -194,10 +194,12 @@ async fn hostile_bytes_on_the_kafka_port_close_the_connection_and_nothing_else()
             0, 3, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0, 0x7f, 0xff, 0xff, 0xff,
         ]),
     ];
-    // Headers the broker accepts, then bodies of random bytes.
-    let apis: [(i16, i16, i16); 5] = [(0, 3, 9), (1, 4, 11), (2, 1, 6), (3, 0, 9), (18, 0, 4)];
-    for _ in 0..2000 {
-        let (key, min, max) = apis[rng.below(5) as usize];
+    // Headers the broker accepts (every API it advertises, at each of its
+    // versions), then bodies of random bytes.
+    let apis = spool::kafka::SUPPORTED;
+    for _ in 0..4000 {
+        let (key, min, max) = apis[rng.below(apis.len() as u64) as usize];
+        let key = key as i16;
         let version = min + rng.below((max - min + 1) as u64) as i16;
         let mut body = [key.to_be_bytes(), version.to_be_bytes()].concat();
         body.extend_from_slice(&[0, 0, 0, 1, 0xff, 0xff]);
@@ -309,13 +311,28 @@ async fn confluent_kafka_produces_every_codec_and_consumes_with_seek() {
 
 /// confluent-kafka's AdminClient: CreateTopics with partitions and mapped
 /// configs, refusals of an unsupported config, a replication factor above
-/// 1 and a second create, validate_only, DeleteTopics.
+/// 1 and a second create, validate_only; DescribeConfigs of a topic and of
+/// the broker, IncrementalAlterConfigs (SET, DELETE, a bad value, APPEND
+/// refused), AlterConfigs, CreatePartitions (up, and down refused),
+/// DescribeCluster, DeleteTopics.
 #[test]
-fn confluent_kafka_admin_creates_and_deletes_topics() {
+fn confluent_kafka_admin_creates_describes_alters_and_deletes_topics() {
     let dir = tempfile::tempdir().unwrap();
     let broker = spawn(dir.path(), &[]);
     let kafka = broker.kafka.unwrap().to_string();
     client_script("confluent_admin.py", &[&kafka]);
+    broker.kill9();
+}
+
+/// kafka-python 3.0's KafkaAdminClient: the same calls by its own code
+/// paths (its config filters, its whole-set alter that fills in the other
+/// modified keys, its reset by DELETE).
+#[test]
+fn kafka_python_admin_creates_describes_alters_and_deletes_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let kafka = broker.kafka.unwrap().to_string();
+    client_script("kafka_python_admin.py", &[&kafka]);
     broker.kill9();
 }
 

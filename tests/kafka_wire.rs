@@ -1,7 +1,9 @@
 //! The Kafka listener at the wire, with the `kafka-protocol` crate as the
 //! client: what real clients only do on a bad day (a retried batch after a
 //! lost answer, a gap in sequences, a stale epoch, a broker killed between
-//! two sends), driven exactly, against the real `spool-broker` binary.
+//! two sends), and the calls no client in the suite makes exactly
+//! (OffsetForLeaderEpoch, DescribeCluster v1, CreatePartitions with
+//! assignments), driven exactly, against the real `spool-broker` binary.
 
 mod common;
 
@@ -11,10 +13,18 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::process::spawn;
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName, TransactionalId,
+    ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest,
+    MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use spool::storage::BatchBuilder;
@@ -145,5 +155,196 @@ fn idempotent_produce_deduplicates_retries_and_survives_kill_9() {
     // Producer ids are not handed out twice across the restart.
     let after = k.init_producer_id(None).producer_id.0;
     assert!(after > pid + 1, "{after} after {pid}");
+    broker.kill9();
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_owned()))
+}
+
+/// OffsetForLeaderEpoch: every partition's leader epoch is 0, so epoch 0
+/// ends at the log's end; a later epoch is unknown (-1, -1); a client that
+/// claims a later current epoch is told UNKNOWN_LEADER_EPOCH.
+#[test]
+fn offset_for_leader_epoch_ends_epoch_0_at_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let mut k = Kafka::connect(broker.kafka.unwrap());
+    assert_eq!(k.produce("epochs", &batch(-1, -1, -1, 4)), (0, 0));
+    assert_eq!(k.produce("epochs", &batch(-1, -1, -1, 3)), (0, 4));
+    let ask = |partition: i32, current: i32, epoch: i32| {
+        let mut p = OffsetForLeaderPartition::default();
+        p.partition = partition;
+        p.current_leader_epoch = current;
+        p.leader_epoch = epoch;
+        p
+    };
+    for version in [2, 3, 4] {
+        let mut t = OffsetForLeaderTopic::default();
+        t.topic = topic("epochs");
+        t.partitions = vec![
+            ask(0, -1, 0),
+            ask(0, 0, 0),
+            ask(0, -1, 3),
+            ask(0, 2, 0),
+            ask(9, -1, 0),
+        ];
+        let mut missing = OffsetForLeaderTopic::default();
+        missing.topic = topic("no-such-topic");
+        missing.partitions = vec![ask(0, -1, 0)];
+        let mut request = OffsetForLeaderEpochRequest::default();
+        if version >= 3 {
+            request.replica_id = BrokerId(-1);
+        }
+        request.topics = vec![t, missing];
+        let r: OffsetForLeaderEpochResponse =
+            k.call(ApiKey::OffsetForLeaderEpoch, version, &request);
+        let got: Vec<(i16, i32, i64)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+            .collect();
+        assert_eq!(
+            got,
+            [(0, 0, 7), (0, 0, 7), (0, -1, -1), (75, -1, -1), (3, -1, -1)],
+            "v{version}"
+        );
+        assert_eq!(r.topics[1].partitions[0].error_code, 3, "v{version}");
+    }
+    broker.kill9();
+}
+
+/// DescribeCluster: this broker, as broker and controller, with the
+/// cluster id Metadata gives.
+#[test]
+fn describe_cluster_names_this_broker_with_metadatas_cluster_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let addr = broker.kafka.unwrap();
+    let mut k = Kafka::connect(addr);
+    let metadata: MetadataResponse = k.call(ApiKey::Metadata, 9, &MetadataRequest::default());
+    let cluster_id = metadata.cluster_id.unwrap();
+    for version in [0, 1] {
+        let mut request = DescribeClusterRequest::default();
+        if version >= 1 {
+            request.endpoint_type = 2;
+        }
+        let r: DescribeClusterResponse = k.call(ApiKey::DescribeCluster, version, &request);
+        assert_eq!(r.error_code, 0);
+        assert_eq!(r.cluster_id, cluster_id);
+        assert_eq!(r.brokers.len(), 1);
+        assert_eq!(r.controller_id, r.brokers[0].broker_id);
+        assert_eq!(r.brokers[0].port, addr.port() as i32);
+        if version >= 1 {
+            assert_eq!(r.endpoint_type, 2);
+        }
+    }
+    broker.kill9();
+}
+
+/// CreatePartitions: a count that grows is taken (and validate_only
+/// changes nothing); a count that does not, replica assignments and a
+/// missing topic get Kafka's errors, and the topic is left as it was.
+#[test]
+fn create_partitions_only_grows_and_refuses_assignments() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let mut k = Kafka::connect(broker.kafka.unwrap());
+    assert_eq!(k.produce("grow", &batch(-1, -1, -1, 1)), (0, 0));
+    let partitions = |k: &mut Kafka| -> usize {
+        let mut request = MetadataRequest::default();
+        let mut t = kafka_protocol::messages::metadata_request::MetadataRequestTopic::default();
+        t.name = Some(topic("grow"));
+        request.topics = Some(vec![t]);
+        let r: MetadataResponse = k.call(ApiKey::Metadata, 9, &request);
+        r.topics[0].partitions.len()
+    };
+    // `assign`: None for null, else the broker ids of each new partition.
+    let create =
+        |k: &mut Kafka, name: &str, count: i32, assign: Option<&[&[i32]]>, validate: bool| {
+            let mut t = CreatePartitionsTopic::default();
+            t.name = topic(name);
+            t.count = count;
+            t.assignments = assign.map(|each| {
+                each.iter()
+                    .map(|ids| {
+                        let mut a = CreatePartitionsAssignment::default();
+                        a.broker_ids = ids.iter().map(|&i| BrokerId(i)).collect();
+                        a
+                    })
+                    .collect()
+            });
+            let mut request = CreatePartitionsRequest::default();
+            request.topics = vec![t];
+            request.timeout_ms = 10_000;
+            request.validate_only = validate;
+            let r: CreatePartitionsResponse = k.call(ApiKey::CreatePartitions, 3, &request);
+            r.results[0].error_code
+        };
+    assert_eq!(partitions(&mut k), 1);
+    assert_eq!(create(&mut k, "grow", 3, None, true), 0);
+    assert_eq!(partitions(&mut k), 1, "validate_only added partitions");
+    assert_eq!(create(&mut k, "grow", 3, None, false), 0);
+    assert_eq!(partitions(&mut k), 3);
+    assert_eq!(create(&mut k, "grow", 3, None, false), 37);
+    assert_eq!(create(&mut k, "grow", 2, None, false), 37);
+    // Assignments: only broker 0, one replica, one per new partition.
+    assert_eq!(create(&mut k, "grow", 5, Some(&[&[0]]), false), 39);
+    assert_eq!(create(&mut k, "grow", 5, Some(&[&[0], &[1]]), false), 39);
+    assert_eq!(create(&mut k, "grow", 5, Some(&[&[0], &[0, 0]]), false), 39);
+    assert_eq!(create(&mut k, "no-such-topic", 4, None, false), 3);
+    assert_eq!(partitions(&mut k), 3);
+    assert_eq!(create(&mut k, "grow", 5, Some(&[&[0], &[0]]), false), 0);
+    // The empty list the kafka-protocol crate sends by default means none.
+    assert_eq!(create(&mut k, "grow", 6, Some(&[]), false), 0);
+    assert_eq!(partitions(&mut k), 6);
+    broker.kill9();
+}
+
+/// Bodies whose array counts claim more elements than the frame holds
+/// close the connection before anything is allocated for them, for each
+/// of the admin APIs; the broker serves the next connection.
+#[test]
+fn admin_requests_claiming_huge_arrays_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let addr = broker.kafka.unwrap();
+    // (api key, version): non-flexible, where a count is an i32.
+    for (api, version) in [
+        (23i16, 2i16),
+        (37, 1),
+        (32, 1),
+        (33, 1),
+        (44, 0),
+        (19, 2),
+        (20, 1),
+    ] {
+        let mut body = BytesMut::new();
+        body.put_i16(api);
+        body.put_i16(version);
+        body.put_i32(7);
+        body.put_i16(-1);
+        if api == 23 && version >= 3 {
+            body.put_i32(-1);
+        }
+        // The first field of each is its top-level array.
+        body.put_i32(i32::MAX);
+        body.extend_from_slice(&[0; 16]);
+        let mut socket = TcpStream::connect(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        socket
+            .write_all(&(body.len() as i32).to_be_bytes())
+            .unwrap();
+        socket.write_all(&body).unwrap();
+        let mut answer = [0u8; 4];
+        match socket.read(&mut answer) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("api {api} v{version}: answered {n} bytes"),
+        }
+    }
+    let mut k = Kafka::connect(addr);
+    assert_eq!(k.produce("after", &batch(-1, -1, -1, 1)), (0, 0));
     broker.kill9();
 }

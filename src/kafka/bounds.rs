@@ -29,7 +29,20 @@
 //!                  assignments [partition_index i32; broker_ids [i32]];
 //!                  configs [name; value string?]]; timeout_ms i32; validate_only bool
 //! DeleteTopics 1-3 topic_names [name]; timeout_ms i32
-//! ApiVersions 0-4  no arrays
+//! OffsetForLeaderEpoch 2-4  v3+ replica_id i32; topics [topic; partitions
+//!                  [partition i32; current_leader_epoch i32; leader_epoch i32]];
+//!                  flexible from 4
+//! CreatePartitions 0-3  topics [name; count i32; assignments [broker_ids [i32]]?];
+//!                  timeout_ms i32; validate_only bool; flexible from 2
+//! DescribeConfigs 1-4  resources [type i8; name; configuration_keys [string]?];
+//!                  include_synonyms bool; v3+ include_documentation bool;
+//!                  flexible from 4
+//! AlterConfigs 0-2 resources [type i8; name; configs [name; value string?]];
+//!                  validate_only bool; flexible from 2
+//! IncrementalAlterConfigs 0-1  resources [type i8; name; configs [name;
+//!                  operation i8; value string?]]; validate_only bool;
+//!                  flexible from 1
+//! ApiVersions 0-4, InitProducerId 0-5, DescribeCluster 0-1: no arrays
 //! ```
 
 use kafka_protocol::messages::ApiKey;
@@ -154,6 +167,11 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
         ApiKey::ListOffsets => version >= 6,
         ApiKey::CreateTopics => version >= 5,
         ApiKey::DeleteTopics => version >= 4,
+        ApiKey::OffsetForLeaderEpoch => version >= 4,
+        ApiKey::CreatePartitions => version >= 2,
+        ApiKey::DescribeConfigs => version >= 4,
+        ApiKey::AlterConfigs => version >= 2,
+        ApiKey::IncrementalAlterConfigs => version >= 1,
         _ => return Ok(()),
     };
     let mut w = Walk {
@@ -231,6 +249,50 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
             w.tagged()
         }),
         ApiKey::DeleteTopics => w.array(|w| w.string()),
+        ApiKey::OffsetForLeaderEpoch => {
+            if version >= 3 {
+                w.take(4)?;
+            }
+            w.array(|w| {
+                w.string()?;
+                w.array(|w| {
+                    w.take(12)?;
+                    w.tagged()
+                })?;
+                w.tagged()
+            })
+        }
+        ApiKey::CreatePartitions => w.array(|w| {
+            w.string()?;
+            w.take(4)?;
+            w.array(|w| {
+                w.array(|w| w.take(4))?;
+                w.tagged()
+            })?;
+            w.tagged()
+        }),
+        ApiKey::DescribeConfigs => w.array(|w| {
+            w.take(1)?;
+            w.string()?;
+            w.array(|w| w.string())?;
+            w.tagged()
+        }),
+        ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            let incremental = api == ApiKey::IncrementalAlterConfigs;
+            w.array(|w| {
+                w.take(1)?;
+                w.string()?;
+                w.array(|w| {
+                    w.string()?;
+                    if incremental {
+                        w.take(1)?;
+                    }
+                    w.string()?;
+                    w.tagged()
+                })?;
+                w.tagged()
+            })
+        }
         _ => Ok(()),
     }
 }

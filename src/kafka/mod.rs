@@ -1,4 +1,4 @@
-//! The Kafka listener (issue 12, first part): Kafka's wire protocol in
+//! The Kafka listener: Kafka's wire protocol in
 //! front of the same broker core as Spool's own protocol, so that a record
 //! produced by either is fetched by either. Messages are decoded and
 //! encoded with the `kafka-protocol` crate; each request is translated to
@@ -21,12 +21,18 @@
 //! maximum gets a v0 body with UNSUPPORTED_VERSION (35) and the supported
 //! ranges, so that the client retries lower.
 //!
-//! # APIs (this part)
+//! # APIs
 //!
-//! ApiVersions 0-4, Metadata 0-9, Produce 3-9, Fetch 4-11 (no fetch
-//! sessions), ListOffsets 1-6. Nothing else is advertised: clients change
-//! behaviour on what ApiVersions lists.
+//! `SUPPORTED` below, and nothing else, is advertised, because clients
+//! change behaviour on what ApiVersions lists: ApiVersions 0-4,
+//! Metadata 0-9, Produce 3-9, Fetch 4-11 (no fetch sessions),
+//! ListOffsets 1-6, CreateTopics 2-4, DeleteTopics 1-3, InitProducerId 0-5
+//! (idempotence; transactional ids refused), OffsetForLeaderEpoch 2-4
+//! (every leader epoch is 0), CreatePartitions 0-3, DescribeConfigs 1-4,
+//! AlterConfigs 0-2, IncrementalAlterConfigs 0-1 and DescribeCluster 0-1
+//! (in `admin`). docs/KAFKA.md says what each does and leaves out.
 
+mod admin;
 mod bounds;
 pub mod producer_ids;
 
@@ -45,7 +51,14 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    AlterConfigsRequest, CreatePartitionsRequest, DescribeClusterRequest, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
@@ -68,7 +81,7 @@ use crate::protocol::{
 };
 
 /// The versions advertised: `(api, min, max)`.
-pub const SUPPORTED: [(ApiKey, i16, i16); 8] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 14] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 11),
     (ApiKey::ListOffsets, 1, 6),
@@ -77,6 +90,12 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 8] = [
     (ApiKey::CreateTopics, 2, 4),
     (ApiKey::DeleteTopics, 1, 3),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
 
 /// This broker's node id in Metadata.
@@ -250,6 +269,20 @@ async fn serve(
             Decoded::DeleteTopics(r) => respond!(delete_topics(front, &peer, id, r).await),
             Decoded::Metadata(r) => respond!(metadata(front, r, version).await),
             Decoded::InitProducerId(r) => respond!(init_producer_id(front, r).await),
+            Decoded::OffsetForLeaderEpoch(r) => {
+                respond!(offset_for_leader_epoch(front, &peer, id, r).await)
+            }
+            Decoded::CreatePartitions(r) => {
+                respond!(admin::create_partitions(front, &peer, id, r).await)
+            }
+            Decoded::DescribeConfigs(r) => {
+                respond!(admin::describe_configs(front, &peer, id, r, version).await)
+            }
+            Decoded::AlterConfigs(r) => respond!(admin::alter_configs(front, &peer, id, r).await),
+            Decoded::IncrementalAlterConfigs(r) => {
+                respond!(admin::incremental_alter_configs(front, &peer, id, r).await)
+            }
+            Decoded::DescribeCluster(r) => respond!(admin::describe_cluster(front, r, version)),
             Decoded::Produce(request) => {
                 // The batches are views of the frame: with the frame gone, a
                 // batch that is the only view left is patched where it lies.
@@ -322,6 +355,12 @@ pub enum Decoded {
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
     InitProducerId(InitProducerIdRequest),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
+    CreatePartitions(CreatePartitionsRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+    AlterConfigs(AlterConfigsRequest),
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
+    DescribeCluster(DescribeClusterRequest),
 }
 
 /// Decodes a frame (after its size) of an advertised API and version: the
@@ -369,6 +408,24 @@ pub fn decode(frame: &mut Bytes) -> Result<(RequestHeader, Decoded), String> {
         }
         ApiKey::InitProducerId => {
             Decoded::InitProducerId(InitProducerIdRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::OffsetForLeaderEpoch => Decoded::OffsetForLeaderEpoch(
+            OffsetForLeaderEpochRequest::decode(frame, version).map_err(fail)?,
+        ),
+        ApiKey::CreatePartitions => Decoded::CreatePartitions(
+            CreatePartitionsRequest::decode(frame, version).map_err(fail)?,
+        ),
+        ApiKey::DescribeConfigs => {
+            Decoded::DescribeConfigs(DescribeConfigsRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::AlterConfigs => {
+            Decoded::AlterConfigs(AlterConfigsRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::IncrementalAlterConfigs => Decoded::IncrementalAlterConfigs(
+            IncrementalAlterConfigsRequest::decode(frame, version).map_err(fail)?,
+        ),
+        ApiKey::DescribeCluster => {
+            Decoded::DescribeCluster(DescribeClusterRequest::decode(frame, version).map_err(fail)?)
         }
         _ => return Err(format!("{api:?} is not supported")),
     };
@@ -669,7 +726,7 @@ fn offsets(response: Response, version: i16) -> ListOffsetsResponse {
 /// Kafka's topic configs that map to Spool's settings: `(Kafka's name,
 /// Spool's name)`. Values are taken as Kafka writes them (milliseconds,
 /// bytes, -1 for none).
-const CONFIGS: [(&str, &str); 7] = [
+const CONFIGS: [(&str, &str); 8] = [
     ("retention.ms", "retention_ms"),
     ("retention.bytes", "retention_bytes"),
     ("segment.bytes", "segment_bytes"),
@@ -677,6 +734,7 @@ const CONFIGS: [(&str, &str); 7] = [
     ("max.message.bytes", "max_record_bytes"),
     ("message.timestamp.type", "timestamp_type"),
     ("message.timestamp.after.max.ms", "max_timestamp_ahead_ms"),
+    ("segment.index.bytes", "index_bytes"),
 ];
 
 /// Spool's settings for a topic's Kafka configs, or the error code and
@@ -902,6 +960,94 @@ async fn metadata(front: &Front, request: MetadataRequest, version: i16) -> Meta
                 Err(code) => t.error_code = code,
             }
             t
+        })
+        .collect();
+    body
+}
+
+/// OffsetForLeaderEpoch: one broker whose leader epoch is always 0, so the
+/// end offset of epoch 0 is the partition's end (what consumers may read),
+/// and a later epoch is unknown (-1, -1), as Kafka answers for an epoch
+/// past its latest. A client that believes in a newer leader epoch than 0
+/// gets UNKNOWN_LEADER_EPOCH (76).
+async fn offset_for_leader_epoch(
+    front: &Front,
+    peer: &Peer,
+    id: i32,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let lookup = Request::ListOffsets {
+        topics: request
+            .topics
+            .iter()
+            .map(|t| OffsetsTopic {
+                topic: name(&t.topic),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition as u32, OffsetSpec::Latest))
+                    .collect(),
+            })
+            .collect(),
+    };
+    let reply = handler::dispatch(&front.broker, peer, id as u32, lookup).await;
+    let answered = settle(reply).await.map(|(r, _)| r.body);
+    let mut ends = std::collections::HashMap::new();
+    let mut whole_error = None;
+    match answered {
+        Some(Ok(ResponseBody::Offsets(topics))) => {
+            for t in topics {
+                for p in t.partitions {
+                    let end = p
+                        .result
+                        .map(|o| o.offset as i64)
+                        .map_err(|e| kafka_code(e.code));
+                    ends.insert((t.topic.clone(), p.partition), end);
+                }
+            }
+        }
+        Some(Err(e)) => whole_error = Some(kafka_code(e.code)),
+        _ => whole_error = Some(-1),
+    }
+    let mut body = OffsetForLeaderEpochResponse::default();
+    body.topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = name(&t.topic);
+            let mut tr = OffsetForLeaderTopicResult::default();
+            tr.topic = t.topic;
+            tr.partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut e = EpochEndOffset::default();
+                    e.partition = p.partition;
+                    e.leader_epoch = -1;
+                    e.end_offset = -1;
+                    let end = whole_error.map_or_else(
+                        || {
+                            ends.get(&(topic.clone(), p.partition as u32))
+                                .copied()
+                                .unwrap_or(Err(3))
+                        },
+                        Err,
+                    );
+                    match end {
+                        Err(code) => e.error_code = code,
+                        // A client that has seen a later leader epoch than ours (always 0):
+                        // UNKNOWN_LEADER_EPOCH, as Kafka answers it.
+                        Ok(_) if p.current_leader_epoch > 0 => e.error_code = 75,
+                        Ok(end) if p.leader_epoch == 0 => {
+                            e.leader_epoch = 0;
+                            e.end_offset = end;
+                        }
+                        Ok(_) => {}
+                    }
+                    e
+                })
+                .collect();
+            tr
         })
         .collect();
     body
