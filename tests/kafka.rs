@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::broker::Conn;
 use common::process::{spawn, Process};
+use spool::batch::{BatchHeader, Codec};
 
 /// Runs kcat against the broker's Kafka listener with `args`, `input` on
 /// its stdin; returns its stdout, failing the test on a non-zero exit.
@@ -154,6 +155,160 @@ async fn kcat_produces_and_consumes_and_spool_reads_what_it_wrote() {
     }
     let listing = kcat(&broker, &["-L", "-t", "three"], b"");
     assert!(listing.contains("3 partitions:"), "{listing}");
+    broker.kill9();
+}
+
+/// kcat's headers (`-H`, `%h`), each compression codec (`-z`, checked in
+/// the batches Spool stored), create timestamps (`%T`) and `-o s@TS`, the
+/// start at the first record at or after a timestamp; then `-o -N` past
+/// the start of a partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn kcat_headers_codecs_and_timestamps_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+
+    kcat(
+        &broker,
+        &["-P", "-t", "hdr", "-K", ":", "-H", "trace=abc", "-H", "n=1"],
+        b"k:with headers\n",
+    );
+    let printed = kcat(
+        &broker,
+        &["-C", "-t", "hdr", "-e", "-f", "%k|%s|%h\\n"],
+        b"",
+    );
+    assert_eq!(printed, "k|with headers|trace=abc,n=1\n");
+    let mut c = Conn::connect(broker.addr).await;
+    let native = c.fetch("hdr", 0).await;
+    assert_eq!(native.len(), 1);
+    let headers: Vec<(String, Option<Vec<u8>>)> = native[0]
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.to_vec())))
+        .collect();
+    assert_eq!(
+        headers,
+        vec![
+            ("trace".to_owned(), Some(b"abc".to_vec())),
+            ("n".to_owned(), Some(b"1".to_vec())),
+        ]
+    );
+
+    // Each codec: 50 compressible records in one batch, stored as sent.
+    let input: String = (0..50)
+        .map(|i| format!("{i:04} {}\n", "z".repeat(200)))
+        .collect();
+    for (codec, expect) in [
+        ("gzip", Codec::Gzip),
+        ("snappy", Codec::Snappy),
+        ("lz4", Codec::Lz4),
+        ("zstd", Codec::Zstd),
+    ] {
+        let topic = format!("codec-{codec}");
+        kcat(
+            &broker,
+            &["-P", "-t", &topic, "-z", codec, "-X", "linger.ms=100"],
+            input.as_bytes(),
+        );
+        let fetched = c
+            .fetched(common::broker::fetch_request(&topic, 0, 0))
+            .await
+            .unwrap();
+        let mut codecs = Vec::new();
+        for b in &fetched.batches {
+            codecs.push(BatchHeader::parse(b).unwrap().codec().unwrap());
+        }
+        assert!(!codecs.is_empty());
+        assert!(codecs.iter().all(|c| *c == expect), "{codec}: {codecs:?}");
+        let back = kcat(&broker, &["-C", "-t", &topic, "-e", "-f", "%s\\n"], b"");
+        assert_eq!(back, input, "{codec}");
+    }
+
+    // Timestamps: three produces, a few milliseconds apart at least.
+    for word in ["first", "second", "third"] {
+        kcat(
+            &broker,
+            &["-P", "-t", "times"],
+            format!("{word}\n").as_bytes(),
+        );
+    }
+    let stamped = kcat(
+        &broker,
+        &["-C", "-t", "times", "-e", "-f", "%o %T %s\\n"],
+        b"",
+    );
+    let rows: Vec<(u64, i64, String)> = stamped
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, ' ');
+            (
+                f.next().unwrap().parse().unwrap(),
+                f.next().unwrap().parse().unwrap(),
+                f.next().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{stamped}");
+    let now = common::now_ms();
+    for (_, ts, word) in &rows {
+        assert!(
+            (now - 60_000..=now).contains(ts),
+            "{word} at {ts}, now {now}"
+        );
+    }
+    for (_, ts, _) in &rows {
+        // The first record at or after `ts`, whatever ties there are.
+        let expect: String = rows
+            .iter()
+            .skip_while(|(_, t, _)| t < ts)
+            .map(|(_, _, w)| format!("{w}\n"))
+            .collect();
+        let from = kcat(
+            &broker,
+            &[
+                "-C",
+                "-t",
+                "times",
+                "-e",
+                "-o",
+                &format!("s@{ts}"),
+                "-f",
+                "%s\\n",
+            ],
+            b"",
+        );
+        assert_eq!(from, expect, "-o s@{ts}");
+    }
+    // Past the last timestamp: nothing; -N beyond the partition's start:
+    // from the start.
+    let after = rows[2].1 + 1;
+    let none = kcat(
+        &broker,
+        &[
+            "-C",
+            "-t",
+            "times",
+            "-e",
+            "-o",
+            &format!("s@{after}"),
+            "-f",
+            "%s\\n",
+        ],
+        b"",
+    );
+    assert_eq!(none, "");
+    let last_two = kcat(
+        &broker,
+        &["-C", "-t", "times", "-e", "-o", "-2", "-f", "%s\\n"],
+        b"",
+    );
+    assert_eq!(last_two, "second\nthird\n");
+    let all = kcat(
+        &broker,
+        &["-C", "-t", "times", "-e", "-o", "-10", "-f", "%s\\n"],
+        b"",
+    );
+    assert_eq!(all, "first\nsecond\nthird\n");
     broker.kill9();
 }
 

@@ -348,3 +348,107 @@ fn admin_requests_claiming_huge_arrays_are_refused() {
     assert_eq!(k.produce("after", &batch(-1, -1, -1, 1)), (0, 0));
     broker.kill9();
 }
+
+/// FindCoordinator: this broker for groups, one key (v0-3) or many (v4);
+/// no coordinator for transactions.
+#[test]
+fn find_coordinator_names_this_broker_for_groups() {
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let addr = broker.kafka.unwrap();
+    let mut k = Kafka::connect(addr);
+    for version in 0..=3 {
+        let mut request = FindCoordinatorRequest::default();
+        request.key = StrBytes::from_static_str("g1");
+        let r: FindCoordinatorResponse = k.call(ApiKey::FindCoordinator, version, &request);
+        assert_eq!(r.error_code, 0, "v{version}");
+        assert_eq!(r.node_id, BrokerId(0), "v{version}");
+        assert_eq!(
+            (r.host.to_string(), r.port),
+            (addr.ip().to_string(), addr.port() as i32)
+        );
+        if version >= 1 {
+            request.key_type = 1;
+            let r: FindCoordinatorResponse = k.call(ApiKey::FindCoordinator, version, &request);
+            assert_eq!(r.error_code, 15, "v{version}: a transaction coordinator");
+        }
+    }
+    let mut request = FindCoordinatorRequest::default();
+    request.coordinator_keys = vec![
+        StrBytes::from_static_str("a"),
+        StrBytes::from_static_str("b"),
+    ];
+    let r: FindCoordinatorResponse = k.call(ApiKey::FindCoordinator, 4, &request);
+    let got: Vec<(String, i16, i32)> = r
+        .coordinators
+        .iter()
+        .map(|c| (c.key.to_string(), c.error_code, c.node_id.0))
+        .collect();
+    assert_eq!(got, [("a".to_owned(), 0, 0), ("b".to_owned(), 0, 0)]);
+    broker.kill9();
+}
+
+/// Produce v0-v2 is advertised (librdkafka up to 2.11 compresses only for
+/// such a broker) but its message sets are refused, per partition, with
+/// UNSUPPORTED_VERSION, and nothing is stored. The crate does not speak
+/// these versions: the request and the answer are written out here.
+#[test]
+fn legacy_produce_versions_are_refused_per_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let addr = broker.kafka.unwrap();
+    let mut k = Kafka::connect(addr);
+    assert_eq!(k.produce("legacy", &batch(-1, -1, -1, 2)), (0, 0));
+    let records = batch(-1, -1, -1, 1);
+    for version in 0..=2i16 {
+        let mut body = BytesMut::new();
+        body.put_i16(0);
+        body.put_i16(version);
+        body.put_i32(100 + version as i32);
+        body.put_i16(-1);
+        body.put_i16(1); // acks
+        body.put_i32(10_000);
+        body.put_i32(1);
+        body.put_i16(6);
+        body.extend_from_slice(b"legacy");
+        body.put_i32(1);
+        body.put_i32(0);
+        body.put_i32(records.len() as i32);
+        body.extend_from_slice(&records);
+        let mut socket = TcpStream::connect(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        socket
+            .write_all(&(body.len() as i32).to_be_bytes())
+            .unwrap();
+        socket.write_all(&body).unwrap();
+        let mut size = [0; 4];
+        socket.read_exact(&mut size).unwrap();
+        let mut answer = vec![0; i32::from_be_bytes(size) as usize];
+        socket.read_exact(&mut answer).unwrap();
+        let mut expect = BytesMut::new();
+        expect.put_i32(100 + version as i32);
+        expect.put_i32(1);
+        expect.put_i16(6);
+        expect.extend_from_slice(b"legacy");
+        expect.put_i32(1);
+        expect.put_i32(0);
+        expect.put_i16(35);
+        expect.put_i64(-1);
+        if version >= 2 {
+            expect.put_i64(-1);
+        }
+        if version >= 1 {
+            expect.put_i32(0);
+        }
+        assert_eq!(answer, expect.to_vec(), "v{version}");
+    }
+    assert_eq!(
+        k.produce("legacy", &batch(-1, -1, -1, 1)),
+        (0, 2),
+        "v0-v2 stored nothing"
+    );
+    broker.kill9();
+}

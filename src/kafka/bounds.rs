@@ -14,7 +14,7 @@
 //! ```text
 //! Metadata 0-9     topics [name]; v4+ allow_auto_topic_creation bool;
 //!                  v8+ two bools; flexible from 9
-//! Produce 3-9      transactional_id string?; acks i16; timeout_ms i32;
+//! Produce 0-9      v3+ transactional_id string?; acks i16; timeout_ms i32;
 //!                  topic_data [name; partition_data [index i32; records bytes?]];
 //!                  flexible from 9
 //! Fetch 4-11       replica_id i32; max_wait_ms i32; min_bytes i32; max_bytes i32;
@@ -42,6 +42,8 @@
 //! IncrementalAlterConfigs 0-1  resources [type i8; name; configs [name;
 //!                  operation i8; value string?]]; validate_only bool;
 //!                  flexible from 1
+//! FindCoordinator 0-4  v0-3 key string, v1+ key_type i8;
+//!                  v4+ key_type i8, coordinator_keys [string]; flexible from 3
 //! ApiVersions 0-4, InitProducerId 0-5, DescribeCluster 0-1: no arrays
 //! ```
 
@@ -172,6 +174,7 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
         ApiKey::DescribeConfigs => version >= 4,
         ApiKey::AlterConfigs => version >= 2,
         ApiKey::IncrementalAlterConfigs => version >= 1,
+        ApiKey::FindCoordinator => version >= 3,
         _ => return Ok(()),
     };
     let mut w = Walk {
@@ -187,7 +190,9 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
             w.tagged()
         }),
         ApiKey::Produce => {
-            w.string()?;
+            if version >= 3 {
+                w.string()?;
+            }
             w.take(2 + 4)?;
             w.array(|w| {
                 w.string()?;
@@ -292,6 +297,11 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
                 })?;
                 w.tagged()
             })
+        }
+        // v4+: key_type i8, then the keys; before, one key, no array.
+        ApiKey::FindCoordinator if version >= 4 => {
+            w.take(1)?;
+            w.array(|w| w.string())
         }
         _ => Ok(()),
     }

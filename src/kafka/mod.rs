@@ -25,12 +25,12 @@
 //!
 //! `SUPPORTED` below, and nothing else, is advertised, because clients
 //! change behaviour on what ApiVersions lists: ApiVersions 0-4,
-//! Metadata 0-9, Produce 3-9, Fetch 4-11 (no fetch sessions),
+//! Metadata 0-9, Produce 0-9 (3+ taken), Fetch 4-11 (no fetch sessions),
 //! ListOffsets 1-6, CreateTopics 2-4, DeleteTopics 1-3, InitProducerId 0-5
 //! (idempotence; transactional ids refused), OffsetForLeaderEpoch 2-4
 //! (every leader epoch is 0), CreatePartitions 0-3, DescribeConfigs 1-4,
 //! AlterConfigs 0-2, IncrementalAlterConfigs 0-1 and DescribeCluster 0-1
-//! (in `admin`). docs/KAFKA.md says what each does and leaves out.
+//! (in `admin`), FindCoordinator 0-4 (this broker, for every group). docs/KAFKA.md says what each does and leaves out.
 
 mod admin;
 mod bounds;
@@ -45,6 +45,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -66,7 +67,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    InitProducerIdRequest, InitProducerIdResponse, ProducerId,
+    FindCoordinatorRequest, FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ProducerId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -81,8 +83,13 @@ use crate::protocol::{
 };
 
 /// The versions advertised: `(api, min, max)`.
-pub const SUPPORTED: [(ApiKey, i16, i16); 14] = [
-    (ApiKey::Produce, 3, 9),
+pub const SUPPORTED: [(ApiKey, i16, i16); 15] = [
+    // From 0, though only 3+ (RecordBatch v2) is taken: librdkafka up to
+    // 2.11 (Debian's kcat has 2.0.2) sends gzip, snappy and lz4 only to a
+    // broker whose Produce range starts at 0, and otherwise silently sends
+    // uncompressed. v0-v2 requests are answered UNSUPPORTED_VERSION per
+    // partition (Kafka 4.0 does the same).
+    (ApiKey::Produce, 0, 9),
     (ApiKey::Fetch, 4, 11),
     (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 9),
@@ -96,6 +103,11 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 14] = [
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    // This broker coordinates every group. librdkafka takes LZ4 for
+    // supported only when FindCoordinator is listed (it was new in the
+    // broker that brought LZ4), and sends lz4 batches uncompressed
+    // otherwise. The group APIs themselves come with consumer groups.
+    (ApiKey::FindCoordinator, 0, 4),
 ];
 
 /// This broker's node id in Metadata.
@@ -283,6 +295,17 @@ async fn serve(
                 respond!(admin::incremental_alter_configs(front, &peer, id, r).await)
             }
             Decoded::DescribeCluster(r) => respond!(admin::describe_cluster(front, r, version)),
+            Decoded::FindCoordinator(r) => respond!(find_coordinator(front, r, version)),
+            Decoded::LegacyProduce(request) => {
+                if request.acks != 0 {
+                    let body = legacy_produce_refused(request, version);
+                    write(&mut wr, server.write_timeout, id, hv, |b| {
+                        b.extend_from_slice(&body);
+                        Ok::<(), String>(())
+                    })
+                    .await?;
+                }
+            }
             Decoded::Produce(request) => {
                 // The batches are views of the frame: with the frame gone, a
                 // batch that is the only view left is patched where it lies.
@@ -352,6 +375,8 @@ pub enum Decoded {
     DeleteTopics(DeleteTopicsRequest),
     Metadata(MetadataRequest),
     Produce(ProduceRequest),
+    /// Produce v0-v2, answered with a refusal.
+    LegacyProduce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
     InitProducerId(InitProducerIdRequest),
@@ -361,6 +386,7 @@ pub enum Decoded {
     AlterConfigs(AlterConfigsRequest),
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
+    FindCoordinator(FindCoordinatorRequest),
 }
 
 /// Decodes a frame (after its size) of an advertised API and version: the
@@ -401,6 +427,15 @@ pub fn decode(frame: &mut Bytes) -> Result<(RequestHeader, Decoded), String> {
         ApiKey::DeleteTopics => {
             Decoded::DeleteTopics(DeleteTopicsRequest::decode(frame, version).map_err(fail)?)
         }
+        // The crate knows v3+ only; v0-v2 are v3 without its first field,
+        // a transactional id (null here).
+        ApiKey::Produce if version < 3 => {
+            let mut v3 = BytesMut::with_capacity(frame.len() + 2);
+            v3.put_i16(-1);
+            v3.extend_from_slice(frame);
+            let request = ProduceRequest::decode(&mut v3.freeze(), 3).map_err(fail)?;
+            Decoded::LegacyProduce(request)
+        }
         ApiKey::Produce => Decoded::Produce(ProduceRequest::decode(frame, version).map_err(fail)?),
         ApiKey::Fetch => Decoded::Fetch(FetchRequest::decode(frame, version).map_err(fail)?),
         ApiKey::ListOffsets => {
@@ -426,6 +461,9 @@ pub fn decode(frame: &mut Bytes) -> Result<(RequestHeader, Decoded), String> {
         ),
         ApiKey::DescribeCluster => {
             Decoded::DescribeCluster(DescribeClusterRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::FindCoordinator => {
+            Decoded::FindCoordinator(FindCoordinatorRequest::decode(frame, version).map_err(fail)?)
         }
         _ => return Err(format!("{api:?} is not supported")),
     };
@@ -528,6 +566,37 @@ fn produce(request: ProduceRequest) -> Request {
         })
         .collect();
     Request::Produce { acks, topics }
+}
+
+/// The answer to a Produce v0-v2, whose message sets (magic 0 and 1) Spool
+/// does not take: UNSUPPORTED_VERSION (35) for every partition, nothing
+/// stored. The crate does not encode these versions, so it is written here:
+///
+/// ```text
+/// [topic name string; [partition i32; error_code i16; base_offset i64;
+///  v2: log_append_time_ms i64]]; v1+: throttle_time_ms i32
+/// ```
+fn legacy_produce_refused(request: ProduceRequest, version: i16) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_i32(request.topic_data.len() as i32);
+    for t in &request.topic_data {
+        // Names fit an i16: the decoder read them with one.
+        b.put_i16(t.name.len() as i16);
+        b.extend_from_slice(t.name.as_bytes());
+        b.put_i32(t.partition_data.len() as i32);
+        for p in &t.partition_data {
+            b.put_i32(p.index);
+            b.put_i16(35);
+            b.put_i64(-1);
+            if version >= 2 {
+                b.put_i64(-1);
+            }
+        }
+    }
+    if version >= 1 {
+        b.put_i32(0);
+    }
+    b
 }
 
 /// The crate refuses to encode a field the version lacks: those are set
@@ -1050,6 +1119,65 @@ async fn offset_for_leader_epoch(
             tr
         })
         .collect();
+    body
+}
+
+/// FindCoordinator: this broker for a group; transactions have no
+/// coordinator (COORDINATOR_NOT_AVAILABLE, 15, as a broker without one
+/// answers); another key type is INVALID_REQUEST. v4+ asks for many keys.
+fn find_coordinator(
+    front: &Front,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let (host, port) = (&front.advertised.0, front.advertised.1);
+    let answer = |key: StrBytes| {
+        let mut c = Coordinator::default();
+        c.key = key;
+        match request.key_type {
+            0 => {
+                c.node_id = BrokerId(NODE_ID);
+                c.host = StrBytes::from_string(host.clone());
+                c.port = port;
+            }
+            1 => {
+                c.error_code = 15;
+                c.error_message = Some(StrBytes::from_static_str(
+                    "transactions are not supported by Spool",
+                ));
+            }
+            other => {
+                c.error_code = 42;
+                c.error_message = Some(StrBytes::from_string(format!(
+                    "key type {other} (0: group, 1: transaction)"
+                )));
+            }
+        }
+        c.node_id = if c.error_code == 0 {
+            c.node_id
+        } else {
+            BrokerId(-1)
+        };
+        c
+    };
+    let mut body = FindCoordinatorResponse::default();
+    if version >= 4 {
+        body.coordinators = request
+            .coordinator_keys
+            .iter()
+            .cloned()
+            .map(answer)
+            .collect();
+    } else {
+        let c = answer(request.key.clone());
+        body.error_code = c.error_code;
+        body.node_id = c.node_id;
+        body.host = c.host;
+        body.port = c.port;
+        if version >= 1 {
+            body.error_message = c.error_message;
+        }
+    }
     body
 }
 
