@@ -403,7 +403,8 @@ async fn list_offsets() {
         Ok(PartitionOffsets {
             offset: 0,
             log_start: 0,
-            log_end: 2
+            log_end: 2,
+            timestamp: None,
         })
     );
     assert_eq!(
@@ -411,7 +412,8 @@ async fn list_offsets() {
         Ok(PartitionOffsets {
             offset: 2,
             log_start: 0,
-            log_end: 2
+            log_end: 2,
+            timestamp: None,
         })
     );
     assert_eq!(
@@ -419,7 +421,8 @@ async fn list_offsets() {
         Ok(PartitionOffsets {
             offset: 0,
             log_start: 0,
-            log_end: 2
+            log_end: 2,
+            timestamp: None,
         })
     );
     assert_eq!(
@@ -427,8 +430,17 @@ async fn list_offsets() {
         Ok(PartitionOffsets {
             offset: base,
             log_start: 0,
-            log_end: 2
+            log_end: 2,
+            timestamp: None,
         })
+    );
+    // The max timestamp (-3): the later record.
+    assert_eq!(
+        c.offsets(offsets(OffsetSpec::MaxTimestamp))
+            .await
+            .unwrap()
+            .offset,
+        base
     );
     // Later than everything: the end.
     assert_eq!(
@@ -436,7 +448,8 @@ async fn list_offsets() {
         Ok(PartitionOffsets {
             offset: 2,
             log_start: 0,
-            log_end: 2
+            log_end: 2,
+            timestamp: None,
         })
     );
     broker.stop().await;

@@ -452,3 +452,82 @@ fn legacy_produce_versions_are_refused_per_partition() {
     );
     broker.kill9();
 }
+
+/// ListOffsets: earliest and latest; by time, the first record at or
+/// after it with its own timestamp (not its batch's first), -1/-1 past
+/// the last; v7's max timestamp (-3), -1/-1 in an empty partition.
+#[test]
+fn list_offsets_finds_records_by_time_and_the_max_timestamp() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let mut k = Kafka::connect(broker.kafka.unwrap());
+    let t0 = common::now_ms() - 100_000;
+    let timed = |times: &[i64]| {
+        let mut b = BatchBuilder::new();
+        for &t in times {
+            b.push(t0 + t, None, Some(b"v"), &[]);
+        }
+        b.finish()
+    };
+    assert_eq!(k.produce("times", &timed(&[5, 1, 30, 7])), (0, 0));
+    assert_eq!(k.produce("times", &timed(&[3, 12])), (0, 4));
+    assert_eq!(k.produce("empty", &timed(&[1])).0, 0);
+    let ask = |k: &mut Kafka, topic: &str, timestamp: i64, version: i16| -> (i16, i64, i64) {
+        let mut p = ListOffsetsPartition::default();
+        p.timestamp = timestamp;
+        let mut t = ListOffsetsTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+        t.partitions = vec![p];
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.topics = vec![t];
+        let r: ListOffsetsResponse = k.call(ApiKey::ListOffsets, version, &request);
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.offset, p.timestamp)
+    };
+    for version in [1, 4, 6, 7] {
+        assert_eq!(ask(&mut k, "times", -2, version), (0, 0, -1), "v{version}");
+        assert_eq!(ask(&mut k, "times", -1, version), (0, 6, -1), "v{version}");
+        assert_eq!(
+            ask(&mut k, "times", t0 + 6, version),
+            (0, 2, t0 + 30),
+            "v{version}"
+        );
+        assert_eq!(
+            ask(&mut k, "times", t0 + 31, version),
+            (0, -1, -1),
+            "v{version}"
+        );
+    }
+    assert_eq!(ask(&mut k, "times", -3, 7), (0, 2, t0 + 30));
+    assert_eq!(k.produce("times", &timed(&[30])), (0, 6));
+    assert_eq!(
+        ask(&mut k, "times", -3, 7),
+        (0, 2, t0 + 30),
+        "the first of equals"
+    );
+    // A partition that is empty: nothing has a timestamp.
+    let mut create = kafka_protocol::messages::CreatePartitionsRequest::default();
+    let mut grow = CreatePartitionsTopic::default();
+    grow.name = topic("empty");
+    grow.count = 2;
+    grow.assignments = None;
+    create.topics = vec![grow];
+    let r: CreatePartitionsResponse = k.call(ApiKey::CreatePartitions, 3, &create);
+    assert_eq!(r.results[0].error_code, 0);
+    let mut p = ListOffsetsPartition::default();
+    p.partition_index = 1;
+    p.timestamp = -3;
+    let mut t = ListOffsetsTopic::default();
+    t.name = topic("empty");
+    t.partitions = vec![p];
+    let mut request = ListOffsetsRequest::default();
+    request.replica_id = BrokerId(-1);
+    request.topics = vec![t];
+    let r: ListOffsetsResponse = k.call(ApiKey::ListOffsets, 7, &request);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.offset, p.timestamp), (0, -1, -1));
+    broker.kill9();
+}

@@ -714,3 +714,71 @@ fn a_damaged_store_that_looks_old_is_recovered_not_refused() {
     assert!(matches!(log.read(0), Err(StorageError::Corrupt { .. })));
     assert_readable(&log, 2, 6, 40);
 }
+
+/// A batch of records at these timestamps, each value `size` bytes.
+fn timed_batch(times: &[i64], size: usize, codec: Option<batch::Codec>) -> Vec<u8> {
+    let mut b = spool::storage::BatchBuilder::new();
+    for &t in times {
+        b.push(t, None, Some(&vec![b'x'; size]), &[]);
+    }
+    match codec {
+        Some(c) => b.finish_compressed(c),
+        None => b.finish(),
+    }
+}
+
+// Kafka's ListOffsets by time names a record, not a batch: records of a
+// batch need not be in time order, so it is the first record of the first
+// batch reaching the time whose own timestamp does.
+#[test]
+fn record_for_timestamp_names_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    for (i, codec) in [None, Some(batch::Codec::Lz4)].into_iter().enumerate() {
+        // Later for each codec: the earlier batches are all older.
+        let t0 = now_ms() - 1_000_000 + 100 * i as i64;
+        let base = log.next_offset();
+        log.append(&mut timed_batch(
+            &[t0 + 5, t0 + 1, t0 + 9, t0 + 7],
+            10,
+            codec,
+        ))
+        .unwrap();
+        log.append(&mut timed_batch(&[t0 + 3, t0 + 12], 10, codec))
+            .unwrap();
+        let ask = |t: i64| log.record_for_timestamp(t).unwrap();
+        // Records from `base` on: t0+5, +1, +9, +7 | +3, +12.
+        assert_eq!(ask(t0 + 5), Some((base, t0 + 5)), "{codec:?}");
+        assert_eq!(ask(t0 + 6), Some((base + 2, t0 + 9)), "{codec:?}");
+        assert_eq!(ask(t0 + 10), Some((base + 5, t0 + 12)), "{codec:?}");
+        assert_eq!(ask(t0 + 13), None, "{codec:?}");
+    }
+}
+
+// Kafka's ListOffsets "max timestamp" (-3): the record with the largest
+// timestamp, wherever its segment, the first of equals.
+#[test]
+fn max_timestamp_record_is_found_in_whichever_segment_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(1024)).unwrap();
+    assert_eq!(log.max_timestamp_record().unwrap(), None, "an empty log");
+    let t0 = now_ms() - 1_000_000;
+    // Each batch over 1 KiB: a segment each.
+    log.append(&mut timed_batch(&[t0 + 1, t0 + 4], 600, None))
+        .unwrap();
+    log.append(&mut timed_batch(
+        &[t0 + 3, t0 + 50, t0 + 2, t0 + 50],
+        300,
+        None,
+    ))
+    .unwrap();
+    log.append(&mut timed_batch(&[t0 + 30, t0 + 20], 600, None))
+        .unwrap();
+    log.append(&mut timed_batch(&[t0 + 50], 600, None)).unwrap();
+    assert!(log.segment_count() >= 4, "{} segments", log.segment_count());
+    assert_eq!(log.max_timestamp_record().unwrap(), Some((3, t0 + 50)));
+    // After a restart, from the rebuilt indexes.
+    drop(log);
+    let log = Log::open(dir.path(), small_config(1024)).unwrap();
+    assert_eq!(log.max_timestamp_record().unwrap(), Some((3, t0 + 50)));
+}

@@ -326,7 +326,7 @@ async fn list_offsets(broker: &Arc<Broker>, topics: Vec<OffsetsTopic>) -> Outcom
     let by_time = topics
         .iter()
         .flat_map(|t| &t.partitions)
-        .any(|(_, spec)| matches!(spec, OffsetSpec::Timestamp(_)));
+        .any(|(_, spec)| matches!(spec, OffsetSpec::Timestamp(_) | OffsetSpec::MaxTimestamp));
     let work = move || {
         topics
             .into_iter()
@@ -366,20 +366,31 @@ fn offsets_of(partition: &Partition, spec: OffsetSpec) -> Result<PartitionOffset
     let log = partition.log();
     let end = partition.visible_end();
     let start = log.lowest_offset().min(end);
-    let offset = match spec {
-        OffsetSpec::Earliest => start,
-        OffsetSpec::Latest => end,
-        OffsetSpec::Timestamp(t) => log
-            .offset_for_timestamp(t)
-            .map_err(storage_error)?
-            .unwrap_or(end)
-            .min(end),
+    let found = match spec {
+        OffsetSpec::Earliest => return Ok(plain(start, start, end)),
+        OffsetSpec::Latest => return Ok(plain(end, start, end)),
+        OffsetSpec::Timestamp(t) => log.record_for_timestamp(t),
+        OffsetSpec::MaxTimestamp => log.max_timestamp_record(),
     };
-    Ok(PartitionOffsets {
-        offset,
-        log_start: start,
-        log_end: end,
+    // A record beyond what readers may see yet is not found.
+    Ok(match found.map_err(storage_error)? {
+        Some((offset, timestamp)) if offset < end => PartitionOffsets {
+            offset,
+            log_start: start,
+            log_end: end,
+            timestamp: Some(timestamp),
+        },
+        _ => plain(end, start, end),
     })
+}
+
+fn plain(offset: u64, log_start: u64, log_end: u64) -> PartitionOffsets {
+    PartitionOffsets {
+        offset,
+        log_start,
+        log_end,
+        timestamp: None,
+    }
 }
 
 /// Batches read from one partition for a fetch.

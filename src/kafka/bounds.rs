@@ -22,7 +22,7 @@
 //!                  topics [topic; partitions [partition i32; v9+ current_leader_epoch i32;
 //!                  fetch_offset i64; v5+ log_start_offset i64; partition_max_bytes i32]];
 //!                  v7+ forgotten_topics_data [topic; partitions [i32]]; v11+ rack_id
-//! ListOffsets 1-6  replica_id i32; v2+ isolation_level i8;
+//! ListOffsets 1-7  replica_id i32; v2+ isolation_level i8;
 //!                  topics [name; partitions [partition_index i32;
 //!                  v4+ current_leader_epoch i32; timestamp i64]]; flexible from 6
 //! CreateTopics 2-4 topics [name; num_partitions i32; replication_factor i16;

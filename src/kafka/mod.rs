@@ -26,7 +26,7 @@
 //! `SUPPORTED` below, and nothing else, is advertised, because clients
 //! change behaviour on what ApiVersions lists: ApiVersions 0-4,
 //! Metadata 0-9, Produce 0-9 (3+ taken), Fetch 4-11 (no fetch sessions),
-//! ListOffsets 1-6, CreateTopics 2-4, DeleteTopics 1-3, InitProducerId 0-5
+//! ListOffsets 1-7, CreateTopics 2-4, DeleteTopics 1-3, InitProducerId 0-5
 //! (idempotence; transactional ids refused), OffsetForLeaderEpoch 2-4
 //! (every leader epoch is 0), CreatePartitions 0-3, DescribeConfigs 1-4,
 //! AlterConfigs 0-2, IncrementalAlterConfigs 0-1 and DescribeCluster 0-1
@@ -91,7 +91,8 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 15] = [
     // partition (Kafka 4.0 does the same).
     (ApiKey::Produce, 0, 9),
     (ApiKey::Fetch, 4, 11),
-    (ApiKey::ListOffsets, 1, 6),
+    // v7: the max timestamp (-3).
+    (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 9),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 4),
@@ -341,12 +342,13 @@ async fn serve(
                 drop(memory);
             }
             Decoded::ListOffsets(request) => {
+                let searched = searches(&request);
                 let reply =
                     handler::dispatch(&front.broker, &peer, id as u32, list_offsets(request)).await;
                 let Some((response, _memory)) = settle(reply).await else {
                     continue;
                 };
-                let body = offsets(response, version);
+                let body = offsets(response, version, &searched);
                 respond!(body);
             }
         }
@@ -742,6 +744,7 @@ fn list_offsets(request: ListOffsetsRequest) -> Request {
                     .map(|p| {
                         let spec = match p.timestamp {
                             -2 => OffsetSpec::Earliest,
+                            -3 => OffsetSpec::MaxTimestamp,
                             t if t < 0 => OffsetSpec::Latest,
                             t => OffsetSpec::Timestamp(t),
                         };
@@ -753,8 +756,29 @@ fn list_offsets(request: ListOffsetsRequest) -> Request {
     }
 }
 
-/// leader_epoch from version 4 on (see [`produced`]).
-fn offsets(response: Response, version: i16) -> ListOffsetsResponse {
+/// The partitions of a ListOffsets that search for a record (by time, or
+/// the max timestamp): one not found is answered offset -1, timestamp -1,
+/// as Kafka answers it, where Spool's listener gives the log's end.
+fn searches(request: &ListOffsetsRequest) -> std::collections::HashSet<(String, i32)> {
+    request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter(|p| p.timestamp >= 0 || p.timestamp == -3)
+                .map(|p| (name(&t.name), p.partition_index))
+        })
+        .collect()
+}
+
+/// leader_epoch from version 4 on (see [`produced`]); the timestamp of
+/// the record found, -1 when none was looked for.
+fn offsets(
+    response: Response,
+    version: i16,
+    searched: &std::collections::HashSet<(String, i32)>,
+) -> ListOffsetsResponse {
     let mut body = ListOffsetsResponse::default();
     let Ok(ResponseBody::Offsets(topics)) = response.body else {
         return body;
@@ -763,7 +787,7 @@ fn offsets(response: Response, version: i16) -> ListOffsetsResponse {
         .into_iter()
         .map(|t| {
             let mut tr = ListOffsetsTopicResponse::default();
-            tr.name = TopicName(StrBytes::from_string(t.topic));
+            let topic = t.topic;
             tr.partitions = t
                 .partitions
                 .into_iter()
@@ -773,8 +797,16 @@ fn offsets(response: Response, version: i16) -> ListOffsetsResponse {
                     pr.timestamp = -1;
                     match p.result {
                         Ok(o) => {
-                            pr.offset = o.offset as i64;
-                            if version >= 4 {
+                            let search = searched.contains(&(topic.clone(), pr.partition_index));
+                            match o.timestamp {
+                                Some(ts) => {
+                                    pr.offset = o.offset as i64;
+                                    pr.timestamp = ts;
+                                }
+                                None if search => pr.offset = -1,
+                                None => pr.offset = o.offset as i64,
+                            }
+                            if version >= 4 && pr.offset >= 0 {
                                 pr.leader_epoch = 0;
                             }
                         }
@@ -786,6 +818,7 @@ fn offsets(response: Response, version: i16) -> ListOffsetsResponse {
                     pr
                 })
                 .collect();
+            tr.name = TopicName(StrBytes::from_string(topic));
             tr
         })
         .collect();

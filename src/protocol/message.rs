@@ -99,9 +99,12 @@ pub enum OffsetSpec {
     Earliest,
     /// The offset the next record will get (timestamp -1).
     Latest,
-    /// The first offset appended at or after this time, ms since the epoch;
-    /// the latest offset if every record is older.
+    /// The first record whose timestamp is this time (ms since the epoch)
+    /// or later; the latest offset if every record is older.
     Timestamp(i64),
+    /// The record with the largest timestamp (timestamp -3); the latest
+    /// offset in an empty partition.
+    MaxTimestamp,
 }
 
 impl OffsetSpec {
@@ -110,6 +113,7 @@ impl OffsetSpec {
             OffsetSpec::Earliest => -2,
             OffsetSpec::Latest => -1,
             OffsetSpec::Timestamp(t) => t,
+            OffsetSpec::MaxTimestamp => -3,
         }
     }
 }
@@ -407,12 +411,13 @@ impl Request {
                     let spec = match r.i64("timestamp")? {
                         -2 => OffsetSpec::Earliest,
                         -1 => OffsetSpec::Latest,
+                        -3 => OffsetSpec::MaxTimestamp,
                         t if t >= 0 => OffsetSpec::Timestamp(t),
                         t => {
                             return Err(ProtocolError::BadValue {
                                 field: "timestamp",
                                 reason: format!(
-                                    "{t}: use -1 (latest), -2 (earliest) or a time in ms"
+                                    "{t}: use -1 (latest), -2 (earliest), -3 (max timestamp) or a time in ms"
                                 ),
                             })
                         }
@@ -649,6 +654,11 @@ pub struct PartitionOffsets {
     pub offset: u64,
     pub log_start: u64,
     pub log_end: u64,
+    /// The timestamp of the record found by a search by time or for the
+    /// max timestamp; `None` otherwise, and when no record was found. Not
+    /// on Spool's wire (LIST_OFFSETS v1 answers the offset alone): the
+    /// Kafka front end answers it, as Kafka's ListOffsets does.
+    pub timestamp: Option<i64>,
 }
 
 /// One partition's outcome in a PRODUCE, FETCH or LIST_OFFSETS response:
@@ -1080,6 +1090,7 @@ impl Response {
                         offset: r.u64("offset")?,
                         log_start: r.u64("log_start")?,
                         log_end: r.u64("log_end")?,
+                        timestamp: None,
                     };
                     Ok(code.map(|()| offsets))
                 })?)
@@ -1408,6 +1419,7 @@ mod tests {
                         offset: 3,
                         log_start: 0,
                         log_end: 4,
+                        timestamp: None,
                     }),
                 }],
             ))),

@@ -1068,6 +1068,65 @@ impl Log {
         }
     }
 
+    /// The first record of the batch at `base` whose timestamp is `time`
+    /// or later: `(offset, timestamp)`. The batch's `maxTimestamp` is at
+    /// least `time`, so there is one unless the batch is damaged.
+    fn first_record_from(&self, base: u64, time: i64) -> Result<Option<(u64, i64)>> {
+        let read = self.read_batches(base, 1)?;
+        if read.bytes.is_empty() {
+            return Ok(None);
+        }
+        let header = batch::BatchHeader::parse(&read.bytes).map_err(StorageError::InvalidBatch)?;
+        let first = read.bytes.slice(..header.size().min(read.bytes.len()));
+        let records = batch::decode_any(&first, MAX_DECOMPRESSED_RECORDS).map_err(|e| {
+            StorageError::Corrupt {
+                segment: self.segment_of(base),
+                position: 0,
+                reason: e.to_string(),
+                resume_at: Some(header.next_offset() as u64),
+            }
+        })?;
+        Ok(records
+            .into_iter()
+            .find(|r| r.timestamp >= time)
+            .map(|r| (r.offset, r.timestamp)))
+    }
+
+    /// The first record whose timestamp is `time_ms` or later, as
+    /// `(offset, timestamp)`, or `None` if every record is older. Records
+    /// of a batch need not be in time order: the batch is the first whose
+    /// `maxTimestamp` reaches `time_ms`, the record the first in it that
+    /// does (as Kafka answers a ListOffsets by time).
+    pub fn record_for_timestamp(&self, time_ms: i64) -> Result<Option<(u64, i64)>> {
+        match self.offset_for_timestamp(time_ms)? {
+            Some(base) => self.first_record_from(base, time_ms),
+            None => Ok(None),
+        }
+    }
+
+    /// The record with the largest timestamp (the first of equals), as
+    /// `(offset, timestamp)`, or `None` in an empty log: Kafka's
+    /// ListOffsets "max timestamp" (-3). The time indexes hold each
+    /// segment's largest time; the batch is the segment's first to reach it.
+    pub fn max_timestamp_record(&self) -> Result<Option<(u64, i64)>> {
+        let segments = self.snapshot();
+        let mut best: Option<(&Arc<Segment>, i64)> = None;
+        for segment in segments.iter() {
+            if let Some(t) = segment.last_time() {
+                if best.is_none_or(|(_, b)| t > b) {
+                    best = Some((segment, t));
+                }
+            }
+        }
+        let Some((segment, time)) = best else {
+            return Ok(None);
+        };
+        match segment.offset_for_time(time)? {
+            Some(base) => self.first_record_from(base, time),
+            None => Ok(None),
+        }
+    }
+
     fn segment_of(&self, offset: u64) -> u64 {
         let segments = self.snapshot();
         let i = segments.partition_point(|s| s.base_offset() <= offset);
