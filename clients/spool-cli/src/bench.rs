@@ -8,6 +8,11 @@
 //! - `both`: producers and consumers at once; every message carries its send
 //!   time, so consumers measure end-to-end latency.
 //!
+//! With `--kafka HOST:PORT`, producers send the same batches through the
+//! broker's Kafka listener instead (Produce v9, acks all, pipelined alike;
+//! topics are still made over Spool's protocol): the two front ends
+//! measured with one client, whose own cost is the same either way.
+//!
 //! Each producer and consumer has its own connection. Producer `i` writes
 //! topic `i % topics`; consumer `j` reads topic `j % topics` from its start.
 //! Throughput counts message payload bytes (1 MB = 10^6 bytes).
@@ -44,10 +49,10 @@ pub struct Args {
     topics: usize,
     /// Bytes of each message's value.
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
-    message_size: usize,
+    pub(crate) message_size: usize,
     /// Messages per produce request.
     #[arg(long, default_value_t = 1000)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Messages to produce in all (default 1,000,000 unless --duration).
     #[arg(long, conflicts_with = "duration")]
     messages: Option<u64>,
@@ -59,15 +64,15 @@ pub struct Args {
     flush: String,
     /// Produce requests in flight per producer (1: one at a time).
     #[arg(long, default_value_t = 8)]
-    in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Partitions of each topic. Each producer sends its batches to the
     /// partitions in turn (producer i starts at partition i); each consumer
     /// reads every partition.
     #[arg(long, default_value_t = 1)]
-    partitions: u32,
+    pub(crate) partitions: u32,
     /// Messages per second per producer (default: as fast as possible).
     #[arg(long)]
-    rate: Option<u64>,
+    pub(crate) rate: Option<u64>,
     /// After each response, poll the socket this long before sleeping
     /// ("200us"; default: never). For one-at-a-time runs against a broker
     /// with `server.busy_poll`; see docs/BENCHMARKS.md.
@@ -82,6 +87,10 @@ pub struct Args {
     /// Keep the topics afterwards.
     #[arg(long)]
     keep: bool,
+    /// Produce through the broker's Kafka listener at this address (Kafka's
+    /// Produce v9) instead of Spool's protocol; --mode produce only.
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka: Option<String>,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -89,9 +98,16 @@ pub struct Args {
 
 /// Counters and latencies of one side (produce or consume).
 #[derive(Default)]
-struct Side {
+pub(crate) struct Side {
     messages: AtomicU64,
     bytes: AtomicU64,
+}
+
+impl Side {
+    pub(crate) fn add(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_add(messages, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -147,6 +163,8 @@ impl Throughput {
 #[derive(serde::Serialize)]
 struct Report {
     mode: Mode,
+    /// The protocol producers speak: "spool", or "kafka" (--kafka).
+    protocol: &'static str,
     producers: usize,
     consumers: usize,
     topics: usize,
@@ -173,7 +191,7 @@ fn client_config(base: &spool_client::ClientConfig, args: &Args) -> spool_client
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
@@ -190,6 +208,9 @@ pub async fn run(
         return Err(
             "--producers, --topics, --batch-size and --in-flight must be at least 1".into(),
         );
+    }
+    if args.kafka.is_some() && (args.mode != Mode::Produce || args.rate.is_some()) {
+        return Err("--kafka measures producers alone: --mode produce, without --rate".into());
     }
     if args.mode != Mode::Produce && args.consumers == 0 {
         return Err("--consumers must be at least 1 in this mode".into());
@@ -365,6 +386,11 @@ async fn measure(
     let consume_elapsed = started.elapsed();
     Ok(Report {
         mode: args.mode,
+        protocol: if args.kafka.is_some() {
+            "kafka"
+        } else {
+            "spool"
+        },
         producers: if args.mode == Mode::Consume {
             0
         } else {
@@ -436,7 +462,6 @@ async fn spawn_producers(
 ) -> Result<Vec<ProducerTask>, String> {
     let mut tasks = Vec::new();
     for i in 0..args.producers {
-        let client = crate::connect_with(broker, client_config(base, args)).await?;
         let plan = Plan {
             topic: topics[i % topics.len()].clone(),
             quota: quota(total, args.producers, i),
@@ -448,7 +473,21 @@ async fn spawn_producers(
             partitions: args.partitions.max(1),
             first_partition: (i / topics.len()) as u32,
         };
-        let task = tokio::spawn(produce(client, plan, Arc::clone(side), epoch));
+        let task = match &args.kafka {
+            Some(addr) => {
+                let socket = crate::kafka_bench::connect(addr).await?;
+                tokio::spawn(crate::kafka_bench::produce(
+                    socket,
+                    plan,
+                    Arc::clone(side),
+                    epoch,
+                ))
+            }
+            None => {
+                let client = crate::connect_with(broker, client_config(base, args)).await?;
+                tokio::spawn(produce(client, plan, Arc::clone(side), epoch))
+            }
+        };
         running.watch(&task);
         tasks.push(task);
     }
@@ -466,23 +505,23 @@ async fn join_producers(tasks: Vec<ProducerTask>) -> Result<Histogram<u64>, Stri
     Ok(all)
 }
 
-struct Plan {
-    topic: String,
-    quota: u64,
-    deadline: Option<Instant>,
-    batch_size: usize,
-    message_size: usize,
-    in_flight: usize,
-    rate: Option<u64>,
+pub(crate) struct Plan {
+    pub(crate) topic: String,
+    pub(crate) quota: u64,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) batch_size: usize,
+    pub(crate) message_size: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) rate: Option<u64>,
     /// The topic's partitions; batch k goes to `(first_partition + k) %
     /// partitions`.
-    partitions: u32,
-    first_partition: u32,
+    pub(crate) partitions: u32,
+    pub(crate) first_partition: u32,
 }
 
 /// One batch of `count` messages of `size` bytes, and where each value
 /// starts in it (the send time is stamped there before each send).
-fn template(count: usize, size: usize) -> (Vec<u8>, Vec<usize>) {
+pub(crate) fn template(count: usize, size: usize) -> (Vec<u8>, Vec<usize>) {
     let mut b = BatchBuilder::with_capacity(count * (size + 8));
     let value: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     // Now, not a fixed time: the topic's retention and roll age go by the
@@ -532,9 +571,7 @@ async fn produce(
     let mut next_send = Instant::now();
     let record = |latency: &mut Histogram<u64>, took: Duration, side: &Side| {
         latency.saturating_record(took.as_micros().max(1) as u64);
-        side.messages.fetch_add(per_batch, Ordering::Relaxed);
-        side.bytes
-            .fetch_add(per_batch * plan.message_size as u64, Ordering::Relaxed);
+        side.add(per_batch, per_batch * plan.message_size as u64);
     };
     while sent < plan.quota && plan.deadline.is_none_or(|d| Instant::now() < d) {
         if let Some(pace) = pace {
@@ -715,7 +752,8 @@ fn print_report(r: &Report, json: bool) -> Result<(), String> {
     // Writing into a String cannot fail.
     let _ = write!(
         out,
-        "spool bench: mode {mode}, {} producer(s), {} consumer(s), {} topic(s), {} B messages, batches of {}, {} in flight, flush {}{}{}",
+        "spool bench: mode {mode}, {} protocol, {} producer(s), {} consumer(s), {} topic(s), {} B messages, batches of {}, {} in flight, flush {}{}{}",
+        r.protocol,
         r.producers,
         r.consumers,
         r.topics,

@@ -16,6 +16,7 @@
 
 mod bench;
 mod consume;
+mod kafka_bench;
 mod produce;
 
 use std::process::ExitCode;

@@ -611,6 +611,54 @@ impl Env {
 // Issue 10, item 6: `spool topic list | head -0` panicked (exit 101, a
 // backtrace) and `spool consume t | head -1` printed an error and exited 1.
 // A closed stdout ends a command quietly, with success, as with cat and kcat.
+/// `spool bench --kafka`: the producers go through the Kafka listener, with
+/// the same batches; every message lands, and the report says so. Modes
+/// other than produce are refused.
+#[test]
+fn bench_produces_through_the_kafka_listener() {
+    let env = start(|_| {});
+    let kafka = env
+        .broker
+        .as_ref()
+        .unwrap()
+        .kafka_addr()
+        .unwrap()
+        .to_string();
+    let out = env.ok(
+        &[
+            "bench",
+            "--kafka",
+            &kafka,
+            "--messages",
+            "5000",
+            "--batch-size",
+            "100",
+            "--partitions",
+            "3",
+            "--keep",
+            "--json",
+        ],
+        b"",
+    );
+    let report = bench_report(&out);
+    assert_eq!(report["protocol"], "kafka");
+    assert_eq!(report["produce"]["messages"], 5000);
+    let described = env.ok(&["topic", "describe", "bench-0"], b"");
+    // Partition k: "partition k:  0 .. END (N records), ...".
+    let ends: u64 = described
+        .lines()
+        .filter(|l| l.starts_with("partition "))
+        .map(|l| l.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(ends, 5000, "{described}");
+    let out = env.run(&["bench", "--kafka", &kafka, "--mode", "both"], b"");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--kafka"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_closed_stdout_ends_the_command_quietly_with_success() {
     let env = start(|_| {});
