@@ -415,7 +415,7 @@ pub async fn incremental_alter_configs(
                 let name = c.name.to_string();
                 match c.config_operation {
                     0 => set_configs.push((name, c.value.as_ref().map(|v| v.to_string()))),
-                    1 if name == "cleanup.policy" => {}
+                    1 if name == "cleanup.policy" || name == "compression.type" => {}
                     1 => match CONFIGS.iter().find(|(k, _)| *k == name) {
                         Some((_, spool)) => reset.push((*spool).to_owned()),
                         None => {

@@ -860,12 +860,23 @@ fn settings_of(
             }
             continue;
         }
+        // Batches are stored as their producers sent them: Kafka's
+        // `producer`, the one value that describes that.
+        if name == "compression.type" {
+            if value != "producer" {
+                return Err((
+                    40,
+                    format!("compression.type={value} is not supported: Spool stores batches as producers compress them (compression.type=producer)"),
+                ));
+            }
+            continue;
+        }
         let Some((_, spool)) = CONFIGS.iter().find(|(k, _)| k == name) else {
             let known: Vec<&str> = CONFIGS.iter().map(|(k, _)| *k).collect();
             return Err((
                 40,
                 format!(
-                    "config {name} is not supported; the supported ones are {} and cleanup.policy=delete",
+                    "config {name} is not supported; the supported ones are {}, cleanup.policy=delete and compression.type=producer",
                     known.join(", ")
                 ),
             ));

@@ -30,7 +30,8 @@ def outcome(futures):
 
 made = outcome(admin.create_topics([
     NewTopic("orders", num_partitions=3, replication_factor=1,
-             config={"retention.ms": "3600000", "cleanup.policy": "delete"}),
+             config={"retention.ms": "3600000", "cleanup.policy": "delete",
+                     "compression.type": "producer"}),
     NewTopic("bad-config", num_partitions=1, config={"compression.type": "zstd"}),
     NewTopic("replicated", num_partitions=1, replication_factor=3),
 ]))

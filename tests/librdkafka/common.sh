@@ -79,20 +79,21 @@ rdk_build() {
     exec 9>&-
 }
 
-# broker_start BINARY: starts Spool on ephemeral ports with a fresh data dir
-# and sets BROKER_PID, BROKER_DATA, BROKER_OUT and KAFKA_ADDR. The caller
-# must have `trap broker_stop EXIT`.
+# broker_start BINARY [CONFIG]: starts Spool on ephemeral ports with a fresh
+# data dir (and CONFIG, a TOML file, if given) and sets BROKER_PID,
+# BROKER_DATA, BROKER_OUT and KAFKA_ADDR. The caller must have
+# `trap broker_stop EXIT`.
 BROKER_PID=
 BROKER_DATA=
 BROKER_OUT=
 KAFKA_ADDR=
 broker_start() {
-    local bin=$1
+    local bin=$1 cfg=${2:-}
     [ -x "$bin" ] || die "broker binary $bin is not executable"
     BROKER_DATA=$(mktemp -d "${BROKER_DATA_PARENT:-${TMPDIR:-/tmp}}/spool-rdk-data.XXXXXX")
     BROKER_OUT=$(mktemp "${TMPDIR:-/tmp}/spool-rdk-broker.XXXXXX")
-    "$bin" --listen 127.0.0.1:0 --kafka-listen 127.0.0.1:0 --data-dir "$BROKER_DATA" \
-        >"$BROKER_OUT" 2>&1 &
+    "$bin" ${cfg:+--config "$cfg"} --listen 127.0.0.1:0 --kafka-listen 127.0.0.1:0 \
+        --data-dir "$BROKER_DATA" >"$BROKER_OUT" 2>&1 &
     BROKER_PID=$!
     # Poll for the ready line (bounded: 30 s), giving up early if it died.
     local i

@@ -14,16 +14,17 @@
 #
 # Environment:
 #   RDK_DIR           where librdkafka is fetched and built (default: a new
-#                     temporary dir, removed afterwards); reused when built
-#   RDK_LOG_DIR       where each test's output goes (default: under RDK_DIR
-#                     when it is given, else a temporary dir that is kept)
-#   RDK_TEST_TIMEOUT  seconds one test may take (default 300)
-#   RDK_QUICK         1 (default) runs the runner's quick mode (-Q), 0 the
-#                     full-size tests
-#   TEST_KAFKA_VERSION  broker version the runner assumes (default 2.8.0,
-#                     see README.md)
+#                     temporary dir, removed afterwards); reused once built
+#   RDK_LOG_DIR       where each test's output goes (default: RDK_DIR/logs/
+#                     TIME when RDK_DIR is given, else a kept temporary dir)
+#   RDK_TEST_TIMEOUT  seconds one test may take unless its line says (300)
+#   RDK_QUICK         1 (default): the runner's quick mode (-Q), fewer
+#                     messages; 0: the full-size tests
+#   TEST_KAFKA_VERSION  the broker version the runner assumes (2.8.0; see
+#                     README.md)
 #
-# Prints a line per test and exits non-zero if any listed test failed.
+# Prints a line per test, then "librdkafka: N passed, N failed, N skipped",
+# and exits non-zero if any listed test failed.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,35 +37,9 @@ list=${2:-$here/tests.fast}
 [ -f "$list" ] || die "no test list $list"
 broker_bin=$(cd "$(dirname "$broker_bin")" && pwd)/$(basename "$broker_bin")
 list=$(cd "$(dirname "$list")" && pwd)/$(basename "$list")
-
-tmp_rdk=
-if [ -z "${RDK_DIR:-}" ]; then
-    RDK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/spool-rdk.XXXXXX")
-    tmp_rdk=$RDK_DIR
-fi
-RDK_DIR=$(mkdir -p "$RDK_DIR" && cd "$RDK_DIR" && pwd)
-log_dir=${RDK_LOG_DIR:-}
-if [ -z "$log_dir" ]; then
-    if [ -n "$tmp_rdk" ]; then
-        log_dir=$(mktemp -d "${TMPDIR:-/tmp}/spool-rdk-logs.XXXXXX")
-    else
-        log_dir=$RDK_DIR/logs/$(date +%Y%m%d-%H%M%S)
-    fi
-fi
-mkdir -p "$log_dir"
 test_timeout=${RDK_TEST_TIMEOUT:-300}
 quick=${RDK_QUICK:-1}
 kafka_version=${TEST_KAFKA_VERSION:-2.8.0}
-
-cleanup() {
-    # Keep the broker's own output next to the tests' for diagnosis.
-    [ -n "$BROKER_OUT" ] && [ -f "$BROKER_OUT" ] && cp "$BROKER_OUT" "$log_dir/broker.log"
-    broker_stop
-    [ -n "$tmp_rdk" ] && rm -rf "$tmp_rdk"
-    return 0
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # Parse the list first, so that a typo fails before the build.
 nums=() subs=() touts=()
@@ -76,8 +51,8 @@ while IFS= read -r line || [ -n "$line" ]; do
     sub= tout=$test_timeout
     for w in "${words[@]:1}"; do
         case $w in
-            sub=*) sub=${w#sub=} ;;
-            timeout=*) tout=${w#timeout=} ;;
+            sub=?*) sub=${w#sub=} ;;
+            timeout=[0-9]*) tout=${w#timeout=} ;;
             *) die "$list: unknown field '$w' for test ${words[0]}" ;;
         esac
     done
@@ -85,56 +60,101 @@ while IFS= read -r line || [ -n "$line" ]; do
 done <"$list"
 [ ${#nums[@]} -gt 0 ] || die "$list lists no test"
 
+tmp_rdk=
+if [ -z "${RDK_DIR:-}" ]; then
+    RDK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/spool-rdk.XXXXXX")
+    tmp_rdk=$RDK_DIR
+fi
+mkdir -p "$RDK_DIR"
+RDK_DIR=$(cd "$RDK_DIR" && pwd)
+log_dir=${RDK_LOG_DIR:-}
+if [ -z "$log_dir" ]; then
+    if [ -n "$tmp_rdk" ]; then
+        log_dir=$(mktemp -d "${TMPDIR:-/tmp}/spool-rdk-logs.XXXXXX")
+    else
+        log_dir=$RDK_DIR/logs/$(date +%Y%m%d-%H%M%S)
+    fi
+fi
+mkdir -p "$log_dir"
+
+child=
+cleanup() {
+    # A test still running (after INT/TERM) goes first; timeout(1) passes
+    # the signal on to the runner.
+    if [ -n "$child" ]; then
+        kill -TERM "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
+    # Keep the broker's own output next to the tests' for diagnosis.
+    if [ -n "$BROKER_OUT" ] && [ -f "$BROKER_OUT" ]; then
+        cp "$BROKER_OUT" "$log_dir/broker.log" || true
+    fi
+    broker_stop
+    if [ -n "$tmp_rdk" ]; then rm -rf "$tmp_rdk"; fi
+    return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 rdk_build "$RDK_DIR"
 tests_dir=$RDK_DIR/librdkafka/tests
 
-broker_start "$broker_bin"
+# librdkafka's suite is written for its own test clusters, whose default
+# scenario (tests/scenarios/default.json) auto-creates topics with 4
+# partitions: several tests produce to partitions 0-3 of a topic they never
+# created. Everything else is Spool's default.
+broker_conf=$log_dir/spool.toml
+printf '[defaults]\npartitions = 4\n' >"$broker_conf"
+broker_start "$broker_bin" "$broker_conf"
 
 # The runner reads librdkafka properties and its own test.* keys from here.
-# Random topic names: every test gets topics of its own on the shared broker.
+# Random topic names: each test gets topics of its own on the shared broker.
 conf=$log_dir/test.conf
-cat >"$conf" <<EOF
-bootstrap.servers=$KAFKA_ADDR
-test.topic.random=true
-test.timeout.multiplier=${RDK_TIMEOUT_MULTIPLIER:-2}
-EOF
+printf '%s\n' "bootstrap.servers=$KAFKA_ADDR" "test.topic.random=true" \
+    "test.timeout.multiplier=${RDK_TIMEOUT_MULTIPLIER:-2}" >"$conf"
 
-# -L: broker tests only (the *_mock and *_local variants that share a test
+# -L: broker tests only (the *_mock and *_local functions that share a test
 # number never talk to Spool); -p1: one test at a time on 2 cores.
 runner_args=(-L -p1)
-[ "$quick" = 1 ] && runner_args+=(-Q)
+if [ "$quick" = 1 ]; then runner_args+=(-Q); fi
 
-log "running ${#nums[@]} test(s) from $(basename "$list") (TEST_KAFKA_VERSION=$kafka_version, args ${runner_args[*]}); logs in $log_dir"
+log "running ${#nums[@]} test(s) from $(basename "$list") (TEST_KAFKA_VERSION=$kafka_version, runner ${runner_args[*]}); logs in $log_dir"
 
 passed=0 failed=0 skipped=0
-failed_names=()
-results=()
+failed_names=() results=()
 t_all=$(date +%s)
 for i in "${!nums[@]}"; do
     n=${nums[$i]} sub=${subs[$i]} tout=${touts[$i]}
-    name=$n${sub:+:$sub}
+    name=$n${sub:+ sub=$sub}
     tlog=$log_dir/$n${sub:+-$sub}.log
     t0=$(date +%s.%N)
-    rc=0
     # env -u CI: the runner changes its timeouts and parallelism when CI is
-    # set; the same run everywhere is easier to reason about.
+    # set; the same run everywhere is easier to compare. In the background
+    # and waited for, so that INT/TERM reach the trap at once.
     (
         cd "$tests_dir"
         exec env -u CI LD_LIBRARY_PATH="$RDK_DIR/librdkafka/src:$RDK_DIR/librdkafka/src-cpp" \
             RDKAFKA_TEST_CONF="$conf" TEST_KAFKA_VERSION="$kafka_version" \
             TESTS="$n" ${sub:+SUBTESTS="$sub"} \
             timeout -k 10 "$tout" ./test-runner "${runner_args[@]}"
-    ) </dev/null >"$tlog" 2>&1 || rc=$?
+    ) </dev/null >"$tlog" 2>&1 &
+    child=$!
+    rc=0
+    # (2>/dev/null: bash's own "Aborted" notice when the runner dies of its
+    # assertion; the test's log has the runner's account.)
+    wait "$child" 2>/dev/null || rc=$?
+    child=
     secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 
-    # The runner's closing table has one row per test function of that
-    # number: "| 0017_compression | PASSED | 1.2s |".
-    states=$(sed 's/\x1b\[[0-9;]*m//g' "$tlog" |
-        sed -n "s/^| *\(${n}_[A-Za-z0-9_]*\) *| *\([A-Z]*\) *|.*/\1=\2/p" | sort -u | tr '\n' ' ')
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        status=FAIL why="timed out after ${tout}s"
+    # The runner's closing table has a row per test function of that number:
+    # "| 0017_compression | PASSED | 1.2s |".
+    clean=$(sed 's/\x1b\[[0-9;]*m//g' "$tlog")
+    states=$(sed -n "s/^| *\(${n}_[A-Za-z0-9_]*\) *| *\([A-Z]*\) *|.*/\1=\2/p" <<<"$clean" |
+        sort -u | tr '\n' ' ')
+    if [ "$rc" -eq 124 ] || { [ "$rc" -eq 137 ] && [ "${secs%.*}" -ge "$tout" ]; }; then
+        status=FAIL why="killed after ${tout}s"
     elif [ "$rc" -ne 0 ]; then
-        status=FAIL why="exit $rc ${states}"
+        status=FAIL why="exit $rc $states"
     elif [[ $states == *=PASSED* ]]; then
         status=PASS why=$states
     elif [[ $states == *=SKIPPED* ]]; then
@@ -146,14 +166,14 @@ for i in "${!nums[@]}"; do
         PASS) passed=$((passed + 1)) ;;
         SKIP) skipped=$((skipped + 1)) ;;
         FAIL)
-            failed=$((failed + 1)) failed_names+=("$name")
-            # The lines that say why, without the runner's colours.
-            sed 's/\x1b\[[0-9;]*m//g' "$tlog" | grep -E 'FAIL|assert|Error|error' | tail -n 8 | sed 's/^/    /' >&2 || true
+            failed=$((failed + 1))
+            failed_names+=("$n${sub:+:$sub}")
+            # The runner's own account of the failure.
+            grep -A2 -E '^### Test .* failed at ' <<<"$clean" | head -n 9 | sed 's/^/    /' >&2 || true
             ;;
     esac
-    line=$(printf '%-4s %-40s %7ss  %s' "$status" "$name" "$secs" "$why")
-    results+=("$line")
-    printf '%s\n' "$line"
+    results+=("$(printf '%-4s %-36s %7ss  %s' "$status" "$name" "$secs" "$why")")
+    printf '%s\n' "${results[-1]}"
     # A broker that died takes every later test with it: say so and stop.
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then
         log "spool-broker exited during test $name; see $log_dir/broker.log"
@@ -163,8 +183,8 @@ for i in "${!nums[@]}"; do
 done
 
 echo
-echo "librdkafka tests against Spool ($(basename "$list"), $(($(date +%s) - t_all))s):"
+echo "librdkafka tests against Spool ($(basename "$list"), $(($(date +%s) - t_all))s, logs in $log_dir):"
 printf '  %s\n' "${results[@]}"
-[ ${#failed_names[@]} -gt 0 ] && echo "failed: ${failed_names[*]} (logs in $log_dir)"
+if [ ${#failed_names[@]} -gt 0 ]; then echo "failed: ${failed_names[*]}"; fi
 echo "librdkafka: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
