@@ -86,13 +86,17 @@ enum Format {
     Json,
 }
 
+/// A header's name and value (None: a header without one).
+type Header<'a> = (Cow<'a, str>, Option<Cow<'a, [u8]>>);
+
 /// One record to send, as read from the input: raw lines are borrowed, not
 /// copied.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Input<'a> {
     key: Option<Cow<'a, [u8]>>,
-    value: Cow<'a, [u8]>,
-    headers: Vec<(Cow<'a, str>, Cow<'a, [u8]>)>,
+    /// None: a record without a value (a tombstone; JSON input only).
+    value: Option<Cow<'a, [u8]>>,
+    headers: Vec<Header<'a>>,
     timestamp: Option<i64>,
 }
 
@@ -108,17 +112,17 @@ fn parse_line<'a>(
             Some(delim) => match find(line, delim.as_bytes()) {
                 Some(at) => Input {
                     key: Some(Cow::Borrowed(&line[..at])),
-                    value: Cow::Borrowed(&line[at + delim.len()..]),
+                    value: Some(Cow::Borrowed(&line[at + delim.len()..])),
                     ..Input::default()
                 },
                 None => Input {
-                    value: Cow::Borrowed(line),
+                    value: Some(Cow::Borrowed(line)),
                     ..Input::default()
                 },
             },
             None => Input {
                 key: args.key.as_ref().map(|k| Cow::Borrowed(k.as_bytes())),
-                value: Cow::Borrowed(line),
+                value: Some(Cow::Borrowed(line)),
                 ..Input::default()
             },
         },
@@ -126,7 +130,7 @@ fn parse_line<'a>(
     input.headers.extend(
         fixed
             .iter()
-            .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_slice()))),
+            .map(|(n, v)| (Cow::Borrowed(n.as_str()), Some(Cow::Borrowed(v.as_slice())))),
     );
     Ok(input)
 }
@@ -163,7 +167,12 @@ fn parse_json(line: &[u8]) -> Result<Input<'static>, String> {
                 (None, Some(other)) => Err(format!("\"{b64}\" must be a string, not {other}")),
             }
         };
-    let value = bytes(&object, "value")?.ok_or("no \"value\" (or \"value_base64\") field")?;
+    // A value given as null is a record without one, as `spool consume`
+    // prints a tombstone; a line with no value at all is a mistake.
+    if !object.contains_key("value") && !object.contains_key("value_base64") {
+        return Err("no \"value\" (or \"value_base64\") field".into());
+    }
+    let value = bytes(&object, "value")?;
     let key = bytes(&object, "key")?;
     let mut headers = Vec::new();
     match object.get("headers") {
@@ -171,9 +180,11 @@ fn parse_json(line: &[u8]) -> Result<Input<'static>, String> {
         Some(Value::Object(map)) => {
             for (name, v) in map {
                 match v {
-                    Value::String(s) => {
-                        headers.push((Cow::Owned(name.clone()), Cow::Owned(s.clone().into_bytes())))
-                    }
+                    Value::String(s) => headers.push((
+                        Cow::Owned(name.clone()),
+                        Some(Cow::Owned(s.clone().into_bytes())),
+                    )),
+                    Value::Null => headers.push((Cow::Owned(name.clone()), None)),
                     other => return Err(format!("header {name:?} must be a string, not {other}")),
                 }
             }
@@ -188,8 +199,8 @@ fn parse_json(line: &[u8]) -> Result<Input<'static>, String> {
                 let Some(Value::String(name)) = h.get("name") else {
                     return Err("a header has no \"name\" string".into());
                 };
-                let v = bytes(h, "value")?.unwrap_or_default();
-                headers.push((Cow::Owned(name.clone()), Cow::Owned(v)));
+                let v = bytes(h, "value")?;
+                headers.push((Cow::Owned(name.clone()), v.map(Cow::Owned)));
             }
         }
         Some(other) => {
@@ -206,7 +217,7 @@ fn parse_json(line: &[u8]) -> Result<Input<'static>, String> {
     };
     Ok(Input {
         key: key.map(Cow::Owned),
-        value: Cow::Owned(value),
+        value: value.map(Cow::Owned),
         headers,
         timestamp,
     })
@@ -433,20 +444,17 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
                 break;
             }
         };
-        let headers: Vec<(&str, &[u8])> = record
+        let headers: Vec<(&str, Option<&[u8]>)> = record
             .headers
             .iter()
-            .map(|(n, v)| (n.as_ref(), v.as_ref()))
+            .map(|(n, v)| (n.as_ref(), v.as_deref()))
             .collect();
         let key = record.key.as_deref();
         if let Some(max) = limit {
             // The record's whole encoding, with room for any timestamp
             // delta the producer may give it.
-            let with_some: Vec<(&str, Option<&[u8]>)> =
-                headers.iter().map(|&(n, v)| (n, Some(v))).collect();
-            let size =
-                BatchBuilder::record_size(i64::MAX, i32::MAX, key, Some(&record.value), &with_some)
-                    as u64;
+            let value = record.value.as_deref();
+            let size = BatchBuilder::record_size(i64::MAX, i32::MAX, key, value, &headers) as u64;
             if size > max {
                 if args.skip_invalid {
                     tally.skipped.push(number);
@@ -472,7 +480,7 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
                         &args.topic,
                         p,
                         key,
-                        &record.value,
+                        record.value.as_deref(),
                         &headers,
                         record.timestamp,
                     )
@@ -480,7 +488,13 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
             }
             None => {
                 producer
-                    .send_record(&args.topic, key, &record.value, &headers, record.timestamp)
+                    .send_any(
+                        &args.topic,
+                        key,
+                        record.value.as_deref(),
+                        &headers,
+                        record.timestamp,
+                    )
                     .await
             }
         };

@@ -270,18 +270,38 @@ impl Producer {
         let shared = &self.shared;
         let (partitions, partitioner) = shared.topic_meta(topic).await;
         let partition = partitioner.partition(key, partitions);
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            headers.iter().map(|&(name, v)| (name, Some(v))).collect();
+        self.send_to(topic, partition, key, Some(value), &headers, timestamp)
+            .await
+    }
+
+    /// [`Producer::send_to`] to the partition the partitioner picks.
+    pub async fn send_any(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        timestamp: Option<i64>,
+    ) -> Result<Delivery> {
+        let (partitions, partitioner) = self.shared.topic_meta(topic).await;
+        let partition = partitioner.partition(key, partitions);
         self.send_to(topic, partition, key, value, headers, timestamp)
             .await
     }
 
-    /// Adds a record to the batch of a partition chosen by the caller.
+    /// Adds a record to the batch of a partition chosen by the caller. A
+    /// value of `None` is a record without one (Kafka's tombstone), and so
+    /// is a header's: the batch format has room for both, and Kafka's
+    /// clients send them.
     pub async fn send_to(
         &self,
         topic: &str,
         partition: u32,
         key: Option<&[u8]>,
-        value: &[u8],
-        headers: &[(&str, &[u8])],
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
         timestamp: Option<i64>,
     ) -> Result<Delivery> {
         let shared = &self.shared;
@@ -294,10 +314,8 @@ impl Producer {
         // A record that would take the open batch past what one frame holds
         // starts a new batch (sending the open one), so that every batch can
         // be sent; only a record too large on its own fails.
-        let headers: Vec<(&str, Option<&[u8]>)> =
-            headers.iter().map(|&(name, v)| (name, Some(v))).collect();
         // The largest the record can encode to, whatever its deltas.
-        let size = BatchBuilder::record_size(i64::MAX, i32::MAX, key, Some(value), &headers);
+        let size = BatchBuilder::record_size(i64::MAX, i32::MAX, key, value, headers);
         if open
             .as_ref()
             .is_some_and(|b| !b.builder.is_empty() && b.builder.size() + size > room)
@@ -312,7 +330,7 @@ impl Producer {
         });
         batch
             .builder
-            .push(timestamp.unwrap_or_else(now_ms), key, Some(value), &headers);
+            .push(timestamp.unwrap_or_else(now_ms), key, value, headers);
         let delivery = Delivery {
             result: batch.result.subscribe(),
             index: batch.builder.len() as u64 - 1,
