@@ -34,7 +34,7 @@ measure() {
     native) rate=$("$B/spool" --broker "$a" bench --message-size "$size" --messages "$count" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["produce"]["messages_per_sec"]))') ;;
     kafka) rate=$("$B/spool" --broker "$a" bench --kafka "$k" --message-size "$size" --messages "$count" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["produce"]["messages_per_sec"]))') ;;
     rdkafka)
-      "$B/spool" --broker "$a" topic create t --flush never >/dev/null
+      "$B/spool" --broker "$a" topic create t --flush never >/dev/null 2>&1
       # The last table row's dr_m/s (delivered messages per second).
       rate=$(timeout 300 "$RP" -P -t t -b "$k" -s "$size" -c "$count" -p 0 -X linger.ms=5 -q -u 2>/dev/null | awk -F'|' 'NF > 8 && $2 ~ /[0-9]/ {r=$7} END {gsub(/ /, "", r); print r}')
       ;;

@@ -34,6 +34,7 @@
 
 mod admin;
 mod bounds;
+mod fetch_response;
 pub mod producer_ids;
 
 use std::net::SocketAddr;
@@ -44,7 +45,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -61,9 +61,9 @@ use kafka_protocol::messages::{
     IncrementalAlterConfigsRequest, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
@@ -335,8 +335,15 @@ async fn serve(
                 let Some((response, memory)) = settle(reply).await else {
                     continue;
                 };
-                let body = fetched(response, version);
-                respond!(body);
+                // The stored batches go out as they are, between the
+                // encoded fields, never copied into one buffer.
+                let pieces = fetch_response::encode(response, version, id);
+                for piece in &pieces {
+                    tokio::time::timeout(server.write_timeout, wr.write_all(piece))
+                        .await
+                        .map_err(|_| "write deadline".to_string())?
+                        .map_err(|e| e.to_string())?;
+                }
                 // The batches are in the socket's buffer or the kernel's now.
                 flush(&mut wr, server.write_timeout).await?;
                 drop(memory);
@@ -672,65 +679,6 @@ fn fetch(request: FetchRequest) -> Request {
 }
 
 /// log_start_offset from version 5 on (see [`produced`]).
-fn fetched(response: Response, version: i16) -> FetchResponse {
-    let mut body = FetchResponse::default();
-    let topics = match response.body {
-        Ok(ResponseBody::Fetched(topics)) => topics,
-        Ok(_) => Vec::new(),
-        Err(e) => {
-            body.error_code = kafka_code(e.code);
-            Vec::new()
-        }
-    };
-    body.responses = topics
-        .into_iter()
-        .map(|t| {
-            let mut tr = FetchableTopicResponse::default();
-            tr.topic = TopicName(StrBytes::from_string(t.topic));
-            tr.partitions = t
-                .partitions
-                .into_iter()
-                .map(|p| {
-                    let mut pd = PartitionData::default();
-                    pd.partition_index = p.partition as i32;
-                    pd.preferred_read_replica = BrokerId(-1);
-                    match p.result {
-                        Ok(f) => {
-                            pd.high_watermark = f.log_end as i64;
-                            pd.last_stable_offset = f.log_end as i64;
-                            if version >= 5 {
-                                pd.log_start_offset = f.log_start as i64;
-                            }
-                            let records: Bytes = match f.batches.len() {
-                                0 => Bytes::new(),
-                                1 => f.batches[0].clone(),
-                                _ => Bytes::from(f.batches.concat()),
-                            };
-                            pd.records = Some(records);
-                        }
-                        Err(e) => {
-                            pd.error_code = kafka_code(e.code);
-                            pd.high_watermark = -1;
-                            pd.last_stable_offset = -1;
-                            if let Some((start, end)) = e.range {
-                                pd.high_watermark = end as i64;
-                                pd.last_stable_offset = end as i64;
-                                if version >= 5 {
-                                    pd.log_start_offset = start as i64;
-                                }
-                            }
-                            pd.records = Some(Bytes::new());
-                        }
-                    }
-                    pd
-                })
-                .collect();
-            tr
-        })
-        .collect();
-    body
-}
-
 fn list_offsets(request: ListOffsetsRequest) -> Request {
     Request::ListOffsets {
         topics: request
