@@ -37,6 +37,16 @@ fn kcat(broker: &Process, args: &[&str], input: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The values kcat reads from `topic`, one per line, starting at `start`
+/// (kcat's `-o`), to the end.
+fn values_from(broker: &Process, topic: &str, start: &str) -> String {
+    kcat(
+        broker,
+        &["-C", "-t", topic, "-e", "-o", start, "-f", "%s\\n"],
+        b"",
+    )
+}
+
 /// Waits at most a minute for a child, killing it past that.
 fn wait_bounded(mut child: std::process::Child) -> std::process::Output {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -263,51 +273,17 @@ async fn kcat_headers_codecs_and_timestamps_round_trip() {
             .skip_while(|(_, t, _)| t < ts)
             .map(|(_, _, w)| format!("{w}\n"))
             .collect();
-        let from = kcat(
-            &broker,
-            &[
-                "-C",
-                "-t",
-                "times",
-                "-e",
-                "-o",
-                &format!("s@{ts}"),
-                "-f",
-                "%s\\n",
-            ],
-            b"",
-        );
+        let from = values_from(&broker, "times", &format!("s@{ts}"));
         assert_eq!(from, expect, "-o s@{ts}");
     }
     // Past the last timestamp: nothing; -N beyond the partition's start:
     // from the start.
     let after = rows[2].1 + 1;
-    let none = kcat(
-        &broker,
-        &[
-            "-C",
-            "-t",
-            "times",
-            "-e",
-            "-o",
-            &format!("s@{after}"),
-            "-f",
-            "%s\\n",
-        ],
-        b"",
-    );
+    let none = values_from(&broker, "times", &format!("s@{after}"));
     assert_eq!(none, "");
-    let last_two = kcat(
-        &broker,
-        &["-C", "-t", "times", "-e", "-o", "-2", "-f", "%s\\n"],
-        b"",
-    );
+    let last_two = values_from(&broker, "times", "-2");
     assert_eq!(last_two, "second\nthird\n");
-    let all = kcat(
-        &broker,
-        &["-C", "-t", "times", "-e", "-o", "-10", "-f", "%s\\n"],
-        b"",
-    );
+    let all = values_from(&broker, "times", "-10");
     assert_eq!(all, "first\nsecond\nthird\n");
     broker.kill9();
 }

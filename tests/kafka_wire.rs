@@ -158,6 +158,25 @@ fn idempotent_produce_deduplicates_retries_and_survives_kill_9() {
     broker.kill9();
 }
 
+/// Sends one request frame (`body` after its size) on a connection of
+/// its own; returns the answer's bytes after their size, or None if the
+/// broker closed the connection instead.
+fn exchange(addr: SocketAddr, body: &[u8]) -> Option<Vec<u8>> {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    socket
+        .write_all(&(body.len() as i32).to_be_bytes())
+        .unwrap();
+    socket.write_all(body).unwrap();
+    let mut size = [0; 4];
+    socket.read_exact(&mut size).ok()?;
+    let mut answer = vec![0; i32::from_be_bytes(size) as usize];
+    socket.read_exact(&mut answer).ok()?;
+    Some(answer)
+}
+
 fn topic(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
 }
@@ -330,18 +349,8 @@ fn admin_requests_claiming_huge_arrays_are_refused() {
         // The first field of each is its top-level array.
         body.put_i32(i32::MAX);
         body.extend_from_slice(&[0; 16]);
-        let mut socket = TcpStream::connect(addr).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        socket
-            .write_all(&(body.len() as i32).to_be_bytes())
-            .unwrap();
-        socket.write_all(&body).unwrap();
-        let mut answer = [0u8; 4];
-        match socket.read(&mut answer) {
-            Ok(0) | Err(_) => {}
-            Ok(n) => panic!("api {api} v{version}: answered {n} bytes"),
+        if let Some(answer) = exchange(addr, &body) {
+            panic!("api {api} v{version}: answered {answer:02x?}");
         }
     }
     let mut k = Kafka::connect(addr);
@@ -416,18 +425,7 @@ fn legacy_produce_versions_are_refused_per_partition() {
         body.put_i32(0);
         body.put_i32(records.len() as i32);
         body.extend_from_slice(&records);
-        let mut socket = TcpStream::connect(addr).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        socket
-            .write_all(&(body.len() as i32).to_be_bytes())
-            .unwrap();
-        socket.write_all(&body).unwrap();
-        let mut size = [0; 4];
-        socket.read_exact(&mut size).unwrap();
-        let mut answer = vec![0; i32::from_be_bytes(size) as usize];
-        socket.read_exact(&mut answer).unwrap();
+        let answer = exchange(addr, &body).expect("an answer");
         let mut expect = BytesMut::new();
         expect.put_i32(100 + version as i32);
         expect.put_i32(1);

@@ -544,6 +544,16 @@ pub(crate) fn template(count: usize, size: usize) -> (Vec<u8>, Vec<usize>) {
     (bytes, starts)
 }
 
+/// Writes the send time (ns since the run's start) into each value of a
+/// [`template`] batch, and seals the batch again.
+pub(crate) fn stamp_send_time(batch: &mut [u8], starts: &[usize], since_start: Duration) {
+    let ns = since_start.as_nanos() as u64;
+    for &s in starts {
+        batch[s..s + 8].copy_from_slice(&ns.to_be_bytes());
+    }
+    batch::reseal(batch);
+}
+
 /// A produce request's acknowledgement (or failure), and how long after its
 /// send it came.
 type Acked = std::pin::Pin<
@@ -580,11 +590,7 @@ async fn produce(
         }
         let now = Instant::now();
         if stamp {
-            let ns = (now - epoch).as_nanos() as u64;
-            for &s in &starts {
-                batch[s..s + 8].copy_from_slice(&ns.to_be_bytes());
-            }
-            batch::reseal(&mut batch);
+            stamp_send_time(&mut batch, &starts, now - epoch);
         }
         let bytes = Bytes::from(batch);
         let partition =

@@ -21,12 +21,11 @@ use kafka_protocol::messages::{
     ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use spool_client::batch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::bench::{histogram, template, Plan, Side};
+use crate::bench::{histogram, stamp_send_time, template, Plan, Side};
 
 const VERSION: i16 = 9;
 
@@ -131,11 +130,7 @@ pub async fn produce(
     while sent < plan.quota && plan.deadline.is_none_or(|d| Instant::now() < d) {
         let now = Instant::now();
         if stamp {
-            let ns = (now - epoch).as_nanos() as u64;
-            for &s in &starts {
-                batch[s..s + 8].copy_from_slice(&ns.to_be_bytes());
-            }
-            batch::reseal(&mut batch);
+            stamp_send_time(&mut batch, &starts, now - epoch);
         }
         let partition =
             (plan.first_partition as u64 + sent / per_batch) % u64::from(plan.partitions);

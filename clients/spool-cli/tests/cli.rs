@@ -41,6 +41,17 @@ fn start(edit: impl FnOnce(&mut Config)) -> Env {
     }
 }
 
+impl Env {
+    /// The broker's Kafka listener, as HOST:PORT.
+    fn kafka(&self) -> String {
+        let broker = self.broker.as_ref().expect("running");
+        broker
+            .kafka_addr()
+            .expect("the Kafka listener is on")
+            .to_string()
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         if let Some(b) = self.broker.take() {
@@ -608,22 +619,13 @@ impl Env {
     }
 }
 
-// Issue 10, item 6: `spool topic list | head -0` panicked (exit 101, a
-// backtrace) and `spool consume t | head -1` printed an error and exited 1.
-// A closed stdout ends a command quietly, with success, as with cat and kcat.
 /// `spool bench --kafka`: the producers go through the Kafka listener, with
 /// the same batches; every message lands, and the report says so. Modes
 /// other than produce are refused.
 #[test]
 fn bench_produces_through_the_kafka_listener() {
     let env = start(|_| {});
-    let kafka = env
-        .broker
-        .as_ref()
-        .unwrap()
-        .kafka_addr()
-        .unwrap()
-        .to_string();
+    let kafka = env.kafka();
     let out = env.ok(
         &[
             "bench",
@@ -694,13 +696,7 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 #[test]
 fn kafka_clients_and_spool_tools_read_each_others_records() {
     let env = start(|_| {});
-    let kafka = env
-        .broker
-        .as_ref()
-        .unwrap()
-        .kafka_addr()
-        .unwrap()
-        .to_string();
+    let kafka = env.kafka();
     let produced = kafka_python(
         "kafka_python_interop.py",
         &["produce", &kafka, "from-kafka"],
@@ -733,6 +729,9 @@ fn kafka_clients_and_spool_tools_read_each_others_records() {
     assert_eq!(json_lines(&read), expect);
 }
 
+// Issue 10, item 6: `spool topic list | head -0` panicked (exit 101, a
+// backtrace) and `spool consume t | head -1` printed an error and exited 1.
+// A closed stdout ends a command quietly, with success, as with cat and kcat.
 #[test]
 fn a_closed_stdout_ends_the_command_quietly_with_success() {
     let env = start(|_| {});
