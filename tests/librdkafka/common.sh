@@ -5,15 +5,19 @@
 # tests/ and examples/), which is the one registry the machines reach that
 # carries librdkafka's sources.
 NODE_RDKAFKA_VERSION=${NODE_RDKAFKA_VERSION:-3.6.1}
+# What a finished build is stamped with: a change of version or of the build
+# steps below (bump the suffix) makes the next run rebuild.
+RDK_BUILD_ID="node-rdkafka-$NODE_RDKAFKA_VERSION/2"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
 # Debian packages the build needs: g++ because the test runner links as C++,
-# python3 for librdkafka's linker script, and the codec headers so that
-# gzip and zstd are built in and lz4 is the system one (snappy and a fallback
-# lz4 are bundled).
-RDK_DEB_PACKAGES=(gcc g++ make pkg-config python3 zlib1g-dev libzstd-dev liblz4-dev)
+# python3 for librdkafka's linker script, the codec headers so that gzip and
+# zstd are built in and lz4 is the system one (snappy and a fallback lz4 are
+# bundled), and RapidJSON, without which the tests that check the client's
+# statistics JSON (0053, 0110) skip themselves.
+RDK_DEB_PACKAGES=(gcc g++ make pkg-config python3 zlib1g-dev libzstd-dev liblz4-dev rapidjson-dev)
 
 rdk_install_packages() {
     local missing=() p
@@ -40,7 +44,7 @@ rdk_build() {
     mkdir -p "$dir"
     exec 9>"$dir/.build.lock"
     flock -w 1800 9 || die "could not lock $dir for building"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$NODE_RDKAFKA_VERSION" ]; then
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$RDK_BUILD_ID" ]; then
         exec 9>&-
         return 0
     fi
@@ -71,10 +75,10 @@ rdk_build() {
     # The compression tests only cover the codecs that were built in; refuse a
     # build that silently lost one.
     local w
-    for w in WITH_ZLIB WITH_ZSTD WITH_SNAPPY; do
+    for w in WITH_ZLIB WITH_ZSTD WITH_SNAPPY WITH_RAPIDJSON; do
         grep -q "^#define $w 1" "$src/config.h" || die "librdkafka built without $w"
     done
-    echo "$NODE_RDKAFKA_VERSION" >"$stamp"
+    echo "$RDK_BUILD_ID" >"$stamp"
     log "librdkafka built in $(($(date +%s) - t0))s"
     exec 9>&-
 }

@@ -7,10 +7,15 @@
 # BROKER_BINARY defaults to $SPOOL_BROKER; LIST_FILE to tests.fast beside this
 # script. A list has one test a line:
 #
-#   NNNN [sub=SUBSTRING] [timeout=SECONDS]  # what it covers
+#   NNNN [sub=SUBSTRING] [quick] [idem] [timeout=SECONDS]  # what it covers
 #
-# sub= runs only the sub-tests whose name contains SUBSTRING (the runner's
-# SUBTESTS filter), for tests that mix APIs Spool has with ones it lacks.
+#   sub=      only the sub-tests whose name contains SUBSTRING (the runner's
+#             SUBTESTS filter), for tests that mix APIs Spool has with ones
+#             it lacks
+#   quick     the runner's quick mode (-Q): fewer messages, and only the
+#             sub-tests marked quick (some tests do nothing at all in it)
+#   idem      every producer of the test idempotent (the runner's -P), so
+#             that InitProducerId and sequence numbers are in play
 #
 # Environment:
 #   RDK_DIR           where librdkafka is fetched and built (default: a new
@@ -18,8 +23,8 @@
 #   RDK_LOG_DIR       where each test's output goes (default: RDK_DIR/logs/
 #                     TIME when RDK_DIR is given, else a kept temporary dir)
 #   RDK_TEST_TIMEOUT  seconds one test may take unless its line says (300)
-#   RDK_QUICK         1 (default): the runner's quick mode (-Q), fewer
-#                     messages; 0: the full-size tests
+#   RDK_QUICK         1: every test in quick mode (a smoke run); default 0:
+#                     as each line says
 #   TEST_KAFKA_VERSION  the broker version the runner assumes (2.8.0; see
 #                     README.md)
 #
@@ -38,25 +43,27 @@ list=${2:-$here/tests.fast}
 broker_bin=$(cd "$(dirname "$broker_bin")" && pwd)/$(basename "$broker_bin")
 list=$(cd "$(dirname "$list")" && pwd)/$(basename "$list")
 test_timeout=${RDK_TEST_TIMEOUT:-300}
-quick=${RDK_QUICK:-1}
+quick=${RDK_QUICK:-0}
 kafka_version=${TEST_KAFKA_VERSION:-2.8.0}
 
 # Parse the list first, so that a typo fails before the build.
-nums=() subs=() touts=()
+nums=() subs=() touts=() quicks=() idems=()
 while IFS= read -r line || [ -n "$line" ]; do
     line=${line%%#*}
     read -r -a words <<<"$line" || true
     [ ${#words[@]} -eq 0 ] && continue
     [[ ${words[0]} =~ ^[0-9]{4}$ ]] || die "$list: not a test number: ${words[0]}"
-    sub= tout=$test_timeout
+    sub= tout=$test_timeout q=$quick idem=0
     for w in "${words[@]:1}"; do
         case $w in
             sub=?*) sub=${w#sub=} ;;
             timeout=[0-9]*) tout=${w#timeout=} ;;
+            quick) q=1 ;;
+            idem) idem=1 ;;
             *) die "$list: unknown field '$w' for test ${words[0]}" ;;
         esac
     done
-    nums+=("${words[0]}") subs+=("$sub") touts+=("$tout")
+    nums+=("${words[0]}") subs+=("$sub") touts+=("$tout") quicks+=("$q") idems+=("$idem")
 done <"$list"
 [ ${#nums[@]} -gt 0 ] || die "$list lists no test"
 
@@ -99,34 +106,41 @@ trap 'exit 130' INT TERM
 rdk_build "$RDK_DIR"
 tests_dir=$RDK_DIR/librdkafka/tests
 
-# librdkafka's suite is written for its own test clusters, whose default
-# scenario (tests/scenarios/default.json) auto-creates topics with 4
-# partitions: several tests produce to partitions 0-3 of a topic they never
-# created. Everything else is Spool's default.
-broker_conf=$log_dir/spool.toml
-printf '[defaults]\npartitions = 4\n' >"$broker_conf"
-broker_start "$broker_bin" "$broker_conf"
+# The broker as librdkafka's own test clusters are set up, where Spool's
+# defaults differ:
+# - partitions = 4: their default scenario (tests/scenarios/default.json)
+#   auto-creates topics with 4, and several tests produce to partitions 0-3
+#   of a topic they never created;
+# - retention_ms unlimited: some tests produce records stamped 1970 (0054
+#   uses timestamp 1234). Spool applies retention at every segment roll,
+#   and a segment whose first batch is that old rolls at the next batch, so
+#   the first batch is deleted as soon as a second arrives; Kafka checks
+#   retention every 5 minutes, long after the test has read it back.
+printf '[defaults]\npartitions = 4\nretention_ms = "unlimited"\n' >"$log_dir/spool.toml"
+broker_start "$broker_bin" "$log_dir/spool.toml"
 
 # The runner reads librdkafka properties and its own test.* keys from here.
-# Random topic names: each test gets topics of its own on the shared broker.
+# Random topic names: each test's topics are its own on the shared broker.
 conf=$log_dir/test.conf
 printf '%s\n' "bootstrap.servers=$KAFKA_ADDR" "test.topic.random=true" \
     "test.timeout.multiplier=${RDK_TIMEOUT_MULTIPLIER:-2}" >"$conf"
 
 # -L: broker tests only (the *_mock and *_local functions that share a test
 # number never talk to Spool); -p1: one test at a time on 2 cores.
-runner_args=(-L -p1)
-if [ "$quick" = 1 ]; then runner_args+=(-Q); fi
+base_args=(-L -p1)
 
-log "running ${#nums[@]} test(s) from $(basename "$list") (TEST_KAFKA_VERSION=$kafka_version, runner ${runner_args[*]}); logs in $log_dir"
+log "running ${#nums[@]} test(s) from $(basename "$list") (TEST_KAFKA_VERSION=$kafka_version); logs in $log_dir"
 
 passed=0 failed=0 skipped=0
 failed_names=() results=()
 t_all=$(date +%s)
 for i in "${!nums[@]}"; do
     n=${nums[$i]} sub=${subs[$i]} tout=${touts[$i]}
-    name=$n${sub:+ sub=$sub}
-    tlog=$log_dir/$n${sub:+-$sub}.log
+    runner_args=("${base_args[@]}") tag=
+    if [ "${quicks[$i]}" = 1 ]; then runner_args+=(-Q) tag=" quick"; fi
+    if [ "${idems[$i]}" = 1 ]; then runner_args+=(-P) tag="$tag idem"; fi
+    name=$n$tag${sub:+ sub=$sub}
+    tlog=$log_dir/$n${tag// /-}${sub:+-$sub}.log
     t0=$(date +%s.%N)
     # env -u CI: the runner changes its timeouts and parallelism when CI is
     # set; the same run everywhere is easier to compare. In the background
@@ -167,12 +181,12 @@ for i in "${!nums[@]}"; do
         SKIP) skipped=$((skipped + 1)) ;;
         FAIL)
             failed=$((failed + 1))
-            failed_names+=("$n${sub:+:$sub}")
+            failed_names+=("$n${tag// /-}${sub:+:$sub}")
             # The runner's own account of the failure.
             grep -A2 -E '^### Test .* failed at ' <<<"$clean" | head -n 9 | sed 's/^/    /' >&2 || true
             ;;
     esac
-    results+=("$(printf '%-4s %-36s %7ss  %s' "$status" "$name" "$secs" "$why")")
+    results+=("$(printf '%-4s %-50s %6ss  %s' "$status" "$name" "$secs" "$why")")
     printf '%s\n' "${results[-1]}"
     # A broker that died takes every later test with it: say so and stop.
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then
