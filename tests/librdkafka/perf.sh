@@ -11,8 +11,8 @@
 #   BENCH_DATA_PARENT  where each run's data dir is made (default /dev/shm,
 #                      so that the disk is not what is measured; give a disk
 #                      path to include fdatasync costs)
-#   BENCH_COUNT_1K     messages of 1 KiB (default 500000)
-#   BENCH_COUNT_100    messages of 100 B (default 2000000)
+#   BENCH_COUNT_1K     messages of 1 KiB (default 2000000: 2 GB)
+#   BENCH_COUNT_100    messages of 100 B (default 6000000: 600 MB)
 #   BENCH_ACKS         acks (default -1: what librdkafka uses by default)
 #   BENCH_TIMEOUT      seconds one run may take (default 300)
 #
@@ -75,5 +75,5 @@ run_one() {
 }
 
 log "data dirs under $BROKER_DATA_PARENT, acks=$acks"
-run_one 1024 "${BENCH_COUNT_1K:-500000}"
-run_one 100 "${BENCH_COUNT_100:-2000000}"
+run_one 1024 "${BENCH_COUNT_1K:-2000000}"
+run_one 100 "${BENCH_COUNT_100:-6000000}"
