@@ -298,15 +298,19 @@ struct Alter {
 }
 
 /// Runs an alter (or, with `validate_only`, checks it), answering Kafka's
-/// code and message.
+/// code and message; a request already refused is answered as such.
 async fn alter_topic(
     front: &Front,
     peer: &Peer,
     id: i32,
     topic: &str,
-    alter: Alter,
+    alter: Result<Alter, (i16, String)>,
     validate_only: bool,
 ) -> (i16, Option<String>) {
+    let alter = match alter {
+        Ok(alter) => alter,
+        Err((code, message)) => return (code, Some(message)),
+    };
     if validate_only {
         if front.broker.topics().get(topic).is_none() {
             return (3, Some(format!("no topic {topic:?}")));
@@ -367,26 +371,16 @@ pub async fn alter_configs(
                 .iter()
                 .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
                 .collect();
-            match settings_of(-1, &configs) {
-                Err((code, message)) => (code, Some(message)),
-                Ok(set) => {
-                    let reset = CONFIGS
-                        .iter()
-                        .map(|(_, spool)| (*spool).to_owned())
-                        .filter(|spool| !set.iter().any(|(k, _)| k == spool))
-                        .collect();
-                    let alter = Alter { set, reset };
-                    alter_topic(
-                        front,
-                        peer,
-                        id,
-                        &r.resource_name,
-                        alter,
-                        request.validate_only,
-                    )
-                    .await
-                }
-            }
+            let alter = settings_of(-1, &configs).map(|set| {
+                let reset = CONFIGS
+                    .iter()
+                    .map(|(_, spool)| (*spool).to_owned())
+                    .filter(|spool| !set.iter().any(|(k, _)| k == spool))
+                    .collect();
+                Alter { set, reset }
+            });
+            let topic = &r.resource_name;
+            alter_topic(front, peer, id, topic, alter, request.validate_only).await
         };
         body.responses
             .push(alter_result(r.resource_type, r.resource_name, result));
@@ -432,21 +426,12 @@ pub async fn incremental_alter_configs(
                     }
                 }
             }
-            match refused.map_or_else(|| settings_of(-1, &set_configs), Err) {
-                Err((code, message)) => (code, Some(message)),
-                Ok(set) => {
-                    let alter = Alter { set, reset };
-                    alter_topic(
-                        front,
-                        peer,
-                        id,
-                        &r.resource_name,
-                        alter,
-                        request.validate_only,
-                    )
-                    .await
-                }
-            }
+            let alter = match refused {
+                Some(refusal) => Err(refusal),
+                None => settings_of(-1, &set_configs).map(|set| Alter { set, reset }),
+            };
+            let topic = &r.resource_name;
+            alter_topic(front, peer, id, topic, alter, request.validate_only).await
         };
         let (code, message) = result;
         let mut response = IncrementalResult::default();
@@ -494,10 +479,10 @@ pub async fn create_partitions(
                 )),
             ),
             Some(_) => {
-                let alter = Alter {
+                let alter = Ok(Alter {
                     set: vec![("partitions".to_owned(), t.count.to_string())],
                     reset: Vec::new(),
-                };
+                });
                 alter_topic(front, peer, id, &topic, alter, request.validate_only).await
             }
         };
