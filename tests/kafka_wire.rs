@@ -257,7 +257,103 @@ fn describe_cluster_names_this_broker_with_metadatas_cluster_id() {
         if version >= 1 {
             assert_eq!(r.endpoint_type, 2);
         }
+        // Not asked for: Kafka's "not requested".
+        assert_eq!(r.cluster_authorized_operations, i32::MIN);
+        request.include_cluster_authorized_operations = true;
+        let r: DescribeClusterResponse = k.call(ApiKey::DescribeCluster, version, &request);
+        assert_eq!(operations(r.cluster_authorized_operations), CLUSTER);
     }
+    broker.kill9();
+}
+
+/// ACL operation codes: CREATE 5, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9,
+/// DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12.
+const CLUSTER: [i32; 7] = [5, 7, 8, 9, 10, 11, 12];
+/// READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7, DESCRIBE 8,
+/// DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11.
+const TOPIC: [i32; 8] = [3, 4, 5, 6, 7, 8, 10, 11];
+
+/// The operation codes in an authorized-operations bit set.
+fn operations(bits: i32) -> Vec<i32> {
+    (0..32).filter(|i| bits & (1 << i) != 0).collect()
+}
+
+/// Metadata v8+ reports every operation a topic and the cluster have when
+/// asked (no ACLs, as Kafka without an authorizer), and nothing otherwise.
+#[test]
+fn metadata_reports_authorized_operations_when_asked() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let mut k = Kafka::connect(broker.kafka.unwrap());
+    assert_eq!(k.produce("ops", &batch(-1, -1, -1, 1)), (0, 0));
+    for version in [8, 9] {
+        let mut request = MetadataRequest::default();
+        request.topics = Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic("ops")))
+        ]);
+        let r: MetadataResponse = k.call(ApiKey::Metadata, version, &request);
+        assert_eq!(r.topics[0].topic_authorized_operations, i32::MIN);
+        assert_eq!(r.cluster_authorized_operations, i32::MIN);
+        request.include_topic_authorized_operations = true;
+        request.include_cluster_authorized_operations = true;
+        let r: MetadataResponse = k.call(ApiKey::Metadata, version, &request);
+        assert_eq!(operations(r.topics[0].topic_authorized_operations), TOPIC);
+        assert_eq!(operations(r.cluster_authorized_operations), CLUSTER);
+    }
+    broker.kill9();
+}
+
+/// CreateTopics with replica assignments: taken when they give partitions
+/// 0 to n-1 once each the one replica, broker 0; beside a count or a
+/// replication factor, INVALID_REQUEST; any other, INVALID_REPLICA_ASSIGNMENT
+/// with nothing created.
+#[test]
+fn create_topics_takes_single_broker_assignments() {
+    use kafka_protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopic,
+    };
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let mut k = Kafka::connect(broker.kafka.unwrap());
+    // `assign`: (partition, broker ids) pairs.
+    let mut create = |name: &str, count: i32, factor: i16, assign: &[(i32, &[i32])]| -> i16 {
+        let mut t = CreatableTopic::default();
+        t.name = topic(name);
+        t.num_partitions = count;
+        t.replication_factor = factor;
+        t.assignments = assign
+            .iter()
+            .map(|(p, ids)| {
+                CreatableReplicaAssignment::default()
+                    .with_partition_index(*p)
+                    .with_broker_ids(ids.iter().map(|&i| BrokerId(i)).collect())
+            })
+            .collect();
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![t];
+        request.timeout_ms = 10_000;
+        let r: CreateTopicsResponse = k.call(ApiKey::CreateTopics, 4, &request);
+        r.topics[0].error_code
+    };
+    assert_eq!(create("a", -1, -1, &[(1, &[0]), (0, &[0])]), 0);
+    assert_eq!(create("b", 2, -1, &[(0, &[0]), (1, &[0])]), 42);
+    assert_eq!(create("c", -1, 1, &[(0, &[0])]), 42);
+    assert_eq!(create("d", -1, -1, &[(0, &[0]), (2, &[0])]), 39);
+    assert_eq!(create("e", -1, -1, &[(0, &[0]), (0, &[0])]), 39);
+    assert_eq!(create("f", -1, -1, &[(0, &[1])]), 39);
+    assert_eq!(create("g", -1, -1, &[(0, &[0, 0])]), 39);
+    assert_eq!(create("h", -1, -1, &[(-1, &[0])]), 39);
+    let all = MetadataRequest::default().with_topics(None);
+    let r: MetadataResponse = k.call(ApiKey::Metadata, 9, &all);
+    let mut topics: Vec<(String, usize)> = r
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().to_string(), t.partitions.len()))
+        .collect();
+    topics.sort();
+    assert_eq!(topics, [("a".to_owned(), 2)]);
     broker.kill9();
 }
 
@@ -395,6 +491,90 @@ fn find_coordinator_names_this_broker_for_groups() {
         .map(|c| (c.key.to_string(), c.error_code, c.node_id.0))
         .collect();
     assert_eq!(got, [("a".to_owned(), 0, 0), ("b".to_owned(), 0, 0)]);
+    broker.kill9();
+}
+
+/// OffsetFetch: no group has committed (consumer groups are not built), so
+/// every partition asked is -1 with no error and empty metadata, one group
+/// (v1-7) or many (v8-9); all topics (null, v2+) is none. A count of 2^31
+/// topics in a few bytes closes the connection unallocated.
+#[test]
+fn offset_fetch_answers_nothing_committed() {
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+    };
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(dir.path(), &[]);
+    let addr = broker.kafka.unwrap();
+    let mut k = Kafka::connect(addr);
+    assert_eq!(k.produce("t", &batch(-1, -1, -1, 3)), (0, 0));
+    let group = |name: &str| GroupId(StrBytes::from_string(name.to_owned()));
+    for version in 1..=7 {
+        let mut request = OffsetFetchRequest::default();
+        request.group_id = group("g");
+        request.topics = Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(topic("t"))
+            .with_partition_indexes(vec![0, 1])]);
+        let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, version, &request);
+        assert_eq!(r.error_code, 0, "v{version}");
+        let got: Vec<(String, i32, i64, i16, Option<String>)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (
+                        t.name.to_string(),
+                        p.partition_index,
+                        p.committed_offset,
+                        p.error_code,
+                        p.metadata.as_ref().map(|m| m.to_string()),
+                    )
+                })
+            })
+            .collect();
+        let none = |p| ("t".to_owned(), p, -1, 0, Some(String::new()));
+        assert_eq!(got, [none(0), none(1)], "v{version}");
+        if version >= 2 {
+            request.topics = None;
+            let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, version, &request);
+            assert!(r.topics.is_empty(), "v{version}");
+        }
+    }
+    for version in 8..=9 {
+        let mut request = OffsetFetchRequest::default();
+        request.groups = ["a", "b"]
+            .into_iter()
+            .map(|g| {
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(group(g))
+                    .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                        .with_name(topic("t"))
+                        .with_partition_indexes(vec![0])]))
+            })
+            .collect();
+        let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, version, &request);
+        let got: Vec<(String, i16, i64)> = r
+            .groups
+            .iter()
+            .map(|g| {
+                let p = &g.topics[0].partitions[0];
+                (g.group_id.to_string(), g.error_code, p.committed_offset)
+            })
+            .collect();
+        assert_eq!(got, [("a".to_owned(), 0, -1), ("b".to_owned(), 0, -1)]);
+    }
+    let mut body = BytesMut::new();
+    body.put_i16(ApiKey::OffsetFetch as i16);
+    body.put_i16(1);
+    body.put_i32(7);
+    body.put_i16(-1);
+    body.put_i16(1);
+    body.put_u8(b'g');
+    body.put_i32(i32::MAX);
+    body.extend_from_slice(&[0; 16]);
+    assert_eq!(exchange(addr, &body), None);
+    assert_eq!(k.produce("t", &batch(-1, -1, -1, 1)), (0, 3));
     broker.kill9();
 }
 

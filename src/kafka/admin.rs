@@ -26,7 +26,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{kafka_code, name, outcome, settings_of, settle, Front, CONFIGS, NODE_ID};
+use super::{
+    kafka_code, name, outcome, settings_of, settle, Front, CLUSTER_OPERATIONS, CONFIGS, NODE_ID,
+};
 use crate::broker::handler::{self, Peer};
 use crate::protocol::{Request, ResponseBody, TopicDescription};
 
@@ -531,7 +533,10 @@ pub fn describe_cluster(
     broker.host = s(front.advertised.0.clone());
     broker.port = front.advertised.1;
     body.brokers = vec![broker];
-    // No ACLs: the operations are not reported (Kafka's "not requested").
-    body.cluster_authorized_operations = i32::MIN;
+    body.cluster_authorized_operations = if request.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS
+    } else {
+        i32::MIN
+    };
     body
 }

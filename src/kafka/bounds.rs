@@ -44,6 +44,11 @@
 //!                  flexible from 1
 //! FindCoordinator 0-4  v0-3 key string, v1+ key_type i8;
 //!                  v4+ key_type i8, coordinator_keys [string]; flexible from 3
+//! OffsetFetch 1-9  v1-7 group_id string; topics [name; partition_indexes [i32]]?
+//!                  (null from v2: every topic); v8+ groups [group_id;
+//!                  v9+ member_id string?, member_epoch i32; topics [name;
+//!                  partition_indexes [i32]]?]; v7+ require_stable bool;
+//!                  flexible from 6
 //! ApiVersions 0-4, InitProducerId 0-5, DescribeCluster 0-1: no arrays
 //! ```
 
@@ -175,6 +180,7 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
         ApiKey::AlterConfigs => version >= 2,
         ApiKey::IncrementalAlterConfigs => version >= 1,
         ApiKey::FindCoordinator => version >= 3,
+        ApiKey::OffsetFetch => version >= 6,
         _ => return Ok(()),
     };
     let mut w = Walk {
@@ -302,6 +308,29 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
         ApiKey::FindCoordinator if version >= 4 => {
             w.take(1)?;
             w.array(|w| w.string())
+        }
+        ApiKey::OffsetFetch => {
+            let topics = |w: &mut Walk| {
+                w.array(|w| {
+                    w.string()?;
+                    w.array(|w| w.take(4))?;
+                    w.tagged()
+                })
+            };
+            if version >= 8 {
+                w.array(|w| {
+                    w.string()?;
+                    if version >= 9 {
+                        w.string()?;
+                        w.take(4)?;
+                    }
+                    topics(w)?;
+                    w.tagged()
+                })
+            } else {
+                w.string()?;
+                topics(&mut w)
+            }
         }
         _ => Ok(()),
     }

@@ -30,11 +30,13 @@
 //! (idempotence; transactional ids refused), OffsetForLeaderEpoch 2-4
 //! (every leader epoch is 0), CreatePartitions 0-3, DescribeConfigs 1-4,
 //! AlterConfigs 0-2, IncrementalAlterConfigs 0-1 and DescribeCluster 0-1
-//! (in `admin`), FindCoordinator 0-4 (this broker, for every group). docs/KAFKA.md says what each does and leaves out.
+//! (in `admin`), FindCoordinator 0-4 (this broker, for every group) and
+//! OffsetFetch 1-9 (nothing committed yet; in `groups`). docs/KAFKA.md says what each does and leaves out.
 
 mod admin;
 mod bounds;
 mod fetch_response;
+mod groups;
 pub mod producer_ids;
 
 use std::net::SocketAddr;
@@ -45,7 +47,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -67,7 +68,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse,
+    FindCoordinatorRequest, InitProducerIdRequest, InitProducerIdResponse, OffsetFetchRequest,
     ProducerId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -83,7 +84,7 @@ use crate::protocol::{
 };
 
 /// The versions advertised: `(api, min, max)`.
-pub const SUPPORTED: [(ApiKey, i16, i16); 15] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 16] = [
     // From 0, though only 3+ (RecordBatch v2) is taken: librdkafka up to
     // 2.11 (Debian's kcat has 2.0.2) sends gzip, snappy and lz4 only to a
     // broker whose Produce range starts at 0, and otherwise silently sends
@@ -109,10 +110,37 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 15] = [
     // broker that brought LZ4), and sends lz4 batches uncompressed
     // otherwise. The group APIs themselves come with consumer groups.
     (ApiKey::FindCoordinator, 0, 4),
+    // Without it beside FindCoordinator, librdkafka 2.12 crashes when a
+    // consumer is assigned at the stored offset (its fetcher asks a
+    // coordinator it was told exists). No group has a commit yet, so every
+    // partition is answered -1, as Kafka answers a group that never
+    // committed. v8+ asks for many groups at once.
+    (ApiKey::OffsetFetch, 1, 9),
 ];
 
 /// This broker's node id in Metadata.
 const NODE_ID: i32 = 0;
+
+/// The operations a client may perform, as Kafka reports them when asked
+/// (Metadata v8+, DescribeCluster): one bit per ACL operation code (READ 3,
+/// WRITE 4, CREATE 5, DELETE 6, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9,
+/// DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12). Spool has
+/// no ACLs, so every client may do all of them, as on a Kafka broker
+/// without an authorizer: for a topic, all but the cluster's own ones.
+const TOPIC_OPERATIONS: i32 = bits(&[3, 4, 5, 6, 7, 8, 10, 11]);
+/// For the cluster: ALTER, ALTER_CONFIGS, CLUSTER_ACTION, CREATE,
+/// DESCRIBE, DESCRIBE_CONFIGS, IDEMPOTENT_WRITE.
+const CLUSTER_OPERATIONS: i32 = bits(&[5, 7, 8, 9, 10, 11, 12]);
+
+const fn bits(operations: &[i32]) -> i32 {
+    let mut set = 0;
+    let mut i = 0;
+    while i < operations.len() {
+        set |= 1 << operations[i];
+        i += 1;
+    }
+    set
+}
 
 /// Kafka's error codes, for Spool's.
 fn kafka_code(code: ErrorCode) -> i16 {
@@ -296,7 +324,8 @@ async fn serve(
                 respond!(admin::incremental_alter_configs(front, &peer, id, r).await)
             }
             Decoded::DescribeCluster(r) => respond!(admin::describe_cluster(front, r, version)),
-            Decoded::FindCoordinator(r) => respond!(find_coordinator(front, r, version)),
+            Decoded::FindCoordinator(r) => respond!(groups::find_coordinator(front, r, version)),
+            Decoded::OffsetFetch(r) => respond!(groups::offset_fetch(r, version)),
             Decoded::LegacyProduce(request) => {
                 if request.acks != 0 {
                     let body = legacy_produce_refused(request, version);
@@ -396,6 +425,7 @@ pub enum Decoded {
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
     FindCoordinator(FindCoordinatorRequest),
+    OffsetFetch(OffsetFetchRequest),
 }
 
 /// Decodes a frame (after its size) of an advertised API and version: the
@@ -473,6 +503,9 @@ pub fn decode(frame: &mut Bytes) -> Result<(RequestHeader, Decoded), String> {
         }
         ApiKey::FindCoordinator => {
             Decoded::FindCoordinator(FindCoordinatorRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::OffsetFetch => {
+            Decoded::OffsetFetch(OffsetFetchRequest::decode(frame, version).map_err(fail)?)
         }
         _ => return Err(format!("{api:?} is not supported")),
     };
@@ -871,25 +904,24 @@ async fn create_topics(
             .iter()
             .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
             .collect();
-        let refused = if !matches!(t.replication_factor, -1 | 1) {
-            Some((
-                38,
-                format!(
-                    "replication factor {}: Spool is one broker, so 1",
-                    t.replication_factor
-                ),
-            ))
-        } else if !t.assignments.is_empty() {
-            Some((
-                39,
-                "replica assignments are not supported: Spool is one broker".to_owned(),
-            ))
+        let partitions = if t.assignments.is_empty() {
+            if matches!(t.replication_factor, -1 | 1) {
+                Ok(t.num_partitions)
+            } else {
+                Err((
+                    38,
+                    format!(
+                        "replication factor {}: Spool is one broker, so 1",
+                        t.replication_factor
+                    ),
+                ))
+            }
         } else {
-            None
+            assigned_partitions(&t)
         };
-        let (code, message) = match refused {
-            Some((code, message)) => (code, Some(message)),
-            None => match settings_of(t.num_partitions, &configs) {
+        let (code, message) = match partitions {
+            Err((code, message)) => (code, Some(message)),
+            Ok(partitions) => match settings_of(partitions, &configs) {
                 Err((code, message)) => (code, Some(message)),
                 Ok(settings) if request.validate_only => match validate(front, &topic, &settings) {
                     Ok(()) => (0, None),
@@ -909,6 +941,49 @@ async fn create_topics(
         body.topics.push(result);
     }
     body
+}
+
+/// The partition count that CreateTopics' replica assignments give, when
+/// one broker can honour them: as Kafka requires, no count or replication
+/// factor beside them (INVALID_REQUEST), and partitions 0 to n-1 each once
+/// (INVALID_REPLICA_ASSIGNMENT); here each must name this broker alone.
+fn assigned_partitions(
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<i32, (i16, String)> {
+    if topic.num_partitions != -1 || topic.replication_factor != -1 {
+        return Err((
+            42,
+            "a partition count or replication factor beside replica assignments: give one or the other".to_owned(),
+        ));
+    }
+    let mut seen = vec![false; topic.assignments.len()];
+    for a in &topic.assignments {
+        let index = usize::try_from(a.partition_index).ok();
+        match index.and_then(|i| seen.get_mut(i)) {
+            Some(seen) if !*seen => *seen = true,
+            _ => {
+                return Err((
+                    39,
+                    format!(
+                    "partition {} in the assignments: they must name partitions 0 to {} once each",
+                    a.partition_index,
+                    topic.assignments.len() - 1
+                ),
+                ))
+            }
+        }
+        if a.broker_ids != [BrokerId(NODE_ID)] {
+            return Err((
+                39,
+                format!(
+                    "partition {} assigned to brokers {:?}: Spool is one broker, so each partition's one replica is broker {NODE_ID}",
+                    a.partition_index,
+                    a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>()
+                ),
+            ));
+        }
+    }
+    Ok(topic.assignments.len() as i32)
 }
 
 /// What a create of `topic` with `settings` would answer, without making
@@ -961,6 +1036,17 @@ async fn metadata(front: &Front, request: MetadataRequest, version: i16) -> Meta
     let topics = Arc::clone(front.broker.topics());
     let auto = front.broker.config().server.auto_create_topics
         && (version < 4 || request.allow_auto_topic_creation);
+    let topic_operations = if version >= 8 && request.include_topic_authorized_operations {
+        TOPIC_OPERATIONS
+    } else {
+        i32::MIN
+    };
+    let cluster_operations =
+        if (8..=10).contains(&version) && request.include_cluster_authorized_operations {
+            CLUSTER_OPERATIONS
+        } else {
+            i32::MIN
+        };
     let names: Option<Vec<String>> = match request.topics {
         None => None,
         Some(list) if list.is_empty() && version == 0 => None,
@@ -990,6 +1076,7 @@ async fn metadata(front: &Front, request: MetadataRequest, version: i16) -> Meta
     .await
     .unwrap_or_default();
     let mut body = MetadataResponse::default();
+    body.cluster_authorized_operations = cluster_operations;
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = BrokerId(NODE_ID);
     broker.host = StrBytes::from_string(front.advertised.0.clone());
@@ -1004,6 +1091,7 @@ async fn metadata(front: &Front, request: MetadataRequest, version: i16) -> Meta
             t.name = Some(TopicName(StrBytes::from_string(n)));
             match result {
                 Ok(count) => {
+                    t.topic_authorized_operations = topic_operations;
                     t.partitions = (0..count as i32)
                         .map(|p| {
                             let mut mp = MetadataResponsePartition::default();
@@ -1111,65 +1199,6 @@ async fn offset_for_leader_epoch(
             tr
         })
         .collect();
-    body
-}
-
-/// FindCoordinator: this broker for a group; transactions have no
-/// coordinator (COORDINATOR_NOT_AVAILABLE, 15, as a broker without one
-/// answers); another key type is INVALID_REQUEST. v4+ asks for many keys.
-fn find_coordinator(
-    front: &Front,
-    request: FindCoordinatorRequest,
-    version: i16,
-) -> FindCoordinatorResponse {
-    let (host, port) = (&front.advertised.0, front.advertised.1);
-    let answer = |key: StrBytes| {
-        let mut c = Coordinator::default();
-        c.key = key;
-        match request.key_type {
-            0 => {
-                c.node_id = BrokerId(NODE_ID);
-                c.host = StrBytes::from_string(host.clone());
-                c.port = port;
-            }
-            1 => {
-                c.error_code = 15;
-                c.error_message = Some(StrBytes::from_static_str(
-                    "transactions are not supported by Spool",
-                ));
-            }
-            other => {
-                c.error_code = 42;
-                c.error_message = Some(StrBytes::from_string(format!(
-                    "key type {other} (0: group, 1: transaction)"
-                )));
-            }
-        }
-        c.node_id = if c.error_code == 0 {
-            c.node_id
-        } else {
-            BrokerId(-1)
-        };
-        c
-    };
-    let mut body = FindCoordinatorResponse::default();
-    if version >= 4 {
-        body.coordinators = request
-            .coordinator_keys
-            .iter()
-            .cloned()
-            .map(answer)
-            .collect();
-    } else {
-        let c = answer(request.key.clone());
-        body.error_code = c.error_code;
-        body.node_id = c.node_id;
-        body.host = c.host;
-        body.port = c.port;
-        if version >= 1 {
-            body.error_message = c.error_message;
-        }
-    }
     body
 }
 
