@@ -27,6 +27,7 @@ mod error;
 mod fs;
 mod index;
 mod log;
+pub mod offsets;
 mod producers;
 mod scan;
 mod segment;
