@@ -32,6 +32,78 @@ pub struct Config {
     /// `[kafka]`: the listener that speaks Kafka's protocol.
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// `[groups]`: the group coordinator and committed offsets.
+    #[serde(default)]
+    pub groups: GroupsConfig,
+}
+
+/// `[groups]`: consumer groups' limits and timings (src/broker/groups.rs).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// Groups with members at once.
+    pub max_groups: usize,
+    pub max_members_per_group: usize,
+    /// A member's subscription metadata, an assignment, or a commit's
+    /// metadata string, at most.
+    #[serde(deserialize_with = "size")]
+    pub max_metadata_bytes: u64,
+    /// The session timeouts members may ask for (Kafka's
+    /// group.min/max.session.timeout.ms).
+    #[serde(deserialize_with = "duration")]
+    pub min_session_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max_session_timeout: Duration,
+    /// How long a group's first rebalance waits for more members (Kafka's
+    /// group.initial.rebalance.delay.ms).
+    #[serde(deserialize_with = "duration")]
+    pub initial_rebalance_delay: Duration,
+    /// Committed offsets of a group without members are forgotten this
+    /// long after its last commit or its last member left (Kafka's
+    /// offsets.retention.minutes).
+    #[serde(deserialize_with = "duration")]
+    pub offsets_retention: Duration,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            max_groups: 10_000,
+            max_members_per_group: 1_000,
+            max_metadata_bytes: 1 << 20,
+            min_session_timeout: Duration::from_secs(6),
+            max_session_timeout: Duration::from_secs(30 * 60),
+            initial_rebalance_delay: Duration::from_secs(3),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl GroupsConfig {
+    /// The coordinator's limits.
+    pub fn limits(&self) -> crate::broker::groups::GroupLimits {
+        crate::broker::groups::GroupLimits {
+            max_groups: self.max_groups,
+            max_members: self.max_members_per_group,
+            max_metadata_bytes: self.max_metadata_bytes as usize,
+            min_session_ms: self.min_session_timeout.as_millis() as u64,
+            max_session_ms: self.max_session_timeout.as_millis() as u64,
+            initial_rebalance_delay_ms: self.initial_rebalance_delay.as_millis() as u64,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.max_groups == 0 || self.max_members_per_group == 0 {
+            return Err("[groups] max_groups and max_members_per_group must be at least 1".into());
+        }
+        if self.max_metadata_bytes == 0 || self.max_metadata_bytes > u64::from(u32::MAX) {
+            return Err("[groups] max_metadata_bytes must be between 1 and 4GiB - 1".into());
+        }
+        if self.min_session_timeout > self.max_session_timeout {
+            return Err("[groups] min_session_timeout must not exceed max_session_timeout".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[kafka]`: a second listener, speaking Kafka's wire protocol over the
@@ -504,6 +576,7 @@ impl Config {
     /// `Broker::start` for configurations built in code.
     pub fn check(&self) -> Result<(), String> {
         self.kafka.listen_addr()?;
+        self.groups.check()?;
         let s = &self.server;
         if s.max_frame_bytes < 1024 || s.max_frame_bytes > u64::from(u32::MAX) {
             return Err(format!(

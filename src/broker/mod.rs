@@ -9,6 +9,8 @@
 
 pub mod config;
 mod connection;
+pub mod consumer_groups;
+pub mod groups;
 pub(crate) mod handler;
 pub mod topic;
 
@@ -38,6 +40,8 @@ pub enum StartError {
     Task(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot open the committed offsets: {0}")]
+    Offsets(#[source] crate::storage::StorageError),
 }
 
 /// State shared by every connection.
@@ -50,10 +54,16 @@ pub struct Broker {
     /// `max_response_bytes`, one permit per byte of fetched batches held
     /// for a response not yet written.
     responses: Arc<Semaphore>,
+    groups: Arc<consumer_groups::Groups>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Broker {
+    /// The consumer groups and their committed offsets.
+    pub(crate) fn groups(&self) -> &Arc<consumer_groups::Groups> {
+        &self.groups
+    }
+
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
@@ -96,18 +106,35 @@ impl Broker {
             None => None,
         };
         let loading = Arc::clone(&config);
-        let topics = tokio::task::spawn_blocking(move || Topics::load_with(loading, vfs))
+        let topics_vfs = Arc::clone(&vfs);
+        let topics = tokio::task::spawn_blocking(move || Topics::load_with(loading, topics_vfs))
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
         let topics = Arc::new(topics);
+        let (groups_config, groups_topics) = (Arc::clone(&config), Arc::clone(&topics));
+        let (groups, replayed) = tokio::task::spawn_blocking(move || {
+            consumer_groups::Groups::open(groups_config, groups_topics, vfs)
+        })
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))?
+        .map_err(StartError::Offsets)?;
+        if replayed.cut_bytes > 0 {
+            tracing::warn!(
+                bytes = replayed.cut_bytes,
+                "committed offsets: a torn last write was cut (it was never acknowledged)"
+            );
+        }
+        let groups = Arc::new(groups);
         let (shutdown_tx, shutdown) = watch::channel(false);
         let broker = Arc::new(Broker {
             budget: Arc::new(Semaphore::new(config.server.max_inflight_bytes as usize)),
             responses: Arc::new(Semaphore::new(config.server.max_response_bytes as usize)),
             config: Arc::clone(&config),
             topics: Arc::clone(&topics),
+            groups: Arc::clone(&groups),
             shutdown: shutdown.clone(),
         });
+        let group_task = tokio::spawn(Arc::clone(&groups).run(shutdown.clone()));
         let retention = tokio::spawn(topic::run_retention(
             Arc::clone(&topics),
             config.server.retention_check_interval,
@@ -156,6 +183,7 @@ impl Broker {
             shutdown: shutdown_tx,
             server,
             retention,
+            groups: group_task,
             config,
         })
     }
@@ -171,6 +199,8 @@ pub struct RunningBroker {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
+    /// The coordinator's deadlines; syncs the committed offsets as it ends.
+    groups: tokio::task::JoinHandle<()>,
     config: Arc<Config>,
 }
 
@@ -212,6 +242,7 @@ impl RunningBroker {
             );
         }
         let _ = self.retention.await;
+        let _ = self.groups.await;
         let topics = self.topics;
         let _ = tokio::task::spawn_blocking(move || topics.close_all()).await;
         tracing::info!("shutdown complete");

@@ -1,0 +1,391 @@
+//! Consumer groups as the broker core offers them to both front ends: the
+//! coordinator's state machine ([`super::groups`]) on the broker's clock,
+//! committed offsets in [`crate::storage::offsets`] (durable as the
+//! broker's default `flush` says), a task that applies the coordinator's
+//! deadlines, and the expiry of offsets of groups without members.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+
+use super::config::{Config, Flush};
+use super::groups::{Coordinator, GroupError, GroupView, Join, Joined, State};
+use super::Topics;
+use crate::storage::offsets::{Committed, OffsetStore, Replayed};
+use crate::storage::{StorageError, Vfs};
+
+/// One partition of an OffsetCommit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// Why one partition's commit was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitRefused {
+    #[error("no such topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("{0} bytes of commit metadata, more than the limit of {1}")]
+    MetadataTooLarge(usize, usize),
+    #[error("committed offsets could not be stored: {0}")]
+    Storage(String),
+}
+
+/// A topic's partitions and their commits (None: no commit).
+pub type TopicCommits = (String, Vec<(u32, Option<Committed>)>);
+
+/// A group as ListGroups shows it: name, state, protocol type.
+pub type Listed = (String, State, String);
+
+/// The broker's consumer groups.
+pub struct Groups {
+    coordinator: Mutex<Coordinator>,
+    store: Mutex<OffsetStore>,
+    topics: Arc<Topics>,
+    config: Arc<Config>,
+    started: Instant,
+    /// Woken when a join may have brought a deadline nearer.
+    wake: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Groups {
+    /// Opens the committed offsets in the data directory.
+    pub fn open(
+        config: Arc<Config>,
+        topics: Arc<Topics>,
+        vfs: Arc<dyn Vfs>,
+    ) -> Result<(Groups, Replayed), StorageError> {
+        let flush = config
+            .topic_defaults()
+            .map(|d| d.flush)
+            .unwrap_or(Flush::Always);
+        let dir = config.server.data_dir.clone();
+        let (store, replayed) = OffsetStore::open(vfs, &dir, flush == Flush::Always)?;
+        let groups = Groups {
+            coordinator: Mutex::new(Coordinator::new(config.groups.limits(), wall_ms() as u64)),
+            store: Mutex::new(store),
+            topics,
+            config,
+            started: Instant::now(),
+            wake: Notify::new(),
+        };
+        Ok((groups, replayed))
+    }
+
+    /// The coordinator's clock: ms since the broker started.
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// JoinGroup: answered once the rebalance completes.
+    pub async fn join(&self, join: Join) -> Result<Joined, GroupError> {
+        let reply = lock(&self.coordinator).join(self.now(), join);
+        self.wake.notify_one();
+        reply.wait().await
+    }
+
+    /// SyncGroup: the member's assignment, once the leader has given it.
+    pub async fn sync(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<Bytes, GroupError> {
+        let reply = lock(&self.coordinator).sync(
+            self.now(),
+            group,
+            generation,
+            member_id,
+            instance_id,
+            assignments,
+        );
+        reply.wait().await
+    }
+
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), GroupError> {
+        lock(&self.coordinator).heartbeat(self.now(), group, generation, member_id, instance_id)
+    }
+
+    pub fn leave(
+        &self,
+        group: &str,
+        members: &[(String, Option<String>)],
+    ) -> Vec<Result<(), GroupError>> {
+        lock(&self.coordinator).leave(self.now(), group, members)
+    }
+
+    /// OffsetCommit: the membership check for the whole request, then each
+    /// partition's own result. What is taken is durable when this returns.
+    pub async fn commit(
+        self: &Arc<Self>,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        partitions: Vec<CommitPartition>,
+    ) -> Result<Vec<Result<(), CommitRefused>>, GroupError> {
+        lock(&self.coordinator).check_commit(
+            self.now(),
+            group,
+            generation,
+            member_id,
+            instance_id,
+        )?;
+        let max = self.config.groups.max_metadata_bytes as usize;
+        let now = wall_ms();
+        let mut results = Vec::with_capacity(partitions.len());
+        let mut taken = Vec::new();
+        for p in partitions {
+            let known = self
+                .topics
+                .get(&p.topic)
+                .is_some_and(|t| p.partition < t.partition_count());
+            results.push(if !known {
+                Err(CommitRefused::UnknownTopicOrPartition)
+            } else if p.metadata.len() > max {
+                Err(CommitRefused::MetadataTooLarge(p.metadata.len(), max))
+            } else {
+                taken.push((results.len(), p));
+                Ok(())
+            });
+        }
+        if taken.is_empty() {
+            return Ok(results);
+        }
+        let this = Arc::clone(self);
+        let name = group.to_owned();
+        let entries: Vec<(String, u32, Committed)> = taken
+            .iter()
+            .map(|(_, p)| {
+                let c = Committed {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata: p.metadata.clone(),
+                    commit_ms: now,
+                };
+                (p.topic.clone(), p.partition, c)
+            })
+            .collect();
+        let stored = tokio::task::spawn_blocking(move || lock(&this.store).commit(&name, entries))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = stored {
+            tracing::warn!(group, error = %e, "committed offsets not stored");
+            for (i, _) in &taken {
+                results[*i] = Err(CommitRefused::Storage(e.clone()));
+            }
+        }
+        Ok(results)
+    }
+
+    /// The committed offsets of `group`: of the partitions asked, or of
+    /// every partition it committed (None). None for a partition without a
+    /// commit.
+    pub fn committed(
+        &self,
+        group: &str,
+        partitions: Option<Vec<(String, Vec<u32>)>>,
+    ) -> Vec<TopicCommits> {
+        let store = lock(&self.store);
+        let offsets = store.group(group);
+        match partitions {
+            Some(asked) => asked
+                .into_iter()
+                .map(|(topic, ps)| {
+                    let got = ps
+                        .into_iter()
+                        .map(|p| {
+                            let c = offsets.and_then(|o| o.get(&(topic.clone(), p)).cloned());
+                            (p, c)
+                        })
+                        .collect();
+                    (topic, got)
+                })
+                .collect(),
+            None => {
+                let mut all: Vec<TopicCommits> = Vec::new();
+                for ((topic, p), c) in offsets.into_iter().flatten() {
+                    match all.last_mut() {
+                        Some((t, ps)) if t == topic => ps.push((*p, Some(c.clone()))),
+                        _ => all.push((topic.clone(), vec![(*p, Some(c.clone()))])),
+                    }
+                }
+                all
+            }
+        }
+    }
+
+    /// Every group: those with members, and those with only committed
+    /// offsets (Empty, no protocol type), by name.
+    pub fn list(&self) -> Vec<Listed> {
+        let mut all = lock(&self.coordinator).list();
+        let store = lock(&self.store);
+        for (name, _) in store.groups() {
+            if !all.iter().any(|(n, _, _)| n == name) {
+                all.push((name.to_owned(), State::Empty, String::new()));
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// A group's state and members; `None` for a group the broker does
+    /// not know (Kafka's "Dead").
+    pub fn describe(&self, group: &str) -> Option<GroupView> {
+        if let Some(view) = lock(&self.coordinator).describe(group) {
+            return Some(view);
+        }
+        lock(&self.store).group(group).map(|_| GroupView {
+            state: State::Empty,
+            protocol_type: String::new(),
+            protocol: String::new(),
+            generation: 0,
+            members: Vec::new(),
+        })
+    }
+
+    /// DeleteGroups: a group with members cannot be deleted.
+    pub async fn delete_group(self: &Arc<Self>, group: &str) -> Result<(), GroupError> {
+        if lock(&self.coordinator).is_active(group) {
+            return Err(GroupError::NonEmptyGroup);
+        }
+        if lock(&self.store).group(group).is_none() {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        let this = Arc::clone(self);
+        let name = group.to_owned();
+        tokio::task::spawn_blocking(move || lock(&this.store).delete_group(&name))
+            .await
+            .map_err(|e| GroupError::Storage(e.to_string()))?
+            .map_err(|e| GroupError::Storage(e.to_string()))
+    }
+
+    /// OffsetDelete: forgets the partitions' commits (the caller checks
+    /// that no member consumes them).
+    pub async fn delete_offsets(
+        self: &Arc<Self>,
+        group: &str,
+        partitions: Vec<(String, u32)>,
+    ) -> Result<(), GroupError> {
+        if lock(&self.store).group(group).is_none() && !lock(&self.coordinator).is_active(group) {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        let this = Arc::clone(self);
+        let name = group.to_owned();
+        tokio::task::spawn_blocking(move || lock(&this.store).delete(&name, partitions))
+            .await
+            .map_err(|e| GroupError::Storage(e.to_string()))?
+            .map_err(|e| GroupError::Storage(e.to_string()))
+    }
+
+    /// Forgets the offsets of groups without members whose latest commit
+    /// is older than `offsets_retention`; returns the groups forgotten.
+    pub fn expire_offsets(&self, now_ms: i64) -> Vec<String> {
+        let retention = self.config.groups.offsets_retention.as_millis() as i64;
+        let expired: Vec<String> = {
+            let coordinator = lock(&self.coordinator);
+            let store = lock(&self.store);
+            store
+                .groups()
+                .filter(|(name, offsets)| {
+                    let latest = offsets.values().map(|c| c.commit_ms).max().unwrap_or(0);
+                    !coordinator.is_active(name) && now_ms.saturating_sub(latest) >= retention
+                })
+                .map(|(name, _)| name.to_owned())
+                .collect()
+        };
+        let mut store = lock(&self.store);
+        expired
+            .into_iter()
+            .filter(|g| match store.delete_group(g) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(group = g, error = %e, "expired offsets not removed");
+                    false
+                }
+            })
+            .collect()
+    }
+
+    /// Syncs the committed offsets (for a broker whose flush is not
+    /// `always`, where commits are written but not synced one by one).
+    pub fn sync_offsets(&self) -> Result<(), StorageError> {
+        lock(&self.store).sync()
+    }
+
+    /// Applies the coordinator's deadlines until shutdown, expires offsets
+    /// every minute and, with `flush = "interval"`, syncs the offsets at
+    /// that interval.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let flush = self.config.topic_defaults().ok();
+        let sync_every = match &flush {
+            Some(d) if d.flush == Flush::Interval => Some(d.flush_interval),
+            _ => None,
+        };
+        let mut last_expiry = Instant::now();
+        let mut last_sync = Instant::now();
+        loop {
+            let now = self.now();
+            let next = {
+                let mut c = lock(&self.coordinator);
+                c.tick(now);
+                c.next_deadline()
+            };
+            let mut wait = Duration::from_secs(1);
+            if let Some(at) = next {
+                wait = wait.min(Duration::from_millis(at.saturating_sub(now).max(1)));
+            }
+            if last_expiry.elapsed() >= Duration::from_secs(60) {
+                last_expiry = Instant::now();
+                let this = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || {
+                    for g in this.expire_offsets(wall_ms()) {
+                        tracing::info!(group = g, "committed offsets expired");
+                    }
+                })
+                .await;
+            }
+            if let Some(every) = sync_every {
+                if last_sync.elapsed() >= every {
+                    last_sync = Instant::now();
+                    let this = Arc::clone(&self);
+                    let _ = tokio::task::spawn_blocking(move || this.sync_offsets()).await;
+                }
+                wait = wait.min(every);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || self.sync_offsets()).await;
+    }
+}
