@@ -49,7 +49,25 @@
 //!                  v9+ member_id string?, member_epoch i32; topics [name;
 //!                  partition_indexes [i32]]?]; v7+ require_stable bool;
 //!                  flexible from 6
-//! ApiVersions 0-4, InitProducerId 0-5, DescribeCluster 0-1: no arrays
+//! JoinGroup 0-9    group_id; session_timeout i32; v1+ rebalance_timeout i32;
+//!                  member_id; v5+ instance_id string?; protocol_type;
+//!                  protocols [name; metadata bytes]; v8+ reason string?;
+//!                  flexible from 6
+//! SyncGroup 0-5    group_id; generation i32; member_id; v3+ instance_id string?;
+//!                  v5+ protocol_type string?, protocol_name string?;
+//!                  assignments [member_id; assignment bytes]; flexible from 4
+//! LeaveGroup 0-5   v0-2 member_id; v3+ members [member_id; instance_id string?;
+//!                  v5+ reason string?]; flexible from 4
+//! OffsetCommit 2-8 group_id; generation i32; member_id; v2-4 retention_ms i64;
+//!                  v7+ instance_id string?; topics [name; partitions [index i32;
+//!                  offset i64; v6+ leader_epoch i32; metadata string?]];
+//!                  flexible from 8
+//! ListGroups 0-4   v4+ states_filter [string]; flexible from 3
+//! DescribeGroups 0-5  groups [string]; v3+ include_authorized_operations bool;
+//!                  flexible from 5
+//! DeleteGroups 0-2 groups [string]; flexible from 2
+//! OffsetDelete 0   group_id; topics [name; partitions [index i32]]
+//! ApiVersions 0-4, InitProducerId 0-5, Heartbeat 0-4, DescribeCluster 0-1: no arrays
 //! ```
 
 use kafka_protocol::messages::ApiKey;
@@ -181,6 +199,13 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
         ApiKey::IncrementalAlterConfigs => version >= 1,
         ApiKey::FindCoordinator => version >= 3,
         ApiKey::OffsetFetch => version >= 6,
+        ApiKey::JoinGroup => version >= 6,
+        ApiKey::SyncGroup | ApiKey::LeaveGroup => version >= 4,
+        ApiKey::OffsetCommit => version >= 8,
+        ApiKey::ListGroups => version >= 3,
+        ApiKey::DescribeGroups => version >= 5,
+        ApiKey::DeleteGroups => version >= 2,
+        ApiKey::OffsetDelete => false,
         _ => return Ok(()),
     };
     let mut w = Walk {
@@ -331,6 +356,77 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), Refusal> {
                 w.string()?;
                 topics(&mut w)
             }
+        }
+        ApiKey::JoinGroup => {
+            w.string()?;
+            w.take(if version >= 1 { 8 } else { 4 })?;
+            w.string()?;
+            if version >= 5 {
+                w.string()?;
+            }
+            w.string()?;
+            w.array(|w| {
+                w.string()?;
+                w.bytes()?;
+                w.tagged()
+            })
+        }
+        ApiKey::SyncGroup => {
+            w.string()?;
+            w.take(4)?;
+            w.string()?;
+            if version >= 3 {
+                w.string()?;
+            }
+            if version >= 5 {
+                w.string()?;
+                w.string()?;
+            }
+            w.array(|w| {
+                w.string()?;
+                w.bytes()?;
+                w.tagged()
+            })
+        }
+        ApiKey::LeaveGroup if version >= 3 => {
+            w.string()?;
+            w.array(|w| {
+                w.string()?;
+                w.string()?;
+                if version >= 5 {
+                    w.string()?;
+                }
+                w.tagged()
+            })
+        }
+        ApiKey::OffsetCommit => {
+            w.string()?;
+            w.take(4)?;
+            w.string()?;
+            if version <= 4 {
+                w.take(8)?;
+            }
+            if version >= 7 {
+                w.string()?;
+            }
+            w.array(|w| {
+                w.string()?;
+                w.array(|w| {
+                    w.take(if version >= 6 { 16 } else { 12 })?;
+                    w.string()?;
+                    w.tagged()
+                })?;
+                w.tagged()
+            })
+        }
+        ApiKey::ListGroups if version >= 4 => w.array(|w| w.string()),
+        ApiKey::DescribeGroups | ApiKey::DeleteGroups => w.array(|w| w.string()),
+        ApiKey::OffsetDelete => {
+            w.string()?;
+            w.array(|w| {
+                w.string()?;
+                w.array(|w| w.take(4))
+            })
         }
         _ => Ok(()),
     }

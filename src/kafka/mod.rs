@@ -30,8 +30,8 @@
 //! (idempotence; transactional ids refused), OffsetForLeaderEpoch 2-4
 //! (every leader epoch is 0), CreatePartitions 0-3, DescribeConfigs 1-4,
 //! AlterConfigs 0-2, IncrementalAlterConfigs 0-1 and DescribeCluster 0-1
-//! (in `admin`), FindCoordinator 0-4 (this broker, for every group) and
-//! OffsetFetch 1-9 (nothing committed yet; in `groups`). docs/KAFKA.md says what each does and leaves out.
+//! (in `admin`); FindCoordinator 0-4 (this broker, for every group) and
+//! the group APIs (in `groups`). docs/KAFKA.md says what each does and leaves out.
 
 mod admin;
 mod bounds;
@@ -67,9 +67,11 @@ use kafka_protocol::messages::{
     RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    FindCoordinatorRequest, InitProducerIdRequest, InitProducerIdResponse, OffsetFetchRequest,
-    ProducerId,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeGroupsRequest, FindCoordinatorRequest, HeartbeatRequest,
+    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProducerId,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -84,7 +86,7 @@ use crate::protocol::{
 };
 
 /// The versions advertised: `(api, min, max)`.
-pub const SUPPORTED: [(ApiKey, i16, i16); 16] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
     // From 0, though only 3+ (RecordBatch v2) is taken: librdkafka up to
     // 2.11 (Debian's kcat has 2.0.2) sends gzip, snappy and lz4 only to a
     // broker whose Produce range starts at 0, and otherwise silently sends
@@ -108,14 +110,21 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 16] = [
     // This broker coordinates every group. librdkafka takes LZ4 for
     // supported only when FindCoordinator is listed (it was new in the
     // broker that brought LZ4), and sends lz4 batches uncompressed
-    // otherwise. The group APIs themselves come with consumer groups.
+    // otherwise.
     (ApiKey::FindCoordinator, 0, 4),
-    // Without it beside FindCoordinator, librdkafka 2.12 crashes when a
-    // consumer is assigned at the stored offset (its fetcher asks a
-    // coordinator it was told exists). No group has a commit yet, so every
-    // partition is answered -1, as Kafka answers a group that never
-    // committed. v8+ asks for many groups at once.
+    // The classic group protocol and committed offsets (src/kafka/groups.rs).
+    // OffsetCommit from 2, the crate's floor; v9 and the newer group
+    // protocol (ConsumerGroupHeartbeat, KIP-848) are not offered.
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// This broker's node id in Metadata.
@@ -240,6 +249,7 @@ async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let _ = socket.set_nodelay(true);
+    let host = groups::client_host(socket.peer_addr().ok());
     let server = &front.broker.config().server;
     let (rd, wr) = socket.into_split();
     let mut rd = tokio::io::BufReader::new(rd);
@@ -325,7 +335,31 @@ async fn serve(
             }
             Decoded::DescribeCluster(r) => respond!(admin::describe_cluster(front, r, version)),
             Decoded::FindCoordinator(r) => respond!(groups::find_coordinator(front, r, version)),
-            Decoded::OffsetFetch(r) => respond!(groups::offset_fetch(r, version)),
+            Decoded::OffsetFetch(r) => respond!(groups::offset_fetch(front, r, version)),
+            // Joins and syncs wait for the rest of the group; shutdown
+            // does not wait for them.
+            Decoded::JoinGroup(r) => {
+                let client_id = header.client_id.as_deref().unwrap_or("");
+                let body = tokio::select! {
+                    b = groups::join_group(front, client_id, &host, r, version) => b,
+                    _ = shutdown.changed() => return Ok(()),
+                };
+                respond!(body)
+            }
+            Decoded::SyncGroup(r) => {
+                let body = tokio::select! {
+                    b = groups::sync_group(front, r, version) => b,
+                    _ = shutdown.changed() => return Ok(()),
+                };
+                respond!(body)
+            }
+            Decoded::Heartbeat(r) => respond!(groups::heartbeat(front, r)),
+            Decoded::LeaveGroup(r) => respond!(groups::leave_group(front, r, version)),
+            Decoded::OffsetCommit(r) => respond!(groups::offset_commit(front, r).await),
+            Decoded::ListGroups(r) => respond!(groups::list_groups(front, r)),
+            Decoded::DescribeGroups(r) => respond!(groups::describe_groups(front, r, version)),
+            Decoded::DeleteGroups(r) => respond!(groups::delete_groups(front, r).await),
+            Decoded::OffsetDelete(r) => respond!(groups::offset_delete(front, r).await),
             Decoded::LegacyProduce(request) => {
                 if request.acks != 0 {
                     let body = legacy_produce_refused(request, version);
@@ -426,6 +460,15 @@ pub enum Decoded {
     DescribeCluster(DescribeClusterRequest),
     FindCoordinator(FindCoordinatorRequest),
     OffsetFetch(OffsetFetchRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
+    OffsetDelete(OffsetDeleteRequest),
 }
 
 /// Decodes a frame (after its size) of an advertised API and version: the
@@ -506,6 +549,33 @@ pub fn decode(frame: &mut Bytes) -> Result<(RequestHeader, Decoded), String> {
         }
         ApiKey::OffsetFetch => {
             Decoded::OffsetFetch(OffsetFetchRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::JoinGroup => {
+            Decoded::JoinGroup(JoinGroupRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::SyncGroup => {
+            Decoded::SyncGroup(SyncGroupRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::Heartbeat => {
+            Decoded::Heartbeat(HeartbeatRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::LeaveGroup => {
+            Decoded::LeaveGroup(LeaveGroupRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::OffsetCommit => {
+            Decoded::OffsetCommit(OffsetCommitRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::ListGroups => {
+            Decoded::ListGroups(ListGroupsRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::DescribeGroups => {
+            Decoded::DescribeGroups(DescribeGroupsRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::DeleteGroups => {
+            Decoded::DeleteGroups(DeleteGroupsRequest::decode(frame, version).map_err(fail)?)
+        }
+        ApiKey::OffsetDelete => {
+            Decoded::OffsetDelete(OffsetDeleteRequest::decode(frame, version).map_err(fail)?)
         }
         _ => return Err(format!("{api:?} is not supported")),
     };
