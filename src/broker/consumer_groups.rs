@@ -4,6 +4,7 @@
 //! broker's default `flush` says), a task that applies the coordinator's
 //! deadlines, and the expiry of offsets of groups without members.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use super::config::{Config, Flush};
 use super::groups::{Coordinator, GroupError, GroupView, Join, Joined, State};
 use super::Topics;
-use crate::storage::offsets::{Committed, OffsetStore, Replayed};
+use crate::storage::offsets::{Committed, GroupOffsets, OffsetStore, Replayed};
 use crate::storage::{StorageError, Vfs};
 
 /// One partition of an OffsetCommit.
@@ -46,7 +47,12 @@ pub type Listed = (String, State, String);
 /// The broker's consumer groups.
 pub struct Groups {
     coordinator: Mutex<Coordinator>,
+    /// The file; locked only on blocking threads, across its writes and
+    /// syncs.
     store: Mutex<OffsetStore>,
+    /// What the store holds, for readers: updated after each write, so
+    /// that no request waits behind a sync to read a commit.
+    offsets: Mutex<BTreeMap<String, GroupOffsets>>,
     topics: Arc<Topics>,
     config: Arc<Config>,
     started: Instant,
@@ -79,15 +85,51 @@ impl Groups {
             .unwrap_or(Flush::Always);
         let dir = config.server.data_dir.clone();
         let (store, replayed) = OffsetStore::open(vfs, &dir, flush == Flush::Always)?;
+        let offsets = store
+            .groups()
+            .map(|(g, o)| (g.to_owned(), o.clone()))
+            .collect();
         let groups = Groups {
             coordinator: Mutex::new(Coordinator::new(config.groups.limits(), wall_ms() as u64)),
             store: Mutex::new(store),
+            offsets: Mutex::new(offsets),
             topics,
             config,
             started: Instant::now(),
             wake: Notify::new(),
         };
         Ok((groups, replayed))
+    }
+
+    /// Applies `change` to `group` in the store, on a blocking thread, then
+    /// to the readers' copy.
+    async fn write(
+        self: &Arc<Self>,
+        group: &str,
+        change: impl FnOnce(&mut OffsetStore, &str) -> Result<(), StorageError> + Send + 'static,
+    ) -> Result<(), String> {
+        let this = Arc::clone(self);
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || this.write_now(group, change))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// [`Groups::write`] on this thread.
+    fn write_now(
+        &self,
+        group: String,
+        change: impl FnOnce(&mut OffsetStore, &str) -> Result<(), StorageError>,
+    ) -> Result<(), String> {
+        let mut store = lock(&self.store);
+        change(&mut store, &group).map_err(|e| e.to_string())?;
+        let now = store.group(&group).cloned();
+        let mut offsets = lock(&self.offsets);
+        match now {
+            Some(o) => offsets.insert(group, o),
+            None => offsets.remove(&group),
+        };
+        Ok(())
     }
 
     /// The coordinator's clock: ms since the broker started.
@@ -178,8 +220,6 @@ impl Groups {
         if taken.is_empty() {
             return Ok(results);
         }
-        let this = Arc::clone(self);
-        let name = group.to_owned();
         let entries: Vec<(String, u32, Committed)> = taken
             .iter()
             .map(|(_, p)| {
@@ -192,10 +232,9 @@ impl Groups {
                 (p.topic.clone(), p.partition, c)
             })
             .collect();
-        let stored = tokio::task::spawn_blocking(move || lock(&this.store).commit(&name, entries))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let stored = self
+            .write(group, move |store, g| store.commit(g, entries))
+            .await;
         if let Err(e) = stored {
             tracing::warn!(group, error = %e, "committed offsets not stored");
             for (i, _) in &taken {
@@ -213,8 +252,8 @@ impl Groups {
         group: &str,
         partitions: Option<Vec<(String, Vec<u32>)>>,
     ) -> Vec<TopicCommits> {
-        let store = lock(&self.store);
-        let offsets = store.group(group);
+        let all = lock(&self.offsets);
+        let offsets = all.get(group);
         match partitions {
             Some(asked) => asked
                 .into_iter()
@@ -246,8 +285,7 @@ impl Groups {
     /// offsets (Empty, no protocol type), by name.
     pub fn list(&self) -> Vec<Listed> {
         let mut all = lock(&self.coordinator).list();
-        let store = lock(&self.store);
-        for (name, _) in store.groups() {
+        for name in lock(&self.offsets).keys() {
             if !all.iter().any(|(n, _, _)| n == name) {
                 all.push((name.to_owned(), State::Empty, String::new()));
             }
@@ -262,7 +300,7 @@ impl Groups {
         if let Some(view) = lock(&self.coordinator).describe(group) {
             return Some(view);
         }
-        lock(&self.store).group(group).map(|_| GroupView {
+        lock(&self.offsets).get(group).map(|_| GroupView {
             state: State::Empty,
             protocol_type: String::new(),
             protocol: String::new(),
@@ -276,15 +314,12 @@ impl Groups {
         if lock(&self.coordinator).is_active(group) {
             return Err(GroupError::NonEmptyGroup);
         }
-        if lock(&self.store).group(group).is_none() {
+        if !lock(&self.offsets).contains_key(group) {
             return Err(GroupError::GroupIdNotFound);
         }
-        let this = Arc::clone(self);
-        let name = group.to_owned();
-        tokio::task::spawn_blocking(move || lock(&this.store).delete_group(&name))
+        self.write(group, |store, g| store.delete_group(g))
             .await
-            .map_err(|e| GroupError::Storage(e.to_string()))?
-            .map_err(|e| GroupError::Storage(e.to_string()))
+            .map_err(GroupError::Storage)
     }
 
     /// OffsetDelete: forgets the partitions' commits (the caller checks
@@ -294,26 +329,25 @@ impl Groups {
         group: &str,
         partitions: Vec<(String, u32)>,
     ) -> Result<(), GroupError> {
-        if lock(&self.store).group(group).is_none() && !lock(&self.coordinator).is_active(group) {
+        let known = lock(&self.offsets).contains_key(group);
+        if !known && !lock(&self.coordinator).is_active(group) {
             return Err(GroupError::GroupIdNotFound);
         }
-        let this = Arc::clone(self);
-        let name = group.to_owned();
-        tokio::task::spawn_blocking(move || lock(&this.store).delete(&name, partitions))
+        self.write(group, move |store, g| store.delete(g, partitions))
             .await
-            .map_err(|e| GroupError::Storage(e.to_string()))?
-            .map_err(|e| GroupError::Storage(e.to_string()))
+            .map_err(GroupError::Storage)
     }
 
     /// Forgets the offsets of groups without members whose latest commit
     /// is older than `offsets_retention`; returns the groups forgotten.
+    /// Blocking: it writes the store.
     pub fn expire_offsets(&self, now_ms: i64) -> Vec<String> {
         let retention = self.config.groups.offsets_retention.as_millis() as i64;
         let expired: Vec<String> = {
             let coordinator = lock(&self.coordinator);
-            let store = lock(&self.store);
-            store
-                .groups()
+            let offsets = lock(&self.offsets);
+            offsets
+                .iter()
                 .filter(|(name, offsets)| {
                     let latest = offsets.values().map(|c| c.commit_ms).max().unwrap_or(0);
                     !coordinator.is_active(name) && now_ms.saturating_sub(latest) >= retention
@@ -321,16 +355,17 @@ impl Groups {
                 .map(|(name, _)| name.to_owned())
                 .collect()
         };
-        let mut store = lock(&self.store);
         expired
             .into_iter()
-            .filter(|g| match store.delete_group(g) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(group = g, error = %e, "expired offsets not removed");
-                    false
-                }
-            })
+            .filter(
+                |g| match self.write_now(g.clone(), |store, g| store.delete_group(g)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(group = g, error = %e, "expired offsets not removed");
+                        false
+                    }
+                },
+            )
             .collect()
     }
 

@@ -794,6 +794,11 @@ fn prepare(g: &mut Group, now: u64) {
             m.joined = false;
         }
     }
+    tracing::debug!(
+        generation = g.generation,
+        members = g.members.len(),
+        "group rebalancing"
+    );
     g.state = State::PreparingRebalance;
     g.initial = false;
     g.rebalance_started = now;
@@ -811,6 +816,11 @@ fn try_complete(g: &mut Group, now: u64) {
 /// A new generation from the members that joined.
 fn complete(g: &mut Group, now: u64) {
     g.generation += 1;
+    tracing::debug!(
+        generation = g.generation,
+        members = g.members.len(),
+        "group rebalanced"
+    );
     if g.members.is_empty() {
         g.state = State::Empty;
         g.protocol = None;
