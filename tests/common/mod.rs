@@ -118,6 +118,7 @@ pub fn now_ms() -> i64 {
 
 pub mod broker;
 pub mod checker;
+pub mod clients;
 pub mod process;
 pub mod sim;
 pub mod wrap;

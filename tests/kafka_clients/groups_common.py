@@ -1,0 +1,103 @@
+"""What the group scenarios of kafka_python_groups.py and confluent_groups.py
+share: members that each run in a thread, record a record only once its
+commit succeeded, and the checks on what they recorded.
+
+A record is "taken" by a member when the member's synchronous commit of
+the offset after it succeeded. Nothing taken may be taken again (no
+partition is consumed by two members at once, and a commit made is where
+the next owner starts), and everything produced is taken once the members
+catch up.
+"""
+
+import threading
+import time
+
+PARTITIONS = 4
+
+
+START = time.monotonic()
+
+
+def wait_for(what, done, timeout=40.0):
+    """Polls done() every 50 ms until it holds; fails after timeout s."""
+    print(f"[{time.monotonic() - START:.1f}s] waiting for {what}", flush=True)
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Taken:
+    """Every (partition, offset) taken, by whom, in order."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.records = []  # (member, partition, offset, value)
+
+    def add(self, member, partition, offset, value):
+        with self.lock:
+            self.records.append((member, partition, offset, value))
+
+    def count(self):
+        with self.lock:
+            return len(self.records)
+
+    def members(self):
+        with self.lock:
+            return {m for m, _, _, _ in self.records}
+
+    def partitions_of(self, member):
+        with self.lock:
+            return {p for m, p, _, _ in self.records if m == member}
+
+    def check(self, per_partition, start=0):
+        """Each partition's offsets start..start+per_partition taken once,
+        in order, with the values produced for them."""
+        with self.lock:
+            seen = {}
+            for member, p, o, value in self.records:
+                assert (p, o) not in seen, f"{p}@{o} taken by {seen[(p, o)]} and {member}"
+                seen[(p, o)] = member
+                assert value == f"{p}-{o}".encode(), (p, o, value)
+            for p in range(PARTITIONS):
+                offsets = sorted(o for q, o in seen if q == p)
+                want = list(range(start, start + per_partition))
+                assert offsets == want, f"partition {p}: {offsets[:5]}.. not {want[:5]}.."
+
+
+class Member(threading.Thread):
+    """Runs poll_once() until stopped; poll_once records what it takes."""
+
+    def __init__(self, name, poll_once, close):
+        super().__init__(daemon=True)
+        self.name_ = name
+        self.poll_once = poll_once
+        self.close = close
+        self.stopping = threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            # Bounded: a member that never stops fails the scenario's waits.
+            for _ in range(100000):
+                if self.stopping.is_set():
+                    break
+                self.poll_once()
+        except Exception as e:  # reported by stop()
+            self.error = e
+        finally:
+            self.close()
+
+    def stop(self):
+        self.stopping.set()
+        print(f"[{time.monotonic() - START:.1f}s] stopping {self.name_}", flush=True)
+        self.join(30)
+        assert not self.is_alive(), f"{self.name_} did not stop"
+        if self.error:
+            raise self.error
+
+
+def values(n, start):
+    """The value of each record produced: PARTITION-OFFSET."""
+    return [(p, f"{p}-{o}".encode()) for o in range(start, start + n) for p in range(PARTITIONS)]

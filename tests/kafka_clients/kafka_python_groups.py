@@ -1,0 +1,123 @@
+"""kafka-python 3.0 group consumers against Spool's Kafka listener.
+
+usage: kafka_python_groups.py ADDR TOPIC share|resume [ASSIGNOR]
+
+share: a topic of 4 partitions; members a and b of group G split it (each
+gets partitions, every record taken once); c joins, then b leaves, and the
+records produced meanwhile are each taken once too; the group's committed
+offsets (with each commit's metadata) are read back by the admin client,
+and ListGroups/DescribeGroups show the group.
+resume (after the broker restarted): a new member of the same group
+starts where the commits say, so nothing taken before is taken again.
+"""
+
+import sys
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.structs import OffsetAndMetadata
+
+from groups_common import PARTITIONS, Member, Taken, values, wait_for
+
+addr, topic, phase = sys.argv[1], sys.argv[2], sys.argv[3]
+assignor = {"range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor}[
+    sys.argv[4] if len(sys.argv) > 4 else "range"
+]
+group = f"{topic}-group"
+taken = Taken()
+# Each member's assignment as of its last poll, written by its own thread.
+assigned = {}
+
+
+def produce(per_partition, start):
+    p = KafkaProducer(bootstrap_servers=addr)
+    for partition, value in values(per_partition, start):
+        p.send(topic, value=value, partition=partition)
+    p.flush()
+    p.close()
+
+
+def member(name):
+    c = KafkaConsumer(
+        topic,
+        bootstrap_servers=addr,
+        group_id=group,
+        client_id=f"member-{name}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        partition_assignment_strategy=[assignor],
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=500,
+        max_poll_records=20,
+    )
+
+    def poll_once():
+        polled = c.poll(timeout_ms=100)
+        assigned[name] = {tp.partition for tp in c.assignment()}
+        for tp, records in polled.items():
+            for r in records:
+                try:
+                    c.commit({tp: OffsetAndMetadata(r.offset + 1, f"by-{name}", -1)})
+                except Exception:
+                    # A rebalance took the partition: its next owner starts
+                    # at the last commit, so this record is not taken here.
+                    break
+                taken.add(name, r.partition, r.offset, r.value)
+
+    m = Member(name, poll_once, c.close)
+    m.start()
+    return m
+
+
+
+
+def owners():
+    """Which member each partition is assigned to, if all are, once."""
+    every = [p for ps in list(assigned.values()) for p in ps]
+    return sorted(every) == list(range(PARTITIONS))
+
+
+if phase == "share":
+    admin = KafkaAdminClient(bootstrap_servers=addr)
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    a, b = member("a"), member("b")
+    wait_for("a and b to split the partitions", lambda: owners() and len(assigned.get("a", ())) == 2)
+    produce(25, 0)
+    wait_for("a and b to take the first 100", lambda: taken.count() == 100)
+    assert taken.members() == {"a", "b"}, taken.members()
+    # c joins: once the group has rebalanced, c has partitions of its own.
+    c = member("c")
+    wait_for("c to get partitions", lambda: assigned.get("c") and owners())
+    produce(25, 25)
+    wait_for("200 taken", lambda: taken.count() == 200)
+    assert "c" in taken.members()
+    # b leaves: a and c take over its partitions.
+    b.stop()
+    del assigned["b"]
+    wait_for("a and c to take b's partitions", owners)
+    produce(25, 50)
+    wait_for("300 taken", lambda: taken.count() == 300)
+    taken.check(75)
+    a.stop()
+    c.stop()
+    offsets = admin.list_group_offsets(group)[group]
+    for p in range(PARTITIONS):
+        got = offsets[TopicPartition(topic, p)]
+        assert got.offset == 75, (p, got)
+        assert got.metadata.startswith("by-"), got
+    groups = {g["group_id"]: g for g in admin.list_groups()}
+    assert group in groups, groups
+    described = admin.describe_groups([group])[group]
+    assert described["group_state"] == "Empty", described
+    admin.close()
+elif phase == "resume":
+    produce(10, 75)
+    r = member("r")
+    wait_for("the 40 produced since", lambda: taken.count() == 40)
+    r.stop()
+    taken.check(10, start=75)
+else:
+    raise SystemExit(f"unknown phase {phase}")
+print("ok")
