@@ -494,76 +494,139 @@ fn find_coordinator_names_this_broker_for_groups() {
     broker.kill9();
 }
 
-/// OffsetFetch: no group has committed (consumer groups are not built), so
-/// every partition asked is -1 with no error and empty metadata, one group
-/// (v1-7) or many (v8-9); all topics (null, v2+) is none. A count of 2^31
-/// topics in a few bytes closes the connection unallocated.
+/// OffsetCommit from outside any group (generation -1, no member) at each
+/// version, read back by OffsetFetch at each version: the offset, the
+/// metadata as given, the leader epoch (committed v6+, returned v5+);
+/// partitions never committed are -1. An unknown partition is
+/// UNKNOWN_TOPIC_OR_PARTITION, metadata past the limit
+/// OFFSET_METADATA_TOO_LARGE, a generation for a group without members
+/// ILLEGAL_GENERATION. A count of 2^31 topics in a few bytes closes the
+/// connection unallocated. What was committed survives `kill -9`.
 #[test]
-fn offset_fetch_answers_nothing_committed() {
+fn offsets_committed_are_fetched_as_given_and_survive_kill_9() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
     use kafka_protocol::messages::offset_fetch_request::{
         OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
     };
-    use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse};
+    use kafka_protocol::messages::{
+        GroupId, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    };
     let dir = tempfile::tempdir().unwrap();
     let broker = spawn(dir.path(), &[]);
     let addr = broker.kafka.unwrap();
     let mut k = Kafka::connect(addr);
     assert_eq!(k.produce("t", &batch(-1, -1, -1, 3)), (0, 0));
     let group = |name: &str| GroupId(StrBytes::from_string(name.to_owned()));
-    for version in 1..=7 {
-        let mut request = OffsetFetchRequest::default();
+    // (partition, offset, metadata) at `version`, generation `generation`.
+    let commit = |k: &mut Kafka, version: i16, generation: i32, parts: &[(i32, i64, &str)]| {
+        let mut request = OffsetCommitRequest::default();
         request.group_id = group("g");
-        request.topics = Some(vec![OffsetFetchRequestTopic::default()
+        request.generation_id_or_member_epoch = generation;
+        request.topics = vec![OffsetCommitRequestTopic::default()
             .with_name(topic("t"))
-            .with_partition_indexes(vec![0, 1])]);
-        let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, version, &request);
-        assert_eq!(r.error_code, 0, "v{version}");
-        let got: Vec<(String, i32, i64, i16, Option<String>)> = r
-            .topics
+            .with_partitions(
+                parts
+                    .iter()
+                    .map(|&(p, o, m)| {
+                        let mut c = OffsetCommitRequestPartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(o)
+                            .with_committed_metadata(Some(StrBytes::from_string(m.to_owned())));
+                        if version >= 6 {
+                            c.committed_leader_epoch = 5;
+                        }
+                        c
+                    })
+                    .collect(),
+            )];
+        let r: OffsetCommitResponse = k.call(ApiKey::OffsetCommit, version, &request);
+        r.topics[0]
+            .partitions
             .iter()
-            .flat_map(|t| {
-                t.partitions.iter().map(|p| {
+            .map(|p| p.error_code)
+            .collect::<Vec<_>>()
+    };
+    // (partition, offset, leader epoch, metadata) fetched at `version`.
+    let fetch = |k: &mut Kafka, version: i16| -> Vec<(i32, i64, i32, Option<String>)> {
+        if version >= 8 {
+            let mut request = OffsetFetchRequest::default();
+            request.groups = vec![OffsetFetchRequestGroup::default()
+                .with_group_id(group("g"))
+                .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                    .with_name(topic("t"))
+                    .with_partition_indexes(vec![0, 1])]))];
+            let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, version, &request);
+            assert_eq!(r.groups[0].error_code, 0);
+            r.groups[0].topics[0]
+                .partitions
+                .iter()
+                .map(|p| {
+                    let m = p.metadata.as_ref().map(|m| m.to_string());
                     (
-                        t.name.to_string(),
                         p.partition_index,
                         p.committed_offset,
-                        p.error_code,
-                        p.metadata.as_ref().map(|m| m.to_string()),
+                        p.committed_leader_epoch,
+                        m,
                     )
                 })
-            })
-            .collect();
-        let none = |p| ("t".to_owned(), p, -1, 0, Some(String::new()));
-        assert_eq!(got, [none(0), none(1)], "v{version}");
-        if version >= 2 {
-            request.topics = None;
+                .collect()
+        } else {
+            let mut request = OffsetFetchRequest::default();
+            request.group_id = group("g");
+            request.topics = Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(topic("t"))
+                .with_partition_indexes(vec![0, 1])]);
             let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, version, &request);
-            assert!(r.topics.is_empty(), "v{version}");
+            assert_eq!(r.error_code, 0);
+            r.topics[0]
+                .partitions
+                .iter()
+                .map(|p| {
+                    let m = p.metadata.as_ref().map(|m| m.to_string());
+                    (
+                        p.partition_index,
+                        p.committed_offset,
+                        p.committed_leader_epoch,
+                        m,
+                    )
+                })
+                .collect()
+        }
+    };
+    assert_eq!(fetch(&mut k, 1)[0].1, -1, "nothing committed yet");
+    for version in 2..=8 {
+        let metadata = format!("m{version}");
+        let offset = 10 + i64::from(version);
+        assert_eq!(commit(&mut k, version, -1, &[(0, offset, &metadata)]), [0]);
+        for fetched in 1..=9 {
+            let epoch = if fetched >= 5 && version >= 6 { 5 } else { -1 };
+            assert_eq!(
+                fetch(&mut k, fetched),
+                [
+                    (0, offset, epoch, Some(metadata.clone())),
+                    (1, -1, -1, Some(String::new()))
+                ],
+                "committed at v{version}, fetched at v{fetched}"
+            );
         }
     }
-    for version in 8..=9 {
-        let mut request = OffsetFetchRequest::default();
-        request.groups = ["a", "b"]
-            .into_iter()
-            .map(|g| {
-                OffsetFetchRequestGroup::default()
-                    .with_group_id(group(g))
-                    .with_topics(Some(vec![OffsetFetchRequestTopics::default()
-                        .with_name(topic("t"))
-                        .with_partition_indexes(vec![0])]))
-            })
-            .collect();
-        let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, version, &request);
-        let got: Vec<(String, i16, i64)> = r
-            .groups
-            .iter()
-            .map(|g| {
-                let p = &g.topics[0].partitions[0];
-                (g.group_id.to_string(), g.error_code, p.committed_offset)
-            })
-            .collect();
-        assert_eq!(got, [("a".to_owned(), 0, -1), ("b".to_owned(), 0, -1)]);
-    }
+    // All of the group's topics: a null list.
+    let mut all = OffsetFetchRequest::default();
+    all.group_id = group("g");
+    all.topics = None;
+    let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, 7, &all);
+    assert_eq!(r.topics.len(), 1);
+    assert_eq!(r.topics[0].partitions[0].committed_offset, 18);
+    // Refusals, each for its own partition.
+    let big = "x".repeat((1 << 20) + 1);
+    assert_eq!(
+        commit(&mut k, 8, -1, &[(7, 1, ""), (0, 30, &big), (0, 31, "ok")]),
+        [3, 12, 0]
+    );
+    assert_eq!(commit(&mut k, 8, 4, &[(0, 40, "")]), [22]);
+    assert_eq!(fetch(&mut k, 9)[0].1, 31);
     let mut body = BytesMut::new();
     body.put_i16(ApiKey::OffsetFetch as i16);
     body.put_i16(1);
@@ -574,7 +637,10 @@ fn offset_fetch_answers_nothing_committed() {
     body.put_i32(i32::MAX);
     body.extend_from_slice(&[0; 16]);
     assert_eq!(exchange(addr, &body), None);
-    assert_eq!(k.produce("t", &batch(-1, -1, -1, 1)), (0, 3));
+    broker.kill9();
+    let broker = spawn(dir.path(), &[]);
+    let mut k = Kafka::connect(broker.kafka.unwrap());
+    assert_eq!(fetch(&mut k, 9)[0], (0, 31, 5, Some("ok".to_owned())));
     broker.kill9();
 }
 
@@ -707,5 +773,219 @@ fn list_offsets_finds_records_by_time_and_the_max_timestamp() {
     let r: ListOffsetsResponse = k.call(ApiKey::ListOffsets, 7, &request);
     let p = &r.topics[0].partitions[0];
     assert_eq!((p.error_code, p.offset, p.timestamp), (0, -1, -1));
+    broker.kill9();
+}
+
+/// The classic group protocol at the wire, two members on their own
+/// connections: MEMBER_ID_REQUIRED (v4+), a rebalance a heartbeat reports
+/// and a rejoin completes, the leader's assignment delivered by SyncGroup,
+/// DescribeGroups and ListGroups, a commit by a member, OffsetDelete of a
+/// subscribed topic refused, DeleteGroups refused while members remain,
+/// batched LeaveGroup, and the join errors.
+#[test]
+fn two_members_join_sync_commit_and_leave_at_the_wire() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::*;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spool.toml");
+    std::fs::write(&config, "[groups]\ninitial_rebalance_delay = \"0s\"\n").unwrap();
+    let broker = spawn(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let addr = broker.kafka.unwrap();
+    let mut k = Kafka::connect(addr);
+    assert_eq!(k.produce("t", &batch(-1, -1, -1, 2)), (0, 0));
+    let s = |v: &str| StrBytes::from_string(v.to_owned());
+    // A consumer subscription (v0) naming topic t.
+    let subscription = Bytes::from_static(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 0xff, 0xff, 0xff, 0xff]);
+    let join = |member: &str, session: i32| {
+        let mut r = JoinGroupRequest::default();
+        r.group_id = GroupId(s("g"));
+        r.session_timeout_ms = session;
+        r.rebalance_timeout_ms = 60_000;
+        r.member_id = s(member);
+        r.protocol_type = s("consumer");
+        r.protocols = vec![JoinGroupRequestProtocol::default()
+            .with_name(s("range"))
+            .with_metadata(subscription.clone())];
+        r
+    };
+    // Member 1, at v3: its id comes with the answer.
+    let r: JoinGroupResponse = k.call(ApiKey::JoinGroup, 3, &join("", 10_000));
+    assert_eq!((r.error_code, r.generation_id), (0, 1));
+    let m1 = r.member_id.to_string();
+    assert_eq!(r.leader.as_str(), m1);
+    assert_eq!(r.members.len(), 1);
+    // Member 2, at v7: first told to come back with an id.
+    let mut k2 = Kafka::connect(addr);
+    let r: JoinGroupResponse = k2.call(ApiKey::JoinGroup, 7, &join("", 10_000));
+    assert_eq!(r.error_code, 79, "MEMBER_ID_REQUIRED");
+    let m2 = r.member_id.to_string();
+    assert!(!m2.is_empty() && m2 != m1);
+    let m2_join = join(&m2, 10_000);
+    let second = std::thread::spawn(move || {
+        let r: JoinGroupResponse = k2.call(ApiKey::JoinGroup, 7, &m2_join);
+        (k2, r)
+    });
+    // Member 1 learns of the rebalance from its heartbeat, and rejoins.
+    let heartbeat = |k: &mut Kafka, member: &str, generation: i32| {
+        let mut h = HeartbeatRequest::default();
+        h.group_id = GroupId(s("g"));
+        h.member_id = s(member);
+        h.generation_id = generation;
+        let r: HeartbeatResponse = k.call(ApiKey::Heartbeat, 4, &h);
+        r.error_code
+    };
+    let mut seen = 0;
+    for _ in 0..1000 {
+        seen = heartbeat(&mut k, &m1, 1);
+        if seen == 27 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(seen, 27, "REBALANCE_IN_PROGRESS");
+    let r1: JoinGroupResponse = k.call(ApiKey::JoinGroup, 5, &join(&m1, 10_000));
+    let (mut k2, r2) = second.join().unwrap();
+    assert_eq!(
+        (r1.error_code, r1.generation_id, r2.generation_id),
+        (0, 2, 2)
+    );
+    assert_eq!(
+        (r1.leader.as_str(), r2.leader.as_str()),
+        (m1.as_str(), m1.as_str())
+    );
+    assert_eq!((r1.members.len(), r2.members.len()), (2, 0));
+    assert_eq!(r2.protocol_name.as_deref(), Some("range"));
+    assert_eq!(heartbeat(&mut k, &m1, 1), 22, "ILLEGAL_GENERATION");
+    assert_eq!(heartbeat(&mut k, "nobody", 2), 25, "UNKNOWN_MEMBER_ID");
+    // The follower waits for the leader's assignment.
+    let sync = |member: &str, assignments: Vec<(String, &'static [u8])>| {
+        let mut r = SyncGroupRequest::default();
+        r.group_id = GroupId(s("g"));
+        r.generation_id = 2;
+        r.member_id = s(member);
+        r.assignments = assignments
+            .into_iter()
+            .map(|(m, a)| {
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(s(&m))
+                    .with_assignment(Bytes::from_static(a))
+            })
+            .collect();
+        r
+    };
+    let m2_sync = sync(&m2, vec![]);
+    let follower = std::thread::spawn(move || {
+        let r: SyncGroupResponse = k2.call(ApiKey::SyncGroup, 3, &m2_sync);
+        (k2, r)
+    });
+    let r: SyncGroupResponse = k.call(
+        ApiKey::SyncGroup,
+        5,
+        &sync(&m1, vec![(m1.clone(), b"one"), (m2.clone(), b"two")])
+            .with_protocol_type(Some(s("consumer")))
+            .with_protocol_name(Some(s("range"))),
+    );
+    assert_eq!((r.error_code, &r.assignment[..]), (0, &b"one"[..]));
+    assert_eq!(r.protocol_name.as_deref(), Some("range"));
+    let (mut k2, r) = follower.join().unwrap();
+    assert_eq!((r.error_code, &r.assignment[..]), (0, &b"two"[..]));
+    // DescribeGroups and ListGroups.
+    let mut d = DescribeGroupsRequest::default();
+    d.groups = vec![GroupId(s("g")), GroupId(s("nope"))];
+    d.include_authorized_operations = true;
+    let r: DescribeGroupsResponse = k.call(ApiKey::DescribeGroups, 5, &d);
+    let g = &r.groups[0];
+    assert_eq!(
+        (g.group_state.as_str(), g.protocol_data.as_str()),
+        ("Stable", "range")
+    );
+    assert_eq!(g.members.len(), 2);
+    assert!(g
+        .members
+        .iter()
+        .all(|m| m.client_host.as_str() == "/127.0.0.1"));
+    let two = g
+        .members
+        .iter()
+        .find(|m| m.member_id.as_str() == m2)
+        .unwrap();
+    assert_eq!(
+        (&two.member_assignment[..], &two.member_metadata),
+        (&b"two"[..], &subscription)
+    );
+    assert_eq!(g.authorized_operations, (1 << 3) | (1 << 6) | (1 << 8));
+    assert_eq!(r.groups[1].group_state.as_str(), "Dead");
+    let listed = |k: &mut Kafka, state: &str| -> Vec<String> {
+        let mut l = ListGroupsRequest::default();
+        l.states_filter = vec![s(state)];
+        let r: ListGroupsResponse = k.call(ApiKey::ListGroups, 4, &l);
+        r.groups.iter().map(|g| g.group_id.to_string()).collect()
+    };
+    assert_eq!(listed(&mut k, "Stable"), ["g"]);
+    assert!(listed(&mut k, "Empty").is_empty());
+    // A member's commit; OffsetDelete of the topic its group consumes.
+    let mut c = OffsetCommitRequest::default();
+    c.group_id = GroupId(s("g"));
+    c.generation_id_or_member_epoch = 2;
+    c.member_id = s(&m2);
+    c.topics = vec![OffsetCommitRequestTopic::default()
+        .with_name(topic("t"))
+        .with_partitions(vec![OffsetCommitRequestPartition::default()
+            .with_partition_index(0)
+            .with_committed_offset(2)])];
+    let r: OffsetCommitResponse = k2.call(ApiKey::OffsetCommit, 8, &c);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let mut od = OffsetDeleteRequest::default();
+    od.group_id = GroupId(s("g"));
+    od.topics = vec![OffsetDeleteRequestTopic::default()
+        .with_name(topic("t"))
+        .with_partitions(vec![
+            OffsetDeleteRequestPartition::default().with_partition_index(0)
+        ])];
+    let r: OffsetDeleteResponse = k.call(ApiKey::OffsetDelete, 0, &od);
+    assert_eq!(
+        (r.error_code, r.topics[0].partitions[0].error_code),
+        (0, 86)
+    );
+    let delete = |k: &mut Kafka| {
+        let mut dg = DeleteGroupsRequest::default();
+        dg.groups_names = vec![GroupId(s("g"))];
+        let r: DeleteGroupsResponse = k.call(ApiKey::DeleteGroups, 2, &dg);
+        r.results[0].error_code
+    };
+    assert_eq!(delete(&mut k), 68, "NON_EMPTY_GROUP");
+    // Both leave in one request (v3+); a stranger is unknown.
+    let mut l = LeaveGroupRequest::default();
+    l.group_id = GroupId(s("g"));
+    l.members = [&m1, &m2, "stranger"]
+        .iter()
+        .map(|m| MemberIdentity::default().with_member_id(s(m)))
+        .collect();
+    let r: LeaveGroupResponse = k.call(ApiKey::LeaveGroup, 3, &l);
+    let codes: Vec<i16> = r.members.iter().map(|m| m.error_code).collect();
+    assert_eq!(codes, [0, 0, 25]);
+    assert_eq!(listed(&mut k, "Empty"), ["g"], "its commit keeps it listed");
+    assert_eq!(delete(&mut k), 0);
+    assert_eq!(delete(&mut k), 69, "GROUP_ID_NOT_FOUND");
+    // Join errors.
+    let r: JoinGroupResponse = k.call(ApiKey::JoinGroup, 5, &join("", 1_000));
+    assert_eq!(r.error_code, 26, "INVALID_SESSION_TIMEOUT");
+    let r: JoinGroupResponse = k.call(ApiKey::JoinGroup, 5, &join("forged", 10_000));
+    assert_eq!(r.error_code, 25);
+    let mut nameless = join("", 10_000);
+    nameless.group_id = GroupId(s(""));
+    let r: JoinGroupResponse = k.call(ApiKey::JoinGroup, 5, &nameless);
+    assert_eq!(r.error_code, 24, "INVALID_GROUP_ID");
     broker.kill9();
 }
