@@ -102,3 +102,18 @@ fn kcat_g_consumes_as_a_group_and_resumes_from_its_commits() {
     assert_eq!(group(&b), ["3:0:later"]);
     b.kill9();
 }
+
+/// A kafka-python member in another process is killed with SIGKILL (no
+/// LeaveGroup): when its session ends the broker removes it, and the
+/// member left takes its partitions and their records.
+#[test]
+fn a_killed_members_partitions_go_to_the_others_after_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path());
+    let kafka = b.kafka.unwrap().to_string();
+    client_script(
+        "kafka_python_groups.py",
+        &[&kafka, "kp-kill", "expire", "range"],
+    );
+    b.kill9();
+}

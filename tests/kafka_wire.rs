@@ -997,7 +997,10 @@ fn two_members_join_sync_commit_and_leave_at_the_wire() {
 #[test]
 fn the_kafka_request_fuzz_seeds_decode() {
     use spool::kafka::{decode, SUPPORTED};
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/seeds/kafka_request");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fuzz/seeds/kafka_request"
+    );
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -1022,7 +1025,10 @@ fn the_kafka_request_fuzz_seeds_decode() {
                 words.pop();
             }
         }
-        let named: String = words.iter().map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+        let named: String = words
+            .iter()
+            .map(|w| w[..1].to_uppercase() + &w[1..])
+            .collect();
         let named = named.replace("Empty", "");
         assert_eq!(named, format!("{api:?}"), "{name} is {api:?} v{version}");
         if let Err(e) = decode(&mut Bytes::from(frame)) {

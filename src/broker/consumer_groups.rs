@@ -424,3 +424,80 @@ impl Groups {
         let _ = tokio::task::spawn_blocking(move || self.sync_offsets()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::groups::Join;
+    use crate::storage::OsVfs;
+
+    fn groups(dir: &std::path::Path) -> Arc<Groups> {
+        let mut config = Config::default();
+        config.server.data_dir = dir.to_owned();
+        config.groups.initial_rebalance_delay = Duration::ZERO;
+        let config = Arc::new(config);
+        let topics = Arc::new(Topics::load_with(Arc::clone(&config), OsVfs::shared()).unwrap());
+        topics.get_or_create("t").unwrap();
+        let (groups, _) = Groups::open(config, topics, OsVfs::shared()).unwrap();
+        Arc::new(groups)
+    }
+
+    fn at(offset: i64) -> Vec<CommitPartition> {
+        vec![CommitPartition {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+        }]
+    }
+
+    /// Offsets of a group without members go once their latest commit is
+    /// older than `offsets_retention`; a group with members keeps them.
+    #[tokio::test]
+    async fn offsets_of_groups_without_members_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = groups(dir.path());
+        let week = g.config.groups.offsets_retention.as_millis() as i64;
+        assert_eq!(
+            g.commit("idle", -1, "", None, at(5)).await.unwrap(),
+            [Ok(())]
+        );
+        let joined = g
+            .join(Join {
+                group: "busy".into(),
+                member_id: String::new(),
+                instance_id: None,
+                client_id: "c".into(),
+                client_host: String::new(),
+                session_timeout_ms: 60_000,
+                rebalance_timeout_ms: 60_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Bytes::new())],
+                require_known_member_id: false,
+            })
+            .await
+            .unwrap();
+        let (generation, member) = (joined.generation, joined.member_id.as_str());
+        // Commits wait for the generation's assignment.
+        let early = g.commit("busy", generation, member, None, at(7)).await;
+        assert_eq!(early, Err(GroupError::RebalanceInProgress));
+        g.sync("busy", generation, member, None, vec![])
+            .await
+            .unwrap();
+        let commit = g.commit("busy", generation, member, None, at(7));
+        assert_eq!(commit.await.unwrap(), [Ok(())]);
+        let now = wall_ms();
+        assert!(g.expire_offsets(now + week - 60_000).is_empty());
+        assert_eq!(g.expire_offsets(now + week + 60_000), ["idle"]);
+        assert!(g.committed("idle", None).is_empty());
+        assert_eq!(
+            g.committed("busy", None)[0].1[0].1.as_ref().unwrap().offset,
+            7
+        );
+        // Gone from the file too.
+        let (store, _) = OffsetStore::open(OsVfs::shared(), dir.path(), true).unwrap();
+        let kept: Vec<&str> = store.groups().map(|(name, _)| name).collect();
+        assert_eq!(kept, ["busy"]);
+    }
+}

@@ -9,8 +9,14 @@ offsets (with each commit's metadata) are read back by the admin client,
 and ListGroups/DescribeGroups show the group.
 resume (after the broker restarted): a new member of the same group
 starts where the commits say, so nothing taken before is taken again.
+expire: a member in another process is killed with SIGKILL; once its
+session (6 s) ends, the broker removes it and the member left takes its
+partitions.
 """
 
+import os
+import signal
+import subprocess
 import sys
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -39,7 +45,7 @@ def produce(per_partition, start):
     p.close()
 
 
-def member(name):
+def member(name, session_ms=10000):
     c = KafkaConsumer(
         topic,
         bootstrap_servers=addr,
@@ -48,7 +54,7 @@ def member(name):
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         partition_assignment_strategy=[assignor],
-        session_timeout_ms=10000,
+        session_timeout_ms=session_ms,
         heartbeat_interval_ms=500,
         max_poll_records=20,
     )
@@ -118,6 +124,25 @@ elif phase == "resume":
     wait_for("the 40 produced since", lambda: taken.count() == 40)
     r.stop()
     taken.check(10, start=75)
+elif phase == "expire":
+    KafkaAdminClient(bootstrap_servers=addr).create_topics([NewTopic(topic, PARTITIONS, 1)])
+    victim = subprocess.Popen([sys.executable, __file__, addr, topic, "victim", sys.argv[4]])
+    try:
+        a = member("a")
+        wait_for("a to share the partitions", lambda: len(assigned.get("a", ())) == 2)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        wait_for("a to take the killed member's partitions", lambda: len(assigned["a"]) == 4)
+        produce(5, 0)
+        wait_for("a to take all 20", lambda: taken.count() == 20)
+        a.stop()
+        taken.check(5)
+    finally:
+        victim.kill()
+elif phase == "victim":
+    # Joins, then polls until it is killed (bounded, as every loop here).
+    v = member("victim", session_ms=6000)
+    wait_for("the kill", lambda: False, timeout=120)
 else:
     raise SystemExit(f"unknown phase {phase}")
 print("ok")
