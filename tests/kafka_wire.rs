@@ -996,7 +996,7 @@ fn two_members_join_sync_commit_and_leave_at_the_wire() {
 /// valid bodies; a change to `SUPPORTED`'s order shows up here.
 #[test]
 fn the_kafka_request_fuzz_seeds_decode() {
-    use spool::kafka::{decode, SUPPORTED};
+    use spool::kafka::{decode, fuzz_frame};
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fuzz/seeds/kafka_request"
@@ -1005,17 +1005,7 @@ fn the_kafka_request_fuzz_seeds_decode() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
-        let (api, min, max) = SUPPORTED[data[0] as usize % SUPPORTED.len()];
-        let version = min + (data[1] as i16).rem_euclid(max - min + 1);
-        let mut frame = Vec::new();
-        frame.extend_from_slice(&(api as i16).to_be_bytes());
-        frame.extend_from_slice(&version.to_be_bytes());
-        frame.extend_from_slice(&7i32.to_be_bytes());
-        frame.extend_from_slice(&(-1i16).to_be_bytes());
-        if api.request_header_version(version) >= 2 {
-            frame.push(0);
-        }
-        frame.extend_from_slice(&data[2..]);
+        let (api, version, mut frame) = fuzz_frame(&data).unwrap();
         // Named API-NAME-vN (or API-NAME-what): the API, and the version.
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let mut words: Vec<&str> = name.split('-').collect();
@@ -1031,7 +1021,7 @@ fn the_kafka_request_fuzz_seeds_decode() {
             .collect();
         let named = named.replace("Empty", "");
         assert_eq!(named, format!("{api:?}"), "{name} is {api:?} v{version}");
-        if let Err(e) = decode(&mut Bytes::from(frame)) {
+        if let Err(e) = decode(&mut frame) {
             panic!("{name}: {e}");
         }
         seen += 1;

@@ -471,6 +471,30 @@ pub enum Decoded {
     OffsetDelete(OffsetDeleteRequest),
 }
 
+/// The request frame the `kafka_request` fuzz target (and its seeds'
+/// test) makes of arbitrary bytes: the first two pick an advertised API
+/// from [`SUPPORTED`] and a version in its range; a valid header follows
+/// (correlation id 7, no client id, and the tagged-field count of a
+/// flexible header), then the rest as the body. `None` for fewer than two
+/// bytes.
+pub fn fuzz_frame(data: &[u8]) -> Option<(ApiKey, i16, Bytes)> {
+    let [a, v, rest @ ..] = data else {
+        return None;
+    };
+    let (api, min, max) = SUPPORTED[*a as usize % SUPPORTED.len()];
+    let version = min + (*v as i16).rem_euclid(max - min + 1);
+    let mut frame = BytesMut::with_capacity(11 + rest.len());
+    frame.put_i16(api as i16);
+    frame.put_i16(version);
+    frame.put_i32(7);
+    frame.put_i16(-1);
+    if api.request_header_version(version) >= 2 {
+        frame.put_u8(0);
+    }
+    frame.extend_from_slice(rest);
+    Some((api, version, frame.freeze()))
+}
+
 /// Decodes a frame (after its size) of an advertised API and version: the
 /// header, then the body once [`bounds::check`] has passed it, so that no
 /// frame makes the crate reserve more than the frame's size. What is left

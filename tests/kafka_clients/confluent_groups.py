@@ -17,7 +17,7 @@ import sys
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from groups_common import PARTITIONS, Member, Taken, values, wait_for
+from groups_common import PARTITIONS, Member, Taken, owners, share, values, wait_for
 
 addr, topic, phase = sys.argv[1], sys.argv[2], sys.argv[3]
 assignor = sys.argv[4] if len(sys.argv) > 4 else "cooperative-sticky"
@@ -67,34 +67,11 @@ def member(name, instance=None):
     return member
 
 
-def owners():
-    every = [p for ps in list(assigned.values()) for p in ps]
-    return sorted(every) == list(range(PARTITIONS))
-
-
 if phase == "share":
     admin = AdminClient({"bootstrap.servers": addr})
     for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         f.result(30)
-    a, b = member("a"), member("b")
-    wait_for("a and b to split the partitions", lambda: owners() and len(assigned.get("a", ())) == 2)
-    produce(25, 0)
-    wait_for("a and b to take the first 100", lambda: taken.count() == 100)
-    assert taken.members() == {"a", "b"}, taken.members()
-    c = member("c")
-    wait_for("c to get partitions", lambda: assigned.get("c") and owners())
-    produce(25, 25)
-    wait_for("200 taken", lambda: taken.count() == 200)
-    assert "c" in taken.members()
-    b.stop()
-    del assigned["b"]
-    wait_for("a and c to take b's partitions", owners)
-    produce(25, 50)
-    wait_for("300 taken", lambda: taken.count() == 300)
-    taken.check(75)
-    a.stop()
-    c.stop()
-    assigned.clear()
+    share(taken, assigned, member, produce)
     # Committed offsets, with their metadata, through a fresh consumer.
     probe = Consumer({"bootstrap.servers": addr, "group.id": group})
     committed = probe.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=30)
@@ -110,7 +87,7 @@ if phase == "share":
     # A static member and a dynamic one; the static one restarts (closing
     # without leaving, as static members do) and is back in its place.
     s1, d = member("s1", instance="static-1"), member("d")
-    wait_for("s1 and d to split the partitions", lambda: owners() and len(assigned.get("s1", ())) == 2)
+    wait_for("s1 and d to split the partitions", lambda: owners(assigned) and len(assigned.get("s1", ())) == 2)
     before = dict(assigned)
     s1.stop()
     s2 = member("s2", instance="static-1")

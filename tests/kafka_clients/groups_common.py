@@ -101,3 +101,37 @@ class Member(threading.Thread):
 def values(n, start):
     """The value of each record produced: PARTITION-OFFSET."""
     return [(p, f"{p}-{o}".encode()) for o in range(start, start + n) for p in range(PARTITIONS)]
+
+
+def owners(assigned):
+    """Whether every partition is assigned, to one member each (from each
+    member's assignment as of its last poll)."""
+    every = [p for ps in list(assigned.values()) for p in ps]
+    return sorted(every) == list(range(PARTITIONS))
+
+
+def share(taken, assigned, member, produce):
+    """The scenario both clients run: a and b split the partitions and take
+    the first 100 records; c joins and gets partitions of its own; b
+    leaves and a and c take its partitions; every record is taken once.
+    member(name) starts a Member that keeps assigned[name] current;
+    produce(n, start) writes n records per partition from offset start."""
+    a, b = member("a"), member("b")
+    wait_for("a and b to split the partitions", lambda: owners(assigned) and len(assigned.get("a", ())) == 2)
+    produce(25, 0)
+    wait_for("a and b to take the first 100", lambda: taken.count() == 100)
+    assert taken.members() == {"a", "b"}, taken.members()
+    c = member("c")
+    wait_for("c to get partitions", lambda: assigned.get("c") and owners(assigned))
+    produce(25, 25)
+    wait_for("200 taken", lambda: taken.count() == 200)
+    assert "c" in taken.members()
+    b.stop()
+    del assigned["b"]
+    wait_for("a and c to take b's partitions", lambda: owners(assigned))
+    produce(25, 50)
+    wait_for("300 taken", lambda: taken.count() == 300)
+    taken.check(75)
+    a.stop()
+    c.stop()
+    assigned.clear()

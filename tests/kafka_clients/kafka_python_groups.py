@@ -25,7 +25,7 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.structs import OffsetAndMetadata
 
-from groups_common import PARTITIONS, Member, Taken, values, wait_for
+from groups_common import PARTITIONS, Member, Taken, share, values, wait_for
 
 addr, topic, phase = sys.argv[1], sys.argv[2], sys.argv[3]
 assignor = {"range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor}[
@@ -79,35 +79,10 @@ def member(name, session_ms=10000):
 
 
 
-def owners():
-    """Which member each partition is assigned to, if all are, once."""
-    every = [p for ps in list(assigned.values()) for p in ps]
-    return sorted(every) == list(range(PARTITIONS))
-
-
 if phase == "share":
     admin = KafkaAdminClient(bootstrap_servers=addr)
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    a, b = member("a"), member("b")
-    wait_for("a and b to split the partitions", lambda: owners() and len(assigned.get("a", ())) == 2)
-    produce(25, 0)
-    wait_for("a and b to take the first 100", lambda: taken.count() == 100)
-    assert taken.members() == {"a", "b"}, taken.members()
-    # c joins: once the group has rebalanced, c has partitions of its own.
-    c = member("c")
-    wait_for("c to get partitions", lambda: assigned.get("c") and owners())
-    produce(25, 25)
-    wait_for("200 taken", lambda: taken.count() == 200)
-    assert "c" in taken.members()
-    # b leaves: a and c take over its partitions.
-    b.stop()
-    del assigned["b"]
-    wait_for("a and c to take b's partitions", owners)
-    produce(25, 50)
-    wait_for("300 taken", lambda: taken.count() == 300)
-    taken.check(75)
-    a.stop()
-    c.stop()
+    share(taken, assigned, member, produce)
     offsets = admin.list_group_offsets(group)[group]
     for p in range(PARTITIONS):
         got = offsets[TopicPartition(topic, p)]
