@@ -382,19 +382,45 @@ pub enum StoredError {
 /// and the batch is stored as sent. The batch's own size limit is the
 /// caller's to check.
 pub fn validate(bytes: &[u8], max_record: usize) -> Result<BatchHeader, BatchError> {
-    validate_within(bytes, max_record, MAX_DECOMPRESSED).map(|(header, _)| header)
+    let v = validate_within(bytes, max_record, MAX_DECOMPRESSED)?;
+    if v.max_timestamp != v.header.max_timestamp {
+        return Err(BatchError::BadMaxTimestamp {
+            declared: v.header.max_timestamp,
+            actual: v.max_timestamp,
+        });
+    }
+    Ok(v.header)
+}
+
+/// What [`validate_within`] found.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub header: BatchHeader,
+    /// Bytes decompressed to check the records (0 for a plain batch).
+    pub decompressed: usize,
+    /// The largest record timestamp. A producer may declare another
+    /// `maxTimestamp` (librdkafka 2.12 writes 0 for records stamped -1);
+    /// Kafka's broker then stores the batch with this one, and so does
+    /// the log ([`set_max_timestamp`]).
+    pub max_timestamp: i64,
+}
+
+/// Sets `maxTimestamp` and recomputes the CRC (it lies under it).
+pub fn set_max_timestamp(batch: &mut [u8], time: i64) {
+    batch[MAX_TS_AT..MAX_TS_AT + 8].copy_from_slice(&time.to_be_bytes());
+    reseal(batch);
 }
 
 /// [`validate`], decompressing a compressed batch's records to at most
 /// `max_decompressed` bytes (and its count times `max_record`, and
-/// [`MAX_DECOMPRESSED`]); returns the header and the bytes decompressed (0
-/// for a plain batch), so that a caller can bound what one request makes
-/// it decompress.
+/// [`MAX_DECOMPRESSED`]), so that a caller can bound what one request
+/// makes it decompress; a `maxTimestamp` other than the records' largest
+/// is not refused here but reported ([`Validated::max_timestamp`]).
 pub fn validate_within(
     bytes: &[u8],
     max_record: usize,
     max_decompressed: usize,
-) -> Result<(BatchHeader, usize), BatchError> {
+) -> Result<Validated, BatchError> {
     let header = check(bytes)?;
     if header.is_control() {
         return Err(BatchError::Control);
@@ -427,11 +453,11 @@ pub fn validate_within(
             return Err(BatchError::ReservedAttribute(what));
         }
     }
-    let decompressed = match header.codec()? {
-        Codec::None => {
-            validate_records(&header, &bytes[HEADER_LEN..], max_record)?;
-            0
-        }
+    let (max_timestamp, decompressed) = match header.codec()? {
+        Codec::None => (
+            validate_records(&header, &bytes[HEADER_LEN..], max_record)?,
+            0,
+        ),
         #[cfg(feature = "compression")]
         codec => {
             // Kafka's broker reads a compressed batch's records too. No
@@ -443,8 +469,7 @@ pub fn validate_within(
                 .min(max_decompressed);
             let body = codec::decompress(codec, &bytes[HEADER_LEN..], limit)
                 .map_err(|e| BatchError::Compressed(e.to_string()))?;
-            validate_records(&header, &body, max_record)?;
-            body.len()
+            (validate_records(&header, &body, max_record)?, body.len())
         }
         #[cfg(not(feature = "compression"))]
         codec => {
@@ -453,7 +478,11 @@ pub fn validate_within(
             )))
         }
     };
-    Ok((header, decompressed))
+    Ok(Validated {
+        header,
+        decompressed,
+        max_timestamp,
+    })
 }
 
 /// Most bytes [`validate`] decompresses one batch's records to.
@@ -465,7 +494,7 @@ fn validate_records(
     header: &BatchHeader,
     body: &[u8],
     max_record: usize,
-) -> Result<(), BatchError> {
+) -> Result<i64, BatchError> {
     // A count that cannot fit is refused before any work proportional to it.
     let fits = (body.len() / MIN_RECORD_LEN) as i32;
     if header.records_count > fits {
@@ -510,13 +539,7 @@ fn validate_records(
     if !records.cursor.is_empty() {
         return Err(BatchError::TrailingBytes(records.cursor.len()));
     }
-    if max_ts != header.max_timestamp {
-        return Err(BatchError::BadMaxTimestamp {
-            declared: header.max_timestamp,
-            actual: max_ts,
-        });
-    }
-    Ok(())
+    Ok(max_ts)
 }
 
 /// One record of an uncompressed batch, borrowing the batch's bytes.

@@ -75,6 +75,40 @@ fn a_log_append_time_log_stamps_its_clock_on_each_batch() {
     assert_eq!(log.offset_for_timestamp(stamped + 1).unwrap(), None);
 }
 
+/// A batch whose `maxTimestamp` is not its largest record timestamp (as
+/// librdkafka 2.12 writes it for records stamped -1, "no timestamp": 0) is
+/// stored with the largest record timestamp and a recomputed CRC, as
+/// Kafka's broker stores it, plain or compressed.
+#[test]
+fn a_wrong_max_timestamp_is_stored_corrected() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    for (i, codec) in [batch::Codec::None, batch::Codec::Lz4]
+        .into_iter()
+        .enumerate()
+    {
+        let mut b = spool::storage::BatchBuilder::new();
+        b.push(-1, None, Some(b"no time"), &[]);
+        b.push(-1, None, Some(b"none either"), &[]);
+        let mut bytes = b.finish_compressed(codec);
+        bytes[35..43].copy_from_slice(&0i64.to_be_bytes());
+        batch::reseal(&mut bytes);
+        assert!(
+            batch::validate(&bytes, usize::MAX).is_err(),
+            "declared 0, records -1"
+        );
+        let appended = log.append(&mut bytes).unwrap();
+        assert_eq!(appended.base_offset, 2 * i as u64);
+        let read = log.read_batches(appended.base_offset, 1).unwrap();
+        let header = batch::validate(&read.bytes, usize::MAX).expect("stored valid");
+        assert_eq!(header.max_timestamp, -1, "{codec:?}");
+        assert_eq!(
+            log.read(appended.base_offset + 1).unwrap().value.as_deref(),
+            Some(&b"none either"[..])
+        );
+    }
+}
+
 #[test]
 fn a_producer_clock_too_far_ahead_is_refused() {
     let dir = tempfile::tempdir().unwrap();

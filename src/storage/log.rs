@@ -626,8 +626,16 @@ impl Log {
         }
         // Validation needs no lock: do it before taking one.
         let max_record = self.max_record_bytes.load(Ordering::Relaxed);
-        let (header, decompressed) =
-            batch::validate_within(batch, max_record as usize, max_decompressed)?;
+        let batch::Validated {
+            mut header,
+            decompressed,
+            max_timestamp,
+        } = batch::validate_within(batch, max_record as usize, max_decompressed)?;
+        if max_timestamp != header.max_timestamp {
+            // Stored with the records' largest timestamp, as Kafka does.
+            batch::set_max_timestamp(batch, max_timestamp);
+            header.max_timestamp = max_timestamp;
+        }
         let now = now_ms();
         // Read once per append, before the lock: the time rules here, the
         // roll rules below.
