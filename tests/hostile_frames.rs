@@ -1368,7 +1368,10 @@ async fn attack(broker: &TestBroker, scripts: Vec<Script>) -> (Tally, u64, f64, 
     for entry in std::fs::read_dir(broker.dir.path()).unwrap() {
         let name = entry.unwrap().file_name();
         assert!(
-            name == "topics" || name == "deleted" || name == "cluster.id",
+            name == "topics"
+                || name == "deleted"
+                || name == "cluster.id"
+                || name == "committed.offsets",
             "unexpected {name:?} in the data directory"
         );
     }
