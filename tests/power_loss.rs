@@ -208,7 +208,7 @@ fn offsets_run(sync: bool, trials: u64) -> (u64, u64, u64) {
     for seed in 0..trials {
         let mut rng = Rng::new(seed ^ 0x6f66_6673);
         let fs = SimFs::new();
-        let (mut store, _) = OffsetStore::open(fs.shared(), dir, sync).unwrap();
+        let (store, _) = OffsetStore::open(fs.shared(), dir, sync).unwrap();
         let mut state = State::new();
         let mut in_flight: Option<State> = None;
         let steps = 10 + rng.below(200);
@@ -280,10 +280,7 @@ fn offsets_run(sync: bool, trials: u64) -> (u64, u64, u64) {
         drop(store);
         let (store, _) = OffsetStore::open(image.shared(), dir, sync)
             .unwrap_or_else(|e| panic!("seed {seed}: reopen after power cut failed: {e}"));
-        let got: State = store
-            .groups()
-            .map(|(g, o)| (g.to_owned(), o.clone()))
-            .collect();
+        let got: State = store.read(State::clone);
         if got != state && Some(&got) != in_flight.as_ref() {
             assert!(!sync, "seed {seed}: after the cut {got:?}\nacknowledged {state:?}\nin flight {in_flight:?}");
             lost += 1;

@@ -4,7 +4,6 @@
 //! broker's default `flush` says), a task that applies the coordinator's
 //! deadlines, and the expiry of offsets of groups without members.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use super::config::{Config, Flush};
 use super::groups::{Coordinator, GroupError, GroupView, Join, Joined, State};
 use super::Topics;
-use crate::storage::offsets::{Committed, GroupOffsets, OffsetStore, Replayed};
+use crate::storage::offsets::{Committed, OffsetStore, Replayed};
 use crate::storage::{StorageError, Vfs};
 
 /// One partition of an OffsetCommit.
@@ -47,12 +46,9 @@ pub type Listed = (String, State, String);
 /// The broker's consumer groups.
 pub struct Groups {
     coordinator: Mutex<Coordinator>,
-    /// The file; locked only on blocking threads, across its writes and
-    /// syncs.
-    store: Mutex<OffsetStore>,
-    /// What the store holds, for readers: updated after each write, so
-    /// that no request waits behind a sync to read a commit.
-    offsets: Mutex<BTreeMap<String, GroupOffsets>>,
+    /// Written on blocking threads only; read anywhere, since a read never
+    /// waits for a write's sync.
+    store: OffsetStore,
     topics: Arc<Topics>,
     config: Arc<Config>,
     started: Instant,
@@ -85,14 +81,9 @@ impl Groups {
             .unwrap_or(Flush::Always);
         let dir = config.server.data_dir.clone();
         let (store, replayed) = OffsetStore::open(vfs, &dir, flush == Flush::Always)?;
-        let offsets = store
-            .groups()
-            .map(|(g, o)| (g.to_owned(), o.clone()))
-            .collect();
         let groups = Groups {
             coordinator: Mutex::new(Coordinator::new(config.groups.limits(), wall_ms() as u64)),
-            store: Mutex::new(store),
-            offsets: Mutex::new(offsets),
+            store,
             topics,
             config,
             started: Instant::now(),
@@ -101,35 +92,16 @@ impl Groups {
         Ok((groups, replayed))
     }
 
-    /// Applies `change` to `group` in the store, on a blocking thread, then
-    /// to the readers' copy.
+    /// Applies `change` to the store on a blocking thread.
     async fn write(
         self: &Arc<Self>,
-        group: &str,
-        change: impl FnOnce(&mut OffsetStore, &str) -> Result<(), StorageError> + Send + 'static,
+        change: impl FnOnce(&OffsetStore) -> Result<(), StorageError> + Send + 'static,
     ) -> Result<(), String> {
         let this = Arc::clone(self);
-        let group = group.to_owned();
-        tokio::task::spawn_blocking(move || this.write_now(group, change))
+        tokio::task::spawn_blocking(move || change(&this.store))
             .await
             .map_err(|e| e.to_string())?
-    }
-
-    /// [`Groups::write`] on this thread.
-    fn write_now(
-        &self,
-        group: String,
-        change: impl FnOnce(&mut OffsetStore, &str) -> Result<(), StorageError>,
-    ) -> Result<(), String> {
-        let mut store = lock(&self.store);
-        change(&mut store, &group).map_err(|e| e.to_string())?;
-        let now = store.group(&group).cloned();
-        let mut offsets = lock(&self.offsets);
-        match now {
-            Some(o) => offsets.insert(group, o),
-            None => offsets.remove(&group),
-        };
-        Ok(())
+            .map_err(|e| e.to_string())
     }
 
     /// The coordinator's clock: ms since the broker started.
@@ -202,7 +174,8 @@ impl Groups {
         let max = self.config.groups.max_metadata_bytes as usize;
         let now = wall_ms();
         let mut results = Vec::with_capacity(partitions.len());
-        let mut taken = Vec::new();
+        // The indexes in `results` of the partitions taken, and what is stored.
+        let (mut taken, mut entries) = (Vec::new(), Vec::new());
         for p in partitions {
             let known = self
                 .topics
@@ -213,32 +186,26 @@ impl Groups {
             } else if p.metadata.len() > max {
                 Err(CommitRefused::MetadataTooLarge(p.metadata.len(), max))
             } else {
-                taken.push((results.len(), p));
+                taken.push(results.len());
+                let c = Committed {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata: p.metadata,
+                    commit_ms: now,
+                };
+                entries.push((p.topic, p.partition, c));
                 Ok(())
             });
         }
         if taken.is_empty() {
             return Ok(results);
         }
-        let entries: Vec<(String, u32, Committed)> = taken
-            .iter()
-            .map(|(_, p)| {
-                let c = Committed {
-                    offset: p.offset,
-                    leader_epoch: p.leader_epoch,
-                    metadata: p.metadata.clone(),
-                    commit_ms: now,
-                };
-                (p.topic.clone(), p.partition, c)
-            })
-            .collect();
-        let stored = self
-            .write(group, move |store, g| store.commit(g, entries))
-            .await;
+        let name = group.to_owned();
+        let stored = self.write(move |store| store.commit(&name, entries)).await;
         if let Err(e) = stored {
             tracing::warn!(group, error = %e, "committed offsets not stored");
-            for (i, _) in &taken {
-                results[*i] = Err(CommitRefused::Storage(e.clone()));
+            for i in taken {
+                results[i] = Err(CommitRefused::Storage(e.clone()));
             }
         }
         Ok(results)
@@ -252,44 +219,47 @@ impl Groups {
         group: &str,
         partitions: Option<Vec<(String, Vec<u32>)>>,
     ) -> Vec<TopicCommits> {
-        let all = lock(&self.offsets);
-        let offsets = all.get(group);
-        match partitions {
-            Some(asked) => asked
-                .into_iter()
-                .map(|(topic, ps)| {
-                    let got = ps
-                        .into_iter()
-                        .map(|p| {
-                            let c = offsets.and_then(|o| o.get(&(topic.clone(), p)).cloned());
-                            (p, c)
-                        })
-                        .collect();
-                    (topic, got)
-                })
-                .collect(),
-            None => {
-                let mut all: Vec<TopicCommits> = Vec::new();
-                for ((topic, p), c) in offsets.into_iter().flatten() {
-                    match all.last_mut() {
-                        Some((t, ps)) if t == topic => ps.push((*p, Some(c.clone()))),
-                        _ => all.push((topic.clone(), vec![(*p, Some(c.clone()))])),
+        self.store.read(|all| {
+            let offsets = all.get(group);
+            match partitions {
+                Some(asked) => asked
+                    .into_iter()
+                    .map(|(topic, ps)| {
+                        let got = ps
+                            .into_iter()
+                            .map(|p| {
+                                let c = offsets.and_then(|o| o.get(&(topic.clone(), p)).cloned());
+                                (p, c)
+                            })
+                            .collect();
+                        (topic, got)
+                    })
+                    .collect(),
+                None => {
+                    let mut listed: Vec<TopicCommits> = Vec::new();
+                    for ((topic, p), c) in offsets.into_iter().flatten() {
+                        match listed.last_mut() {
+                            Some((t, ps)) if t == topic => ps.push((*p, Some(c.clone()))),
+                            _ => listed.push((topic.clone(), vec![(*p, Some(c.clone()))])),
+                        }
                     }
+                    listed
                 }
-                all
             }
-        }
+        })
     }
 
     /// Every group: those with members, and those with only committed
     /// offsets (Empty, no protocol type), by name.
     pub fn list(&self) -> Vec<Listed> {
         let mut all = lock(&self.coordinator).list();
-        for name in lock(&self.offsets).keys() {
-            if !all.iter().any(|(n, _, _)| n == name) {
-                all.push((name.to_owned(), State::Empty, String::new()));
+        self.store.read(|offsets| {
+            for name in offsets.keys() {
+                if !all.iter().any(|(n, _, _)| n == name) {
+                    all.push((name.to_owned(), State::Empty, String::new()));
+                }
             }
-        }
+        });
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -300,7 +270,8 @@ impl Groups {
         if let Some(view) = lock(&self.coordinator).describe(group) {
             return Some(view);
         }
-        lock(&self.offsets).get(group).map(|_| GroupView {
+        let committed = self.store.read(|all| all.contains_key(group));
+        committed.then(|| GroupView {
             state: State::Empty,
             protocol_type: String::new(),
             protocol: String::new(),
@@ -314,10 +285,11 @@ impl Groups {
         if lock(&self.coordinator).is_active(group) {
             return Err(GroupError::NonEmptyGroup);
         }
-        if !lock(&self.offsets).contains_key(group) {
+        if !self.store.read(|all| all.contains_key(group)) {
             return Err(GroupError::GroupIdNotFound);
         }
-        self.write(group, |store, g| store.delete_group(g))
+        let name = group.to_owned();
+        self.write(move |store| store.delete_group(&name))
             .await
             .map_err(GroupError::Storage)
     }
@@ -329,11 +301,12 @@ impl Groups {
         group: &str,
         partitions: Vec<(String, u32)>,
     ) -> Result<(), GroupError> {
-        let known = lock(&self.offsets).contains_key(group);
+        let known = self.store.read(|all| all.contains_key(group));
         if !known && !lock(&self.coordinator).is_active(group) {
             return Err(GroupError::GroupIdNotFound);
         }
-        self.write(group, move |store, g| store.delete(g, partitions))
+        let name = group.to_owned();
+        self.write(move |store| store.delete(&name, partitions))
             .await
             .map_err(GroupError::Storage)
     }
@@ -345,34 +318,32 @@ impl Groups {
         let retention = self.config.groups.offsets_retention.as_millis() as i64;
         let expired: Vec<String> = {
             let coordinator = lock(&self.coordinator);
-            let offsets = lock(&self.offsets);
-            offsets
-                .iter()
-                .filter(|(name, offsets)| {
-                    let latest = offsets.values().map(|c| c.commit_ms).max().unwrap_or(0);
-                    !coordinator.is_active(name) && now_ms.saturating_sub(latest) >= retention
-                })
-                .map(|(name, _)| name.to_owned())
-                .collect()
+            self.store.read(|all| {
+                all.iter()
+                    .filter(|(name, offsets)| {
+                        let latest = offsets.values().map(|c| c.commit_ms).max().unwrap_or(0);
+                        !coordinator.is_active(name) && now_ms.saturating_sub(latest) >= retention
+                    })
+                    .map(|(name, _)| name.to_owned())
+                    .collect()
+            })
         };
         expired
             .into_iter()
-            .filter(
-                |g| match self.write_now(g.clone(), |store, g| store.delete_group(g)) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(group = g, error = %e, "expired offsets not removed");
-                        false
-                    }
-                },
-            )
+            .filter(|g| match self.store.delete_group(g) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(group = g, error = %e, "expired offsets not removed");
+                    false
+                }
+            })
             .collect()
     }
 
     /// Syncs the committed offsets (for a broker whose flush is not
     /// `always`, where commits are written but not synced one by one).
     pub fn sync_offsets(&self) -> Result<(), StorageError> {
-        lock(&self.store).sync()
+        self.store.sync()
     }
 
     /// Applies the coordinator's deadlines until shutdown, expires offsets
@@ -497,7 +468,7 @@ mod tests {
         );
         // Gone from the file too.
         let (store, _) = OffsetStore::open(OsVfs::shared(), dir.path(), true).unwrap();
-        let kept: Vec<&str> = store.groups().map(|(name, _)| name).collect();
+        let kept: Vec<String> = store.read(|all| all.keys().cloned().collect());
         assert_eq!(kept, ["busy"]);
     }
 }

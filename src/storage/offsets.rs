@@ -35,7 +35,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::error::{Result, StorageError};
 use super::vfs::{Open, VFile, Vfs};
@@ -78,24 +78,40 @@ pub struct Replayed {
     pub cut_bytes: u64,
 }
 
+/// Every group's committed offsets.
+pub type AllOffsets = BTreeMap<String, GroupOffsets>;
+
 /// The committed offsets of every group, and the file that keeps them.
+/// Changes are serialised by the writer's lock, held across their write
+/// and sync; readers take only the offsets' lock, which a change holds
+/// just to apply itself once it is in the file, so no read waits for a
+/// write or a sync.
 pub struct OffsetStore {
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
+    sync: bool,
+    writer: Mutex<Writer>,
+    groups: Mutex<AllOffsets>,
+}
+
+/// The file, where it ends, and when it is next rewritten.
+struct Writer {
     file: Arc<dyn VFile>,
     len: u64,
-    sync: bool,
     /// The file is rewritten when it passes this size.
     rewrite_at: u64,
-    groups: BTreeMap<String, GroupOffsets>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for OffsetStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OffsetStore")
             .field("dir", &self.dir)
-            .field("len", &self.len)
-            .field("groups", &self.groups.len())
+            .field("len", &lock(&self.writer).len)
+            .field("groups", &lock(&self.groups).len())
             .finish()
     }
 }
@@ -164,27 +180,29 @@ impl OffsetStore {
         let store = OffsetStore {
             vfs,
             dir: dir.to_owned(),
-            file,
-            len: at as u64,
             sync,
-            rewrite_at: REWRITE_FLOOR.max(REWRITE_FACTOR * at as u64),
-            groups,
+            writer: Mutex::new(Writer {
+                file,
+                len: at as u64,
+                rewrite_at: REWRITE_FLOOR.max(REWRITE_FACTOR * at as u64),
+            }),
+            groups: Mutex::new(groups),
         };
         Ok((store, replayed))
     }
 
-    /// The offsets `group` has committed, if any.
-    pub fn group(&self, group: &str) -> Option<&GroupOffsets> {
-        self.groups.get(group)
+    /// `f` of every group's offsets (groups with at least one, by name).
+    pub fn read<R>(&self, f: impl FnOnce(&AllOffsets) -> R) -> R {
+        f(&lock(&self.groups))
     }
 
-    /// Every group with at least one committed offset, in name order.
-    pub fn groups(&self) -> impl Iterator<Item = (&str, &GroupOffsets)> {
-        self.groups.iter().map(|(g, o)| (g.as_str(), o))
+    /// A copy of the offsets `group` has committed, if any.
+    pub fn group(&self, group: &str) -> Option<GroupOffsets> {
+        self.read(|all| all.get(group).cloned())
     }
 
     /// Records `offsets` for `group`, durably (see [`OffsetStore::open`]).
-    pub fn commit(&mut self, group: &str, offsets: Vec<(String, u32, Committed)>) -> Result<()> {
+    pub fn commit(&self, group: &str, offsets: Vec<(String, u32, Committed)>) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -192,11 +210,13 @@ impl OffsetStore {
     }
 
     /// Forgets `group`'s offsets of these partitions.
-    pub fn delete(&mut self, group: &str, partitions: Vec<(String, u32)>) -> Result<()> {
-        let known = self.groups.get(group).is_some_and(|offsets| {
-            partitions
-                .iter()
-                .any(|(t, p)| offsets.contains_key(&(t.clone(), *p)))
+    pub fn delete(&self, group: &str, partitions: Vec<(String, u32)>) -> Result<()> {
+        let known = self.read(|all| {
+            all.get(group).is_some_and(|offsets| {
+                partitions
+                    .iter()
+                    .any(|(t, p)| offsets.contains_key(&(t.clone(), *p)))
+            })
         });
         if !known {
             return Ok(());
@@ -205,8 +225,8 @@ impl OffsetStore {
     }
 
     /// Forgets every offset of `group`.
-    pub fn delete_group(&mut self, group: &str) -> Result<()> {
-        if !self.groups.contains_key(group) {
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        if !self.read(|all| all.contains_key(group)) {
             return Ok(());
         }
         self.change(Change::DeleteGroup(group.to_owned()))
@@ -214,24 +234,26 @@ impl OffsetStore {
 
     /// Syncs what was written (for a store that does not sync each change).
     pub fn sync(&self) -> Result<()> {
-        self.file
+        lock(&self.writer)
+            .file
             .sync_data()
             .map_err(|e| StorageError::io("sync", self.dir.join(FILE_NAME), e))
     }
 
     /// The file's size in bytes.
     pub fn file_len(&self) -> u64 {
-        self.len
+        lock(&self.writer).len
     }
 
-    fn change(&mut self, change: Change) -> Result<()> {
+    fn change(&self, change: Change) -> Result<()> {
         let frame = frame(&change.encode());
         let path = self.dir.join(FILE_NAME);
-        self.file
-            .write_at(self.len, &frame)
+        let mut w = lock(&self.writer);
+        w.file
+            .write_at(w.len, &frame)
             .and_then(|()| {
                 if self.sync {
-                    self.file.sync_data()
+                    w.file.sync_data()
                 } else {
                     Ok(())
                 }
@@ -241,20 +263,20 @@ impl OffsetStore {
                 // next open (or overwritten by the next change).
                 StorageError::io("write", &path, e)
             })?;
-        self.len += frame.len() as u64;
-        change.apply(&mut self.groups);
+        w.len += frame.len() as u64;
+        change.apply(&mut lock(&self.groups));
         // Checked against the live size only when the file has grown by the
         // factor since it was last that size, so a commit costs no scan.
-        if self.len > self.rewrite_at {
-            self.rewrite()?;
-            self.rewrite_at = REWRITE_FLOOR.max(REWRITE_FACTOR * self.len);
+        if w.len > w.rewrite_at {
+            self.rewrite(&mut w)?;
+            w.rewrite_at = REWRITE_FLOOR.max(REWRITE_FACTOR * w.len);
         }
         Ok(())
     }
 
     /// One commit frame per group: the live state.
     fn snapshot_frames(&self) -> Vec<Vec<u8>> {
-        self.groups
+        lock(&self.groups)
             .iter()
             .map(|(group, offsets)| {
                 let entries = offsets
@@ -267,15 +289,15 @@ impl OffsetStore {
     }
 
     /// Replaces the file with one holding only the live state.
-    fn rewrite(&mut self) -> Result<()> {
+    fn rewrite(&self, w: &mut Writer) -> Result<()> {
         let path = self.dir.join(FILE_NAME);
         let tmp = self.dir.join(TMP_NAME);
         let frames = self.snapshot_frames();
         let io_err = |e| StorageError::io("rewrite", &path, e);
         write_new(&*self.vfs, &tmp, &path, &frames).map_err(io_err)?;
         self.vfs.sync_dir(&self.dir).map_err(io_err)?;
-        self.file = self.vfs.open(&path, Open::ReadWrite).map_err(io_err)?;
-        self.len = self.file.size().map_err(io_err)?;
+        w.file = self.vfs.open(&path, Open::ReadWrite).map_err(io_err)?;
+        w.len = w.file.size().map_err(io_err)?;
         Ok(())
     }
 }
@@ -479,7 +501,7 @@ mod tests {
     #[test]
     fn commits_and_deletes_are_replayed() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, r) = open(dir.path());
+        let (s, r) = open(dir.path());
         assert_eq!(r, Replayed::default());
         s.commit(
             "g",
@@ -491,22 +513,19 @@ mod tests {
         s.commit("gone", vec![("u".into(), 0, c(1, ""))]).unwrap();
         s.delete("g", vec![("t".into(), 1)]).unwrap();
         s.delete_group("gone").unwrap();
-        let expect: Vec<(String, GroupOffsets)> =
-            s.groups().map(|(g, o)| (g.to_owned(), o.clone())).collect();
+        let expect = s.read(AllOffsets::clone);
         assert_eq!(expect.len(), 2);
         assert_eq!(s.group("g").unwrap()[&("t".to_owned(), 0)], c(9, "é"));
         drop(s);
         let (s, r) = open(dir.path());
         assert_eq!(r.frames, 6);
-        let got: Vec<(String, GroupOffsets)> =
-            s.groups().map(|(g, o)| (g.to_owned(), o.clone())).collect();
-        assert_eq!(got, expect);
+        assert_eq!(s.read(AllOffsets::clone), expect);
     }
 
     #[test]
     fn a_torn_tail_is_cut_and_what_came_before_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = open(dir.path());
+        let (s, _) = open(dir.path());
         s.commit("g", vec![("t".into(), 0, c(5, "m"))]).unwrap();
         let whole = s.file_len();
         s.commit("g", vec![("t".into(), 0, c(6, "m"))]).unwrap();
@@ -530,7 +549,7 @@ mod tests {
             assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
         }
         // A flipped byte in the last frame is a torn tail too.
-        let (mut s, _) = open(dir.path());
+        let (s, _) = open(dir.path());
         s.commit("g", vec![("t".into(), 0, c(6, "m"))]).unwrap();
         drop(s);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -545,7 +564,7 @@ mod tests {
     #[test]
     fn the_file_is_rewritten_to_its_live_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = OffsetStore::open(OsVfs::shared(), dir.path(), false).unwrap();
+        let (s, _) = OffsetStore::open(OsVfs::shared(), dir.path(), false).unwrap();
         let metadata = "x".repeat(1000);
         for i in 0..3000 {
             s.commit("g", vec![("t".into(), i % 3, c(i64::from(i), &metadata))])
