@@ -196,6 +196,17 @@ struct Member {
     sync: Option<Waiter<Bytes>>,
 }
 
+impl Member {
+    /// Its metadata for `protocol` (empty if it has none).
+    fn metadata(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 struct Group {
     state: State,
@@ -654,12 +665,7 @@ impl Coordinator {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default(),
+                    metadata: m.metadata(&protocol),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -840,24 +846,22 @@ fn complete(g: &mut Group, now: u64) {
                 .all(|m| m.protocols.iter().any(|(p, _)| p == *n))
         })
         .collect();
-    let mut votes: Vec<(usize, usize)> = shared.iter().map(|_| (0, 0)).collect();
-    for (i, v) in votes.iter_mut().enumerate() {
-        v.1 = i;
-    }
+    let mut votes = vec![0usize; shared.len()];
     for m in g.members.values() {
         if let Some(i) = m
             .protocols
             .iter()
             .find_map(|(n, _)| shared.iter().position(|s| *s == n))
         {
-            votes[i].0 += 1;
+            votes[i] += 1;
         }
     }
-    // Most votes; on a tie, the first member's preference.
-    let chosen = votes
-        .iter()
-        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-        .map(|(_, i)| shared[*i].clone());
+    // Most votes; on a tie, the first member's preference (max_by_key
+    // keeps the last of equals, so the indexes go backwards).
+    let chosen = (0..shared.len())
+        .rev()
+        .max_by_key(|&i| votes[i])
+        .map(|i| shared[i].clone());
     let Some(protocol) = chosen else {
         // Cannot happen: joins are refused unless a protocol is shared.
         for m in g.members.values_mut() {
@@ -899,15 +903,7 @@ fn joined(g: &Group, member_id: &str, with_members: bool) -> Joined {
         members: if with_members {
             g.members
                 .iter()
-                .map(|(id, m)| {
-                    let metadata = m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default();
-                    (id.clone(), m.instance_id.clone(), metadata)
-                })
+                .map(|(id, m)| (id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
                 .collect()
         } else {
             Vec::new()
@@ -940,27 +936,17 @@ fn remove_member(g: &mut Group, id: &str) -> bool {
 /// After members left: a rebalance, or completion of the one under way
 /// (the members that remain may all have joined).
 fn after_removal(g: &mut Group, now: u64) {
-    match g.state {
-        State::Stable | State::CompletingRebalance => {
-            if g.members.is_empty() {
-                g.generation += 1;
-                g.state = State::Empty;
-                g.protocol = None;
-                g.protocol_type = None;
-                g.leader = None;
-            } else {
-                prepare(g, now);
-            }
-        }
-        State::PreparingRebalance => {
-            if g.members.is_empty() {
-                g.initial = false;
-                complete(g, now);
-            } else {
-                try_complete(g, now);
-            }
-        }
-        State::Empty => {}
+    if g.state == State::Empty {
+        return;
+    }
+    if g.members.is_empty() {
+        // A new generation with nobody: the group is Empty.
+        g.initial = false;
+        complete(g, now);
+    } else if g.state == State::PreparingRebalance {
+        try_complete(g, now);
+    } else {
+        prepare(g, now);
     }
 }
 
