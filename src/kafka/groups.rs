@@ -215,22 +215,26 @@ pub(super) async fn sync_group(
     let mut body = SyncGroupResponse::default();
     let group = request.group_id.to_string();
     let groups = front.broker.groups();
-    // v5 names the protocol the member thinks it is in.
+    // v5 names the protocol the member thinks it is in, and is told the
+    // group's. A sync succeeds only in the generation whose protocol this
+    // is (it waits for that generation's leader), so it is read once.
     if version >= 5 {
-        let current = groups.describe(&group);
-        let differs = |given: &Option<StrBytes>, have: Option<&str>| {
-            given.as_ref().is_some_and(|g| Some(g.as_str()) != have)
-        };
-        if let Some(v) = &current {
-            if differs(&request.protocol_type, Some(&v.protocol_type))
-                || differs(&request.protocol_name, Some(&v.protocol))
+        if let Some(v) = groups.describe(&group) {
+            let differs = |given: &Option<StrBytes>, have: &str| {
+                given.as_ref().is_some_and(|g| g.as_str() != have)
+            };
+            if differs(&request.protocol_type, &v.protocol_type)
+                || differs(&request.protocol_name, &v.protocol)
             {
                 body.error_code = 23;
                 return body;
             }
+            body.protocol_type = Some(s(v.protocol_type));
+            body.protocol_name = Some(s(v.protocol));
+        } else {
+            body.protocol_type = request.protocol_type.clone();
+            body.protocol_name = request.protocol_name.clone();
         }
-        body.protocol_type = request.protocol_type.clone();
-        body.protocol_name = request.protocol_name.clone();
     }
     let assignments = request
         .assignments
@@ -249,12 +253,6 @@ pub(super) async fn sync_group(
     {
         Ok(assignment) => body.assignment = assignment,
         Err(e) => body.error_code = code(&e),
-    }
-    if version >= 5 && body.error_code == 0 && body.protocol_name.is_none() {
-        if let Some(v) = groups.describe(&group) {
-            body.protocol_type = Some(s(v.protocol_type));
-            body.protocol_name = Some(s(v.protocol));
-        }
     }
     body
 }
