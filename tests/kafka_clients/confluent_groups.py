@@ -17,7 +17,7 @@ import sys
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from groups_common import PARTITIONS, Member, Taken, owners, share, values, wait_for
+from groups_common import PARTITIONS, Member, Taken, resume, owners, share, values, wait_for
 
 addr, topic, phase = sys.argv[1], sys.argv[2], sys.argv[3]
 assignor = sys.argv[4] if len(sys.argv) > 4 else "cooperative-sticky"
@@ -97,11 +97,7 @@ if phase == "share":
     s2.stop()
     d.stop()
 elif phase == "resume":
-    produce(10, 75)
-    r = member("r")
-    wait_for("the 40 produced since", lambda: taken.count() == 40)
-    r.stop()
-    taken.check(10, start=75)
+    resume(taken, member, produce)
 else:
     raise SystemExit(f"unknown phase {phase}")
 print("ok")

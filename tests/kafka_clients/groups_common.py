@@ -135,3 +135,14 @@ def share(taken, assigned, member, produce):
     a.stop()
     c.stop()
     assigned.clear()
+
+
+def resume(taken, member, produce):
+    """After the broker restarted on the data `share` left: a new member
+    of the group starts at the commits (75 per partition), so it takes the
+    10 per partition produced since, and nothing taken before."""
+    produce(10, 75)
+    r = member("r")
+    wait_for("the 40 produced since", lambda: taken.count() == 40)
+    r.stop()
+    taken.check(10, start=75)

@@ -25,7 +25,7 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.structs import OffsetAndMetadata
 
-from groups_common import PARTITIONS, Member, Taken, share, values, wait_for
+from groups_common import PARTITIONS, Member, Taken, resume, share, values, wait_for
 
 addr, topic, phase = sys.argv[1], sys.argv[2], sys.argv[3]
 assignor = {"range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor}[
@@ -94,11 +94,7 @@ if phase == "share":
     assert described["group_state"] == "Empty", described
     admin.close()
 elif phase == "resume":
-    produce(10, 75)
-    r = member("r")
-    wait_for("the 40 produced since", lambda: taken.count() == 40)
-    r.stop()
-    taken.check(10, start=75)
+    resume(taken, member, produce)
 elif phase == "expire":
     KafkaAdminClient(bootstrap_servers=addr).create_topics([NewTopic(topic, PARTITIONS, 1)])
     victim = subprocess.Popen([sys.executable, __file__, addr, topic, "victim", sys.argv[4]])
