@@ -63,6 +63,11 @@ pub struct GroupsConfig {
     /// offsets.retention.minutes).
     #[serde(deserialize_with = "duration")]
     pub offsets_retention: Duration,
+    /// How often members of broker-assigned groups (Spool's own protocol)
+    /// heartbeat while their partitions stay put; partitions on the move
+    /// are handed over at heartbeats a fifth of a second apart.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for GroupsConfig {
@@ -75,6 +80,7 @@ impl Default for GroupsConfig {
             max_session_timeout: Duration::from_secs(30 * 60),
             initial_rebalance_delay: Duration::from_secs(3),
             offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }
@@ -101,6 +107,14 @@ impl GroupsConfig {
         }
         if self.min_session_timeout > self.max_session_timeout {
             return Err("[groups] min_session_timeout must not exceed max_session_timeout".into());
+        }
+        // Members heartbeat at this interval; at the session timeout or
+        // beyond, every member would be removed between two heartbeats.
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.min_session_timeout
+        {
+            return Err(
+                "[groups] heartbeat_interval must be above 0 and below min_session_timeout".into(),
+            );
         }
         Ok(())
     }

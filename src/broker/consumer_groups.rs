@@ -8,10 +8,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::sync::{watch, Notify};
 
+use super::assigned::{Assigned, Beat, Heartbeat, Partitions};
 use super::config::{Config, Flush};
-use super::groups::{Coordinator, GroupError, GroupView, Join, Joined, State};
+use super::groups::{Coordinator, GroupError, GroupView, Join, Joined, MemberView, State};
 use super::Topics;
 use crate::storage::offsets::{Committed, OffsetStore, Replayed};
 use crate::storage::{StorageError, Vfs};
@@ -43,9 +46,23 @@ pub type TopicCommits = (String, Vec<(u32, Option<Committed>)>);
 /// A group as ListGroups shows it: name, state, protocol type.
 pub type Listed = (String, State, String);
 
+/// Both kinds of group, under one lock so that a group id is only ever
+/// one kind: a Kafka client's group (the classic protocol, assigned by
+/// its leader) or a group the broker assigns (Spool's own protocol).
+struct Coordinators {
+    classic: Coordinator,
+    assigned: Assigned,
+}
+
+impl Coordinators {
+    fn is_active(&self, group: &str) -> bool {
+        self.classic.is_active(group) || self.assigned.is_active(group)
+    }
+}
+
 /// The broker's consumer groups.
 pub struct Groups {
-    coordinator: Mutex<Coordinator>,
+    coordinator: Mutex<Coordinators>,
     /// Written on blocking threads only; read anywhere, since a read never
     /// waits for a write's sync.
     store: OffsetStore,
@@ -58,6 +75,75 @@ pub struct Groups {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The protocol DescribeGroups names for a group the broker assigns.
+pub const ASSIGNED_BY_BROKER: &str = "spool";
+
+/// Kafka's consumer-protocol subscription (version 0) of `topics`, so that
+/// Kafka tools describe a broker-assigned group as any other.
+fn encode_subscription(topics: &[String]) -> Bytes {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    let mut s = ConsumerProtocolSubscription::default();
+    s.topics = topics
+        .iter()
+        .map(|t| StrBytes::from_string(t.clone()))
+        .collect();
+    versioned(&s)
+}
+
+/// Kafka's consumer-protocol assignment (version 0) of `partitions`.
+fn encode_assignment(partitions: &Partitions) -> Bytes {
+    use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    let mut a = ConsumerProtocolAssignment::default();
+    a.assigned_partitions = partitions
+        .iter()
+        .map(|(t, ps)| {
+            let mut tp = TopicPartition::default();
+            tp.topic = TopicName(StrBytes::from_string(t.clone()));
+            tp.partitions = ps.iter().map(|&p| p as i32).collect();
+            tp
+        })
+        .collect();
+    versioned(&a)
+}
+
+/// `i16 version 0`, then the message at version 0.
+fn versioned(m: &impl Encodable) -> Bytes {
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&0i16.to_be_bytes());
+    // Version 0 of both messages has nothing that can fail to encode.
+    let _ = m.encode(&mut out, 0);
+    out.freeze()
+}
+
+/// The partitions of a consumer-protocol assignment (what a Kafka group's
+/// leader gave a member, or a broker-assigned member's grant); nothing for
+/// bytes that are not one (another protocol type's assignment).
+pub fn assignment_partitions(assignment: &[u8]) -> Partitions {
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    let mut buf = Bytes::copy_from_slice(assignment);
+    if buf.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = buf.split_to(2);
+    // Later versions start with version 0's fields: read what is known.
+    match ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3)) {
+        Ok(a) => a
+            .assigned_partitions
+            .into_iter()
+            .map(|tp| {
+                let ps = tp
+                    .partitions
+                    .into_iter()
+                    .filter_map(|p| u32::try_from(p).ok());
+                (tp.topic.0.to_string(), ps.collect())
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -82,7 +168,14 @@ impl Groups {
         let dir = config.server.data_dir.clone();
         let (store, replayed) = OffsetStore::open(vfs, &dir, flush == Flush::Always)?;
         let groups = Groups {
-            coordinator: Mutex::new(Coordinator::new(config.groups.limits(), wall_ms() as u64)),
+            coordinator: Mutex::new(Coordinators {
+                classic: Coordinator::new(config.groups.limits(), wall_ms() as u64),
+                assigned: Assigned::new(
+                    config.groups.limits(),
+                    config.groups.heartbeat_interval.as_millis() as u64,
+                    wall_ms() as u64,
+                ),
+            }),
             store,
             topics,
             config,
@@ -109,9 +202,20 @@ impl Groups {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// A topic's partitions; 0 for a topic that does not exist.
+    fn partition_count(&self, topic: &str) -> u32 {
+        self.topics.get(topic).map_or(0, |t| t.partition_count())
+    }
+
     /// JoinGroup: answered once the rebalance completes.
     pub async fn join(&self, join: Join) -> Result<Joined, GroupError> {
-        let reply = lock(&self.coordinator).join(self.now(), join);
+        let reply = {
+            let mut c = lock(&self.coordinator);
+            if c.assigned.is_active(&join.group) {
+                return Err(GroupError::InconsistentGroupProtocol);
+            }
+            c.classic.join(self.now(), join)
+        };
         self.wake.notify_one();
         reply.wait().await
     }
@@ -125,7 +229,7 @@ impl Groups {
         instance_id: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> Result<Bytes, GroupError> {
-        let reply = lock(&self.coordinator).sync(
+        let reply = lock(&self.coordinator).classic.sync(
             self.now(),
             group,
             generation,
@@ -143,7 +247,35 @@ impl Groups {
         member_id: &str,
         instance_id: Option<&str>,
     ) -> Result<(), GroupError> {
-        lock(&self.coordinator).heartbeat(self.now(), group, generation, member_id, instance_id)
+        lock(&self.coordinator).classic.heartbeat(
+            self.now(),
+            group,
+            generation,
+            member_id,
+            instance_id,
+        )
+    }
+
+    /// GROUP_HEARTBEAT of Spool's own protocol: the broker assigns.
+    pub fn heartbeat_assigned(&self, hb: Heartbeat) -> Result<Beat, GroupError> {
+        let now = self.now();
+        let counts = |t: &str| self.partition_count(t);
+        let beat = {
+            let mut c = lock(&self.coordinator);
+            if c.classic.is_active(&hb.group) {
+                return Err(GroupError::InconsistentGroupProtocol);
+            }
+            let max = self.config.groups.max_groups;
+            if !c.assigned.is_active(&hb.group)
+                && hb.member_epoch == 0
+                && c.classic.len() + c.assigned.len() >= max
+            {
+                return Err(GroupError::TooManyGroups(max));
+            }
+            c.assigned.heartbeat(now, hb, &counts)
+        };
+        self.wake.notify_one();
+        beat
     }
 
     pub fn leave(
@@ -151,7 +283,9 @@ impl Groups {
         group: &str,
         members: &[(String, Option<String>)],
     ) -> Vec<Result<(), GroupError>> {
-        lock(&self.coordinator).leave(self.now(), group, members)
+        lock(&self.coordinator)
+            .classic
+            .leave(self.now(), group, members)
     }
 
     /// OffsetCommit: the membership check for the whole request, then each
@@ -164,13 +298,16 @@ impl Groups {
         instance_id: Option<&str>,
         partitions: Vec<CommitPartition>,
     ) -> Result<Vec<Result<(), CommitRefused>>, GroupError> {
-        lock(&self.coordinator).check_commit(
-            self.now(),
-            group,
-            generation,
-            member_id,
-            instance_id,
-        )?;
+        {
+            let mut c = lock(&self.coordinator);
+            if c.assigned.is_active(group) {
+                c.assigned
+                    .check_commit(self.now(), group, generation, member_id)?;
+            } else {
+                c.classic
+                    .check_commit(self.now(), group, generation, member_id, instance_id)?;
+            }
+        }
         let max = self.config.groups.max_metadata_bytes as usize;
         let now = wall_ms();
         let mut results = Vec::with_capacity(partitions.len());
@@ -252,7 +389,15 @@ impl Groups {
     /// Every group: those with members, and those with only committed
     /// offsets (Empty, no protocol type), by name.
     pub fn list(&self) -> Vec<Listed> {
-        let mut all = lock(&self.coordinator).list();
+        let mut all = {
+            let c = lock(&self.coordinator);
+            let mut all = c.classic.list();
+            for name in c.assigned.names() {
+                let state = c.assigned.describe(&name).map_or(State::Empty, |v| v.state);
+                all.push((name, state, "consumer".to_owned()));
+            }
+            all
+        };
         self.store.read(|offsets| {
             for name in offsets.keys() {
                 if !all.iter().any(|(n, _, _)| n == name) {
@@ -267,8 +412,31 @@ impl Groups {
     /// A group's state and members; `None` for a group the broker does
     /// not know (Kafka's "Dead").
     pub fn describe(&self, group: &str) -> Option<GroupView> {
-        if let Some(view) = lock(&self.coordinator).describe(group) {
-            return Some(view);
+        {
+            let c = lock(&self.coordinator);
+            if let Some(view) = c.classic.describe(group) {
+                return Some(view);
+            }
+            if let Some(view) = c.assigned.describe(group) {
+                return Some(GroupView {
+                    state: view.state,
+                    protocol_type: "consumer".into(),
+                    protocol: ASSIGNED_BY_BROKER.into(),
+                    generation: view.epoch,
+                    members: view
+                        .members
+                        .into_iter()
+                        .map(|m| MemberView {
+                            metadata: encode_subscription(&m.subscription),
+                            assignment: encode_assignment(&m.assignment),
+                            member_id: m.member_id,
+                            instance_id: None,
+                            client_id: m.client_id,
+                            client_host: m.client_host,
+                        })
+                        .collect(),
+                });
+            }
         }
         let committed = self.store.read(|all| all.contains_key(group));
         committed.then(|| GroupView {
@@ -278,6 +446,11 @@ impl Groups {
             generation: 0,
             members: Vec::new(),
         })
+    }
+
+    /// Whether the group has members (or a rebalance under way).
+    pub fn is_active(&self, group: &str) -> bool {
+        lock(&self.coordinator).is_active(group)
     }
 
     /// DeleteGroups: a group with members cannot be deleted.
@@ -360,9 +533,14 @@ impl Groups {
         loop {
             let now = self.now();
             let next = {
+                let counts = |t: &str| self.partition_count(t);
                 let mut c = lock(&self.coordinator);
-                c.tick(now);
-                c.next_deadline()
+                c.classic.tick(now);
+                c.assigned.tick(now, &counts);
+                [c.classic.next_deadline(), c.assigned.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min()
             };
             let mut wait = Duration::from_secs(1);
             if let Some(at) = next {

@@ -92,6 +92,8 @@ pub enum GroupError {
     GroupMaxSizeReached(usize),
     #[error("the broker coordinates its maximum of {0} groups")]
     TooManyGroups(usize),
+    #[error("member epoch {0} is not the member's ({1}): join again")]
+    FencedMemberEpoch(i32, i32),
     #[error("instance id {0} is now another member")]
     FencedInstanceId(String),
     #[error("the group has members")]
@@ -114,6 +116,8 @@ pub enum State {
     PreparingRebalance,
     CompletingRebalance,
     Stable,
+    /// A broker-assigned group whose partitions are moving between members.
+    Reconciling,
 }
 
 impl State {
@@ -123,6 +127,7 @@ impl State {
             State::PreparingRebalance => "PreparingRebalance",
             State::CompletingRebalance => "CompletingRebalance",
             State::Stable => "Stable",
+            State::Reconciling => "Reconciling",
         }
     }
 }
@@ -457,7 +462,9 @@ impl Coordinator {
                     group.rebalance_deadline = now + initial_delay;
                 }
             }
-            State::CompletingRebalance | State::Stable => prepare(group, now),
+            // Reconciling is a broker-assigned group's state, never a
+            // classic group's: treated as Stable.
+            State::CompletingRebalance | State::Stable | State::Reconciling => prepare(group, now),
         }
         try_complete(group, now);
         Ok(Reply::Later(rx))
@@ -486,7 +493,7 @@ impl Coordinator {
         }
         match g.state {
             State::PreparingRebalance => Reply::Now(Err(GroupError::RebalanceInProgress)),
-            State::Stable => {
+            State::Stable | State::Reconciling => {
                 let m = g.members.get_mut(member_id).expect("checked");
                 m.last_seen = now;
                 Reply::Now(Ok(m.assignment.clone()))
@@ -687,6 +694,15 @@ impl Coordinator {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Groups with members (or a rebalance under way).
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
     }
 
     /// Whether the group has members (or a rebalance under way).

@@ -50,6 +50,7 @@ fn code(e: &GroupError) -> i16 {
         // Retriable: the client tries again, and gets in once groups end.
         GroupError::TooManyGroups(_) => 15,
         GroupError::FencedInstanceId(_) => 82,
+        GroupError::FencedMemberEpoch(..) => 110,
         GroupError::NonEmptyGroup => 68,
         GroupError::GroupIdNotFound => 69,
         GroupError::InvalidGroupId(_) => 24,
