@@ -152,7 +152,16 @@ fn oracle(frame: &[u8]) -> Option<Expect> {
 /// Every topic a request names, in order.
 fn topics_of(request: &Request) -> Vec<&str> {
     match request {
-        Request::ApiVersions | Request::ListTopics => vec![],
+        // Group requests name topics, but none of them becomes a path: an
+        // invalid name gets the answer a missing topic does.
+        Request::ApiVersions
+        | Request::ListTopics
+        | Request::GroupHeartbeat(_)
+        | Request::OffsetCommit { .. }
+        | Request::OffsetFetch { .. }
+        | Request::ListGroups
+        | Request::DescribeGroup { .. }
+        | Request::DeleteGroup { .. } => vec![],
         Request::CreateTopic { topic, .. }
         | Request::DeleteTopic { topic }
         | Request::DescribeTopic { topic }
@@ -506,20 +515,49 @@ fn request_of(rng: &mut Rng, api: u16, version: u16, id: u32) -> Msg {
                 m.raw(&ts.to_be_bytes());
             });
         }
-        _ => unreachable!("api keys 0 to 7"),
+        // The group APIs: commits, memberships and deletions of a few
+        // groups (an empty id is INVALID_GROUP).
+        9..=14 => {
+            let group = rng.pick(&["g1", "g2", ""]).as_bytes();
+            m.string(group);
+            match api {
+                9 => {
+                    let epoch = *rng.pick(&[0i32, -1, 1, 7]);
+                    let session = *rng.pick(&[10u32, 6_000, 10_000]);
+                    m.string(b"").raw(&epoch.to_be_bytes()).raw(&session.to_be_bytes());
+                    m.string(b"hostile").count(1).string(topic);
+                    m.topics(rng, |_, _| {});
+                }
+                10 => {
+                    m.string(b"").raw(&(-1i32).to_be_bytes());
+                    m.topics(rng, |rng, m| {
+                        m.raw(&rng.below(100).to_be_bytes()).string(b"meta");
+                    });
+                }
+                11 => {
+                    m.topics(rng, |_, _| {});
+                }
+                _ => {}
+            }
+        }
+        _ => unreachable!("api keys 0 to 7 and 9 to 14"),
+    }
+    if api == 12 {
+        // LIST_GROUPS has no body: the group id written above goes.
+        m = Msg::new(api, version, id);
     }
     m
 }
 
 /// A valid request of a random API.
 fn any_request(rng: &mut Rng, id: u32) -> Msg {
-    let api = rng.below(8) as u16;
+    let api = *rng.pick(&[0u16, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14]);
     request_of(rng, api, version_of(api), id)
 }
 
 /// A valid request of an API that has a body (so, length fields too).
 fn request_with_body(rng: &mut Rng, id: u32) -> Msg {
-    let api = *rng.pick(&[1u16, 2, 4, 5, 6, 7]);
+    let api = *rng.pick(&[1u16, 2, 4, 5, 6, 7, 9, 10, 11, 13, 14]);
     request_of(rng, api, version_of(api), id)
 }
 
@@ -1579,8 +1617,8 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         }),
         ("unknown-api-65535", header_only(u16::MAX, 8)),
         (
-            "unknown-api-9-with-body",
-            frame(&[&Msg::new(9, 0, 8).bytes[..], &[1; 32]].concat()),
+            "unknown-api-15-with-body",
+            frame(&[&Msg::new(15, 0, 8).bytes[..], &[1; 32]].concat()),
         ),
         (
             "version-65535-produce",
@@ -1852,7 +1890,7 @@ fn the_predictions_follow_the_framing_rules() {
             End::Close,
         ),
         (
-            frame(&Msg::new(9, 0, 5).bytes),
+            frame(&Msg::new(15, 0, 5).bytes),
             vec![Expect::Code(5, ErrorCode::UnsupportedApi)],
             End::Open,
         ),

@@ -711,3 +711,32 @@ fn the_varint_table_follows_its_rules() {
         assert_eq!(out.join(" "), shown, "row `{line}`");
     }
 }
+
+#[test]
+fn group_heartbeat_dumps_join_and_get_both_partitions() {
+    let (correlation_id, request) = parse_request("group-heartbeat-request");
+    assert_eq!(correlation_id, 11);
+    assert_eq!(
+        request,
+        Request::GroupHeartbeat(spool::protocol::GroupHeartbeat {
+            group: "g".into(),
+            member_id: String::new(),
+            member_epoch: 0,
+            session_timeout_ms: 10_000,
+            client_id: "c".into(),
+            subscription: vec!["t".into()],
+            owned: vec![],
+        })
+    );
+    let response = parse_response("group-heartbeat-response", ApiKey::GroupHeartbeat);
+    assert_eq!(response.correlation_id, 11);
+    assert_eq!(
+        response.body,
+        Ok(ResponseBody::Heartbeat(spool::protocol::HeartbeatAnswer {
+            member_id: "c-1".into(),
+            member_epoch: 1,
+            heartbeat_interval_ms: 1_000,
+            assignment: vec![("t".into(), vec![0, 1])],
+        }))
+    );
+}

@@ -75,7 +75,10 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, shutdown: watch::Rece
         broker.config.server.write_timeout,
     ));
     let (gone, client) = watch::channel(false);
-    let client = Peer { gone: client };
+    let client = Peer {
+        gone: client,
+        addr: peer,
+    };
     let stop = read_requests(&broker, &client, read_half, tx, shutdown).await;
     // However the reader stopped, nothing more will be read: waiting fetches
     // answer at once with what they have, so the connection's slot, its

@@ -51,6 +51,8 @@ impl From<Response> for Answer {
 #[derive(Clone)]
 pub struct Peer {
     pub gone: watch::Receiver<bool>,
+    /// The client's address, as group descriptions show it.
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 type Outcome = Result<ResponseBody, ErrorBody>;
@@ -124,6 +126,14 @@ pub async fn dispatch(
             fetch.dispatch(broker, peer, correlation_id, topics).await
         }
         Request::ListOffsets { topics } => now(list_offsets(broker, topics).await),
+        Request::GroupHeartbeat(_)
+        | Request::OffsetCommit { .. }
+        | Request::OffsetFetch { .. }
+        | Request::ListGroups
+        | Request::DescribeGroup { .. }
+        | Request::DeleteGroup { .. } => {
+            now(super::group_handler::dispatch(broker, peer, request).await)
+        }
     }
 }
 

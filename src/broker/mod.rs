@@ -7,9 +7,11 @@
 //! stop accepting, let each connection answer the requests it has read
 //! (long polls return early), then flush, sync and close every topic.
 
+pub mod assigned;
 pub mod config;
 mod connection;
 pub mod consumer_groups;
+mod group_handler;
 pub mod groups;
 pub(crate) mod handler;
 pub mod topic;

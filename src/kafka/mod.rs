@@ -169,6 +169,13 @@ fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::StorageError | ErrorCode::DiskFull => 56,
         ErrorCode::OutOfOrderSequence => 45,
         ErrorCode::InvalidProducerEpoch => 47,
+        ErrorCode::GroupNotFound => 69,
+        ErrorCode::GroupNotEmpty => 68,
+        ErrorCode::UnknownMember => 25,
+        ErrorCode::FencedMember => 110,
+        ErrorCode::InvalidGroup => 24,
+        ErrorCode::GroupLimitReached => 81,
+        ErrorCode::InconsistentGroupProtocol => 23,
         ErrorCode::UnsupportedApi | ErrorCode::UnknownServerError => -1,
     }
 }
@@ -255,7 +262,7 @@ async fn serve(
     let mut rd = tokio::io::BufReader::new(rd);
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let (_gone_tx, gone) = watch::channel(false);
-    let peer = Peer { gone };
+    let peer = Peer { gone, addr: None };
     loop {
         if *shutdown.borrow() {
             return Ok(());

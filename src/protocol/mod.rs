@@ -41,6 +41,12 @@
 //! | 6 | 1 | FETCH | `u32 max_wait_ms, u32 min_bytes, u32 max_bytes, [string topic, [u32 partition, u64 offset, u32 partition_max_bytes]]` | `[string topic, [u32 partition, u16 error_code, string error_message, u64 log_start, u64 log_end, u64 next_offset, bytes batches]]` |
 //! | 7 | 1 | LIST_OFFSETS | `[string topic, [u32 partition, i64 timestamp (-1 latest, -2 earliest)]]` | `[string topic, [u32 partition, u16 error_code, string error_message, u64 offset, u64 log_start, u64 log_end]]` |
 //! | 8 | 0 | ALTER_TOPIC | `string topic, [string key, string value] set, [string key] reset` | — |
+//! | 9 | 0 | GROUP_HEARTBEAT | `string group, string member_id, i32 member_epoch, u32 session_timeout_ms, string client_id, [string topic] subscription, [string topic, [u32 partition]] owned` | `string member_id, i32 member_epoch, u32 heartbeat_interval_ms, [string topic, [u32 partition]] assignment` |
+//! | 10 | 0 | OFFSET_COMMIT | `string group, string member_id, i32 member_epoch, [string topic, [u32 partition, u64 offset, string metadata]]` | `[string topic, [u32 partition, u16 error_code, string error_message]]` |
+//! | 11 | 0 | OFFSET_FETCH | `string group, [string topic, [u32 partition]]` | `[string topic, [u32 partition, u16 error_code, string error_message, i64 offset, string metadata]]` |
+//! | 12 | 0 | LIST_GROUPS | — | `[string group, string state, string protocol_type]` |
+//! | 13 | 0 | DESCRIBE_GROUP | `string group` | `string state, string protocol_type, string protocol, i32 epoch, [string member_id, string instance_id, string client_id, string client_host, [string topic, [u32 partition]] assignment]` |
+//! | 14 | 0 | DELETE_GROUP | `string group` | — |
 //!
 //! PRODUCE, FETCH and LIST_OFFSETS answer each partition on its own: the
 //! response's own error code is for the request as a whole (it could not
@@ -51,10 +57,12 @@ mod message;
 mod wire;
 
 pub use message::{
-    Acks, ApiKey, ErrorBody, FetchPartition, FetchTopic, FetchedPartition, OffsetSpec,
-    OffsetsTopic, PartitionDescription, PartitionOffsets, PartitionResult, ProduceTopic,
-    ProducedPartition, Request, RequestHeader, Response, ResponseBody, TopicDescription,
-    TopicResults, API_VERSIONS, MAX_PRODUCE_OVERHEAD, MAX_REQUEST_PARTITIONS, REQUEST_HEADER_LEN,
+    Acks, ApiKey, CommitOffset, CommitTopic, CommittedOffset, ErrorBody, FetchPartition,
+    FetchTopic, FetchedPartition, GroupDescription, GroupHeartbeat, GroupMember, HeartbeatAnswer,
+    ListedGroup, OffsetSpec, OffsetsTopic, PartitionDescription, PartitionOffsets, PartitionResult,
+    ProduceTopic, ProducedPartition, Request, RequestHeader, Response, ResponseBody,
+    TopicDescription, TopicResults, API_VERSIONS, MAX_PRODUCE_OVERHEAD, MAX_REQUEST_PARTITIONS,
+    MAX_SUBSCRIBED_TOPICS, REQUEST_HEADER_LEN,
 };
 pub use wire::{put_bytes, put_string, Reader};
 
@@ -118,10 +126,28 @@ pub enum ErrorCode {
     /// An idempotent producer's batch is from an epoch older than its
     /// producer id's current one: a newer instance has taken over.
     InvalidProducerEpoch = 20,
+    /// No group by that name (no members, no commits).
+    GroupNotFound = 21,
+    /// The group has members: stop them first (reset, delete).
+    GroupNotEmpty = 22,
+    /// The member id is not one of the group's (its session ended, or it
+    /// left): join again with epoch 0.
+    UnknownMember = 23,
+    /// The member epoch is not the one the broker gave: join again.
+    FencedMember = 24,
+    /// The group id (1 to 249 bytes, no control characters), the session
+    /// timeout (within `[groups]` min/max_session_timeout) or the
+    /// subscription is invalid.
+    InvalidGroup = 25,
+    /// `[groups]` max_groups or max_members_per_group is reached.
+    GroupLimitReached = 26,
+    /// The group id is in use by Kafka clients' group protocol (or, from
+    /// a Kafka client, by Spool's).
+    InconsistentGroupProtocol = 27,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::None,
         ErrorCode::UnknownServerError,
         ErrorCode::InvalidRequest,
@@ -143,6 +169,13 @@ impl ErrorCode {
         ErrorCode::TooManyPartitions,
         ErrorCode::OutOfOrderSequence,
         ErrorCode::InvalidProducerEpoch,
+        ErrorCode::GroupNotFound,
+        ErrorCode::GroupNotEmpty,
+        ErrorCode::UnknownMember,
+        ErrorCode::FencedMember,
+        ErrorCode::InvalidGroup,
+        ErrorCode::GroupLimitReached,
+        ErrorCode::InconsistentGroupProtocol,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -173,6 +206,13 @@ impl ErrorCode {
             ErrorCode::TooManyPartitions => "TOO_MANY_PARTITIONS",
             ErrorCode::OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
             ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
+            ErrorCode::GroupNotFound => "GROUP_NOT_FOUND",
+            ErrorCode::GroupNotEmpty => "GROUP_NOT_EMPTY",
+            ErrorCode::UnknownMember => "UNKNOWN_MEMBER",
+            ErrorCode::FencedMember => "FENCED_MEMBER",
+            ErrorCode::InvalidGroup => "INVALID_GROUP",
+            ErrorCode::GroupLimitReached => "GROUP_LIMIT_REACHED",
+            ErrorCode::InconsistentGroupProtocol => "INCONSISTENT_GROUP_PROTOCOL",
         }
     }
 }

@@ -62,6 +62,10 @@ impl<'a> Reader<'a> {
         self.array(field).map(u64::from_be_bytes)
     }
 
+    pub fn i32(&mut self, field: &'static str) -> Result<i32, ProtocolError> {
+        self.array(field).map(i32::from_be_bytes)
+    }
+
     pub fn i64(&mut self, field: &'static str) -> Result<i64, ProtocolError> {
         self.array(field).map(i64::from_be_bytes)
     }

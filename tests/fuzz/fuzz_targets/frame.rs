@@ -22,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
         Ok((parsed_header, request)) => {
             let header = header.expect("a request has a header");
             assert_eq!(parsed_header, header);
-            assert_eq!(header.api_version, 0);
+            let api = spool::protocol::ApiKey::from_u16(header.api_key).expect("parsed");
+            assert_eq!(header.api_version, api.version());
             assert_eq!(request.api_key() as u16, header.api_key);
             let mut out = BytesMut::new();
             request.encode(header.correlation_id, &mut out);
