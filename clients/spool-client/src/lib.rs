@@ -6,6 +6,9 @@
 //!   resolves each send to its record's offset.
 //! - [`Consumer`]: reads a topic from an offset, the earliest, the latest or
 //!   a timestamp, long-polling at the end, with an offset-reset policy.
+//! - [`GroupConsumer`]: a member of a consumer group; the broker shares the
+//!   topic's partitions among the members, and each resumes from the
+//!   group's commits (automatic or [`GroupConsumer::commit`]).
 //! - [`partitioner`]: Kafka's default partitioner (murmur2 of the key, sticky
 //!   batches without one), for when topics have partitions.
 //!
@@ -35,14 +38,17 @@ mod client;
 mod connection;
 mod consumer;
 mod error;
+mod group;
 pub mod partitioner;
 mod producer;
 
 pub use client::{Client, ClientConfig, Offsets, PendingProduce, Produced};
 pub use consumer::{decode, Consumer, ConsumerConfig, Message, OffsetReset, RecordStream, StartAt};
 pub use error::{ClientError, Result};
+pub use group::{Committed, GroupConfig, GroupConsumer, Rebalance};
 pub use producer::{Delivery, Producer, ProducerConfig};
 pub use spool::batch::{self, BatchBuilder, Codec, Record};
 pub use spool::protocol::{
-    Acks, ErrorCode, PartitionDescription, TopicDescription, MAX_PRODUCE_OVERHEAD,
+    Acks, ErrorCode, GroupDescription, GroupMember, ListedGroup, OffsetSpec, PartitionDescription,
+    TopicDescription, MAX_PRODUCE_OVERHEAD,
 };

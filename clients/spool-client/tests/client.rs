@@ -1174,3 +1174,148 @@ fn now_ms() -> i64 {
         .expect("a clock after 1970")
         .as_millis() as i64
 }
+
+/// Issue 13: two GroupConsumers share a topic's partitions (the broker
+/// assigns them), their callbacks see each change, a member that closes
+/// hands its partitions over with its commits, and a manual commit is
+/// where a later member of the group resumes.
+#[tokio::test]
+async fn group_consumers_share_partitions_hand_them_over_and_resume_from_commits() {
+    use spool_client::{GroupConfig, GroupConsumer, Rebalance};
+    use std::sync::{Arc, Mutex};
+    let broker = start(|_| {}).await;
+    let client = broker.client().await;
+    client
+        .create_topic("jobs", &[("partitions", "4")])
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let send = |from: u32, to: u32| {
+        let producer = producer.clone();
+        async move {
+            let mut sent = Vec::new();
+            for i in from..to {
+                let (key, value) = (format!("k{i}"), format!("{i}"));
+                let delivery = producer.send("jobs", Some(key.as_bytes()), value.as_bytes());
+                sent.push(delivery.await.unwrap());
+            }
+            producer.flush().await.unwrap();
+            for s in sent {
+                s.await.unwrap();
+            }
+        }
+    };
+    let config = GroupConfig {
+        start: StartAt::Earliest,
+        session_timeout: Duration::from_secs(6),
+        auto_commit: None,
+        consumer: ConsumerConfig {
+            max_wait: Duration::from_millis(100),
+            ..ConsumerConfig::default()
+        },
+        ..GroupConfig::default()
+    };
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&changes);
+    let mut one = GroupConsumer::new(client.clone(), "g", "jobs", config.clone())
+        .on_rebalance(move |c| seen.lock().unwrap().push(("one", c.clone())));
+    let mut two = GroupConsumer::new(client.clone(), "g", "jobs", config.clone());
+    // Both poll until each holds two partitions (bounded).
+    let deadline = Instant::now() + PATIENCE;
+    while one.assignment().len() != 2 || two.assignment().len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} {:?}",
+            one.assignment(),
+            two.assignment()
+        );
+        one.poll().await.unwrap();
+        two.poll().await.unwrap();
+    }
+    let mut all: Vec<u32> = [one.assignment(), two.assignment()].concat();
+    all.sort();
+    assert_eq!(all, [0, 1, 2, 3]);
+    send(0, 40).await;
+    let (mut got_one, mut got_two) = (Vec::new(), Vec::new());
+    while got_one.len() + got_two.len() < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "{} + {}",
+            got_one.len(),
+            got_two.len()
+        );
+        got_one.extend(one.poll().await.unwrap());
+        got_two.extend(two.poll().await.unwrap());
+    }
+    assert!(got_one
+        .iter()
+        .all(|m| one.assignment().contains(&m.partition)));
+    assert!(got_two
+        .iter()
+        .all(|m| two.assignment().contains(&m.partition)));
+    // The first commits by hand, the second leaves without committing.
+    one.commit().await.unwrap();
+    let two_had = two.assignment().to_vec();
+    two.close().await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while one.assignment().len() != 4 {
+        assert!(Instant::now() < deadline, "{:?}", one.assignment());
+        // What it re-reads of the partitions it takes over was never
+        // committed: they start from the beginning.
+        got_one.extend(one.poll().await.unwrap());
+    }
+    {
+        let changes = changes.lock().unwrap();
+        assert!(
+            matches!(&changes[0], ("one", Rebalance::Assigned(_))),
+            "{changes:?}"
+        );
+        let last = changes.last().unwrap().1.clone();
+        let mut taken = match last {
+            Rebalance::Assigned(ps) => ps,
+            other => panic!("{other:?}"),
+        };
+        taken.sort();
+        assert_eq!(taken, two_had);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let mut values: Vec<String> = Vec::new();
+    while values.len() < 40 {
+        assert!(Instant::now() < deadline);
+        got_one.extend(one.poll().await.unwrap());
+        values = got_one
+            .iter()
+            .map(|m| String::from_utf8(m.value.clone().unwrap().to_vec()).unwrap())
+            .collect();
+        values.sort();
+        values.dedup();
+    }
+    one.commit().await.unwrap();
+    let committed = client.committed_offsets("g", None).await.unwrap();
+    assert_eq!(committed.len(), 4, "{committed:?}");
+    for (_, p, c) in &committed {
+        let end = client
+            .list_offsets("jobs", *p, spool_client::OffsetSpec::Latest)
+            .await
+            .unwrap()
+            .offset;
+        assert_eq!(c.offset, end, "partition {p}");
+    }
+    one.close().await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    // A new member resumes after the commits: only what comes next.
+    send(40, 44).await;
+    let mut three = GroupConsumer::new(client.clone(), "g", "jobs", config);
+    let mut later = Vec::new();
+    while later.len() < 4 {
+        assert!(Instant::now() < deadline, "{later:?}");
+        later.extend(three.poll().await.unwrap());
+    }
+    let mut values: Vec<String> = later
+        .iter()
+        .map(|m| String::from_utf8(m.value.clone().unwrap().to_vec()).unwrap())
+        .collect();
+    values.sort();
+    assert_eq!(values, ["40", "41", "42", "43"]);
+    three.close().await.unwrap();
+}
