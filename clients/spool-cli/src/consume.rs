@@ -6,7 +6,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::Engine;
 use spool_client::PartitionDescription;
 use spool_client::{
-    Client, ClientError, Consumer, ConsumerConfig, ErrorCode, OffsetReset, Record, StartAt,
+    Client, ClientError, Consumer, ConsumerConfig, ErrorCode, GroupConfig, GroupConsumer,
+    OffsetReset, Rebalance, Record, StartAt,
 };
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +65,27 @@ pub struct Args {
     /// the end; error stops.
     #[arg(long, value_enum, default_value_t = OnOutOfRange::Earliest, value_name = "POLICY")]
     on_out_of_range: OnOutOfRange,
+    /// Consume as a member of this group: the broker shares the topic's
+    /// partitions among the group's members (every `spool consume --group`
+    /// of that name), each partition is read from the group's commit, and
+    /// what is printed is committed. --from-beginning (the default) and
+    /// --from-end apply to partitions the group has no commit for. Without
+    /// --follow, stops once its partitions are read to their ends.
+    #[arg(long, short = 'g', value_name = "GROUP", conflicts_with_all = ["partition", "offset", "from_time"])]
+    group: Option<String>,
+    /// With --group: commit after each record printed (else every
+    /// --auto-commit-interval, when partitions move, and at the end).
+    #[arg(long, requires = "group")]
+    commit_each: bool,
+    /// With --group: how often what was printed is committed.
+    #[arg(long, requires = "group", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    auto_commit_interval: Duration,
+    /// With --group: the broker gives this member's partitions to the
+    /// others when it has not heard from it for this long (a killed
+    /// process); a stopped one (Ctrl-C, end of input) hands them over at
+    /// once.
+    #[arg(long, requires = "group", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    session_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -164,7 +186,7 @@ fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
 
 /// A time to start from, in ms since the epoch: milliseconds since the
 /// epoch, a duration ago ("5m", "-5m", "1h 30m"), or RFC 3339.
-fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
+pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
@@ -206,7 +228,7 @@ fn split_utc_offset(text: &str) -> (&str, i64) {
     (&text[..n - 6], sign * (h * 3600 + m * 60) * 1000)
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -258,12 +280,19 @@ impl Outage {
 /// is away.
 const RETRY: Duration = Duration::from_millis(500);
 
-pub async fn run(client: &Client, args: Args) -> Result<(), String> {
-    let output = match &args.template {
+fn output_of(args: &Args) -> Result<Output, String> {
+    Ok(match &args.template {
         Some(t) => Output::Template(parse_template(t)?),
         None if args.format == Format::Json => Output::Json,
         None => Output::Raw,
-    };
+    })
+}
+
+pub async fn run(client: &Client, args: Args) -> Result<(), String> {
+    if let Some(group) = args.group.clone() {
+        return run_group(client, &group, args).await;
+    }
+    let output = output_of(&args)?;
     let mut outage = Outage::default();
     // The topic as it is now; with --follow, waiting for it to exist.
     let described = loop {
@@ -423,6 +452,136 @@ pub async fn run(client: &Client, args: Args) -> Result<(), String> {
         }
     }
     out.flush().map_err(crate::stdout_error)
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C, SIGTERM).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `spool consume --group`: a member of the group, printing its share of
+/// the topic. Output is flushed before what it printed is committed, so a
+/// commit never covers a record not yet written.
+async fn run_group(client: &Client, group: &str, args: Args) -> Result<(), String> {
+    let output = output_of(&args)?;
+    let config = GroupConfig {
+        client_id: "spool-cli".into(),
+        session_timeout: args.session_timeout,
+        auto_commit: Some(args.auto_commit_interval),
+        start: if args.from_end {
+            StartAt::Latest
+        } else {
+            StartAt::Earliest
+        },
+        consumer: ConsumerConfig {
+            max_wait: Duration::from_millis(if args.follow { 500 } else { 100 }),
+            reset: match args.on_out_of_range {
+                OnOutOfRange::Error => OffsetReset::Error,
+                OnOutOfRange::Earliest => OffsetReset::Earliest,
+                OnOutOfRange::Latest => OffsetReset::Latest,
+            },
+            ..ConsumerConfig::default()
+        },
+    };
+    // Without --follow, the ends to read up to, as the topic has them now.
+    let ends: Vec<u64> = if args.follow {
+        Vec::new()
+    } else {
+        let d = client
+            .describe_topic(&args.topic)
+            .await
+            .map_err(|e| e.to_string())?;
+        d.partitions.iter().map(|p| p.log_end).collect()
+    };
+    let member =
+        GroupConsumer::new(client.clone(), group, &args.topic, config).on_rebalance(|change| {
+            match change {
+                Rebalance::Assigned(ps) => eprintln!("spool: consuming partitions {ps:?}"),
+                Rebalance::Revoked(ps) => eprintln!("spool: handed partitions {ps:?} over"),
+                Rebalance::Lost(ps) => {
+                    eprintln!("spool: lost partitions {ps:?} (the session ended)")
+                }
+            }
+        });
+    let mut member = member;
+    let max = args.max.unwrap_or(u64::MAX);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let mut printed = 0u64;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let ended = loop {
+        if printed >= max {
+            break Ok(());
+        }
+        // With --commit-each, one record at a time: a commit covers
+        // exactly the records printed.
+        let n = if args.commit_each {
+            1
+        } else {
+            (max - printed) as usize
+        };
+        let polled = tokio::select! {
+            polled = member.poll_max(n) => polled,
+            _ = &mut stop => break Ok(()),
+        };
+        let messages = match polled {
+            Ok(m) => m,
+            Err(e) if args.follow && transient(&e) => {
+                eprintln!("spool: {e}; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+            Err(e) => break Err(e.to_string()),
+        };
+        let mut failed = None;
+        for m in &messages {
+            if let Err(e) = print_record(&mut out, &args.topic, m.partition, m, &output) {
+                failed = Some(crate::stdout_error(e));
+                break;
+            }
+            printed += 1;
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+        if let Err(e) = out.flush() {
+            break Err(crate::stdout_error(e));
+        }
+        if args.commit_each && !messages.is_empty() {
+            if let Err(e) = member.commit().await {
+                break Err(e.to_string());
+            }
+        }
+        // Without --follow: done once the partitions are read to the ends
+        // they had at the start (or a poll finds nothing more).
+        let held = member.assignment();
+        let read_to_ends = held.iter().all(|&p| {
+            let end = ends.get(p as usize).copied().unwrap_or(0);
+            member.position(p).is_some_and(|at| at >= end)
+        });
+        if !args.follow && !held.is_empty() && (messages.is_empty() || read_to_ends) {
+            break Ok(());
+        }
+    };
+    let flushed = out.flush().map_err(crate::stdout_error);
+    // Commits what was printed and hands the partitions over.
+    let closed = if ended.is_ok() && flushed.is_ok() {
+        member.close().await.map_err(|e| e.to_string())
+    } else {
+        Ok(())
+    };
+    ended.and(flushed).and(closed)
 }
 
 fn print_record(

@@ -6,6 +6,9 @@
 //! spool topic list | describe NAME | delete NAME
 //! spool produce TOPIC [--file PATH] [--key KEY] [--batch-size BYTES] [--linger-ms MS]
 //! spool consume TOPIC [--partition P] [--offset N | --from-beginning | --from-end | --from-time T] [--follow] [--max N] [--format raw|json]
+//! spool consume TOPIC --group G [--commit-each] [--auto-commit-interval D] [--session-timeout D] [--follow]
+//! spool group list | describe G | delete G
+//! spool group reset G --topic T [--partition P] (--to-earliest | --to-latest | --to-offset N | --to-time T)
 //! spool bench ...   (see `spool bench --help`)
 //! ```
 //!
@@ -16,6 +19,7 @@
 
 mod bench;
 mod consume;
+mod group;
 mod kafka_bench;
 mod produce;
 
@@ -61,6 +65,9 @@ enum Command {
     Produce(produce::Args),
     /// Print a topic's records, one per line.
     Consume(consume::Args),
+    /// List, describe, reset or delete consumer groups.
+    #[command(subcommand)]
+    Group(group::Command),
     /// Load generator: producers and consumers, throughput and latency.
     Bench(bench::Args),
 }
@@ -211,6 +218,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Topic(command) => topic(connect().await?, command).await,
         Command::Produce(args) => produce::run(&connect().await?, args).await,
         Command::Consume(args) => consume::run(&connect().await?, args).await,
+        Command::Group(command) => group::run(connect().await?, command).await,
         Command::Bench(args) => bench::run(&cli.broker, &config, args).await,
     }
 }
