@@ -1028,3 +1028,174 @@ fn the_kafka_request_fuzz_seeds_decode() {
     }
     assert!(seen >= 10);
 }
+
+/// One request of Spool's own protocol over a fresh connection, answered.
+fn native(addr: SocketAddr, request: spool::protocol::Request) -> spool::protocol::Response {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let api = request.api_key();
+    let mut frame = BytesMut::new();
+    request.encode(1, &mut frame);
+    socket.write_all(&frame).unwrap();
+    let mut size = [0; 4];
+    socket.read_exact(&mut size).unwrap();
+    let mut answer = vec![0; u32::from_be_bytes(size) as usize];
+    socket.read_exact(&mut answer).unwrap();
+    spool::protocol::Response::parse(api, Bytes::from(answer)).unwrap()
+}
+
+/// Issue 13: a group the broker assigns (Spool's protocol) is one group
+/// with one set of commits for both front ends: Kafka's DescribeGroups
+/// shows its member and partitions, a Kafka JoinGroup to it is refused
+/// while it has members, and commits written by either protocol are read
+/// by the other.
+#[test]
+fn a_broker_assigned_group_and_its_commits_are_seen_from_kafka() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::*;
+    use spool::protocol::{
+        CommitOffset, CommitTopic, CommittedOffset, ErrorCode, GroupHeartbeat, Request,
+        ResponseBody,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spawn(&dir.path().join("data"), &[]);
+    let (addr, kafka) = (broker.addr, broker.kafka.unwrap());
+    let mut k = Kafka::connect(kafka);
+    assert_eq!(k.produce("t", &batch(-1, -1, -1, 2)), (0, 0));
+    let heartbeat = |member: &str, epoch: i32| {
+        Request::GroupHeartbeat(GroupHeartbeat {
+            group: "x".into(),
+            member_id: member.into(),
+            member_epoch: epoch,
+            session_timeout_ms: 10_000,
+            client_id: "native".into(),
+            subscription: vec!["t".into()],
+            owned: vec![],
+        })
+    };
+    let Ok(ResponseBody::Heartbeat(joined)) = native(addr, heartbeat("", 0)).body else {
+        panic!("the join failed");
+    };
+    assert_eq!(joined.assignment, [("t".to_owned(), vec![0])]);
+    // Reconciling until the member says it holds what it was given.
+    let mut holding = heartbeat(&joined.member_id, joined.member_epoch);
+    if let Request::GroupHeartbeat(h) = &mut holding {
+        h.owned = joined.assignment.clone();
+    }
+    assert!(native(addr, holding).body.is_ok());
+    let s = |v: &str| StrBytes::from_string(v.to_owned());
+    let mut d = DescribeGroupsRequest::default();
+    d.groups = vec![GroupId(s("x"))];
+    let r: DescribeGroupsResponse = k.call(ApiKey::DescribeGroups, 5, &d);
+    let g = &r.groups[0];
+    assert_eq!(
+        (
+            g.group_state.as_str(),
+            g.protocol_type.as_str(),
+            g.protocol_data.as_str()
+        ),
+        ("Stable", "consumer", "spool")
+    );
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(g.members[0].member_id.as_str(), joined.member_id);
+    let mut assignment = g.members[0].member_assignment.clone();
+    let version = assignment.get_i16();
+    let a = ConsumerProtocolAssignment::decode(&mut assignment, version).unwrap();
+    assert_eq!(a.assigned_partitions[0].topic.as_str(), "t");
+    assert_eq!(a.assigned_partitions[0].partitions, [0]);
+    // A Kafka member cannot join it while it has members.
+    let mut j = JoinGroupRequest::default();
+    j.group_id = GroupId(s("x"));
+    j.session_timeout_ms = 10_000;
+    j.rebalance_timeout_ms = 10_000;
+    j.protocol_type = s("consumer");
+    j.protocols = vec![JoinGroupRequestProtocol::default().with_name(s("range"))];
+    let r: JoinGroupResponse = k.call(ApiKey::JoinGroup, 5, &j);
+    assert_eq!(r.error_code, 23, "INCONSISTENT_GROUP_PROTOCOL");
+    // The member commits; Kafka reads it.
+    let commit = |member: &str, epoch: i32, offset: u64| Request::OffsetCommit {
+        group: "x".into(),
+        member_id: member.into(),
+        member_epoch: epoch,
+        topics: vec![CommitTopic {
+            topic: "t".into(),
+            partitions: vec![CommitOffset {
+                partition: 0,
+                offset,
+                metadata: "m".into(),
+            }],
+        }],
+    };
+    let r = native(addr, commit(&joined.member_id, joined.member_epoch, 1));
+    let Ok(ResponseBody::Committed(topics)) = r.body else {
+        panic!("{r:?}");
+    };
+    assert_eq!(topics[0].partitions[0].result, Ok(()));
+    // From outside the group, while it has a member: refused.
+    let r = native(addr, commit("", -1, 0));
+    assert_eq!(r.body.unwrap_err().code, ErrorCode::GroupNotEmpty);
+    let fetch = |k: &mut Kafka| {
+        let mut f = OffsetFetchRequest::default();
+        f.group_id = GroupId(s("x"));
+        f.topics = Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(topic("t"))
+            .with_partition_indexes(vec![0])]);
+        let r: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, 5, &f);
+        let p = &r.topics[0].partitions[0];
+        (
+            p.committed_offset,
+            p.metadata.as_ref().map(|m| m.to_string()),
+        )
+    };
+    assert_eq!(fetch(&mut k), (1, Some("m".to_owned())));
+    // Once it leaves, a Kafka client's commit from outside is taken, and
+    // Spool's OFFSET_FETCH reads it.
+    let r = native(addr, heartbeat(&joined.member_id, -1));
+    assert!(r.body.is_ok(), "{r:?}");
+    let mut c = OffsetCommitRequest::default();
+    c.group_id = GroupId(s("x"));
+    c.generation_id_or_member_epoch = -1;
+    c.topics = vec![OffsetCommitRequestTopic::default()
+        .with_name(topic("t"))
+        .with_partitions(vec![OffsetCommitRequestPartition::default()
+            .with_partition_index(0)
+            .with_committed_offset(2)])];
+    let r: OffsetCommitResponse = k.call(ApiKey::OffsetCommit, 8, &c);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let r = native(
+        addr,
+        Request::OffsetFetch {
+            group: "x".into(),
+            topics: vec![],
+        },
+    );
+    let Ok(ResponseBody::CommittedOffsets(topics)) = r.body else {
+        panic!("{r:?}");
+    };
+    assert_eq!(
+        topics[0].partitions[0].result,
+        Ok(CommittedOffset {
+            offset: Some(2),
+            metadata: String::new()
+        })
+    );
+    // And a heartbeat to a group Kafka clients hold is refused.
+    let r: JoinGroupResponse = k.call(ApiKey::JoinGroup, 3, &j);
+    assert_eq!(r.error_code, 0);
+    let mut hb = heartbeat("", 0);
+    if let Request::GroupHeartbeat(h) = &mut hb {
+        h.group = "x".into();
+    }
+    let r = native(addr, hb);
+    assert_eq!(
+        r.body.unwrap_err().code,
+        ErrorCode::InconsistentGroupProtocol
+    );
+    broker.kill9();
+}
