@@ -158,7 +158,7 @@ async fn admin_apis_and_their_errors() {
             max_frame_bytes,
         } => {
             assert!(server.starts_with("spool "));
-            assert_eq!(apis.len(), 9);
+            assert_eq!(apis.len(), 15);
             // Issue 10, item 7: the broker advertises its frame limit.
             assert_eq!(max_frame_bytes, 3 << 20);
             // DESCRIBE_TOPIC, PRODUCE, FETCH and LIST_OFFSETS are at
@@ -176,7 +176,7 @@ async fn admin_apis_and_their_errors() {
             }
             let mut keys: Vec<u16> = apis.iter().map(|a| a.0).collect();
             keys.sort();
-            assert_eq!(keys, (0..9).collect::<Vec<u16>>());
+            assert_eq!(keys, (0..15).collect::<Vec<u16>>());
         }
         other => panic!("{other:?}"),
     }

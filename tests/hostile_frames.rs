@@ -524,7 +524,9 @@ fn request_of(rng: &mut Rng, api: u16, version: u16, id: u32) -> Msg {
                 9 => {
                     let epoch = *rng.pick(&[0i32, -1, 1, 7]);
                     let session = *rng.pick(&[10u32, 6_000, 10_000]);
-                    m.string(b"").raw(&epoch.to_be_bytes()).raw(&session.to_be_bytes());
+                    m.string(b"")
+                        .raw(&epoch.to_be_bytes())
+                        .raw(&session.to_be_bytes());
                     m.string(b"hostile").count(1).string(topic);
                     m.topics(rng, |_, _| {});
                 }

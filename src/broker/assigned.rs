@@ -451,7 +451,12 @@ fn retarget(g: &mut Group, counts: &dyn Fn(&str) -> u32) {
         }
     }
     if moved || g.epoch == 0 {
-        g.epoch += 1;
+        // 0 and -1 mean join and leave on the wire: after i32::MAX, 1.
+        g.epoch = if g.epoch >= i32::MAX - 1 {
+            1
+        } else {
+            g.epoch + 1
+        };
     }
 }
 

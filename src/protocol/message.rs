@@ -565,11 +565,12 @@ impl Request {
                 Request::ListOffsets { topics }
             }
             ApiKey::GroupHeartbeat => {
-                let group = r.string("group")?;
-                let member_id = r.string("member_id")?;
+                // Bounded, as the broker keeps them for the member's life.
+                let group = r.string_at_most("group", MAX_GROUP_ID)?;
+                let member_id = r.string_at_most("member_id", MAX_MEMBER_ID)?;
                 let member_epoch = r.i32("member_epoch")?;
                 let session_timeout_ms = r.u32("session_timeout_ms")?;
-                let client_id = r.string("client_id")?;
+                let client_id = r.string_at_most("client_id", MAX_MEMBER_ID)?;
                 let count = r.count("subscription", 2)?;
                 if count > MAX_SUBSCRIBED_TOPICS {
                     return Err(ProtocolError::BadValue {
@@ -579,7 +580,7 @@ impl Request {
                 }
                 let mut subscription = Vec::with_capacity(count);
                 for _ in 0..count {
-                    subscription.push(r.string("topic")?);
+                    subscription.push(r.string_at_most("topic", MAX_TOPIC_NAME)?);
                 }
                 let owned = parse_topic_list(&mut r, 4, |r| r.u32("partition"))?;
                 Request::GroupHeartbeat(GroupHeartbeat {
@@ -769,6 +770,11 @@ impl Request {
 
 /// Most topics one GROUP_HEARTBEAT may subscribe to.
 pub const MAX_SUBSCRIBED_TOPICS: usize = 1_000;
+/// Longest group id, member id or client id, and topic name, in a
+/// GROUP_HEARTBEAT (what the broker keeps for each member).
+pub const MAX_GROUP_ID: usize = 249;
+pub const MAX_MEMBER_ID: usize = 255;
+pub const MAX_TOPIC_NAME: usize = 249;
 
 /// `[string topic, [u32 partition]]`.
 fn put_partition_lists(out: &mut BytesMut, topics: &[(String, Vec<u32>)]) {

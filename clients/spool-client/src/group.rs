@@ -215,8 +215,11 @@ type Listener = Box<dyn FnMut(&Rebalance) + Send>;
 struct Membership {
     member_id: String,
     epoch: i32,
-    /// What the consumer holds (sent in each heartbeat).
+    /// What the consumer may be reading (sent in each heartbeat): what it
+    /// took up, and what was granted since.
     owned: Vec<u32>,
+    /// The assignment the consumer last took up.
+    applied: Vec<u32>,
     /// An assignment not yet taken up by the consumer, and whether it
     /// replaces partitions that were lost.
     pending: Option<(Vec<u32>, bool)>,
@@ -397,6 +400,12 @@ impl GroupConsumer {
                 self.committed.insert(p, c.offset);
             }
         }
+        // Records buffered but not handed out are fetched again by the new
+        // consumer, from the first of them.
+        for m in &self.buffer {
+            self.positions.entry(m.partition).or_insert(m.offset);
+        }
+        self.buffer.clear();
         // Where the old consumer stood in partitions kept but not yet read
         // from (started at `start`): kept, not resolved again.
         if let Some(mut old) = self.consumer.take() {
@@ -437,7 +446,17 @@ impl GroupConsumer {
                 f(&Rebalance::Assigned(added));
             }
         }
-        lock(&self.shared.state).owned = self.held.clone();
+        {
+            // Let go of what is gone; an assignment that came meanwhile is
+            // reported held already (it may be consumed any moment now).
+            let mut m = lock(&self.shared.state);
+            let mut owned = self.held.clone();
+            if let Some((next, _)) = &m.pending {
+                owned.extend(next.iter().filter(|p| !self.held.contains(p)));
+            }
+            m.owned = owned;
+            m.applied = self.held.clone();
+        }
         self.shared.beat_now.notify_one();
         Ok(())
     }
@@ -571,6 +590,16 @@ impl Drop for GroupConsumer {
     }
 }
 
+/// The membership is gone: the consumer drops every partition (Lost), and
+/// the member joins again after that.
+fn lose(shared: &Shared) {
+    let mut m = lock(&shared.state);
+    m.epoch = 0;
+    m.pending = Some((Vec::new(), true));
+    drop(m);
+    shared.changed.notify_one();
+}
+
 /// The member's heartbeats until told to stop; then it leaves.
 async fn heartbeats(
     client: Client,
@@ -582,7 +611,23 @@ async fn heartbeats(
 ) {
     let session_ms = config.session_timeout.as_millis().min(u32::MAX as u128) as u32;
     let retry = Duration::from_millis(500);
+    let mut last_ok = Instant::now();
     loop {
+        // After losing its membership, the member joins again only once
+        // the consumer has let go of everything: a join frees what it
+        // held, and no one else may read a partition it still reads.
+        let letting_go = {
+            let m = lock(&shared.state);
+            m.epoch == 0 && (m.pending.is_some() || !m.owned.is_empty())
+        };
+        if letting_go {
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = shared.beat_now.notified() => {}
+                _ = stop.changed() => break,
+            }
+            continue;
+        }
         let request = {
             let m = lock(&shared.state);
             GroupHeartbeat {
@@ -607,10 +652,18 @@ async fn heartbeats(
                     .filter(|(t, _)| *t == topic)
                     .flat_map(|(_, ps)| ps)
                     .collect();
+                last_ok = Instant::now();
                 let mut m = lock(&shared.state);
                 m.member_id = beat.member_id;
                 m.epoch = beat.member_epoch;
-                let current = m.pending.as_ref().map_or(&m.owned, |(p, _)| p);
+                // Granted partitions count as held from now on: the
+                // consumer may start on them before it says so.
+                for p in &assignment {
+                    if !m.owned.contains(p) {
+                        m.owned.push(*p);
+                    }
+                }
+                let current = m.pending.as_ref().map_or(&m.applied, |(p, _)| p);
                 if *current != assignment {
                     let lost = m.pending.as_ref().is_some_and(|(_, l)| *l);
                     m.pending = Some((assignment, lost));
@@ -630,14 +683,15 @@ async fn heartbeats(
                 ) =>
             {
                 // Removed (the session ran out): what was held is lost;
-                // join again at once.
+                // join again once the consumer has let go of it.
                 tracing::warn!(group, error = %e, "left the group; joining again");
-                let mut m = lock(&shared.state);
-                m.epoch = 0;
-                m.pending = Some((Vec::new(), true));
-                drop(m);
-                shared.changed.notify_one();
+                lose(&shared);
                 Duration::ZERO
+            }
+            Err(e) if e.code() == Some(ErrorCode::GroupLimitReached) => {
+                // The broker's limits may free up: try again, slowly.
+                tracing::warn!(group, error = %e, "group limit reached; retrying");
+                retry * 4
             }
             Err(e) if e.code().is_some() => {
                 // Refused for good (a bad group id, limits, a Kafka group
@@ -648,6 +702,16 @@ async fn heartbeats(
             }
             Err(e) => {
                 tracing::debug!(group, error = %e, "heartbeat failed; retrying");
+                // Unheard for a whole session, the broker has given the
+                // partitions away: stop reading them.
+                let held = !lock(&shared.state).owned.is_empty();
+                if held && last_ok.elapsed() >= config.session_timeout {
+                    tracing::warn!(
+                        group,
+                        "no heartbeat answered for a session; partitions lost"
+                    );
+                    lose(&shared);
+                }
                 retry
             }
         };
