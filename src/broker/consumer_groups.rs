@@ -214,6 +214,11 @@ impl Groups {
             if c.assigned.is_active(&join.group) {
                 return Err(GroupError::InconsistentGroupProtocol);
             }
+            // max_groups counts both kinds.
+            let max = self.config.groups.max_groups;
+            if !c.classic.is_active(&join.group) && c.classic.len() + c.assigned.len() >= max {
+                return Err(GroupError::TooManyGroups(max));
+            }
             c.classic.join(self.now(), join)
         };
         self.wake.notify_one();

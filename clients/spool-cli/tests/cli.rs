@@ -60,6 +60,21 @@ impl Drop for Env {
     }
 }
 
+/// The lines `reader` gives, on a channel, read by a thread of their own.
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Waits for `child`'s output. Every run is bounded: a hung command is
 /// killed, and fails its test.
 fn wait_bounded(child: std::process::Child) -> Output {
@@ -112,17 +127,7 @@ impl Env {
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        (child, rx)
+        (child, lines_of(stderr))
     }
 
     /// `topic describe`'s line for `key`: its value and its source.
@@ -1573,17 +1578,7 @@ fn spawn_lines(
 ) {
     let (mut child, stderr) = env.spawn_watched(args);
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx, stderr)
+    (child, lines_of(stdout), stderr)
 }
 
 /// Collects stdout lines until `done` says so (bounded by RUN_LIMIT).
