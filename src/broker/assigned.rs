@@ -194,7 +194,7 @@ impl Assigned {
                 g.members
                     .remove(&hb.member_id)
                     .ok_or(GroupError::UnknownMemberId)?;
-                retarget(g, counts);
+                retarget(g, counts_of(g, counts));
                 if g.members.is_empty() {
                     self.groups.remove(&hb.group);
                 }
@@ -269,14 +269,9 @@ impl Assigned {
             }
         };
         let g = self.groups.get_mut(&hb.group).expect("present");
-        let counts_now: BTreeMap<String, u32> = g
-            .members
-            .values()
-            .flat_map(|m| m.subscription.iter())
-            .map(|t| (t.clone(), counts(t)))
-            .collect();
+        let counts_now = counts_of(g, counts);
         if changed || counts_now != g.counts {
-            retarget(g, counts);
+            retarget(g, counts_now);
         }
         if hb.member_epoch == 0 {
             let epoch = g.epoch;
@@ -313,7 +308,7 @@ impl Assigned {
             g.members
                 .retain(|_, m| m.last_seen + m.session_timeout_ms > now);
             if g.members.len() != before {
-                retarget(g, counts);
+                retarget(g, counts_of(g, counts));
             }
             !g.members.is_empty()
         });
@@ -381,14 +376,19 @@ impl Assigned {
     }
 }
 
-/// Recomputes the group's target and bumps its epoch if it changed.
-fn retarget(g: &mut Group, counts: &dyn Fn(&str) -> u32) {
-    let topics: BTreeSet<String> = g
-        .members
+/// The partition count of every topic the group's members subscribe to.
+fn counts_of(g: &Group, counts: &dyn Fn(&str) -> u32) -> BTreeMap<String, u32> {
+    g.members
         .values()
-        .flat_map(|m| m.subscription.iter().cloned())
-        .collect();
-    g.counts = topics.iter().map(|t| (t.clone(), counts(t))).collect();
+        .flat_map(|m| m.subscription.iter())
+        .map(|t| (t.clone(), counts(t)))
+        .collect()
+}
+
+/// Recomputes the group's target for partition counts `counts` (from
+/// [`counts_of`]) and bumps its epoch if it changed.
+fn retarget(g: &mut Group, counts: BTreeMap<String, u32>) {
+    g.counts = counts;
     let mut next: BTreeMap<String, BTreeSet<TopicPartition>> = g
         .members
         .keys()

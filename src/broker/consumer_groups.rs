@@ -58,6 +58,14 @@ impl Coordinators {
     fn is_active(&self, group: &str) -> bool {
         self.classic.is_active(group) || self.assigned.is_active(group)
     }
+
+    /// Whether a new group may start: `max` counts both kinds.
+    fn room_for(&self, group: &str, max: usize) -> Result<(), GroupError> {
+        if !self.is_active(group) && self.classic.len() + self.assigned.len() >= max {
+            return Err(GroupError::TooManyGroups(max));
+        }
+        Ok(())
+    }
 }
 
 /// The broker's consumer groups.
@@ -214,11 +222,7 @@ impl Groups {
             if c.assigned.is_active(&join.group) {
                 return Err(GroupError::InconsistentGroupProtocol);
             }
-            // max_groups counts both kinds.
-            let max = self.config.groups.max_groups;
-            if !c.classic.is_active(&join.group) && c.classic.len() + c.assigned.len() >= max {
-                return Err(GroupError::TooManyGroups(max));
-            }
+            c.room_for(&join.group, self.config.groups.max_groups)?;
             c.classic.join(self.now(), join)
         };
         self.wake.notify_one();
@@ -270,12 +274,8 @@ impl Groups {
             if c.classic.is_active(&hb.group) {
                 return Err(GroupError::InconsistentGroupProtocol);
             }
-            let max = self.config.groups.max_groups;
-            if !c.assigned.is_active(&hb.group)
-                && hb.member_epoch == 0
-                && c.classic.len() + c.assigned.len() >= max
-            {
-                return Err(GroupError::TooManyGroups(max));
+            if hb.member_epoch == 0 {
+                c.room_for(&hb.group, self.config.groups.max_groups)?;
             }
             c.assigned.heartbeat(now, hb, &counts)
         };

@@ -504,7 +504,7 @@ async fn run_group(client: &Client, group: &str, args: Args) -> Result<(), Strin
             .map_err(|e| e.to_string())?;
         d.partitions.iter().map(|p| p.log_end).collect()
     };
-    let member =
+    let mut member =
         GroupConsumer::new(client.clone(), group, &args.topic, config).on_rebalance(|change| {
             match change {
                 Rebalance::Assigned(ps) => eprintln!("spool: consuming partitions {ps:?}"),
@@ -514,7 +514,6 @@ async fn run_group(client: &Client, group: &str, args: Args) -> Result<(), Strin
                 }
             }
         });
-    let mut member = member;
     let max = args.max.unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     let mut printed = 0u64;
