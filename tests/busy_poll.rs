@@ -10,15 +10,25 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::broker::*;
+use spool::net::BusyPoll;
 use spool::protocol::Request;
 
 /// The longest window the broker allows: the most time a poll can hold
 /// back anything that only happens after it.
-const WINDOW: Duration = Duration::from_millis(10);
+const WINDOW_LEN: Duration = Duration::from_millis(10);
+const WINDOW: BusyPoll = BusyPoll::Fixed(WINDOW_LEN);
 
 #[tokio::test]
 async fn a_polling_connection_answers_one_at_a_time_and_pipelined() {
-    let broker = start(|c| c.server.busy_poll = WINDOW).await;
+    // Fixed, and adaptive (the default) with the longest limit, whose
+    // polls start, stop after empty ones, and start again.
+    for mode in [WINDOW, BusyPoll::Adaptive(WINDOW_LEN)] {
+        one_at_a_time_and_pipelined(mode).await;
+    }
+}
+
+async fn one_at_a_time_and_pipelined(mode: BusyPoll) {
+    let broker = start(|c| c.server.busy_poll = mode).await;
     let mut a = broker.connect().await;
     let mut b = broker.connect().await;
     // Two clients taking turns, one request at a time each: each polling
@@ -28,6 +38,12 @@ async fn a_polling_connection_answers_one_at_a_time_and_pipelined() {
         assert_eq!(a.produce("t", &[value.as_bytes()]).await, 2 * i);
         let value = format!("b{i}");
         assert_eq!(b.produce("t", &[value.as_bytes()]).await, 2 * i + 1);
+    }
+    // A pause (empty polls, then sleep), and a burst again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 100..110u64 {
+        let value = format!("a{i}");
+        assert_eq!(a.produce("q", &[value.as_bytes()]).await, i - 100);
     }
     let records = a.fetch("t", 0).await;
     assert_eq!(records.len(), 200);
@@ -56,7 +72,7 @@ async fn a_request_trickling_in_during_a_poll_is_read_whole() {
     produce_request("slow", &[b"trickled"]).encode(1, &mut request);
     for chunk in request.chunks(7) {
         c.send_raw(chunk).await;
-        tokio::time::sleep(WINDOW / 2).await;
+        tokio::time::sleep(WINDOW_LEN / 2).await;
     }
     let frame = c.read_frame().await.expect("an answer to the whole frame");
     assert!(frame.len() >= 8);

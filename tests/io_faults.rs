@@ -9,10 +9,11 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::sim::{Fault, Rng, SimFs};
-use spool::storage::{BatchBuilder, Log, LogConfig, Retention, StorageError, SyncMode};
+use spool::storage::{BatchBuilder, IoMode, Log, LogConfig, Retention, StorageError, SyncMode};
 
-fn config() -> LogConfig {
+fn config(io: IoMode) -> LogConfig {
     LogConfig {
+        io,
         segment_bytes: 1024,
         index_bytes: 64,
         segment_age: None,
@@ -36,9 +37,9 @@ struct Outcome {
 }
 
 /// The workload: 40 two-record batches, each committed, with retention once.
-fn workload(fs: &SimFs) -> Outcome {
+fn workload(fs: &SimFs, io: IoMode) -> Outcome {
     let mut out = Outcome::default();
-    let log = match Log::open_with(fs.shared(), "/t", config()) {
+    let log = match Log::open_with(fs.shared(), "/t", config(io)) {
         Ok(log) => log,
         Err(_) => {
             out.errors += 1;
@@ -98,9 +99,9 @@ fn workload(fs: &SimFs) -> Outcome {
 }
 
 /// Acknowledged records missing from (or wrong in) the log on `fs`.
-fn lost(fs: &SimFs, out: &Outcome, what: &str, n: u64) -> u64 {
+fn lost(fs: &SimFs, out: &Outcome, what: &str, n: u64, io: IoMode) -> u64 {
     let (acked, start) = (&out.acked, out.start);
-    let log = Log::open_with(fs.shared(), "/t", config())
+    let log = Log::open_with(fs.shared(), "/t", config(io))
         .unwrap_or_else(|e| panic!("fault at op {n}: reopen ({what}) failed: {e}"));
     assert!(
         log.lowest_offset() <= start,
@@ -132,9 +133,17 @@ fn lost(fs: &SimFs, out: &Outcome, what: &str, n: u64) -> u64 {
 
 #[test]
 fn every_failed_operation_is_survived() {
+    // Both write paths: through the page cache, and the direct writer's
+    // aligned blocks (the last one written again, whole, each time).
+    for io in [IoMode::Buffered, IoMode::Direct] {
+        every_failed_operation_is_survived_with(io);
+    }
+}
+
+fn every_failed_operation_is_survived_with(io: IoMode) {
     let dry = SimFs::new();
     dry.set_fault(None);
-    let clean = workload(&dry);
+    let clean = workload(&dry, io);
     assert_eq!(clean.errors, 0);
     let operations = dry.operations();
     assert!(
@@ -162,7 +171,7 @@ fn every_failed_operation_is_survived() {
                 let (done, result) = std::sync::mpsc::channel();
                 let sim = fs.clone();
                 std::thread::spawn(move || {
-                    let _ = done.send(std::panic::catch_unwind(|| workload(&sim)));
+                    let _ = done.send(std::panic::catch_unwind(|| workload(&sim, io)));
                 });
                 let out = match result.recv_timeout(std::time::Duration::from_secs(30)) {
                     Ok(Ok(out)) => out,
@@ -175,15 +184,16 @@ fn every_failed_operation_is_survived() {
                 after_failed_sync += out.acked_after_failed_sync;
                 fs.set_fault(None);
                 // A restart of the process: everything written is there.
-                lost_total += lost(&fs.snapshot(), &out, "restart", n);
+                lost_total += lost(&fs.snapshot(), &out, "restart", n, io);
                 // A power cut right after: only what was synced is.
                 let mut rng = Rng::new(n);
-                lost_total += lost(&fs.crash(&mut rng), &out, "power cut", n);
+                lost_total += lost(&fs.crash(&mut rng), &out, "power cut", n, io);
             }
         }
     }
     eprintln!(
-        "{{\"test\":\"io_faults\",\"operations\":{operations},\"runs\":{runs},\"faults_fired\":{fired},\"acked\":{acked},\"lost\":{lost_total},\"acked_after_failed_sync\":{after_failed_sync},\"panics\":0}}"
+        "{{\"test\":\"io_faults\",\"io\":\"{}\",\"operations\":{operations},\"runs\":{runs},\"faults_fired\":{fired},\"acked\":{acked},\"lost\":{lost_total},\"acked_after_failed_sync\":{after_failed_sync},\"panics\":0}}",
+        io.as_str()
     );
     assert_eq!(lost_total, 0);
     assert_eq!(after_failed_sync, 0);
@@ -195,7 +205,7 @@ fn a_full_disk_refuses_appends_then_recovers_by_itself() {
     // ENOSPC on every write for a while: appends fail with DiskFull, reads
     // go on, and once space is back appends succeed without a restart.
     let fs = SimFs::new();
-    let log = Log::open_with(fs.shared(), "/t", config()).unwrap();
+    let log = Log::open_with(fs.shared(), "/t", config(IoMode::default())).unwrap();
     let mut b = BatchBuilder::new();
     b.push(0, None, Some(b"before"), &[]);
     let first = log.append(&mut b.finish()).unwrap();

@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::sim::{Fault, Op, Rng, SimFs};
-use spool::storage::{BatchBuilder, Log, LogConfig, Retention, StorageError, SyncMode};
+use spool::storage::{BatchBuilder, IoMode, Log, LogConfig, Retention, StorageError, SyncMode};
 
 fn trials() -> u64 {
     common::trials(2_000, 100_000)
@@ -40,6 +40,12 @@ fn config(rng: &mut Rng, sync: SyncMode) -> LogConfig {
         sync,
         max_batch_bytes: 1 << 20,
         max_record_bytes: u32::MAX,
+        // Both write paths, half the trials each.
+        io: if rng.below(2) == 0 {
+            IoMode::Buffered
+        } else {
+            IoMode::Direct
+        },
         ..LogConfig::default()
     }
 }

@@ -188,7 +188,9 @@ async fn answered_meanwhile(addr: std::net::SocketAddr) -> bool {
 #[tokio::test]
 async fn a_fetch_of_data_not_in_the_page_cache_does_not_hold_up_the_worker() {
     let gate = Arc::new(Gate::default());
-    let broker = OneWorker::start(&gate, |_| {});
+    // No tail cache: with io = "direct" the fetch would be served from
+    // memory and never reach the file.
+    let broker = OneWorker::start(&gate, |c| c.storage.cache_bytes = 0);
     let mut c = with_topic(&broker).await;
     c.produce("t", &[b"cold"]).await;
     gate.hold_reads.store(true, Ordering::Release);

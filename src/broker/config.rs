@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::storage::{LogConfig, SyncMode, TimestampType};
+use crate::net::BusyPoll;
+use crate::storage::{IoMode, LogConfig, SyncMode, TimestampType};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -35,6 +36,40 @@ pub struct Config {
     /// `[groups]`: the group coordinator and committed offsets.
     #[serde(default)]
     pub groups: GroupsConfig,
+    /// `[storage]`: how every partition's log writes and caches.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the write path of every log (src/storage/store.rs).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `"buffered"` (through the page cache) or `"direct"` (`O_DIRECT`).
+    #[serde(deserialize_with = "io_mode")]
+    pub io: IoMode,
+    /// With `io = "direct"`: memory for recently written data, shared by all
+    /// partitions, from which consumers that keep up are served.
+    #[serde(deserialize_with = "size")]
+    pub cache_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            io: IoMode::default(),
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+fn io_mode<'de, D: Deserializer<'de>>(d: D) -> Result<IoMode, D::Error> {
+    let s = String::deserialize(d)?;
+    IoMode::parse(&s).ok_or_else(|| {
+        de::Error::custom(format!(
+            "io must be \"buffered\" or \"direct\", got \"{s}\""
+        ))
+    })
 }
 
 /// `[groups]`: consumer groups' limits and timings (src/broker/groups.rs).
@@ -211,8 +246,10 @@ pub struct ServerConfig {
     /// After answering, how long a connection keeps polling its socket for
     /// the next request before it sleeps. Zero (the default) never polls.
     /// Spends CPU to save the wake-up of a sleeping thread per request.
-    #[serde(deserialize_with = "fine_duration")]
-    pub busy_poll: Duration,
+    /// `"auto"` (the default) polls only while a connection's requests
+    /// come faster than a wake-up costs (see `spool::net::Poller`).
+    #[serde(deserialize_with = "busy_poll")]
+    pub busy_poll: BusyPoll,
     /// Threads that serve connections; 0 means one per CPU. Read by
     /// `spool-broker` when it builds its runtime (a broker started in code
     /// runs on its caller's runtime).
@@ -238,7 +275,7 @@ impl Default for ServerConfig {
             max_topics: 1000,
             max_partitions: 10_000,
             shutdown_timeout: Duration::from_secs(30),
-            busy_poll: Duration::ZERO,
+            busy_poll: BusyPoll::AUTO,
             worker_threads: 0,
         }
     }
@@ -537,6 +574,9 @@ impl TopicSettings {
                 TimestampKind::LogAppend => TimestampType::LogAppend,
             },
             max_timestamp_ahead: self.max_timestamp_ahead,
+            // The broker's `[storage]` section sets these (`Topics`).
+            io: IoMode::default(),
+            cache: None,
         }
     }
 
@@ -638,11 +678,12 @@ impl Config {
         }
         // Polling longer than this only burns CPU: a client that has not
         // sent its next request within it was not going to soon.
-        if s.busy_poll > Duration::from_millis(10) {
-            return Err(format!(
-                "[server] busy_poll must be at most 10ms, got {:?}",
-                s.busy_poll
-            ));
+        if let BusyPoll::Fixed(d) | BusyPoll::Adaptive(d) = s.busy_poll {
+            if d > Duration::from_millis(10) {
+                return Err(format!(
+                    "[server] busy_poll must be at most 10ms, got {d:?}"
+                ));
+            }
         }
         if s.worker_threads > 1024 {
             return Err(format!(
@@ -874,12 +915,15 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         .map_err(de::Error::custom)
 }
 
-/// A duration that may be finer than a millisecond (`"200us"`); an integer
-/// is still milliseconds, as everywhere else.
-fn fine_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse_duration(Raw::deserialize(d)?, true)
-        .and_then(limited)
-        .map_err(de::Error::custom)
+/// `"auto"`, or a duration (`"0"`: never poll).
+fn busy_poll<'de, D: Deserializer<'de>>(d: D) -> Result<BusyPoll, D::Error> {
+    match Raw::deserialize(d)? {
+        Raw::Text(t) if t.trim() == "auto" => Ok(BusyPoll::AUTO),
+        raw => parse_duration(raw, true)
+            .and_then(limited)
+            .map(BusyPoll::fixed)
+            .map_err(de::Error::custom),
+    }
 }
 
 fn some_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -936,6 +980,12 @@ mod tests {
         let config = Config::parse(text).unwrap();
         assert_eq!(config.server, ServerConfig::default());
         assert_eq!(config.topic_defaults().unwrap(), TopicSettings::default());
+        // The file names the built-in mode; SPOOL_IO may change the default.
+        assert_eq!(config.storage.io, IoMode::BUILT_IN);
+        assert_eq!(
+            config.storage.cache_bytes,
+            StorageConfig::default().cache_bytes
+        );
     }
 
     #[test]
@@ -985,12 +1035,15 @@ mod tests {
                 .server
                 .busy_poll
         };
-        assert_eq!(poll("\"200us\""), Duration::from_micros(200));
-        assert_eq!(poll("\"1ms 500us\""), Duration::from_micros(1500));
-        assert_eq!(poll("2"), Duration::from_millis(2));
-        assert_eq!(poll("\"2\""), Duration::from_millis(2));
-        assert_eq!(poll("\"0\""), Duration::ZERO);
-        assert_eq!(poll("\"10ms\""), Duration::from_millis(10));
+        let fixed = |d| BusyPoll::Fixed(d);
+        assert_eq!(poll("\"200us\""), fixed(Duration::from_micros(200)));
+        assert_eq!(poll("\"1ms 500us\""), fixed(Duration::from_micros(1500)));
+        assert_eq!(poll("2"), fixed(Duration::from_millis(2)));
+        assert_eq!(poll("\"2\""), fixed(Duration::from_millis(2)));
+        assert_eq!(poll("\"0\""), BusyPoll::Off);
+        assert_eq!(poll("\"10ms\""), fixed(Duration::from_millis(10)));
+        assert_eq!(poll("\"auto\""), BusyPoll::AUTO);
+        assert_eq!(Config::default().server.busy_poll, BusyPoll::AUTO);
         let config = Config::parse("[server]\nworker_threads = 1").unwrap();
         assert_eq!(config.server.worker_threads, 1);
     }

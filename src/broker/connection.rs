@@ -106,11 +106,13 @@ async fn read_requests(
     let server = &broker.config.server;
     let queued = Arc::new(Semaphore::new(server.max_queued_bytes as usize));
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
+    let mut poller = crate::net::Poller::new(server.busy_poll);
     loop {
-        if reader.buffer().is_empty() && !server.busy_poll.is_zero() {
-            // Poll a while for the next request before sleeping (see
-            // `spool::net::poll_readable` for why).
-            crate::net::poll_readable(reader.get_ref().as_ref(), server.busy_poll).await;
+        let waited = reader.buffer().is_empty();
+        if waited {
+            // Poll a while for the next request before sleeping, if this
+            // connection's requests come quickly (see `spool::net`).
+            poller.before_wait(reader.get_ref().as_ref()).await;
         }
         // Between frames: wait for the first byte of the next one. The
         // connection is idle only while it waits for nothing: a long poll in
@@ -129,6 +131,9 @@ async fn read_requests(
                 Ok(Ok([])) => return Stop::Closed,
                 Ok(Ok(_)) => break,
             }
+        }
+        if waited {
+            poller.arrived();
         }
         // One deadline for the whole frame, from its first byte (a prefix
         // and a body trickled separately get no more time than one frame).

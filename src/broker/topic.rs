@@ -23,7 +23,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
 use super::config::{Config, Flush, TopicOverrides, TopicSettings};
-use crate::storage::{Appended, Log, Open, OsVfs, Retention, StorageError, Vfs};
+use crate::storage::{Appended, Log, Open, OsVfs, Retention, StorageError, TailCache, Vfs};
 
 /// The file holding a topic's creation settings.
 const SETTINGS_FILE: &str = "topic.toml";
@@ -504,6 +504,8 @@ pub struct Topics {
     broken: DashMap<String, String>,
     /// Wakes the background task when a topic has rolled.
     care: Arc<Notify>,
+    /// `[storage] cache_bytes`, shared by every partition's log.
+    cache: TailCache,
 }
 
 impl Topics {
@@ -536,7 +538,9 @@ impl Topics {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove a deleted topic's files");
             }
         }
+        let cache = TailCache::new(config.storage.cache_bytes);
         let topics = Topics {
+            cache,
             vfs,
             config,
             dir,
@@ -684,7 +688,9 @@ impl Topics {
         id: u32,
         settings: &TopicSettings,
     ) -> Result<Arc<Partition>, TopicError> {
-        let log_config = settings.log_config(self.config.server.max_frame_bytes);
+        let mut log_config = settings.log_config(self.config.server.max_frame_bytes);
+        log_config.io = self.config.storage.io;
+        log_config.cache = Some(self.cache.clone());
         let dir = self.dir.join(&**name).join(id.to_string());
         let log = Log::open_with(Arc::clone(&self.vfs), dir, log_config).map_err(|source| {
             TopicError::Storage {

@@ -263,9 +263,18 @@ async fn serve(
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let (_gone_tx, gone) = watch::channel(false);
     let peer = Peer { gone, addr: None };
+    let mut poller = crate::net::Poller::new(server.busy_poll);
     loop {
         if *shutdown.borrow() {
             return Ok(());
+        }
+        let waited = rd.buffer().is_empty();
+        if waited {
+            // Nothing more to answer before the next request comes: what is
+            // queued goes out (whichever way the last request ended), then
+            // the connection polls a while if its requests come quickly.
+            flush(&mut wr, server.write_timeout).await?;
+            poller.before_wait(rd.get_ref().as_ref()).await;
         }
         let size = tokio::select! {
             s = tokio::time::timeout(server.idle_timeout, rd.read_i32()) => match s {
@@ -275,6 +284,9 @@ async fn serve(
             },
             _ = shutdown.changed() => return Ok(()),
         };
+        if waited {
+            poller.arrived();
+        }
         // Checked before anything is allocated for it, and charged to the
         // broker's in-flight budget as Spool's listener charges it.
         if size < 8 || size as u64 > server.max_frame_bytes {
@@ -428,9 +440,6 @@ async fn serve(
                 let body = offsets(response, version, &searched);
                 respond!(body);
             }
-        }
-        if rd.buffer().is_empty() {
-            flush(&mut wr, server.write_timeout).await?;
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::cache::TailCache;
+
 /// How appended batches are made durable. In every mode a batch reaches the
 /// kernel (`write(2)` has returned) before [`Log::append`](super::Log::append)
 /// returns, so a crash of the process alone never loses an appended batch.
@@ -17,6 +19,55 @@ pub enum SyncMode {
     /// Never syncs except when sealing a segment and on close; the OS writes
     /// back when it likes.
     Never,
+}
+
+/// How a log writes its store files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// `pwrite` into the page cache; the kernel writes back.
+    Buffered,
+    /// `O_DIRECT` writes of whole 4096-byte blocks from the log's own
+    /// aligned memory, which then serves readers as a tail cache (see
+    /// [`TailCache`]). Durability is the same: `fdatasync` on commit.
+    Direct,
+}
+
+impl IoMode {
+    /// The built-in default, unless the environment variable `SPOOL_IO`
+    /// (`buffered` or `direct`) names another: so that the whole test suite
+    /// can run in either mode. A setting in a config file always wins.
+    pub fn default_mode() -> IoMode {
+        static FROM_ENV: std::sync::OnceLock<IoMode> = std::sync::OnceLock::new();
+        *FROM_ENV.get_or_init(|| match std::env::var("SPOOL_IO").as_deref() {
+            Ok("direct") => IoMode::Direct,
+            Ok("buffered") => IoMode::Buffered,
+            _ => IoMode::BUILT_IN,
+        })
+    }
+
+    /// Chosen from measurement: see docs/DECISIONS.md.
+    pub const BUILT_IN: IoMode = IoMode::Buffered;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoMode::Buffered => "buffered",
+            IoMode::Direct => "direct",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IoMode> {
+        match s {
+            "buffered" => Some(IoMode::Buffered),
+            "direct" => Some(IoMode::Direct),
+            _ => None,
+        }
+    }
+}
+
+impl Default for IoMode {
+    fn default() -> Self {
+        IoMode::default_mode()
+    }
 }
 
 /// Which time a stored batch carries, and the time index, retention by age
@@ -52,6 +103,12 @@ pub struct LogConfig {
     /// With [`TimestampType::Create`], a batch whose `maxTimestamp` is more
     /// than this ahead of the log's clock is refused; `None` accepts any.
     pub max_timestamp_ahead: Option<Duration>,
+    /// How the store files are written; fixed while the log is open.
+    pub io: IoMode,
+    /// With [`IoMode::Direct`], the memory budget the log's recently
+    /// written chunks are kept in for readers (shared by every log given
+    /// the same cache); `None` keeps only the chunk being written.
+    pub cache: Option<TailCache>,
 }
 
 impl Default for LogConfig {
@@ -65,6 +122,8 @@ impl Default for LogConfig {
             max_record_bytes: u32::MAX,
             timestamp_type: TimestampType::Create,
             max_timestamp_ahead: Some(Duration::from_secs(3600)),
+            io: IoMode::default(),
+            cache: None,
         }
     }
 }

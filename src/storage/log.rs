@@ -30,7 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::config::{LogConfig, SyncMode, TimestampType};
+use super::cache::TailCache;
+use super::config::{IoMode, LogConfig, SyncMode, TimestampType};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::producers::{self, Check, ProducerBatch, Producers};
@@ -185,6 +186,9 @@ pub struct Log {
     /// Fixed while open: `config.max_batch_bytes` and `config.sync`.
     max_batch_bytes: u32,
     sync_mode: SyncMode,
+    /// Fixed while open: `config.io` and `config.cache`.
+    io: IoMode,
+    cache: Option<TailCache>,
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     writer: Mutex<Writer>,
     next_offset: AtomicU64,
@@ -288,7 +292,7 @@ impl Log {
             previous.sync()?;
         }
         let writer = Writer {
-            active: Some(active.writer()?),
+            active: Some(active.writer(config.io, config.cache.as_ref())?),
             active_sealed: false,
             fenced: None,
             producers: Producers::default(),
@@ -299,6 +303,8 @@ impl Log {
             max_record_bytes: AtomicU32::new(config.max_record_bytes),
             max_batch_bytes: config.max_batch_bytes,
             sync_mode: config.sync,
+            io: config.io,
+            cache: config.cache.clone(),
             config: RwLock::new(config),
             segments: RwLock::new(Arc::new(segments)),
             writer: Mutex::new(writer),
@@ -343,8 +349,12 @@ impl Log {
     /// Whether an append now could do slow I/O: a roll finds no spare ready
     /// (it creates files) or a segment still unsealed (it fdatasyncs). A
     /// caller on an async runtime can then move its other tasks aside for
-    /// the append; otherwise an append is a copy into the page cache.
+    /// the append; otherwise an append is a copy into the page cache. With
+    /// direct I/O every append waits for the device.
     pub fn append_may_block(&self) -> bool {
+        if self.io == IoMode::Direct {
+            return true;
+        }
         let no_spare = lock(&self.spare).is_none();
         no_spare || lock(&self.deferred).unsealed.is_some()
     }
@@ -789,7 +799,7 @@ impl Log {
             None => Segment::create(&self.vfs, &self.dir, next, self.config().index_entries(0))?,
         };
         let segment = Arc::new(segment);
-        let writer = match segment.writer() {
+        let writer = match segment.writer(self.io, self.cache.as_ref()) {
             Ok(wr) => wr,
             Err(e) => return Err(fence(w, e)),
         };
@@ -1317,7 +1327,7 @@ impl Log {
                 self.config().index_entries(0),
             )?);
             fs::sync_dir(&*self.vfs, &self.dir)?;
-            let writer = segment.writer()?;
+            let writer = segment.writer(self.io, self.cache.as_ref())?;
             Ok((segment, writer))
         })();
         let (segment, writer) = match fresh {

@@ -22,6 +22,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cache;
 mod config;
 mod error;
 mod fs;
@@ -38,7 +39,8 @@ pub mod vfs;
 /// re-exported here because the store is made of batches.
 pub use crate::batch;
 pub use crate::batch::{BatchBuilder, BatchError, BatchHeader, Record};
-pub use config::{LogConfig, SyncMode, TimestampType};
+pub use cache::TailCache;
+pub use config::{IoMode, LogConfig, SyncMode, TimestampType};
 pub use error::StorageError;
 pub use log::{Appended, BatchRead, Log, LogReader, Removed, Retention, Sidecar, Wait};
 pub use segment::RecoveryReport;

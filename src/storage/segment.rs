@@ -34,7 +34,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::config::{Index, LogConfig};
+use super::cache::{TailCache, BLOCK};
+use super::config::{Index, IoMode, LogConfig};
 use super::error::{Result, StorageError};
 use super::fs::{self, INDEX_EXT, STORE_EXT, TIME_INDEX_EXT, TORN_EXT};
 use super::index::{IndexEntry, Table, TimeEntry};
@@ -236,6 +237,14 @@ impl Segment {
         drop((index, times));
         tracing::warn!(segment = %store_path.display(), "sealed segment's index disagrees with its store; rebuilding it");
         let scan = scan_store(&store, base, 0, base, Some(next_base), &hints)?;
+        // A crash between a direct writer's roll and the seal that cuts its
+        // last block's padding leaves the padding: cut it now.
+        let mut size = size;
+        if let Some(tail) = scan.tail.filter(|&t| is_padding(&store, t, size)) {
+            store.truncate(tail)?;
+            store.sync()?;
+            size = tail;
+        }
         let (index, times) = rebuild_tables(&**vfs, &index_path, &time_path, &scan.batches)?;
         index.seal()?;
         times.seal()?;
@@ -359,7 +368,7 @@ impl Segment {
             }
         }
         let mut end = scan.good_end;
-        if let Some(tail) = scan.tail {
+        if let Some(tail) = scan.tail.filter(|&t| !is_padding(&store, t, size)) {
             let cut = size - tail;
             let sidecar = move_to_sidecar(&**vfs, dir, &store, base, tail, size)?;
             tracing::warn!(
@@ -371,6 +380,10 @@ impl Segment {
             report.truncated_bytes = cut;
             report.sidecar = Some(sidecar);
             end = tail;
+        } else if let Some(tail) = scan.tail {
+            // The zero padding of a direct write's last block: not data.
+            store.truncate(tail)?;
+            end = tail;
         }
         let entries = index.len();
         let next = scan.next_offset;
@@ -381,11 +394,15 @@ impl Segment {
     }
 
     /// The writer of this (active) segment. Only one may exist.
-    pub fn writer(self: &Arc<Self>) -> Result<SegmentWriter> {
+    pub fn writer(
+        self: &Arc<Self>,
+        io: IoMode,
+        cache: Option<&TailCache>,
+    ) -> Result<SegmentWriter> {
         let (entries, end) = unpack(self.published.load(Ordering::Acquire));
         Ok(SegmentWriter {
             segment: Arc::clone(self),
-            store: self.store.writer(u64::from(end)),
+            store: self.store.writer(&*self.vfs, u64::from(end), io, cache)?,
             entries,
             last_time: self.times.last(),
         })
@@ -763,10 +780,29 @@ impl Segment {
     /// of the store, then its index files cut to their entries and synced.
     /// Safe beside readers (they never look past the published entries).
     pub fn seal_files(&self) -> Result<()> {
+        // A direct writer's last block is padded on disk: a sealed store
+        // ends where its data does.
+        let (_, end) = unpack(self.published.load(Ordering::Acquire));
+        if self.store.file_len()? > u64::from(end) {
+            self.store.truncate(u64::from(end))?;
+        }
         self.sync()?;
         self.index.seal()?;
         self.times.seal()
     }
+}
+
+/// Whether the store's bytes `[from, size)` are the zero padding a direct
+/// write leaves after the data: fewer than a block, all zero, and ending the
+/// file at a block boundary, as every direct write does. Anything else
+/// (zeros that end mid-block: a buffered batch cut after its first bytes,
+/// say) is a torn tail and is kept in a sidecar.
+fn is_padding(store: &Store, from: u64, size: u64) -> bool {
+    size % BLOCK == 0
+        && size - from < BLOCK
+        && store
+            .read_at(from, (size - from) as usize)
+            .is_ok_and(|b| b.iter().all(|&x| x == 0))
 }
 
 /// Pushes a time entry if it is newer than the last one; true if pushed.

@@ -9,11 +9,22 @@
 //! Appends go through a buffer that is flushed (`pwrite`) before an append
 //! returns, so an appended batch has reached the kernel. Reads are positional
 //! (`pread`), so they never wait for the writer.
+//!
+//! With `io = "direct"` the writer copies batches into block-aligned chunks
+//! (see `cache`) and writes whole 4096-byte blocks with `O_DIRECT` through a
+//! second descriptor; the last block is zero-padded on disk until the next
+//! write replaces it whole, so the file can be up to 4095 bytes longer than
+//! the store's data. Sealing a segment cuts the padding off, and recovery
+//! drops a trailing run of fewer than 4096 zero bytes silently (it is the
+//! padding of the last write, not a torn batch). Readers try the chunks
+//! first and read the file where the chunks no longer reach.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use super::cache::{self, Chunk, StoreChunks, TailCache, MAX_CHUNK, MIN_CHUNK};
+use super::config::IoMode;
 use super::error::{Result, StorageError};
 use super::fs;
 use super::log::Wait;
@@ -31,6 +42,8 @@ const WRITEBACK_CHUNK: u64 = 8 << 20;
 pub(crate) struct Store {
     path: PathBuf,
     file: Arc<dyn VFile>,
+    /// A direct writer's chunks, which reads try first.
+    chunks: OnceLock<Arc<StoreChunks>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -53,6 +66,7 @@ impl Store {
         Ok(Store {
             path: path.to_owned(),
             file,
+            chunks: OnceLock::new(),
         })
     }
 
@@ -77,6 +91,9 @@ impl Store {
 
     /// Reads exactly `len` bytes at `pos`.
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.cached(pos, len) {
+            return Ok(bytes);
+        }
         self.file
             .read_at(pos, len)
             .map_err(|e| StorageError::io("read", &self.path, e))
@@ -85,6 +102,9 @@ impl Store {
     /// `read_at`, or with [`Wait::No`] [`StorageError::WouldBlock`] where
     /// the bytes are not all in the page cache.
     pub fn read_with(&self, pos: u64, len: usize, wait: Wait) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.cached(pos, len) {
+            return Ok(bytes);
+        }
         match wait {
             Wait::Yes => self.read_at(pos, len),
             Wait::No => match self.file.read_at_nowait(pos, len) {
@@ -95,14 +115,61 @@ impl Store {
         }
     }
 
-    /// A writer appending at `end`. Only one may exist at a time.
-    pub fn writer(&self, end: u64) -> StoreWriter {
-        StoreWriter {
-            path: self.path.clone(),
-            file: Arc::clone(&self.file),
-            buffer: Vec::with_capacity(WRITE_BUFFER),
-            flushed: end,
-            written_back: end,
+    /// The bytes `[pos, pos + len)` from a direct writer's chunks, if they
+    /// still hold all of them.
+    fn cached(&self, pos: u64, len: usize) -> Option<Vec<u8>> {
+        self.chunks.get()?.read(pos, len)
+    }
+
+    /// A writer appending at `end`. Only one may exist at a time. A direct
+    /// writer registers its chunks with `cache`; on a file system without
+    /// `O_DIRECT` it writes the same aligned blocks through the ordinary
+    /// descriptor.
+    pub fn writer(
+        &self,
+        vfs: &dyn Vfs,
+        end: u64,
+        io: IoMode,
+        cache: Option<&TailCache>,
+    ) -> Result<StoreWriter> {
+        match io {
+            IoMode::Buffered => Ok(StoreWriter::Buffered(BufferedWriter {
+                path: self.path.clone(),
+                file: Arc::clone(&self.file),
+                buffer: Vec::with_capacity(WRITE_BUFFER),
+                flushed: end,
+                written_back: end,
+            })),
+            IoMode::Direct => {
+                let out = vfs
+                    .open_direct(&self.path)
+                    .map_err(|e| StorageError::io("open (O_DIRECT)", &self.path, e))?
+                    .unwrap_or_else(|| Arc::clone(&self.file));
+                let chunks =
+                    Arc::clone(self.chunks.get_or_init(|| StoreChunks::new(cache.cloned())));
+                // The block the data ends in is written again, whole, by the
+                // first flush: its head comes from the file.
+                let start = cache::round_down(end);
+                let chunk = Arc::new(Chunk::new(start, MIN_CHUNK));
+                if end > start {
+                    let head = self
+                        .file
+                        .read_at(start, (end - start) as usize)
+                        .map_err(|e| StorageError::io("read", &self.path, e))?;
+                    // SAFETY: a chunk no one else has seen yet.
+                    unsafe { chunk.fill(0, &head) };
+                }
+                chunks.add(&chunk);
+                Ok(StoreWriter::Direct(DirectWriter {
+                    path: self.path.clone(),
+                    file: Arc::clone(&self.file),
+                    out,
+                    chunks,
+                    chunk,
+                    end,
+                    flushed: end,
+                }))
+            }
         }
     }
 
@@ -122,7 +189,41 @@ impl Store {
 }
 
 /// The append side of a store.
-pub(crate) struct StoreWriter {
+pub(crate) enum StoreWriter {
+    Buffered(BufferedWriter),
+    Direct(DirectWriter),
+}
+
+impl StoreWriter {
+    /// Bytes written so far (buffered ones included).
+    pub fn end(&self) -> u64 {
+        match self {
+            StoreWriter::Buffered(w) => w.end(),
+            StoreWriter::Direct(w) => w.end,
+        }
+    }
+
+    /// Buffers `bytes` after what was written; returns their position. Call
+    /// [`StoreWriter::flush`] before publishing them.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<u64> {
+        match self {
+            StoreWriter::Buffered(w) => w.write(bytes),
+            StoreWriter::Direct(w) => w.write(bytes),
+        }
+    }
+
+    /// Hands everything written to the kernel (with `O_DIRECT`, to the
+    /// device).
+    pub fn flush(&mut self) -> Result<()> {
+        match self {
+            StoreWriter::Buffered(w) => w.flush(),
+            StoreWriter::Direct(w) => w.flush(),
+        }
+    }
+}
+
+/// A writer through the page cache.
+pub(crate) struct BufferedWriter {
     path: PathBuf,
     file: Arc<dyn VFile>,
     /// Bytes written after `flushed`, not yet handed to the kernel.
@@ -133,15 +234,12 @@ pub(crate) struct StoreWriter {
     written_back: u64,
 }
 
-impl StoreWriter {
-    /// Bytes written so far (buffered ones included).
-    pub fn end(&self) -> u64 {
+impl BufferedWriter {
+    fn end(&self) -> u64 {
         self.flushed + self.buffer.len() as u64
     }
 
-    /// Buffers `bytes` after what was written; returns their position. Call
-    /// [`StoreWriter::flush`] before publishing them.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<u64> {
+    fn write(&mut self, bytes: &[u8]) -> Result<u64> {
         let pos = self.end();
         if self.buffer.len() + bytes.len() <= WRITE_BUFFER {
             self.buffer.extend_from_slice(bytes);
@@ -156,8 +254,7 @@ impl StoreWriter {
         Ok(pos)
     }
 
-    /// Hands everything written to the kernel.
-    pub fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self) -> Result<()> {
         if !self.buffer.is_empty() {
             if let Err(e) = self.file.write_at(self.flushed, &self.buffer) {
                 return Err(self.roll_back(e));
@@ -178,25 +275,112 @@ impl StoreWriter {
     /// that a later append does not land after a hole or a partial batch.
     /// If the file cannot be cut back, the log must fence.
     fn roll_back(&mut self, cause: io::Error) -> StorageError {
-        let err = fs::classify_write_error("write", &self.path, cause);
         self.buffer.clear();
         self.written_back = self.written_back.min(self.flushed);
-        match self.file.set_len(self.flushed) {
-            Ok(()) => err,
-            Err(e) => StorageError::Fenced {
-                reason: format!(
-                    "{err}; then could not cut {} back to {} bytes: {e}",
-                    self.path.display(),
-                    self.flushed
-                ),
-            },
+        cut_back(&*self.file, &self.path, self.flushed, cause)
+    }
+}
+
+/// After a failed write, cuts the file back to `len`, its last good byte;
+/// the log must fence if even that fails.
+fn cut_back(file: &dyn VFile, path: &Path, len: u64, cause: io::Error) -> StorageError {
+    let err = fs::classify_write_error("write", path, cause);
+    match file.set_len(len) {
+        Ok(()) => err,
+        Err(e) => StorageError::Fenced {
+            reason: format!(
+                "{err}; then could not cut {} back to {len} bytes: {e}",
+                path.display(),
+            ),
+        },
+    }
+}
+
+/// A writer with `O_DIRECT`: batches are copied into aligned chunks and
+/// written from there in whole blocks (see the module docs).
+pub(crate) struct DirectWriter {
+    path: PathBuf,
+    /// The ordinary descriptor: cut back after a failed write.
+    file: Arc<dyn VFile>,
+    /// The `O_DIRECT` descriptor (or `file` where there is none).
+    out: Arc<dyn VFile>,
+    chunks: Arc<StoreChunks>,
+    /// The chunk being filled; it holds every byte from its start to `end`.
+    chunk: Arc<Chunk>,
+    end: u64,
+    /// Every byte below this is in the file.
+    flushed: u64,
+}
+
+impl DirectWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<u64> {
+        let pos = self.end;
+        if (self.end - self.chunk.start()) as usize + bytes.len() > self.chunk.cap() {
+            self.next_chunk(bytes.len())?;
         }
+        let at = (self.end - self.chunk.start()) as usize;
+        // SAFETY: this writer is the chunk's only writer, `at` is where it
+        // is filled to, and the chunk has room (made just above).
+        unsafe { self.chunk.fill(at, bytes) };
+        self.end += bytes.len() as u64;
+        Ok(pos)
+    }
+
+    /// Starts a chunk with room for `len` more bytes, at the block the data
+    /// ends in (whose head it copies from the current one).
+    fn next_chunk(&mut self, len: usize) -> Result<()> {
+        self.flush()?;
+        let start = cache::round_down(self.end);
+        let head = (self.end - start) as usize;
+        let cap = (self.chunk.cap() * 2)
+            .clamp(MIN_CHUNK, MAX_CHUNK)
+            .max(head + len);
+        let chunk = Arc::new(Chunk::new(start, cap));
+        let from = (start - self.chunk.start()) as usize;
+        // SAFETY: the old chunk is no longer written (this writer is its
+        // only writer and moves on), and the new one no one has seen yet.
+        unsafe { chunk.fill(0, self.chunk.bytes(from, from + head)) };
+        self.chunks.add(&chunk);
+        self.chunk = chunk;
+        Ok(())
+    }
+
+    /// Writes the blocks from the one `flushed` is in to the one `end` is
+    /// in, the last zero-padded.
+    fn flush(&mut self) -> Result<()> {
+        if self.flushed == self.end {
+            return Ok(());
+        }
+        let base = self.chunk.start();
+        let from = cache::round_down(self.flushed);
+        let to = cache::round_up(self.end);
+        let (a, e, t) = (
+            (from - base) as usize,
+            (self.end - base) as usize,
+            (to - base) as usize,
+        );
+        // SAFETY: only this writer writes the chunk; the padding is past
+        // what is filled, where no reader reads.
+        let written = unsafe {
+            self.chunk.zero(e, t);
+            self.out.write_at(from, self.chunk.bytes(a, t))
+        };
+        if let Err(cause) = written {
+            // Nothing after `flushed` was published: drop it.
+            self.end = self.flushed;
+            // SAFETY: as above; readers never read past the published end.
+            unsafe { self.chunk.unfill((self.flushed - base) as usize) };
+            return Err(cut_back(&*self.file, &self.path, self.flushed, cause));
+        }
+        self.flushed = self.end;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::vfs::OsVfs;
+    use super::cache::TailCache;
     use super::*;
 
     #[test]
@@ -204,7 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.store");
         let store = Store::open(&OsVfs, &path, true).unwrap();
-        let mut w = store.writer(0);
+        let mut w = store.writer(&OsVfs, 0, IoMode::Buffered, None).unwrap();
         let mut positions = Vec::new();
         for i in 0..3u8 {
             let record = vec![i; 100 + i as usize];
@@ -225,7 +409,7 @@ mod tests {
             store.read_at(300, 10).is_err(),
             "read past the end must fail"
         );
-        let mut w = store.writer(303);
+        let mut w = store.writer(&OsVfs, 303, IoMode::Buffered, None).unwrap();
         assert_eq!(w.write(b"tail").unwrap(), 303);
         w.flush().unwrap();
         assert_eq!(store.read_at(303, 4).unwrap(), b"tail");
@@ -243,11 +427,66 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.store");
         let store = Store::open(&OsVfs, &path, true).unwrap();
-        let mut w = store.writer(0);
+        let mut w = store.writer(&OsVfs, 0, IoMode::Buffered, None).unwrap();
         w.write(b"abc").unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         w.flush().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 3);
+    }
+
+    /// A direct writer's file, read through a store that has no chunks.
+    fn file_bytes(path: &Path, len: usize) -> Vec<u8> {
+        Store::open(&OsVfs, path, false)
+            .unwrap()
+            .read_at(0, len)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_direct_writer_writes_whole_blocks_and_serves_reads_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.store");
+        let cache = TailCache::new(64 << 20);
+        let store = Store::open(&OsVfs, &path, true).unwrap();
+        let mut w = store
+            .writer(&OsVfs, 0, IoMode::Direct, Some(&cache))
+            .unwrap();
+        let mut expected = Vec::new();
+        // Small writes, then ones that outgrow a chunk, then one larger
+        // than the largest chunk.
+        let sizes = [1usize, 100, 4095, 5000, 70_000, 300_000, MAX_CHUNK + 10];
+        for (i, &n) in sizes.iter().enumerate() {
+            let bytes: Vec<u8> = (0..n).map(|k| (k * 7 + i) as u8).collect();
+            assert_eq!(w.write(&bytes).unwrap(), expected.len() as u64);
+            w.flush().unwrap();
+            expected.extend_from_slice(&bytes);
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert_eq!(
+                len,
+                cache::round_up(expected.len() as u64),
+                "padded to a block"
+            );
+            assert_eq!(
+                file_bytes(&path, expected.len()),
+                expected,
+                "after write {i}"
+            );
+        }
+        // Served from the chunks, whatever the range.
+        assert_eq!(store.cached(0, expected.len()).unwrap(), expected);
+        assert_eq!(store.cached(4000, 200).unwrap(), expected[4000..4200]);
+        assert!(cache.used() > 0);
+        drop(w);
+        // Reopened at an unaligned end: the head of the last block comes
+        // from the file, and the first flush writes that block whole.
+        let store = Store::open(&OsVfs, &path, false).unwrap();
+        let mut w = store
+            .writer(&OsVfs, expected.len() as u64, IoMode::Direct, None)
+            .unwrap();
+        w.write(b"more").unwrap();
+        w.flush().unwrap();
+        expected.extend_from_slice(b"more");
+        assert_eq!(file_bytes(&path, expected.len()), expected);
     }
 
     #[test]

@@ -39,6 +39,15 @@ pub trait Vfs: Send + Sync + std::fmt::Debug + 'static {
     fn exists(&self, path: &Path) -> bool;
     fn is_dir(&self, path: &Path) -> bool;
     fn open(&self, path: &Path, how: Open) -> io::Result<Arc<dyn VFile>>;
+    /// A second descriptor of an existing file for `O_DIRECT` writes (of
+    /// 4096-aligned memory, positions and lengths); `Ok(None)` where the
+    /// file system has no direct I/O, and the caller writes the same blocks
+    /// through its ordinary descriptor. Reads, syncs and truncation stay on
+    /// the ordinary one.
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn VFile>>> {
+        let _ = path;
+        Ok(None)
+    }
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Renames a file or a directory, replacing nothing: atomic, and durable
     /// once the new name's directory is synced.
@@ -137,6 +146,27 @@ impl Vfs for OsVfs {
         Ok(Arc::new(OsFile {
             file: options.open(path)?,
         }))
+    }
+
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn VFile>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(file) => Ok(Some(Arc::new(OsFile { file }))),
+            // tmpfs and some others refuse O_DIRECT: write through the
+            // ordinary descriptor instead (same blocks, page cache).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(path = %path.display(), "the file system refuses O_DIRECT: io = \"direct\" writes through the page cache");
+                });
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

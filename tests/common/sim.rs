@@ -2,7 +2,7 @@
 //! VFS: files live in memory, each with the image its last sync made durable,
 //! the writes since, and its current image. A simulated power cut
 //! ([`SimFs::crash`]) keeps, drops, tears (to a 512-byte-sector prefix) or
-//! garbles each write that no sync covered; changes made through a memory
+//! garbles (where it changed the bytes) each write that no sync covered; changes made through a memory
 //! mapping (which the kernel writes back a page at a time, when it likes)
 //! are kept, dropped or garbled sector by sector. Bytes a sync covered are
 //! never touched. Each directory change no directory sync covered is undone
@@ -366,7 +366,18 @@ fn power_cut(d: &Data, rng: &mut Rng) -> Vec<u8> {
                         let cut = boundaries[rng.below(boundaries.len() as u64) as usize];
                         bytes[..cut - pos].to_vec()
                     }
-                    _ => (0..bytes.len()).map(|_| rng.next() as u8).collect(),
+                    // Garbled mid-write: garbage wherever it changed the
+                    // bytes. A rewrite of bytes already there (a direct
+                    // writer's last block, written again whole) leaves them
+                    // as they were, old and new being the same.
+                    _ => bytes
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &b)| match image.get(pos + k) {
+                            Some(&old) if old == b => b,
+                            _ => rng.next() as u8,
+                        })
+                        .collect(),
                 };
                 if image.len() < pos + kept.len() {
                     image.resize(pos + kept.len(), 0);

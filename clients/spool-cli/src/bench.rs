@@ -74,8 +74,8 @@ pub struct Args {
     #[arg(long)]
     pub(crate) rate: Option<u64>,
     /// After each response, poll the socket this long before sleeping
-    /// ("200us"; default: never). For one-at-a-time runs against a broker
-    /// with `server.busy_poll`; see docs/BENCHMARKS.md.
+    /// ("200us"; "0": never). By default the client polls adaptively, only
+    /// while responses come back quickly; see docs/BENCHMARKS.md.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     busy_poll: Option<Duration>,
     /// Most bytes per fetch.
@@ -186,7 +186,10 @@ struct Report {
 /// The configuration of the producers' and consumers' connections.
 fn client_config(base: &spool_client::ClientConfig, args: &Args) -> spool_client::ClientConfig {
     spool_client::ClientConfig {
-        busy_poll: args.busy_poll.unwrap_or_default(),
+        busy_poll: args
+            .busy_poll
+            .map(spool_client::BusyPoll::fixed)
+            .unwrap_or(base.busy_poll),
         ..base.clone()
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use spool::net::BusyPoll;
 use spool::protocol::{Acks, OffsetSpec, OffsetsTopic, Request, ResponseBody, TopicDescription};
 use tokio::net::TcpStream;
 
@@ -25,12 +26,12 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Give up reconnecting after this long.
     pub reconnect_for: Duration,
-    /// After each response, how long the connection keeps polling its socket
-    /// for the next one before its task sleeps; zero (the default) never
-    /// polls. Saves a thread wake-up per response for callers that send one
-    /// request at a time, at the cost of a busy CPU. The broker's
-    /// `server.busy_poll` is the same on its side.
-    pub busy_poll: Duration,
+    /// Whether the connection polls its socket for the next response before
+    /// its task sleeps. The default, [`BusyPoll::AUTO`], polls only while
+    /// responses come back faster than a wake-up costs (a caller sending one
+    /// request at a time, quickly); an idle connection never spins. The
+    /// broker's `server.busy_poll` is the same on its side.
+    pub busy_poll: BusyPoll,
 }
 
 impl Default for ClientConfig {
@@ -41,7 +42,7 @@ impl Default for ClientConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             reconnect_for: Duration::from_secs(30),
-            busy_poll: Duration::ZERO,
+            busy_poll: BusyPoll::AUTO,
         }
     }
 }

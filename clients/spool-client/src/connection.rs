@@ -10,9 +10,9 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use spool::net::{BusyPoll, Poller};
 use spool::protocol::{Acks, ApiKey, Request, Response, FRAME_PREFIX_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -67,7 +67,7 @@ impl Drop for TornGuard<'_> {
 pub(crate) type ResponseFuture = oneshot::Receiver<Result<Response>>;
 
 impl Connection {
-    pub async fn open(stream: TcpStream, busy_poll: Duration) -> Connection {
+    pub async fn open(stream: TcpStream, busy_poll: BusyPoll) -> Connection {
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
         let pending = Arc::new(Mutex::new(Pending {
@@ -208,8 +208,9 @@ async fn read_responses(
     mut read_half: OwnedReadHalf,
     pending: Arc<Mutex<Pending>>,
     broken: Arc<AtomicBool>,
-    busy_poll: Duration,
+    busy_poll: BusyPoll,
 ) {
+    let mut poller = Poller::new(busy_poll);
     let mut codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_RESPONSE_FRAME)
         .new_codec();
@@ -218,13 +219,14 @@ async fn read_responses(
         let frame = match codec.decode(&mut buf) {
             Ok(Some(frame)) => frame,
             Ok(None) => {
-                if !busy_poll.is_zero() {
-                    // `ClientConfig::busy_poll`: poll a while before sleeping.
-                    spool::net::poll_readable(read_half.as_ref(), busy_poll).await;
-                }
+                // `ClientConfig::busy_poll`: poll a while before sleeping.
+                poller.before_wait(read_half.as_ref()).await;
                 match read_half.read_buf(&mut buf).await {
                     Ok(0) => break "the broker closed the connection".to_owned(),
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        poller.arrived();
+                        continue;
+                    }
                     Err(e) => break e.to_string(),
                 }
             }

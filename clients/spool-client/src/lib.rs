@@ -48,6 +48,7 @@ pub use error::{ClientError, Result};
 pub use group::{Committed, GroupConfig, GroupConsumer, Rebalance};
 pub use producer::{Delivery, Producer, ProducerConfig};
 pub use spool::batch::{self, BatchBuilder, Codec, Record};
+pub use spool::net::BusyPoll;
 pub use spool::protocol::{
     Acks, ErrorCode, GroupDescription, GroupMember, ListedGroup, OffsetSpec, PartitionDescription,
     TopicDescription, MAX_PRODUCE_OVERHEAD,

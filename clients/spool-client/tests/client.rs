@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use spool::broker::{Broker, Config, RunningBroker};
 use spool_client::{
-    batch, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Delivery, ErrorCode,
-    OffsetReset, Producer, ProducerConfig, StartAt,
+    batch, BusyPoll, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Delivery,
+    ErrorCode, OffsetReset, Producer, ProducerConfig, StartAt,
 };
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -476,9 +476,10 @@ async fn a_consumer_is_also_a_stream() {
 
 #[tokio::test]
 async fn a_polling_client_gets_every_answer_and_notices_the_broker_leaving() {
-    let mut broker = start(|c| c.server.busy_poll = Duration::from_millis(5)).await;
+    let mut broker =
+        start(|c| c.server.busy_poll = BusyPoll::Fixed(Duration::from_millis(5))).await;
     let config = ClientConfig {
-        busy_poll: Duration::from_millis(5),
+        busy_poll: BusyPoll::Fixed(Duration::from_millis(5)),
         reconnect_for: Duration::from_millis(200),
         ..ClientConfig::default()
     };
