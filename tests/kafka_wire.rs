@@ -48,6 +48,13 @@ impl Kafka {
     }
 
     fn call<Q: Encodable, R: Decodable>(&mut self, api: ApiKey, version: i16, request: &Q) -> R {
+        let frame = self.frame(api, version, request);
+        self.socket.write_all(&frame).unwrap();
+        self.answer(api, version, self.correlation)
+    }
+
+    /// A request's frame, with the next correlation id.
+    fn frame<Q: Encodable>(&mut self, api: ApiKey, version: i16, request: &Q) -> BytesMut {
         self.correlation += 1;
         let mut header = RequestHeader::default();
         header.request_api_key = api as i16;
@@ -62,7 +69,11 @@ impl Kafka {
         let mut frame = BytesMut::new();
         frame.put_i32(body.len() as i32);
         frame.extend_from_slice(&body);
-        self.socket.write_all(&frame).unwrap();
+        frame
+    }
+
+    /// Reads the next answer, which must carry `correlation`.
+    fn answer<R: Decodable>(&mut self, api: ApiKey, version: i16, correlation: i32) -> R {
         let mut size = [0; 4];
         self.socket.read_exact(&mut size).unwrap();
         let mut answer = vec![0; i32::from_be_bytes(size) as usize];
@@ -70,7 +81,7 @@ impl Kafka {
         let mut answer = Bytes::from(answer);
         let header =
             ResponseHeader::decode(&mut answer, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation);
+        assert_eq!(header.correlation_id, correlation);
         let response = R::decode(&mut answer, version).unwrap();
         assert!(!answer.has_remaining(), "bytes after the response");
         response
@@ -994,6 +1005,61 @@ fn two_members_join_sync_commit_and_leave_at_the_wire() {
 /// decodes (framed as the target frames them: the first two bytes pick
 /// the API from `SUPPORTED` and the version), so that fuzzing starts from
 /// valid bodies; a change to `SUPPORTED`'s order shows up here.
+/// kafka-python sends a member's requests without waiting for answers: an
+/// answer queued behind a JoinGroup that waits for the rest of the group
+/// goes out at once, not when the join completes (a heartbeat's answer held
+/// there once cost a member its session and the group its rebalance).
+#[test]
+fn an_answer_pipelined_before_a_waiting_join_is_sent_at_once() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::*;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spool.toml");
+    std::fs::write(&config, "[groups]\ninitial_rebalance_delay = \"0s\"\n").unwrap();
+    let broker = spawn(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let addr = broker.kafka.unwrap();
+    let s = |v: &str| StrBytes::from_string(v.to_owned());
+    let join = |member: &str| {
+        let mut r = JoinGroupRequest::default();
+        r.group_id = GroupId(s("g"));
+        r.session_timeout_ms = 25_000;
+        r.rebalance_timeout_ms = 60_000;
+        r.member_id = s(member);
+        r.protocol_type = s("consumer");
+        r.protocols = vec![JoinGroupRequestProtocol::default()
+            .with_name(s("range"))
+            .with_metadata(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]))];
+        r
+    };
+    let mut k1 = Kafka::connect(addr);
+    let r: JoinGroupResponse = k1.call(ApiKey::JoinGroup, 3, &join(""));
+    assert_eq!((r.error_code, r.generation_id), (0, 1));
+    let m1 = r.member_id.to_string();
+    // A second member's Metadata and JoinGroup in one write: the join waits
+    // for member 1 to rejoin, which it does only once the metadata is in.
+    let mut k2 = Kafka::connect(addr);
+    let mut both = k2.frame(ApiKey::Metadata, 9, &MetadataRequest::default());
+    let metadata_id = k2.correlation;
+    both.extend_from_slice(&k2.frame(ApiKey::JoinGroup, 3, &join("")));
+    let join_id = k2.correlation;
+    k2.socket.write_all(&both).unwrap();
+    let _: MetadataResponse = k2.answer(ApiKey::Metadata, 9, metadata_id);
+    // The join is still waiting: member 1 is told to rejoin.
+    let mut h = HeartbeatRequest::default();
+    h.group_id = GroupId(s("g"));
+    h.member_id = s(&m1);
+    h.generation_id = 1;
+    let r: HeartbeatResponse = k1.call(ApiKey::Heartbeat, 4, &h);
+    assert_eq!(r.error_code, 27, "REBALANCE_IN_PROGRESS");
+    let r1: JoinGroupResponse = k1.call(ApiKey::JoinGroup, 3, &join(&m1));
+    let r2: JoinGroupResponse = k2.answer(ApiKey::JoinGroup, 3, join_id);
+    assert_eq!((r1.error_code, r2.error_code), (0, 0));
+    assert_eq!((r1.generation_id, r2.generation_id), (2, 2));
+}
+
 #[test]
 fn the_kafka_request_fuzz_seeds_decode() {
     use spool::kafka::{decode, fuzz_frame};

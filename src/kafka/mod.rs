@@ -358,6 +358,10 @@ async fn serve(
             // Joins and syncs wait for the rest of the group; shutdown
             // does not wait for them.
             Decoded::JoinGroup(r) => {
+                // Answers queued behind this one go out before it waits for
+                // the group: a member whose heartbeat's answer sat here
+                // would miss its session while the group waits for it.
+                flush(&mut wr, server.write_timeout).await?;
                 let client_id = header.client_id.as_deref().unwrap_or("");
                 let body = tokio::select! {
                     b = groups::join_group(front, client_id, &host, r, version) => b,
@@ -366,6 +370,7 @@ async fn serve(
                 respond!(body)
             }
             Decoded::SyncGroup(r) => {
+                flush(&mut wr, server.write_timeout).await?;
                 let body = tokio::select! {
                     b = groups::sync_group(front, r, version) => b,
                     _ = shutdown.changed() => return Ok(()),
@@ -402,6 +407,10 @@ async fn serve(
                         drop(task);
                     }
                     continue;
+                }
+                if let Reply::Later(_) = reply {
+                    // It waits (for a sync): what is queued goes out first.
+                    flush(&mut wr, server.write_timeout).await?;
                 }
                 let Some((response, _memory)) = settle(reply).await else {
                     continue;
