@@ -635,16 +635,31 @@ async fn produce(
         while waiting.len() >= plan.in_flight {
             let acked = waiting.pop_front().expect("non-empty");
             let (outcome, took) = acked.await;
-            outcome.map_err(|e| format!("produce failed: {e}"))?;
+            if let Err(e) = outcome {
+                return Err(failed(e, waiting).await);
+            }
             record(&mut latency, took, &side);
         }
     }
-    for acked in waiting {
+    while let Some(acked) = waiting.pop_front() {
         let (outcome, took) = acked.await;
-        outcome.map_err(|e| format!("produce failed: {e}"))?;
+        if let Err(e) = outcome {
+            return Err(failed(e, waiting).await);
+        }
         record(&mut latency, took, &side);
     }
     Ok(latency)
+}
+
+/// A produce failed: waits for the answers to the requests still in flight
+/// (each ends, answered or with the connection) before reporting it, so
+/// that none is left in the broker's queue to auto-create a topic the run
+/// deletes afterwards.
+async fn failed(e: ClientError, waiting: std::collections::VecDeque<Acked>) -> String {
+    for acked in waiting {
+        let _ = acked.await;
+    }
+    format!("produce failed: {e}")
 }
 
 #[allow(clippy::too_many_arguments)]
