@@ -6,6 +6,10 @@
 #   bash benches/ab.sh A_BIN_DIR B_BIN_DIR     # e.g. a worktree's target/release
 #   RUNS=7 bash benches/ab.sh ...
 #   SCENARIOS="one-at-a-time bulk-1k" bash benches/ab.sh ...
+#   B_TOML='[storage]
+#   io = "direct"' bash benches/ab.sh target/release target/release
+#                     # one build, two settings: A_TOML / B_TOML are appended
+#                     # to each scenario's config for that side
 #
 # Each directory must hold `spool-broker` and `spool`. Scenarios:
 #   one-at-a-time   100 B, one message per request, one request in flight
@@ -34,6 +38,15 @@ TOML
 run() {
     local bin=$1 name=$2 config=$3
     shift 3
+    local extra
+    case $name in
+    *-A) extra=${A_TOML:-} ;;
+    *) extra=${B_TOML:-} ;;
+    esac
+    if [ -n "$extra" ]; then
+        { cat "$config"; printf '%s\n' "$extra"; } >"$work/side.toml"
+        config="$work/side.toml"
+    fi
     local data="$work/data-$name-$RANDOM"
     local fifo="$work/ready-$RANDOM"
     mkfifo "$fifo"
