@@ -787,6 +787,35 @@ fn list_offsets_finds_records_by_time_and_the_max_timestamp() {
     broker.kill9();
 }
 
+/// The real broker, its groups rebalancing without the initial delay.
+fn group_broker(dir: &std::path::Path) -> common::process::Process {
+    let config = dir.join("spool.toml");
+    std::fs::write(&config, "[groups]\ninitial_rebalance_delay = \"0s\"\n").unwrap();
+    spawn(&dir.join("data"), &["--config", config.to_str().unwrap()])
+}
+
+/// A consumer member's JoinGroup for group `g`, offering "range" with
+/// `subscription` as its metadata.
+fn join_request(
+    member: &str,
+    session_ms: i32,
+    subscription: Bytes,
+) -> kafka_protocol::messages::JoinGroupRequest {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{GroupId, JoinGroupRequest};
+    let s = |v: &str| StrBytes::from_string(v.to_owned());
+    let mut r = JoinGroupRequest::default();
+    r.group_id = GroupId(s("g"));
+    r.session_timeout_ms = session_ms;
+    r.rebalance_timeout_ms = 60_000;
+    r.member_id = s(member);
+    r.protocol_type = s("consumer");
+    r.protocols = vec![JoinGroupRequestProtocol::default()
+        .with_name(s("range"))
+        .with_metadata(subscription)];
+    r
+}
+
 /// The classic group protocol at the wire, two members on their own
 /// connections: MEMBER_ID_REQUIRED (v4+), a rebalance a heartbeat reports
 /// and a rejoin completes, the leader's assignment delivered by SyncGroup,
@@ -795,7 +824,6 @@ fn list_offsets_finds_records_by_time_and_the_max_timestamp() {
 /// batched LeaveGroup, and the join errors.
 #[test]
 fn two_members_join_sync_commit_and_leave_at_the_wire() {
-    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
     use kafka_protocol::messages::leave_group_request::MemberIdentity;
     use kafka_protocol::messages::offset_commit_request::{
         OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -806,30 +834,14 @@ fn two_members_join_sync_commit_and_leave_at_the_wire() {
     use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
     use kafka_protocol::messages::*;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spool.toml");
-    std::fs::write(&config, "[groups]\ninitial_rebalance_delay = \"0s\"\n").unwrap();
-    let broker = spawn(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let broker = group_broker(dir.path());
     let addr = broker.kafka.unwrap();
     let mut k = Kafka::connect(addr);
     assert_eq!(k.produce("t", &batch(-1, -1, -1, 2)), (0, 0));
     let s = |v: &str| StrBytes::from_string(v.to_owned());
     // A consumer subscription (v0) naming topic t.
     let subscription = Bytes::from_static(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 0xff, 0xff, 0xff, 0xff]);
-    let join = |member: &str, session: i32| {
-        let mut r = JoinGroupRequest::default();
-        r.group_id = GroupId(s("g"));
-        r.session_timeout_ms = session;
-        r.rebalance_timeout_ms = 60_000;
-        r.member_id = s(member);
-        r.protocol_type = s("consumer");
-        r.protocols = vec![JoinGroupRequestProtocol::default()
-            .with_name(s("range"))
-            .with_metadata(subscription.clone())];
-        r
-    };
+    let join = |member: &str, session: i32| join_request(member, session, subscription.clone());
     // Member 1, at v3: its id comes with the answer.
     let r: JoinGroupResponse = k.call(ApiKey::JoinGroup, 3, &join("", 10_000));
     assert_eq!((r.error_code, r.generation_id), (0, 1));
@@ -1011,29 +1023,14 @@ fn two_members_join_sync_commit_and_leave_at_the_wire() {
 /// there once cost a member its session and the group its rebalance).
 #[test]
 fn an_answer_pipelined_before_a_waiting_join_is_sent_at_once() {
-    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
     use kafka_protocol::messages::*;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spool.toml");
-    std::fs::write(&config, "[groups]\ninitial_rebalance_delay = \"0s\"\n").unwrap();
-    let broker = spawn(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let broker = group_broker(dir.path());
     let addr = broker.kafka.unwrap();
     let s = |v: &str| StrBytes::from_string(v.to_owned());
-    let join = |member: &str| {
-        let mut r = JoinGroupRequest::default();
-        r.group_id = GroupId(s("g"));
-        r.session_timeout_ms = 25_000;
-        r.rebalance_timeout_ms = 60_000;
-        r.member_id = s(member);
-        r.protocol_type = s("consumer");
-        r.protocols = vec![JoinGroupRequestProtocol::default()
-            .with_name(s("range"))
-            .with_metadata(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]))];
-        r
-    };
+    // A subscription (v0) to no topic.
+    let nothing = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    let join = |member: &str| join_request(member, 25_000, nothing.clone());
     let mut k1 = Kafka::connect(addr);
     let r: JoinGroupResponse = k1.call(ApiKey::JoinGroup, 3, &join(""));
     assert_eq!((r.error_code, r.generation_id), (0, 1));

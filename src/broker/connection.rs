@@ -143,6 +143,7 @@ async fn read_requests(
             Ok(Err(e)) => return Stop::Io(e),
             Ok(Ok(len)) => u64::from(len),
         };
+        poller.message(len as usize);
         if len > server.max_frame_bytes {
             refuse_oversized(
                 &mut reader,

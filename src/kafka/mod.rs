@@ -287,6 +287,7 @@ async fn serve(
         if waited {
             poller.arrived();
         }
+        poller.message(size.max(0) as usize);
         // Checked before anything is allocated for it, and charged to the
         // broker's in-flight budget as Spool's listener charges it.
         if size < 8 || size as u64 > server.max_frame_bytes {

@@ -798,7 +798,7 @@ impl Segment {
 /// (zeros that end mid-block: a buffered batch cut after its first bytes,
 /// say) is a torn tail and is kept in a sidecar.
 fn is_padding(store: &Store, from: u64, size: u64) -> bool {
-    size % BLOCK == 0
+    size.is_multiple_of(BLOCK)
         && size - from < BLOCK
         && store
             .read_at(from, (size - from) as usize)

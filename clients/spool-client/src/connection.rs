@@ -217,10 +217,17 @@ async fn read_responses(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let reason = loop {
         let frame = match codec.decode(&mut buf) {
-            Ok(Some(frame)) => frame,
+            Ok(Some(frame)) => {
+                poller.message(frame.len());
+                frame
+            }
             Ok(None) => {
-                // `ClientConfig::busy_poll`: poll a while before sleeping.
-                poller.before_wait(read_half.as_ref()).await;
+                // `ClientConfig::busy_poll`: poll a while before sleeping,
+                // between responses only (the rest of one that has begun
+                // streams in; spinning for it takes a CPU from the broker).
+                if buf.is_empty() {
+                    poller.before_wait(read_half.as_ref()).await;
+                }
                 match read_half.read_buf(&mut buf).await {
                     Ok(0) => break "the broker closed the connection".to_owned(),
                     Ok(_) => {
