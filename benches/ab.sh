@@ -9,7 +9,10 @@
 #   B_TOML='[storage]
 #   io = "direct"' bash benches/ab.sh target/release target/release
 #                     # one build, two settings: A_TOML / B_TOML are appended
-#                     # to each scenario's config for that side
+#                     # to each scenario's config for that side (after its
+#                     # last table: [server] for the default config, so
+#                     # B_TOML='busy_poll = "0"' sets a server key)
+#   B_ARGS="--busy-poll 0" ...   # extra `spool bench` flags for one side
 #
 # Each directory must hold `spool-broker` and `spool`. Scenarios:
 #   one-at-a-time   100 B, one message per request, one request in flight
@@ -38,10 +41,10 @@ TOML
 run() {
     local bin=$1 name=$2 config=$3
     shift 3
-    local extra
+    local extra args
     case $name in
-    *-A) extra=${A_TOML:-} ;;
-    *) extra=${B_TOML:-} ;;
+    *-A) extra=${A_TOML:-} args=${A_ARGS:-} ;;
+    *) extra=${B_TOML:-} args=${B_ARGS:-} ;;
     esac
     if [ -n "$extra" ]; then
         { cat "$config"; printf '%s\n' "$extra"; } >"$work/side.toml"
@@ -60,7 +63,7 @@ run() {
     local pid=$!
     local ready
     read -r ready <"$fifo"
-    "$bin/spool" --broker "${ready#spool listening on }" bench --json "$@" >>"$work/$name.jsonl"
+    "$bin/spool" --broker "${ready#spool listening on }" bench --json "$@" $args >>"$work/$name.jsonl"
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     rm -rf "$data"
