@@ -334,6 +334,15 @@ async fn serve(
                 .await?;
             }};
         }
+        if matches!(
+            decoded,
+            Decoded::Fetch(_) | Decoded::JoinGroup(_) | Decoded::SyncGroup(_)
+        ) {
+            // These may wait (a long poll, the rest of the group): answers
+            // queued behind them go out first. A member whose heartbeat's
+            // answer sat here would miss its session while its group waits.
+            flush(&mut wr, server.write_timeout).await?;
+        }
         match decoded {
             Decoded::ApiVersions => respond!(api_versions(0)),
             Decoded::CreateTopics(r) => respond!(create_topics(front, &peer, id, r).await),
@@ -359,10 +368,6 @@ async fn serve(
             // Joins and syncs wait for the rest of the group; shutdown
             // does not wait for them.
             Decoded::JoinGroup(r) => {
-                // Answers queued behind this one go out before it waits for
-                // the group: a member whose heartbeat's answer sat here
-                // would miss its session while the group waits for it.
-                flush(&mut wr, server.write_timeout).await?;
                 let client_id = header.client_id.as_deref().unwrap_or("");
                 let body = tokio::select! {
                     b = groups::join_group(front, client_id, &host, r, version) => b,
@@ -371,7 +376,6 @@ async fn serve(
                 respond!(body)
             }
             Decoded::SyncGroup(r) => {
-                flush(&mut wr, server.write_timeout).await?;
                 let body = tokio::select! {
                     b = groups::sync_group(front, r, version) => b,
                     _ = shutdown.changed() => return Ok(()),
@@ -420,8 +424,6 @@ async fn serve(
                 respond!(body);
             }
             Decoded::Fetch(request) => {
-                // Everything queued goes out before a long poll parks.
-                flush(&mut wr, server.write_timeout).await?;
                 let reply =
                     handler::dispatch(&front.broker, &peer, id as u32, fetch(request)).await;
                 let Some((response, memory)) = settle(reply).await else {

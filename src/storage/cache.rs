@@ -322,11 +322,6 @@ impl TailCache {
         }))
     }
 
-    /// The budget.
-    pub fn budget(&self) -> u64 {
-        self.0.bytes
-    }
-
     /// Bytes of chunks readable now.
     pub fn used(&self) -> u64 {
         self.state().used

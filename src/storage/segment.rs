@@ -368,21 +368,22 @@ impl Segment {
             }
         }
         let mut end = scan.good_end;
-        if let Some(tail) = scan.tail.filter(|&t| !is_padding(&store, t, size)) {
-            let cut = size - tail;
-            let sidecar = move_to_sidecar(&**vfs, dir, &store, base, tail, size)?;
-            tracing::warn!(
-                segment = %store_path.display(),
-                bytes = cut,
-                sidecar = %sidecar.display(),
-                "cut a torn tail off the active segment"
-            );
-            report.truncated_bytes = cut;
-            report.sidecar = Some(sidecar);
-            end = tail;
-        } else if let Some(tail) = scan.tail {
-            // The zero padding of a direct write's last block: not data.
-            store.truncate(tail)?;
+        if let Some(tail) = scan.tail {
+            if is_padding(&store, tail, size) {
+                // The zero padding of a direct write's last block: not data.
+                store.truncate(tail)?;
+            } else {
+                let cut = size - tail;
+                let sidecar = move_to_sidecar(&**vfs, dir, &store, base, tail, size)?;
+                tracing::warn!(
+                    segment = %store_path.display(),
+                    bytes = cut,
+                    sidecar = %sidecar.display(),
+                    "cut a torn tail off the active segment"
+                );
+                report.truncated_bytes = cut;
+                report.sidecar = Some(sidecar);
+            }
             end = tail;
         }
         let entries = index.len();

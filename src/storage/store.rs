@@ -102,16 +102,19 @@ impl Store {
     /// `read_at`, or with [`Wait::No`] [`StorageError::WouldBlock`] where
     /// the bytes are not all in the page cache.
     pub fn read_with(&self, pos: u64, len: usize, wait: Wait) -> Result<Vec<u8>> {
-        if let Some(bytes) = self.cached(pos, len) {
-            return Ok(bytes);
-        }
         match wait {
+            // `read_at` tries the chunks first.
             Wait::Yes => self.read_at(pos, len),
-            Wait::No => match self.file.read_at_nowait(pos, len) {
-                Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => Err(StorageError::WouldBlock),
-                Err(e) => Err(StorageError::io("read", &self.path, e)),
-            },
+            Wait::No => {
+                if let Some(bytes) = self.cached(pos, len) {
+                    return Ok(bytes);
+                }
+                match self.file.read_at_nowait(pos, len) {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err(StorageError::WouldBlock),
+                    Err(e) => Err(StorageError::io("read", &self.path, e)),
+                }
+            }
         }
     }
 
